@@ -1,0 +1,256 @@
+//! What a user submits, and its validation.
+//!
+//! [`JobRequest`] is the JSON body as sent (every field optional so that a missing
+//! one is named by us, not by serde); [`JobRequest::validate`] turns it into a
+//! [`JobSpec`] with defaults filled in, or names the first field at fault. Only a
+//! valid spec is ever stored.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use slipway_steps::image_ref::ImageRef;
+use slipway_steps::paths::is_confined;
+
+/// The longest `run.timeout_seconds` a job may ask for (one day).
+pub const MAX_TIMEOUT_SECONDS: u64 = 86_400;
+
+/// `POST /v1/jobs` as sent.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    pub repo: Option<String>,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub dockerfile: Option<String>,
+    pub context: Option<String>,
+    pub image: Option<String>,
+    pub build_args: Option<BTreeMap<String, String>>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub run: Option<RunRequest>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    pub command: Option<Vec<String>>,
+    pub timeout_seconds: Option<u64>,
+}
+
+/// A valid job specification, as stored in `jobs.spec` and shown by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub repo: String,
+    /// `None`: the remote's default branch.
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub dockerfile: String,
+    pub context: String,
+    pub image: String,
+    pub build_args: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
+    pub run: RunSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// `None`: the image's own command.
+    pub command: Option<Vec<String>>,
+    pub timeout_seconds: Option<u64>,
+}
+
+/// The field at fault and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+impl JobRequest {
+    pub fn validate(self) -> Result<JobSpec, FieldError> {
+        let repo = self.repo.ok_or_else(|| FieldError::new("repo", "repo is required"))?;
+        check_repo_url(&repo)?;
+        if let Some(r) = &self.git_ref {
+            check_git_ref(r)?;
+        }
+        let dockerfile = self.dockerfile.unwrap_or_else(|| "Dockerfile".into());
+        check_relative_path("dockerfile", &dockerfile)?;
+        let context = self.context.unwrap_or_else(|| ".".into());
+        check_relative_path("context", &context)?;
+        let image = self.image.ok_or_else(|| FieldError::new("image", "image is required"))?;
+        image
+            .parse::<ImageRef>()
+            .map_err(|why| FieldError::new("image", format!("image `{image}` {why}")))?;
+        let build_args = self.build_args.unwrap_or_default();
+        for (key, value) in &build_args {
+            let field = format!("build_args.{key}");
+            if key.is_empty() || key.contains(['=', ' ', '\t', '\n', '\0']) {
+                return Err(FieldError::new(field, "a build argument name must be non-empty, without `=` or spaces"));
+            }
+            check_no_nul(&field, value)?;
+        }
+        let env = self.env.unwrap_or_default();
+        for (key, value) in &env {
+            let field = format!("env.{key}");
+            let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(FieldError::new(field, "an environment variable name must match [A-Za-z_][A-Za-z0-9_]*"));
+            }
+            check_no_nul(&field, value)?;
+        }
+        let run = self.run.unwrap_or_default();
+        if let Some(command) = &run.command {
+            if command.is_empty() {
+                return Err(FieldError::new("run.command", "run.command must not be empty; leave it out to run the image's own command"));
+            }
+            for part in command {
+                check_no_nul("run.command", part)?;
+            }
+        }
+        if let Some(t) = run.timeout_seconds
+            && !(1..=MAX_TIMEOUT_SECONDS).contains(&t)
+        {
+            return Err(FieldError::new(
+                "run.timeout_seconds",
+                format!("run.timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS}"),
+            ));
+        }
+        Ok(JobSpec {
+            repo,
+            git_ref: self.git_ref,
+            dockerfile,
+            context,
+            image,
+            build_args,
+            env,
+            run: RunSpec { command: run.command, timeout_seconds: run.timeout_seconds },
+        })
+    }
+}
+
+/// Accepts `https://`, `http://`, `ssh://` and `git://` URLs and scp-like
+/// `user@host:path`; refuses local paths and every other scheme, which would let a
+/// job read the worker's own disk.
+fn check_repo_url(repo: &str) -> Result<(), FieldError> {
+    let bad = |m: String| Err(FieldError::new("repo", m));
+    if repo.trim().is_empty() {
+        return bad("repo must not be empty".into());
+    }
+    if repo.chars().any(|c| c.is_whitespace() || c.is_control()) || repo.starts_with('-') {
+        return bad(format!("repo `{repo}` is not a URL"));
+    }
+    if let Some((scheme, rest)) = repo.split_once("://") {
+        if !matches!(scheme, "https" | "http" | "ssh" | "git") {
+            return bad(format!("unsupported URL scheme `{scheme}` in repo; use https, ssh or git"));
+        }
+        let host = rest.split('/').next().unwrap_or_default();
+        if host.is_empty() || rest.len() <= host.len() + 1 {
+            return bad(format!("repo `{repo}` needs a host and a path"));
+        }
+        return Ok(());
+    }
+    // scp-like: user@host:path
+    if let Some((user_host, path)) = repo.split_once(':')
+        && let Some((user, host)) = user_host.split_once('@')
+        && !user.is_empty()
+        && !host.is_empty()
+        && !host.contains('/')
+        && !path.is_empty()
+    {
+        return Ok(());
+    }
+    bad(format!("repo `{repo}` is not an https, ssh or git URL"))
+}
+
+/// A branch, tag, full ref name or commit SHA, by git's rules for ref names.
+fn check_git_ref(r: &str) -> Result<(), FieldError> {
+    let valid = !r.is_empty()
+        && r.len() <= 255
+        && !r.starts_with(['-', '/', '.'])
+        && !r.ends_with(['/', '.'])
+        && !r.ends_with(".lock")
+        && !r.contains("..")
+        && !r.contains("//")
+        && !r.contains("@{")
+        && !r.chars().any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
+    if valid { Ok(()) } else { Err(FieldError::new("ref", format!("ref `{r}` is not a valid branch, tag or commit"))) }
+}
+
+fn check_relative_path(field: &str, path: &str) -> Result<(), FieldError> {
+    if path.is_empty() {
+        return Err(FieldError::new(field, format!("{field} must not be empty")));
+    }
+    if !is_confined(path) {
+        return Err(FieldError::new(
+            field,
+            format!("{field} `{path}` must be a relative path inside the repository (no `..`, not absolute)"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_no_nul(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.contains('\0') {
+        return Err(FieldError::new(field, format!("{field} must not contain NUL bytes")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> JobRequest {
+        JobRequest {
+            repo: Some("git://127.0.0.1:9418/app.git".into()),
+            image: Some("127.0.0.1:5000/team/app:v1".into()),
+            ..Default::default()
+        }
+    }
+
+    fn field_of(r: JobRequest) -> String {
+        r.validate().unwrap_err().field
+    }
+
+    #[test]
+    fn fills_in_defaults() {
+        let spec = request().validate().unwrap();
+        assert_eq!(spec.dockerfile, "Dockerfile");
+        assert_eq!(spec.context, ".");
+        assert_eq!(spec.git_ref, None);
+        assert_eq!(spec.run, RunSpec::default());
+    }
+
+    #[test]
+    fn accepts_the_url_kinds_users_give() {
+        for repo in ["https://github.com/a/b.git", "ssh://git@h/a/b", "git@github.com:a/b.git", "git://h/b"] {
+            let r = JobRequest { repo: Some(repo.into()), ..request() };
+            assert!(r.validate().is_ok(), "{repo}");
+        }
+    }
+
+    #[test]
+    fn names_the_field_at_fault() {
+        assert_eq!(field_of(JobRequest { repo: None, ..request() }), "repo");
+        assert_eq!(field_of(JobRequest { image: None, ..request() }), "image");
+        for repo in ["file:///etc", "/srv/repo", "ftp://h/r", "", "https://", "-uhoh"] {
+            assert_eq!(field_of(JobRequest { repo: Some(repo.into()), ..request() }), "repo", "{repo}");
+        }
+        assert_eq!(field_of(JobRequest { image: Some("Bad Image".into()), ..request() }), "image");
+        assert_eq!(field_of(JobRequest { dockerfile: Some("../Dockerfile".into()), ..request() }), "dockerfile");
+        assert_eq!(field_of(JobRequest { context: Some("/abs".into()), ..request() }), "context");
+        assert_eq!(field_of(JobRequest { git_ref: Some("a..b".into()), ..request() }), "ref");
+        let env = BTreeMap::from([("1X".to_string(), "v".to_string())]);
+        assert_eq!(field_of(JobRequest { env: Some(env), ..request() }), "env.1X");
+        let run = RunRequest { timeout_seconds: Some(0), command: None };
+        assert_eq!(field_of(JobRequest { run: Some(run), ..request() }), "run.timeout_seconds");
+        let run = RunRequest { timeout_seconds: None, command: Some(vec![]) };
+        assert_eq!(field_of(JobRequest { run: Some(run), ..request() }), "run.command");
+    }
+}

@@ -1,0 +1,84 @@
+//! Claiming: runnable jobs leased to one worker, in one statement.
+//!
+//! `for update skip locked` lets several orchestrators claim from one table without
+//! waiting on each other or taking the same row; the `limit` is the worker's free
+//! slots, so nothing is claimed that cannot start at once.
+
+use std::time::Duration;
+
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+use crate::job::{JobId, JobSpec, JobState};
+
+/// A job this orchestrator now holds a lease on.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedJob {
+    pub id: JobId,
+    pub state: JobState,
+    pub attempt: i32,
+    pub lease_token: Uuid,
+    pub spec: Json<JobSpec>,
+    pub traceparent: Option<String>,
+    pub commit_sha: Option<String>,
+    pub image_id: Option<String>,
+    pub pushed_ref: Option<String>,
+    pub container_id: Option<String>,
+}
+
+impl Store {
+    /// Leases up to `limit` runnable jobs, oldest first, to `worker` on behalf of
+    /// orchestrator `owner`.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        worker: &str,
+        limit: u32,
+        lease_ttl: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let jobs = sqlx::query_as::<_, ClaimedJob>(
+            "with runnable as (
+                 select id from jobs
+                 where lease_token is null
+                   and state not in ('succeeded', 'failed', 'cancelled')
+                   and run_after <= now()
+                 order by run_after, id
+                 limit $1
+                 for update skip locked
+             )
+             update jobs j
+             set lease_owner = $2, lease_worker = $3, lease_token = gen_random_uuid(),
+                 lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
+             from runnable
+             where j.id = runnable.id
+             returning j.id, j.state, j.attempt, j.lease_token, j.spec, j.traceparent,
+                       j.commit_sha, j.image_id, j.pushed_ref, j.container_id",
+        )
+        .bind(i64::from(limit))
+        .bind(owner)
+        .bind(worker)
+        .bind(lease_ttl.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(jobs)
+    }
+
+    /// Gives a lease back unused (the worker refused the job): the job is runnable
+    /// again at once, with the same attempt.
+    pub async fn release(&self, id: JobId, lease_token: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "update jobs set lease_owner = null, lease_worker = null, lease_token = null,
+                 lease_expires_at = null, updated_at = now()
+             where id = $1 and lease_token = $2",
+        )
+        .bind(id)
+        .bind(lease_token)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

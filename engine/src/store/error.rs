@@ -1,0 +1,39 @@
+//! Store errors, with `sqlx::Error` translated in this one place.
+
+/// What went wrong with a store call.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The write was fenced off: the lease token is no longer the job's current one,
+    /// or the job already finished.
+    #[error("the lease is no longer held")]
+    LeaseLost,
+    #[error("no such job")]
+    NotFound,
+    /// Postgres could not be reached or dropped the connection; trying again may work.
+    #[error("the database is unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("migrations failed: {0}")]
+    Migrate(String),
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+                StoreError::Unavailable(e)
+            }
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // Class 08 (connection exception), 57P01-03 (admin shutdown, crash
+                // shutdown, cannot connect now), 53300 (too many connections).
+                Some(code) if code.starts_with("08") || code.starts_with("57P") || code == "53300" => {
+                    StoreError::Unavailable(e)
+                }
+                _ => StoreError::Database(e),
+            },
+            _ => StoreError::Database(e),
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The Postgres store: every read and write of job state, in SQL that the Rust code
+//! can see. Each transition is one statement (a CTE that updates the job, appends the
+//! event and touches the step row), so it is atomic without an explicit transaction
+//! and costs one round trip. Every write a worker's report causes is fenced by the
+//! lease token of the attempt: zero rows is [`StoreError::LeaseLost`], never a
+//! silent no-op.
+
+mod claim;
+mod error;
+mod logs;
+mod read;
+mod submit;
+mod transitions;
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+pub use claim::ClaimedJob;
+pub use error::StoreError;
+pub use logs::{LogRow, NewLogLine};
+pub use read::{EventRow, JobRow, StepRow};
+pub use transitions::{Finish, Lease, Outputs};
+
+/// The migrations in `migrations/`, applied by `slipway migrate` and at start.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// The channel a submission notifies, so that idle orchestrators wake at once.
+pub const QUEUED_CHANNEL: &str = "slipway_jobs";
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    pub fn new(pool: PgPool) -> Self {
+        Store { pool }
+    }
+
+    /// Connects to `url`, waiting up to `patience` for Postgres to accept connections.
+    pub async fn connect(url: &str, patience: Duration) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse().map_err(StoreError::from)?;
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let attempt = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options.clone())
+                .await;
+            match attempt {
+                Ok(pool) => return Ok(Store { pool }),
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "waiting for postgres");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await.map_err(|e| StoreError::Migrate(e.to_string()))
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}

@@ -1,0 +1,109 @@
+//! Reading jobs back: one job with its steps and events, and pages of jobs.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::types::Json;
+
+use super::{Store, StoreError};
+use crate::job::{JobId, JobSpec, JobState};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub id: JobId,
+    pub state: JobState,
+    pub attempt: i32,
+    pub spec: Json<JobSpec>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub lease_worker: Option<String>,
+    pub commit_sha: Option<String>,
+    pub image_id: Option<String>,
+    pub pushed_ref: Option<String>,
+    pub container_id: Option<String>,
+    pub exit_code: Option<i64>,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct StepRow {
+    pub step: String,
+    pub attempt: i32,
+    pub worker: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct EventRow {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub from_state: Option<JobState>,
+    pub to_state: JobState,
+    pub attempt: i32,
+    pub worker: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// The columns of [`JobRow`], as a literal so that queries stay static strings.
+macro_rules! job_columns {
+    () => {
+        "id, state, attempt, spec, created_at, updated_at, finished_at, lease_worker,
+         commit_sha, image_id, pushed_ref, container_id, exit_code, error_code, error"
+    };
+}
+
+impl Store {
+    pub async fn job(&self, id: JobId) -> Result<JobRow, StoreError> {
+        let row = sqlx::query_as::<_, JobRow>(concat!("select ", job_columns!(), " from jobs where id = $1"))
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row)
+    }
+
+    /// Newest first; `before` is the last id of the previous page.
+    pub async fn jobs(&self, state: Option<JobState>, before: Option<JobId>, limit: i64) -> Result<Vec<JobRow>, StoreError> {
+        let rows = sqlx::query_as::<_, JobRow>(concat!(
+            "select ",
+            job_columns!(),
+            " from jobs
+             where ($1::job_state is null or state = $1) and ($2::uuid is null or id < $2)
+             order by id desc limit $3"
+        ))
+        .bind(state)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Every step of every attempt, in the order they started.
+    pub async fn steps(&self, id: JobId) -> Result<Vec<StepRow>, StoreError> {
+        let rows = sqlx::query_as::<_, StepRow>(
+            "select step::text as step, attempt, worker, started_at, finished_at, outcome, error_code, error
+             from job_steps where job_id = $1 order by attempt, step",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// The job's history, oldest first.
+    pub async fn events(&self, id: JobId) -> Result<Vec<EventRow>, StoreError> {
+        let rows = sqlx::query_as::<_, EventRow>(
+            "select id, at, from_state, to_state, attempt, worker, reason
+             from job_events where job_id = $1 order by id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+}

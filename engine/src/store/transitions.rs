@@ -1,0 +1,190 @@
+//! The transitions a worker's reports cause, each one guarded statement fenced by
+//! the lease token.
+
+use std::time::Duration;
+
+use slipway_steps::Step;
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+use crate::job::{JobId, JobState, state_of_step};
+
+/// The attempt a report speaks for.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub job_id: JobId,
+    pub attempt: i32,
+    pub token: Uuid,
+    /// The worker that sent the report, for the history.
+    pub worker: String,
+}
+
+/// Step outputs; `None` leaves a stored value as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Outputs {
+    pub commit_sha: Option<String>,
+    pub image_id: Option<String>,
+    pub pushed_ref: Option<String>,
+    pub container_id: Option<String>,
+}
+
+/// How a job ends.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub state: JobState,
+    pub exit_code: Option<i64>,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+}
+
+fn fenced(rows: i64) -> Result<(), StoreError> {
+    if rows == 0 { Err(StoreError::LeaseLost) } else { Ok(()) }
+}
+
+impl Store {
+    /// The job enters the state of `step`; the step's row for this attempt opens.
+    pub async fn mark_step_started(&self, lease: &Lease, step: Step, lease_ttl: Duration) -> Result<(), StoreError> {
+        let to = state_of_step(step);
+        let rows: i64 = sqlx::query_scalar(
+            "with prev as (
+                 select state from jobs
+                 where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
+                 for update
+             ), upd as (
+                 update jobs j set state = $3, updated_at = now(),
+                     lease_expires_at = now() + make_interval(secs => $6)
+                 from prev where j.id = $1
+                 returning prev.state as from_state, j.attempt
+             ), ev as (
+                 insert into job_events (job_id, from_state, to_state, attempt, worker)
+                 select $1, from_state, $3, attempt, $4 from upd
+             ), st as (
+                 insert into job_steps (job_id, attempt, step, worker)
+                 select $1, attempt, $5::job_step, $4 from upd
+                 on conflict (job_id, attempt, step) do update
+                 set started_at = now(), finished_at = null, outcome = null,
+                     error_code = null, error = null, worker = excluded.worker
+             )
+             select count(*) from upd",
+        )
+        .bind(lease.job_id)
+        .bind(lease.token)
+        .bind(to)
+        .bind(&lease.worker)
+        .bind(step.as_str())
+        .bind(lease_ttl.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await?;
+        fenced(rows)
+    }
+
+    /// Stores outputs a step produced before it ends (the container id before the
+    /// wait), so that a recovery can find what the step started.
+    pub async fn record_outputs(&self, lease: &Lease, outputs: &Outputs, lease_ttl: Duration) -> Result<(), StoreError> {
+        let rows = sqlx::query(
+            "update jobs set
+                 commit_sha = coalesce($3, commit_sha), image_id = coalesce($4, image_id),
+                 pushed_ref = coalesce($5, pushed_ref), container_id = coalesce($6, container_id),
+                 updated_at = now(), lease_expires_at = now() + make_interval(secs => $7)
+             where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')",
+        )
+        .bind(lease.job_id)
+        .bind(lease.token)
+        .bind(&outputs.commit_sha)
+        .bind(&outputs.image_id)
+        .bind(&outputs.pushed_ref)
+        .bind(&outputs.container_id)
+        .bind(lease_ttl.as_secs_f64())
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        fenced(rows as i64)
+    }
+
+    /// A step that is not the last ended well: its outputs are stored and its row closed.
+    pub async fn mark_step_succeeded(
+        &self,
+        lease: &Lease,
+        step: Step,
+        outputs: &Outputs,
+        lease_ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let rows: i64 = sqlx::query_scalar(
+            "with upd as (
+                 update jobs set
+                     commit_sha = coalesce($3, commit_sha), image_id = coalesce($4, image_id),
+                     pushed_ref = coalesce($5, pushed_ref), container_id = coalesce($6, container_id),
+                     updated_at = now(), lease_expires_at = now() + make_interval(secs => $8)
+                 where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
+                 returning attempt
+             ), st as (
+                 update job_steps s set finished_at = now(), outcome = 'succeeded'
+                 from upd where s.job_id = $1 and s.attempt = upd.attempt and s.step = $7::job_step
+             )
+             select count(*) from upd",
+        )
+        .bind(lease.job_id)
+        .bind(lease.token)
+        .bind(&outputs.commit_sha)
+        .bind(&outputs.image_id)
+        .bind(&outputs.pushed_ref)
+        .bind(&outputs.container_id)
+        .bind(step.as_str())
+        .bind(lease_ttl.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await?;
+        fenced(rows)
+    }
+
+    /// The job ends (succeeded, failed or cancelled) while `step` ran: the job row
+    /// takes its final state and gives up its lease, the event is appended and the
+    /// step's row closed, all in one statement.
+    pub async fn mark_finished(
+        &self,
+        lease: &Lease,
+        step: Step,
+        outputs: &Outputs,
+        finish: &Finish,
+    ) -> Result<(), StoreError> {
+        debug_assert!(finish.state.is_terminal());
+        let outcome = if finish.state == JobState::Succeeded { "succeeded" } else { "failed" };
+        let rows: i64 = sqlx::query_scalar(
+            "with prev as (
+                 select state from jobs
+                 where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
+                 for update
+             ), upd as (
+                 update jobs j set state = $3, finished_at = now(), updated_at = now(),
+                     lease_owner = null, lease_worker = null, lease_token = null, lease_expires_at = null,
+                     exit_code = coalesce($4, j.exit_code), error_code = $5, error = $6,
+                     commit_sha = coalesce($7, j.commit_sha), image_id = coalesce($8, j.image_id),
+                     pushed_ref = coalesce($9, j.pushed_ref), container_id = coalesce($10, j.container_id)
+                 from prev where j.id = $1
+                 returning prev.state as from_state, j.attempt
+             ), ev as (
+                 insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
+                 select $1, from_state, $3, attempt, $11, $5 from upd
+             ), st as (
+                 update job_steps s set finished_at = now(), outcome = $12, error_code = $5, error = $6
+                 from upd where s.job_id = $1 and s.attempt = upd.attempt and s.step = $13::job_step
+             )
+             select count(*) from upd",
+        )
+        .bind(lease.job_id)
+        .bind(lease.token)
+        .bind(finish.state)
+        .bind(finish.exit_code)
+        .bind(&finish.error_code)
+        .bind(&finish.error)
+        .bind(&outputs.commit_sha)
+        .bind(&outputs.image_id)
+        .bind(&outputs.pushed_ref)
+        .bind(&outputs.container_id)
+        .bind(&lease.worker)
+        .bind(outcome)
+        .bind(step.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        fenced(rows)
+    }
+}

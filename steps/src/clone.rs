@@ -1,0 +1,273 @@
+//! Clone: fetch one commit of a remote repository into a folder and check it out.
+//!
+//! The ref is resolved against the remote's advertisement first, so that a missing
+//! repository or ref is a permanent error named as such before anything is fetched.
+//! A branch or tag is fetched shallow (depth 1); a commit SHA that no ref points at
+//! needs the history, so it is fetched in full. The resolved SHA is returned so the
+//! engine can pin it: a later attempt builds the same code even if the branch moved.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use git2::{
+    AutotagOption, Cred, CredentialType, Direction, ErrorClass, ErrorCode as GitCode, FetchOptions,
+    Oid, RemoteCallbacks, Repository,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{ErrorCode, LogSink, LogStream, StepError};
+
+/// What to fetch.
+#[derive(Debug, Clone)]
+pub struct CloneRequest {
+    pub repo: String,
+    /// Branch, tag, full ref name or full commit SHA; `None`: the default branch.
+    pub git_ref: Option<String>,
+    /// A SHA an earlier attempt resolved; when set it wins over `git_ref`.
+    pub pinned_sha: Option<String>,
+}
+
+/// Clones into `dest` (an empty or missing folder) and returns the checked-out SHA.
+/// Blocking: call it from `spawn_blocking`.
+pub fn clone_repo(
+    request: &CloneRequest,
+    dest: &Path,
+    logs: &LogSink,
+    cancel: &CancellationToken,
+) -> Result<String, StepError> {
+    std::fs::create_dir_all(dest).map_err(|e| internal("cannot create the clone folder", e))?;
+    let repo = Repository::init(dest).map_err(|e| internal("cannot initialise the clone", e))?;
+    let mut remote = repo.remote_anonymous(&request.repo).map_err(|e| classify(&request.repo, e))?;
+
+    let target = {
+        let connection = remote
+            .connect_auth(Direction::Fetch, Some(callbacks(logs, cancel)), None)
+            .map_err(|e| classify(&request.repo, e))?;
+        let heads: Vec<(String, Oid)> = connection
+            .list()
+            .map_err(|e| classify(&request.repo, e))?
+            .iter()
+            .map(|h| (h.name().to_string(), h.oid()))
+            .collect();
+        let default_branch = connection.default_branch().ok().and_then(|b| b.as_str().ok().map(String::from));
+        resolve(request, &heads, default_branch.as_deref())?
+    };
+    logs.blocking_line(LogStream::System, format!("fetching {} from {}", target.describe(), request.repo));
+
+    let mut fetch = FetchOptions::new();
+    fetch.remote_callbacks(callbacks(logs, cancel)).download_tags(AutotagOption::None);
+    let refspecs: Vec<String> = match &target.refname {
+        Some(name) => {
+            fetch.depth(1);
+            vec![format!("+{name}:refs/slipway/target")]
+        }
+        // A commit no ref points at: fetch everything and look for it.
+        None => vec!["+refs/heads/*:refs/remotes/origin/*".into(), "+refs/tags/*:refs/tags/*".into()],
+    };
+    remote.fetch(&refspecs, Some(&mut fetch), None).map_err(|e| {
+        if cancel.is_cancelled() { StepError::cancelled() } else { classify(&request.repo, e) }
+    })?;
+
+    let commit = repo.find_commit(target.oid).map_err(|_| {
+        StepError::new(
+            ErrorCode::RefNotFound,
+            format!("commit {} is not in {}", target.oid, request.repo),
+        )
+    })?;
+    let mut checkout = git2::build::CheckoutBuilder::new();
+    checkout.force();
+    repo.checkout_tree(commit.as_object(), Some(&mut checkout))
+        .map_err(|e| internal("cannot check out the commit", e))?;
+    repo.set_head_detached(target.oid).map_err(|e| internal("cannot check out the commit", e))?;
+    let sha = target.oid.to_string();
+    logs.blocking_line(LogStream::System, format!("checked out {sha}"));
+    Ok(sha)
+}
+
+/// The commit to check out and, when a ref points at it, that ref's name.
+#[derive(Debug, PartialEq)]
+struct Target {
+    oid: Oid,
+    refname: Option<String>,
+}
+
+impl Target {
+    fn describe(&self) -> String {
+        match &self.refname {
+            Some(name) => format!("{name} ({})", self.oid),
+            None => format!("commit {}", self.oid),
+        }
+    }
+}
+
+/// Picks the commit from the remote's advertised refs.
+fn resolve(
+    request: &CloneRequest,
+    heads: &[(String, Oid)],
+    default_branch: Option<&str>,
+) -> Result<Target, StepError> {
+    let by_oid = |oid: Oid| Target {
+        oid,
+        refname: heads.iter().find(|(n, o)| *o == oid && !n.ends_with("^{}")).map(|(n, _)| n.clone()),
+    };
+    if let Some(sha) = request.pinned_sha.as_deref() {
+        let oid = Oid::from_str(sha).map_err(|_| ref_not_found(request, sha))?;
+        return Ok(by_oid(oid));
+    }
+    let wanted = match request.git_ref.as_deref() {
+        Some(r) => r.to_string(),
+        None => default_branch
+            .map(String::from)
+            .or_else(|| heads.iter().find(|(n, _)| n == "HEAD").map(|_| "HEAD".to_string()))
+            .ok_or_else(|| {
+                StepError::new(ErrorCode::RefNotFound, format!("{} has no default branch", request.repo))
+            })?,
+    };
+    let candidates = [wanted.clone(), format!("refs/heads/{wanted}"), format!("refs/tags/{wanted}")];
+    for name in &candidates {
+        // An annotated tag's commit is advertised as `<tag>^{}`.
+        let peeled = format!("{name}^{{}}");
+        if let Some((_, oid)) = heads.iter().find(|(n, _)| *n == peeled) {
+            return Ok(Target { oid: *oid, refname: Some(name.clone()) });
+        }
+        if let Some((n, oid)) = heads.iter().find(|(n, _)| n == name) {
+            return Ok(Target { oid: *oid, refname: Some(n.clone()) });
+        }
+    }
+    if wanted.len() == 40 && wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+        let oid = Oid::from_str(&wanted).map_err(|_| ref_not_found(request, &wanted))?;
+        return Ok(by_oid(oid));
+    }
+    Err(ref_not_found(request, &wanted))
+}
+
+fn ref_not_found(request: &CloneRequest, wanted: &str) -> StepError {
+    StepError::new(
+        ErrorCode::RefNotFound,
+        format!("ref `{wanted}` does not exist in {}", request.repo),
+    )
+}
+
+fn callbacks<'a>(logs: &'a LogSink, cancel: &'a CancellationToken) -> RemoteCallbacks<'a> {
+    let mut cb = RemoteCallbacks::new();
+    let mut credential_tries = 0;
+    cb.credentials(move |_url, username, allowed| {
+        credential_tries += 1;
+        if credential_tries > 3 {
+            return Err(git2::Error::from_str("credentials refused"));
+        }
+        if allowed.contains(CredentialType::SSH_KEY) {
+            Cred::ssh_key_from_agent(username.unwrap_or("git"))
+        } else {
+            Cred::default()
+        }
+    });
+    let mut last = Instant::now() - Duration::from_secs(1);
+    cb.transfer_progress(move |p| {
+        let done = p.received_objects() == p.total_objects();
+        if done || last.elapsed() >= Duration::from_millis(500) {
+            last = Instant::now();
+            logs.blocking_line(
+                LogStream::System,
+                format!(
+                    "received {}/{} objects, {} bytes",
+                    p.received_objects(),
+                    p.total_objects(),
+                    p.received_bytes()
+                ),
+            );
+        }
+        !cancel.is_cancelled()
+    });
+    cb.sideband_progress(move |text| {
+        for line in String::from_utf8_lossy(text).split(['\n', '\r']).filter(|l| !l.trim().is_empty()) {
+            logs.blocking_line(LogStream::System, format!("remote: {}", line.trim()));
+        }
+        !cancel.is_cancelled()
+    });
+    cb
+}
+
+/// Sorts a libgit2 error into what it means for the job.
+fn classify(repo: &str, e: git2::Error) -> StepError {
+    let text = e.message().to_ascii_lowercase();
+    let code = if e.code() == GitCode::Auth
+        || text.contains("authentication")
+        || text.contains("credentials")
+        || text.contains("401")
+        || text.contains("403")
+    {
+        ErrorCode::AuthRefused
+    } else if e.code() == GitCode::NotFound
+        || text.contains("not found")
+        || text.contains("not exported")
+        || text.contains("does not appear to be a git repository")
+        || text.contains("404")
+        || (e.class() == ErrorClass::Invalid && text.contains("unsupported url"))
+    {
+        ErrorCode::RepoNotFound
+    } else {
+        ErrorCode::CloneFailed
+    };
+    let message = match code {
+        ErrorCode::RepoNotFound => format!("repository {repo} does not exist or cannot be read: {}", e.message()),
+        ErrorCode::AuthRefused => format!("{repo} refused the credentials: {}", e.message()),
+        _ => format!("cannot fetch {repo}: {}", e.message()),
+    };
+    StepError::new(code, message).with_source(e)
+}
+
+fn internal(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> StepError {
+    StepError::new(ErrorCode::Internal, format!("{what}: {e}")).with_source(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oid(n: u8) -> Oid {
+        Oid::from_bytes(&[n; 20]).unwrap()
+    }
+
+    fn request(git_ref: Option<&str>) -> CloneRequest {
+        CloneRequest { repo: "git://x/r".into(), git_ref: git_ref.map(String::from), pinned_sha: None }
+    }
+
+    fn heads() -> Vec<(String, Oid)> {
+        vec![
+            ("HEAD".into(), oid(1)),
+            ("refs/heads/main".into(), oid(1)),
+            ("refs/heads/dev".into(), oid(2)),
+            ("refs/tags/v1".into(), oid(3)),
+            ("refs/tags/v1^{}".into(), oid(4)),
+        ]
+    }
+
+    #[test]
+    fn resolves_default_branch_branches_and_peeled_tags() {
+        let h = heads();
+        let main = resolve(&request(None), &h, Some("refs/heads/main")).unwrap();
+        assert_eq!(main, Target { oid: oid(1), refname: Some("refs/heads/main".into()) });
+        assert_eq!(resolve(&request(Some("dev")), &h, None).unwrap().oid, oid(2));
+        assert_eq!(resolve(&request(Some("v1")), &h, None).unwrap().oid, oid(4));
+    }
+
+    #[test]
+    fn a_sha_no_ref_points_at_needs_a_full_fetch_and_an_unknown_ref_is_permanent() {
+        let h = heads();
+        let sha = oid(9).to_string();
+        let t = resolve(&request(Some(&sha)), &h, None).unwrap();
+        assert_eq!(t, Target { oid: oid(9), refname: None });
+        let t = resolve(&request(Some(&oid(2).to_string())), &h, None).unwrap();
+        assert_eq!(t.refname.as_deref(), Some("refs/heads/dev"));
+        let err = resolve(&request(Some("nope")), &h, None).unwrap_err();
+        assert_eq!(err.code, ErrorCode::RefNotFound);
+    }
+
+    #[test]
+    fn a_pinned_sha_wins_over_the_ref() {
+        let mut r = request(Some("dev"));
+        r.pinned_sha = Some(oid(1).to_string());
+        assert_eq!(resolve(&r, &heads(), None).unwrap().oid, oid(1));
+    }
+}

@@ -1,0 +1,41 @@
+//! The connection to the Docker engine, and what its errors mean for a job.
+
+pub use bollard::Docker;
+use bollard::errors::Error as DockerError;
+
+use crate::{ErrorCode, StepError};
+
+/// Label put on every image and container Slipway makes, with the job id as value,
+/// so that they can be found again (re-attach, sweeps).
+pub const JOB_LABEL: &str = "slipway.job_id";
+/// Label with the attempt that made a container.
+pub const ATTEMPT_LABEL: &str = "slipway.attempt";
+
+/// Connects to the local engine (`DOCKER_HOST` or the default socket).
+pub fn connect() -> Result<Docker, StepError> {
+    Docker::connect_with_local_defaults().map_err(|e| {
+        StepError::new(ErrorCode::EngineUnavailable, format!("cannot reach the Docker engine: {e}"))
+            .with_source(e)
+    })
+}
+
+/// The engine's answer status, when it answered at all.
+pub fn status_of(e: &DockerError) -> Option<u16> {
+    match e {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// An error talking to the engine: an answer with a status is `on_answer`
+/// (the engine refused), anything else means the engine could not be reached.
+pub fn engine_error(e: DockerError, on_answer: ErrorCode, what: &str) -> StepError {
+    match &e {
+        DockerError::DockerResponseServerError { message, .. } => {
+            let message = format!("{what}: {message}");
+            StepError::new(on_answer, message).with_source(e)
+        }
+        _ => StepError::new(ErrorCode::EngineUnavailable, format!("{what}: the Docker engine is unreachable: {e}"))
+            .with_source(e),
+    }
+}

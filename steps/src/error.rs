@@ -1,0 +1,95 @@
+//! The one error type of every step: a stable code, a message a person can act on,
+//! whether another attempt could succeed, and the cause.
+
+use std::fmt;
+
+/// Stable, machine-readable failure codes. They are stored with the job and shown
+/// by the API, so a code never changes meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    RepoNotFound,
+    RefNotFound,
+    AuthRefused,
+    CloneFailed,
+    PathEscapesRepository,
+    DockerfileMissing,
+    ContextMissing,
+    BuildFailed,
+    EngineUnavailable,
+    PushRefused,
+    PushFailed,
+    RunFailed,
+    ExitNonZero,
+    TimedOut,
+    Cancelled,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::RepoNotFound => "repo_not_found",
+            ErrorCode::RefNotFound => "ref_not_found",
+            ErrorCode::AuthRefused => "auth_refused",
+            ErrorCode::CloneFailed => "clone_failed",
+            ErrorCode::PathEscapesRepository => "path_escapes_repository",
+            ErrorCode::DockerfileMissing => "dockerfile_missing",
+            ErrorCode::ContextMissing => "context_missing",
+            ErrorCode::BuildFailed => "build_failed",
+            ErrorCode::EngineUnavailable => "engine_unavailable",
+            ErrorCode::PushRefused => "push_refused",
+            ErrorCode::PushFailed => "push_failed",
+            ErrorCode::RunFailed => "run_failed",
+            ErrorCode::ExitNonZero => "exit_nonzero",
+            ErrorCode::TimedOut => "timed_out",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Whether another attempt of the same step could succeed without anyone
+    /// changing the job or the repository.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::CloneFailed | ErrorCode::EngineUnavailable | ErrorCode::PushFailed
+        )
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a step failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct StepError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// The container's exit code, for [`ErrorCode::ExitNonZero`].
+    pub exit_code: Option<i64>,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StepError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        StepError { code, message: message.into(), exit_code: None, source: None }
+    }
+
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    pub fn retryable(&self) -> bool {
+        self.code.is_retryable()
+    }
+
+    pub fn cancelled() -> Self {
+        StepError::new(ErrorCode::Cancelled, "the job was cancelled")
+    }
+}

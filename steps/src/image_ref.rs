@@ -1,0 +1,192 @@
+//! Image references (`registry:port/team/app:tag`): parsed once, by the rules of the
+//! distribution spec, so that a bad one is refused at submission with a reason
+//! instead of failing a build minutes later.
+
+use std::fmt;
+
+/// A validated image reference without a digest: Slipway builds and tags it, then
+/// records the digest it pushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// The registry host (with port), when the reference names one.
+    pub registry: Option<String>,
+    /// The repository path inside the registry, such as `team/app`.
+    pub path: String,
+    /// The tag; `latest` when none was given.
+    pub tag: String,
+}
+
+impl ImageRef {
+    /// The name without tag, as registries and `docker push` know it.
+    pub fn name(&self) -> String {
+        match &self.registry {
+            Some(r) => format!("{r}/{}", self.path),
+            None => self.path.clone(),
+        }
+    }
+
+    /// `name@digest`: the reference of one pushed manifest.
+    pub fn with_digest(&self, digest: &str) -> String {
+        format!("{}@{digest}", self.name())
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.name(), self.tag)
+    }
+}
+
+impl std::str::FromStr for ImageRef {
+    type Err = String;
+
+    /// Parses a reference; the error says what is wrong with it.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("is empty".into());
+        }
+        if s.contains('@') {
+            return Err("must not carry a digest: Slipway records the digest it pushes".into());
+        }
+        let (name, tag) = match s.rfind(':') {
+            Some(i) if !s[i + 1..].contains('/') => (&s[..i], Some(&s[i + 1..])),
+            _ => (s, None),
+        };
+        if name.len() > 255 {
+            return Err("name is longer than 255 characters".into());
+        }
+        let mut parts: Vec<&str> = name.split('/').collect();
+        let registry = if parts.len() > 1
+            && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
+        {
+            let host = parts.remove(0);
+            check_registry(host)?;
+            Some(host.to_string())
+        } else {
+            None
+        };
+        for part in &parts {
+            check_path_component(part)?;
+        }
+        let tag = match tag {
+            Some(t) => {
+                check_tag(t)?;
+                t.to_string()
+            }
+            None => "latest".to_string(),
+        };
+        Ok(ImageRef { registry, path: parts.join("/"), tag })
+    }
+}
+
+fn check_registry(host: &str) -> Result<(), String> {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((n, p)) => (n, Some(p)),
+        None => (host, None),
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() || !name.split('.').all(label_ok) {
+        return Err(format!("registry host `{host}` is not a valid host name"));
+    }
+    if let Some(p) = port
+        && p.parse::<u16>().is_err()
+    {
+        return Err(format!("registry port `{p}` is not a port number"));
+    }
+    Ok(())
+}
+
+fn check_path_component(part: &str) -> Result<(), String> {
+    let bad = || {
+        format!(
+            "path component `{part}` must be lowercase letters and digits, \
+             separated by single `.`, `_`, `__` or runs of `-`"
+        )
+    };
+    if part.is_empty() {
+        return Err("has an empty path component".into());
+    }
+    let bytes = part.as_bytes();
+    if !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
+        return Err(bad());
+    }
+    let mut separator = String::new();
+    for &b in bytes {
+        if b.is_ascii_lowercase() || b.is_ascii_digit() {
+            if !(separator.is_empty()
+                || separator == "."
+                || separator == "_"
+                || separator == "__"
+                || separator.chars().all(|c| c == '-'))
+            {
+                return Err(bad());
+            }
+            separator.clear();
+        } else if matches!(b, b'.' | b'_' | b'-') {
+            separator.push(b as char);
+        } else {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+fn check_tag(tag: &str) -> Result<(), String> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 128
+        && (tag.as_bytes()[0].is_ascii_alphanumeric() || tag.starts_with('_'))
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("tag `{tag}` must be 1-128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<ImageRef, String> {
+        s.parse()
+    }
+
+    #[test]
+    fn parses_registry_path_and_tag() {
+        let r = parse("127.0.0.1:5000/team/app:v1.2").unwrap();
+        assert_eq!(r.registry.as_deref(), Some("127.0.0.1:5000"));
+        assert_eq!(r.path, "team/app");
+        assert_eq!(r.tag, "v1.2");
+        assert_eq!(r.name(), "127.0.0.1:5000/team/app");
+        assert_eq!(r.with_digest("sha256:ab"), "127.0.0.1:5000/team/app@sha256:ab");
+
+        let r = parse("localhost/app").unwrap();
+        assert_eq!((r.registry.as_deref(), r.tag.as_str()), (Some("localhost"), "latest"));
+        let r = parse("library/busy_box__x:latest").unwrap();
+        assert_eq!(r.registry, None);
+        assert_eq!(r.to_string(), "library/busy_box__x:latest");
+    }
+
+    #[test]
+    fn refuses_bad_references_with_a_reason() {
+        for bad in [
+            "",
+            "App:1",
+            "team//app",
+            "team/app:",
+            "team/app:-x",
+            "team/app@sha256:00",
+            "host:port/app",
+            "-app",
+            "a..b",
+            "a/b c",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Run: the pushed image as a container on the local Docker engine.
+//!
+//! Split in two so the worker can store the container id before it waits:
+//! [`create_container`] makes (or finds again) the container, [`wait_container`]
+//! starts it if it never started, follows its output and returns its exit code.
+//! The container's name is derived from job id and attempt, so a repeated create
+//! for the same attempt finds the existing container instead of making a second.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::container::LogOutput;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::docker::{ATTEMPT_LABEL, JOB_LABEL, engine_error, status_of};
+use crate::logs::LineSplitter;
+use crate::{ErrorCode, LogSink, LogStream, StepError};
+
+/// How long a container gets between SIGTERM and SIGKILL when Slipway stops it.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub job_id: String,
+    pub attempt: u32,
+    /// The image to run, best as `name@sha256:…`.
+    pub image: String,
+    pub env: HashMap<String, String>,
+    /// Empty: the image's own command.
+    pub command: Vec<String>,
+}
+
+/// The container name of one attempt of one job.
+pub fn container_name(job_id: &str, attempt: u32) -> String {
+    format!("slipway-{job_id}-{attempt}")
+}
+
+/// Creates the attempt's container, or finds the one an earlier try of this attempt
+/// made, and returns its id. Pulls the image when the engine does not have it.
+pub async fn create_container(docker: &Docker, request: &RunRequest, logs: &LogSink) -> Result<String, StepError> {
+    let name = container_name(&request.job_id, request.attempt);
+    let mut env: Vec<String> = request.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.sort();
+    let body = ContainerCreateBody {
+        image: Some(request.image.clone()),
+        env: Some(env),
+        cmd: (!request.command.is_empty()).then(|| request.command.clone()),
+        labels: Some(HashMap::from([
+            (JOB_LABEL.to_string(), request.job_id.clone()),
+            (ATTEMPT_LABEL.to_string(), request.attempt.to_string()),
+        ])),
+        ..Default::default()
+    };
+    let options = CreateContainerOptionsBuilder::default().name(&name).build();
+    let mut pulled = false;
+    loop {
+        match docker.create_container(Some(options.clone()), body.clone()).await {
+            Ok(created) => {
+                logs.line(LogStream::System, format!("created container {name}")).await;
+                return Ok(created.id);
+            }
+            Err(e) if status_of(&e) == Some(409) => {
+                let existing = docker
+                    .inspect_container(&name, None)
+                    .await
+                    .map_err(|e| engine_error(e, ErrorCode::RunFailed, "cannot inspect the existing container"))?;
+                logs.line(LogStream::System, format!("found container {name} again")).await;
+                return existing
+                    .id
+                    .ok_or_else(|| StepError::new(ErrorCode::RunFailed, "the engine reported no container id"));
+            }
+            Err(e) if status_of(&e) == Some(404) && !pulled => {
+                pull(docker, &request.image, logs).await?;
+                pulled = true;
+            }
+            Err(e) => return Err(engine_error(e, ErrorCode::RunFailed, "cannot create the container")),
+        }
+    }
+}
+
+async fn pull(docker: &Docker, image: &str, logs: &LogSink) -> Result<(), StepError> {
+    logs.line(LogStream::System, format!("pulling {image}")).await;
+    let options = CreateImageOptionsBuilder::default().from_image(image).build();
+    let mut stream = docker.create_image(Some(options), None, None);
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|e| engine_error(e, ErrorCode::RunFailed, "cannot pull the image"))?;
+        if let Some(message) = info.error_detail.and_then(|d| d.message) {
+            return Err(StepError::new(ErrorCode::RunFailed, format!("cannot pull {image}: {message}")));
+        }
+    }
+    Ok(())
+}
+
+/// Starts the container unless it already ran, streams its stdout and stderr to
+/// `logs`, and returns its exit code. Past `timeout`, or on cancel, the container is
+/// stopped (SIGTERM, then SIGKILL after [`STOP_GRACE`]).
+pub async fn wait_container(
+    docker: &Docker,
+    container_id: &str,
+    timeout: Option<Duration>,
+    logs: &LogSink,
+    cancel: &CancellationToken,
+) -> Result<i64, StepError> {
+    let inspected = docker
+        .inspect_container(container_id, None)
+        .await
+        .map_err(|e| engine_error(e, ErrorCode::RunFailed, "cannot inspect the container"))?;
+    let status = inspected.state.and_then(|s| s.status);
+    if status == Some(ContainerStateStatusEnum::CREATED) {
+        docker
+            .start_container(container_id, None)
+            .await
+            .map_err(|e| engine_error(e, ErrorCode::RunFailed, "cannot start the container"))?;
+    }
+    let follower = tokio::spawn(follow_output(docker.clone(), container_id.to_string(), logs.clone()));
+
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        code = exit_code(docker, container_id) => code,
+        _ = deadline => {
+            stop(docker, container_id).await;
+            let secs = timeout.map(|t| t.as_secs()).unwrap_or_default();
+            Err(StepError::new(ErrorCode::TimedOut, format!("the container ran longer than {secs} s and was stopped")))
+        }
+        _ = cancel.cancelled() => {
+            stop(docker, container_id).await;
+            Err(StepError::cancelled())
+        }
+    };
+    // The output ends when the container does; a bounded wait covers an engine that
+    // keeps the stream open.
+    let _ = tokio::time::timeout(Duration::from_secs(5), follower).await;
+    outcome
+}
+
+async fn exit_code(docker: &Docker, container_id: &str) -> Result<i64, StepError> {
+    let mut wait = docker.wait_container(container_id, None);
+    match wait.next().await {
+        Some(Ok(response)) => Ok(response.status_code),
+        // bollard reports a non-zero exit as an error carrying the code.
+        Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(code),
+        Some(Err(e)) => Err(engine_error(e, ErrorCode::RunFailed, "lost the container while waiting")),
+        None => Err(StepError::new(ErrorCode::EngineUnavailable, "the engine closed the wait before the container ended")),
+    }
+}
+
+async fn follow_output(docker: Docker, container_id: String, logs: LogSink) {
+    let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
+    let mut stream = docker.logs(&container_id, Some(options));
+    let mut out = LineSplitter::default();
+    let mut err = LineSplitter::default();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let (splitter, which) = match &chunk {
+            LogOutput::StdErr { .. } => (&mut err, LogStream::Stderr),
+            _ => (&mut out, LogStream::Stdout),
+        };
+        for line in splitter.push(&chunk.into_bytes()) {
+            logs.line(which, line).await;
+        }
+    }
+    for (splitter, which) in [(&mut out, LogStream::Stdout), (&mut err, LogStream::Stderr)] {
+        if let Some(rest) = splitter.finish() {
+            logs.line(which, rest).await;
+        }
+    }
+}
+
+async fn stop(docker: &Docker, container_id: &str) {
+    let options = StopContainerOptionsBuilder::default().t(STOP_GRACE.as_secs() as i32).build();
+    if let Err(e) = docker.stop_container(container_id, Some(options)).await {
+        tracing::warn!(container.id = container_id, error = %e, "stopping the container failed");
+    }
+}
+
+/// Removes the container and its anonymous volumes; a container already gone is fine.
+pub async fn remove_container(docker: &Docker, container_id: &str) -> Result<(), StepError> {
+    let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+    match docker.remove_container(container_id, Some(options)).await {
+        Ok(()) => Ok(()),
+        Err(e) if status_of(&e) == Some(404) => Ok(()),
+        Err(e) => Err(engine_error(e, ErrorCode::RunFailed, "cannot remove the container")),
+    }
+}

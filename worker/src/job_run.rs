@@ -1,0 +1,214 @@
+//! One job's run on this worker: its steps in order, each reported before and after,
+//! its clone folder removed however the run ends.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use slipway_proto::convert::step_to_wire;
+use slipway_proto::v1::{self, step_report::Event};
+use slipway_steps::build::{BuildRequest, build_image};
+use slipway_steps::clone::{CloneRequest, clone_repo};
+use slipway_steps::image_ref::ImageRef;
+use slipway_steps::push::push_image;
+use slipway_steps::run::{RunRequest, create_container, remove_container, wait_container};
+use slipway_steps::{ErrorCode, LogSink, Step, StepError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::reporter::Reporter;
+use crate::service::WorkerState;
+
+/// Lines a step may have written before the reporter sends them; a full buffer
+/// slows the step rather than dropping lines.
+const LOG_BUFFER: usize = 4096;
+
+pub(crate) struct JobRun {
+    pub lease: v1::Lease,
+    pub spec: v1::JobSpec,
+    pub outputs: v1::StepOutputs,
+    pub first_step: Step,
+    pub report_to: String,
+    pub current_step: Arc<Mutex<Step>>,
+    /// Cancelled when a user cancels the job.
+    pub user_cancel: CancellationToken,
+    /// Cancelled when the worker stops; the job is then handed back unreported.
+    pub shutdown: CancellationToken,
+}
+
+/// Runs the job to its end and forgets it.
+pub(crate) async fn run(state: Arc<WorkerState>, job: JobRun) {
+    let job_id = job.lease.job_id.clone();
+    let token = job.lease.lease_token.clone();
+    let folder = state.config.work_dir.join(format!("job-{}-{}", job_id, job.lease.attempt));
+    run_steps(&state, job, &folder).await;
+    if let Err(e) = tokio::fs::remove_dir_all(&folder).await
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(job.id = %job_id, path = %folder.display(), error = %e, "cannot remove the clone folder");
+    }
+    state.finished(&job_id, &token);
+}
+
+async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
+    let (lines_tx, lines_rx) = mpsc::channel(LOG_BUFFER);
+    let reporter = match Reporter::start(&job.report_to, job.lease.clone(), lines_rx) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(job.id = %job.lease.job_id, error = %e, "cannot report; giving the job up");
+            return;
+        }
+    };
+    // Either a user's cancel or the worker's shutdown stops the step.
+    let stop = job.shutdown.child_token();
+    let _link = {
+        let stop = stop.clone();
+        let user = job.user_cancel.clone();
+        tokio::spawn(async move {
+            user.cancelled().await;
+            stop.cancel();
+        })
+    };
+    let logs = LogSink::new(lines_tx, job.first_step);
+    let mut outputs = job.outputs.clone();
+    let mut step = job.first_step;
+    loop {
+        *job.current_step.lock().unwrap_or_else(|p| p.into_inner()) = step;
+        if !send(&reporter, &job.lease, step, Event::Started(v1::step_report::Started {}), None).await {
+            break;
+        }
+        let logs = logs.for_step(step);
+        let result = match step {
+            Step::Clone => clone(&job, folder, &logs, &stop).await.map(|sha| outputs.commit_sha = sha),
+            Step::Build => build(state, &job, folder, &logs, &stop).await.map(|id| outputs.image_id = id),
+            Step::Push => push(state, &job, &logs, &stop).await.map(|r| outputs.pushed_ref = r),
+            Step::Run => run_container(state, &job, &outputs, &reporter, &logs, &stop).await.map(|id| outputs.container_id = id),
+        };
+        match result {
+            Ok(()) => {
+                let done = Event::Succeeded(outputs.clone());
+                let exit_code = (step == Step::Run).then_some(0);
+                if !send(&reporter, &job.lease, step, done, exit_code).await {
+                    break;
+                }
+                match step.next() {
+                    Some(next) => step = next,
+                    None => break,
+                }
+            }
+            Err(_) if job.shutdown.is_cancelled() && !job.user_cancel.is_cancelled() => {
+                // The worker is stopping: the job is not at fault and is not ended here.
+                tracing::info!(job.id = %job.lease.job_id, job.step = step.as_str(), "handing the job back on shutdown");
+                break;
+            }
+            Err(e) => {
+                tracing::info!(job.id = %job.lease.job_id, job.step = step.as_str(), error.code = e.code.as_str(), "step failed");
+                let failure = v1::StepFailure { code: e.code.as_str().into(), message: e.message.clone(), retryable: e.retryable() };
+                send(&reporter, &job.lease, step, Event::Failed(failure), e.exit_code).await;
+                break;
+            }
+        }
+    }
+    reporter.close().await;
+}
+
+/// Sends a report; `false` when the job must stop (lease gone or orchestrator unreachable).
+async fn send(reporter: &Reporter, lease: &v1::Lease, step: Step, event: Event, exit_code: Option<i64>) -> bool {
+    let report = v1::StepReport { lease: Some(lease.clone()), step: step_to_wire(step) as i32, event: Some(event), exit_code };
+    match reporter.send(report).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::warn!(job.id = %lease.job_id, job.step = step.as_str(), "the lease is gone; stopping the job");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(job.id = %lease.job_id, job.step = step.as_str(), error = %e, "report not delivered; stopping the job");
+            false
+        }
+    }
+}
+
+async fn clone(job: &JobRun, folder: &Path, logs: &LogSink, stop: &CancellationToken) -> Result<String, StepError> {
+    let request = CloneRequest {
+        repo: job.spec.repo.clone(),
+        git_ref: non_empty(&job.spec.git_ref),
+        pinned_sha: non_empty(&job.outputs.commit_sha),
+    };
+    let dest = checkout_dir(folder);
+    if dest.exists() {
+        tokio::fs::remove_dir_all(&dest).await.map_err(|e| internal("cannot clear the clone folder", e))?;
+    }
+    let (logs, stop) = (logs.clone(), stop.clone());
+    tokio::task::spawn_blocking(move || clone_repo(&request, &dest, &logs, &stop))
+        .await
+        .map_err(|e| StepError::new(ErrorCode::Internal, format!("the clone panicked: {e}")))?
+}
+
+async fn build(state: &WorkerState, job: &JobRun, folder: &Path, logs: &LogSink, stop: &CancellationToken) -> Result<String, StepError> {
+    let request = BuildRequest {
+        job_id: job.lease.job_id.clone(),
+        image: job.spec.image.clone(),
+        dockerfile: job.spec.dockerfile.clone(),
+        context: job.spec.context.clone(),
+        build_args: job.spec.build_args.clone().into_iter().collect::<HashMap<_, _>>(),
+    };
+    build_image(&state.docker, &checkout_dir(folder), &request, logs, stop).await
+}
+
+async fn push(state: &WorkerState, job: &JobRun, logs: &LogSink, stop: &CancellationToken) -> Result<String, StepError> {
+    let image: ImageRef = job
+        .spec
+        .image
+        .parse()
+        .map_err(|why| StepError::new(ErrorCode::Internal, format!("image `{}` {why}", job.spec.image)))?;
+    push_image(&state.docker, &image, state.config.registry_credentials.as_ref(), logs, stop).await
+}
+
+/// Creates the container, reports its id before waiting on it, waits, removes it.
+async fn run_container(
+    state: &WorkerState,
+    job: &JobRun,
+    outputs: &v1::StepOutputs,
+    reporter: &Reporter,
+    logs: &LogSink,
+    stop: &CancellationToken,
+) -> Result<String, StepError> {
+    let request = RunRequest {
+        job_id: job.lease.job_id.clone(),
+        attempt: job.lease.attempt,
+        image: non_empty(&outputs.pushed_ref).unwrap_or_else(|| job.spec.image.clone()),
+        env: job.spec.env.clone().into_iter().collect(),
+        command: job.spec.command.clone(),
+    };
+    let container_id = create_container(&state.docker, &request, logs).await?;
+    let progress = v1::StepOutputs { container_id: container_id.clone(), ..Default::default() };
+    if !send(reporter, &job.lease, Step::Run, Event::Progress(progress), None).await {
+        remove_container(&state.docker, &container_id).await?;
+        return Err(StepError::new(ErrorCode::Cancelled, "the lease was lost before the container started"));
+    }
+    let timeout = (job.spec.timeout_seconds > 0).then(|| Duration::from_secs(job.spec.timeout_seconds));
+    let exit = wait_container(&state.docker, &container_id, timeout, logs, stop).await;
+    if let Err(e) = remove_container(&state.docker, &container_id).await {
+        tracing::warn!(job.id = %job.lease.job_id, error = %e, "cannot remove the container");
+    }
+    match exit? {
+        0 => Ok(container_id),
+        code => Err(StepError {
+            exit_code: Some(code),
+            ..StepError::new(ErrorCode::ExitNonZero, format!("the container exited with code {code}"))
+        }),
+    }
+}
+
+fn checkout_dir(folder: &Path) -> PathBuf {
+    folder.join("src")
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn internal(what: &str, e: std::io::Error) -> StepError {
+    StepError::new(ErrorCode::Internal, format!("{what}: {e}")).with_source(e)
+}

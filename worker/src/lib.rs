@@ -1,0 +1,85 @@
+//! The worker: a gRPC `JobService` that admits jobs up to its free slots, runs their
+//! steps and reports every step to the orchestrator that leased the job.
+//!
+//! A worker holds no database credentials: it runs untrusted builds, so everything
+//! it learns reaches the database only through an orchestrator's fenced commits.
+
+mod config;
+mod job_run;
+mod reporter;
+mod service;
+
+use std::sync::Arc;
+
+use slipway_proto::v1::job_service_server::JobServiceServer;
+use tokio_util::sync::CancellationToken;
+
+pub use config::WorkerConfig;
+use service::{Worker, WorkerState};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot prepare the work folder {path}: {source}")]
+    WorkDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Docker(#[from] slipway_steps::StepError),
+    #[error("the gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A worker bound to its address, not yet serving.
+pub struct BoundWorker {
+    listener: tokio::net::TcpListener,
+    state: Arc<WorkerState>,
+}
+
+impl BoundWorker {
+    /// Binds the listen address and prepares the work folder.
+    pub async fn bind(config: WorkerConfig) -> Result<Self, WorkerError> {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| WorkerError::Listen { addr: config.listen, source })?;
+        tokio::fs::create_dir_all(&config.work_dir)
+            .await
+            .map_err(|source| WorkerError::WorkDir { path: config.work_dir.clone(), source })?;
+        let docker = slipway_steps::docker::connect()?;
+        let state = Arc::new(WorkerState::new(config, docker));
+        Ok(BoundWorker { listener, state })
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled; running jobs are stopped then.
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter.set_serving::<JobServiceServer<Worker>>().await;
+        let state = self.state.clone();
+        tracing::info!(
+            worker.id = %state.config.worker_id,
+            addr = %self.local_addr(),
+            slots = state.config.slots,
+            "worker listening"
+        );
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
+        let stop = shutdown.clone();
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(JobServiceServer::new(Worker::new(state.clone(), shutdown.clone())))
+            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await })
+            .await?;
+        state.wait_idle(std::time::Duration::from_secs(15)).await;
+        Ok(())
+    }
+}

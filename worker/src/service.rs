@@ -1,0 +1,161 @@
+//! The `JobService` a worker serves: admission by free slots, status, cancel, ping.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use slipway_steps::docker::Docker;
+use slipway_proto::convert::{step_from_wire, step_to_wire};
+use slipway_proto::v1::{self, job_service_server::JobService};
+use slipway_steps::Step;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::WorkerConfig;
+use crate::job_run::{self, JobRun};
+
+/// A job this worker holds.
+struct RunningJob {
+    lease: v1::Lease,
+    step: Arc<Mutex<Step>>,
+    /// Cancelled when a user cancels the job (not on worker shutdown).
+    cancel: CancellationToken,
+}
+
+pub(crate) struct WorkerState {
+    pub config: WorkerConfig,
+    pub docker: Docker,
+    running: Mutex<HashMap<String, RunningJob>>,
+    idle: Notify,
+}
+
+impl WorkerState {
+    pub fn new(config: WorkerConfig, docker: Docker) -> Self {
+        WorkerState { config, docker, running: Mutex::new(HashMap::new()), idle: Notify::new() }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningJob>> {
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Forgets a job whose run ended.
+    pub fn finished(&self, job_id: &str, lease_token: &str) {
+        let mut running = self.running();
+        if running.get(job_id).is_some_and(|j| j.lease.lease_token == lease_token) {
+            running.remove(job_id);
+        }
+        if running.is_empty() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Waits, at most `limit`, until no job runs.
+    pub async fn wait_idle(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let notified = self.idle.notified();
+                if self.running().is_empty() {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+    }
+}
+
+pub(crate) struct Worker {
+    state: Arc<WorkerState>,
+    shutdown: CancellationToken,
+}
+
+impl Worker {
+    pub fn new(state: Arc<WorkerState>, shutdown: CancellationToken) -> Self {
+        Worker { state, shutdown }
+    }
+}
+
+#[tonic::async_trait]
+impl JobService for Worker {
+    async fn start_job(&self, request: Request<v1::StartJobRequest>) -> Result<Response<v1::StartJobResponse>, Status> {
+        let request = request.into_inner();
+        let lease = request.lease.clone().ok_or_else(|| Status::invalid_argument("lease is required"))?;
+        let spec = request.spec.clone().ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        let first_step =
+            step_from_wire(request.first_step).ok_or_else(|| Status::invalid_argument("first_step is not a step"))?;
+        if request.report_to.is_empty() {
+            return Err(Status::invalid_argument("report_to is required"));
+        }
+        if self.shutdown.is_cancelled() {
+            return Err(Status::unavailable("the worker is shutting down"));
+        }
+        let step = Arc::new(Mutex::new(first_step));
+        let cancel = CancellationToken::new();
+        {
+            let mut running = self.state.running();
+            if let Some(existing) = running.get(&lease.job_id) {
+                if existing.lease.lease_token == lease.lease_token {
+                    // The same attempt offered twice (a retried call): it already runs.
+                    return Ok(Response::new(v1::StartJobResponse { worker_id: self.state.config.worker_id.clone() }));
+                }
+                return Err(Status::already_exists("this worker already runs another attempt of the job"));
+            }
+            if running.len() >= self.state.config.slots as usize {
+                return Err(Status::resource_exhausted("no free slot"));
+            }
+            running.insert(lease.job_id.clone(), RunningJob { lease: lease.clone(), step: step.clone(), cancel: cancel.clone() });
+        }
+        tracing::info!(job.id = %lease.job_id, job.attempt = lease.attempt, job.step = first_step.as_str(), "job admitted");
+        let run = JobRun {
+            lease,
+            spec,
+            outputs: request.outputs.unwrap_or_default(),
+            first_step,
+            report_to: request.report_to,
+            current_step: step,
+            user_cancel: cancel,
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(job_run::run(self.state.clone(), run));
+        Ok(Response::new(v1::StartJobResponse { worker_id: self.state.config.worker_id.clone() }))
+    }
+
+    async fn get_status(&self, request: Request<v1::GetStatusRequest>) -> Result<Response<v1::GetStatusResponse>, Status> {
+        let job_id = request.into_inner().job_id;
+        let running = self.state.running();
+        let response = match running.get(&job_id) {
+            Some(job) => v1::GetStatusResponse {
+                running: true,
+                step: step_to_wire(*job.step.lock().unwrap_or_else(|p| p.into_inner())) as i32,
+                lease: Some(job.lease.clone()),
+            },
+            None => v1::GetStatusResponse::default(),
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn cancel(&self, request: Request<v1::CancelRequest>) -> Result<Response<v1::CancelResponse>, Status> {
+        let request = request.into_inner();
+        let running = self.state.running();
+        let was_running = match running.get(&request.job_id) {
+            Some(job) => {
+                tracing::info!(job.id = %request.job_id, reason = %request.reason, "cancelling job");
+                job.cancel.cancel();
+                true
+            }
+            None => false,
+        };
+        Ok(Response::new(v1::CancelResponse { was_running }))
+    }
+
+    async fn ping(&self, _request: Request<v1::PingRequest>) -> Result<Response<v1::PingResponse>, Status> {
+        let running = self.state.running();
+        Ok(Response::new(v1::PingResponse {
+            worker_id: self.state.config.worker_id.clone(),
+            slots_total: self.state.config.slots,
+            slots_busy: running.len() as u32,
+            running: running.values().map(|j| j.lease.clone()).collect(),
+        }))
+    }
+}
