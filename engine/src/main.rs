@@ -1,1 +1,127 @@
-fn main() {}
+//! The `slipway` binary: wiring only. Each subcommand's work lives in the engine's
+//! `process` (long-running processes) and `cli` (API client) modules.
+
+use clap::{Parser, Subcommand};
+use slipway_engine::cli::{self, ApiArgs, SubmitArgs};
+use slipway_engine::config::{DatabaseArgs, ServerArgs, WorkerArgs};
+use slipway_engine::process;
+use tokio_util::sync::CancellationToken;
+
+/// Slipway: a durable build-and-run engine. Jobs are cloned, built, pushed and run,
+/// with every step recorded in Postgres.
+#[derive(Debug, Parser)]
+#[command(name = "slipway", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// HTTP API, orchestrator loops and the report service workers report to.
+    Server {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// The gRPC worker that runs jobs' steps; holds no database credentials.
+    Worker {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    },
+    /// Server and one worker in one process; a private Postgres without DATABASE_URL.
+    Standalone {
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        worker: WorkerArgs,
+        /// Folder of the private Postgres used when DATABASE_URL is not set
+        /// [default: /var/lib/slipway as root, else ~/.local/share/slipway].
+        #[arg(long, env = "SLIPWAY_DATA_DIR")]
+        data_dir: Option<std::path::PathBuf>,
+    },
+    /// Applies the migrations and exits.
+    Migrate {
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Submits a job.
+    Submit {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        job: SubmitArgs,
+    },
+    /// Shows one job.
+    Get {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+    },
+    /// Lists jobs, newest first.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only jobs in this state.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Prints a job's log lines.
+    Logs {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+        /// Keep printing until the job ends.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+}
+
+/// Cancels the token on the first SIGINT or SIGTERM; exits at once on the second.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("shutting down; a second signal exits at once");
+        trigger.cancel();
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        std::process::exit(130);
+    });
+    token
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let _telemetry = slipway_observability::init(&slipway_observability::Config::default());
+    let result: anyhow::Result<i32> = match cli.command {
+        Command::Server { db, server } => process::server(db, server, shutdown_on_signals()).await.map(|()| 0),
+        Command::Worker { worker } => process::worker(worker, shutdown_on_signals()).await.map(|()| 0),
+        Command::Standalone { db, server, worker, data_dir } => {
+            process::standalone(db, server, worker, data_dir, shutdown_on_signals()).await.map(|()| 0)
+        }
+        Command::Migrate { db } => process::migrate(db).await.map(|()| 0),
+        Command::Submit { api, job } => cli::submit(&api, job).await,
+        Command::Get { api, id } => cli::get(&api, &id).await.map(|()| 0),
+        Command::List { api, state, limit } => cli::list(&api, state, limit).await.map(|()| 0),
+        Command::Logs { api, id, follow } => cli::logs(&api, &id, follow).await,
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("slipway: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -15,8 +15,6 @@ pub struct Lease {
     pub job_id: JobId,
     pub attempt: i32,
     pub token: Uuid,
-    /// The worker that sent the report, for the history.
-    pub worker: String,
 }
 
 /// Step outputs; `None` leaves a stored value as it is.
@@ -70,7 +68,6 @@ impl Store {
         .bind(lease.job_id)
         .bind(lease.token)
         .bind(to)
-        .bind(&lease.worker)
         .bind(step.as_str())
         .bind(lease_ttl.as_secs_f64())
         .fetch_one(&self.pool)
@@ -160,13 +157,13 @@ impl Store {
                      commit_sha = coalesce($7, j.commit_sha), image_id = coalesce($8, j.image_id),
                      pushed_ref = coalesce($9, j.pushed_ref), container_id = coalesce($10, j.container_id)
                  from prev where j.id = $1
-                 returning prev.state as from_state, j.attempt
+                 returning prev.state as from_state, prev.lease_worker as worker, j.attempt
              ), ev as (
                  insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
-                 select $1, from_state, $3, attempt, $11, $5 from upd
+                 select $1, from_state, $3, attempt, worker, $5 from upd
              ), st as (
-                 update job_steps s set finished_at = now(), outcome = $12, error_code = $5, error = $6
-                 from upd where s.job_id = $1 and s.attempt = upd.attempt and s.step = $13::job_step
+                 update job_steps s set finished_at = now(), outcome = $11, error_code = $5, error = $6
+                 from upd where s.job_id = $1 and s.attempt = upd.attempt and s.step = $12::job_step
              )
              select count(*) from upd",
         )
@@ -180,7 +177,6 @@ impl Store {
         .bind(&outputs.image_id)
         .bind(&outputs.pushed_ref)
         .bind(&outputs.container_id)
-        .bind(&lease.worker)
         .bind(outcome)
         .bind(step.as_str())
         .fetch_one(&self.pool)

@@ -1,0 +1,170 @@
+//! `/v1/jobs` handlers.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::views::{JobPage, JobView, LogPage};
+use super::{ApiError, MAX_BODY_BYTES};
+use crate::job::{JobId, JobRequest, JobState};
+use crate::store::Store;
+
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 500;
+const DEFAULT_LOG_PAGE: i64 = 1000;
+const MAX_LOG_PAGE: i64 = 10_000;
+
+/// `POST /v1/jobs`: validates the body and stores the job; nothing is written for
+/// a request that is refused.
+pub async fn submit(State(store): State<Store>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    if let Some(kind) = headers.get(header::CONTENT_TYPE) {
+        let kind = kind.to_str().unwrap_or_default();
+        if !kind.starts_with("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("send the job as application/json, not `{kind}`"),
+            ));
+        }
+    }
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+    })?;
+    let request = parse_job_request(&bytes)?;
+    let spec = request.validate().map_err(|e| ApiError::invalid(e.field, e.message))?;
+    let id = JobId::new();
+    store.insert_job(id, &spec, None).await?;
+    tracing::info!(job.id = %id, repo = %spec.repo, image = %spec.image, "job submitted");
+    let job = JobView::new(store.job(id).await?, Some(Vec::new()));
+    let location = format!("/v1/jobs/{id}");
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(job)).into_response())
+}
+
+/// Parses the body, naming the field at fault for unknown fields and wrong types.
+fn parse_job_request(bytes: &[u8]) -> Result<JobRequest, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed: Result<JobRequest, _> = serde_path_to_error::deserialize(&mut de);
+    let request = parsed.map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if !inner.is_data() {
+            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {inner}"));
+        }
+        let message = inner.to_string();
+        let field = match unknown_field_in(&message) {
+            Some(name) if path == "." => name.to_string(),
+            Some(name) => format!("{path}.{name}"),
+            None => path,
+        };
+        ApiError::invalid(field, strip_position(&message))
+    })?;
+    de.end().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}")))?;
+    Ok(request)
+}
+
+/// `unknown field `x`, expected …` → `x`.
+fn unknown_field_in(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// serde's messages end with ` at line L column C`, which means nothing to a client
+/// that sent one line of JSON.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse().map_err(|_| ApiError::invalid("id", format!("`{raw}` is not a job id")))
+}
+
+/// `GET /v1/jobs/{id}`
+pub async fn get(State(store): State<Store>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+    let id = job_id(&id)?;
+    let row = store.job(id).await?;
+    let steps = store.steps(id).await?;
+    Ok(Json(JobView::new(row, Some(steps))))
+}
+
+/// `GET /v1/jobs?state=&limit=&cursor=`: newest first.
+pub async fn list(State(store): State<Store>, Query(params): Query<HashMap<String, String>>) -> Result<Json<JobPage>, ApiError> {
+    for key in params.keys() {
+        if !matches!(key.as_str(), "state" | "limit" | "cursor") {
+            return Err(ApiError::invalid(key.clone(), format!("unknown parameter `{key}`; use state, limit or cursor")));
+        }
+    }
+    let state = params
+        .get("state")
+        .map(|s| s.parse::<JobState>().map_err(|why| ApiError::invalid("state", why)))
+        .transpose()?;
+    let limit = page_size(params.get("limit"), DEFAULT_PAGE, MAX_PAGE)?;
+    let cursor = params
+        .get("cursor")
+        .map(|c| c.parse::<JobId>().map_err(|_| ApiError::invalid("cursor", format!("`{c}` is not a cursor"))))
+        .transpose()?;
+    let rows = store.jobs(state, cursor, limit).await?;
+    let next_cursor = if rows.len() as i64 == limit { rows.last().map(|r| r.id) } else { None };
+    let jobs = rows.into_iter().map(|r| JobView::new(r, None)).collect();
+    Ok(Json(JobPage { jobs, next_cursor }))
+}
+
+/// `GET /v1/jobs/{id}/logs?after=&limit=`: lines in the order they were produced.
+pub async fn logs(
+    State(store): State<Store>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<LogPage>, ApiError> {
+    let id = job_id(&id)?;
+    let after = match params.get("after") {
+        Some(a) => a.parse::<i64>().map_err(|_| ApiError::invalid("after", format!("`{a}` is not a line id")))?,
+        None => 0,
+    };
+    let limit = page_size(params.get("limit"), DEFAULT_LOG_PAGE, MAX_LOG_PAGE)?;
+    // Read the state first: a job seen finished has all its lines stored already.
+    let finished = store.job(id).await?.state.is_terminal();
+    let lines = store.logs(id, after, limit).await?;
+    let next_after = lines.last().map(|l| l.id).unwrap_or(after);
+    let finished = finished && (lines.len() as i64) < limit;
+    Ok(Json(LogPage { lines, next_after, finished }))
+}
+
+fn page_size(raw: Option<&String>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match raw {
+        None => Ok(default),
+        Some(raw) => match raw.parse::<i64>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::invalid("limit", format!("limit must be a whole number from 1 to {max}"))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_unknown_fields_and_wrong_types() {
+        let e = parse_job_request(br#"{"repo":"git://h/r","imag":"x"}"#).unwrap_err();
+        assert_eq!((e.code, e.field.as_deref()), ("invalid_field", Some("imag")));
+        let e = parse_job_request(br#"{"run":{"timeout":3}}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("run.timeout"));
+        let e = parse_job_request(br#"{"env":{"A":1}}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("env.A"));
+        assert!(!e.message.contains("line"), "{}", e.message);
+        let e = parse_job_request(br#"{"repo": "#).unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+        let e = parse_job_request(br#"{} {}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_json");
+    }
+}

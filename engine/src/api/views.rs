@@ -1,0 +1,79 @@
+//! The JSON shapes of the API, built from store rows.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::job::{JobId, JobSpec, JobState};
+use crate::store::{JobRow, StepRow};
+
+#[derive(Debug, Serialize)]
+pub struct JobView {
+    pub id: JobId,
+    pub state: JobState,
+    pub attempt: i32,
+    pub spec: JobSpec,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The worker holding the job now, if any.
+    pub worker: Option<String>,
+    pub commit_sha: Option<String>,
+    pub image_id: Option<String>,
+    /// `name@sha256:…` once pushed.
+    pub pushed_ref: Option<String>,
+    pub container_id: Option<String>,
+    pub exit_code: Option<i64>,
+    pub error: Option<ErrorView>,
+    /// Every step of every attempt; absent in lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<Vec<StepRow>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorView {
+    pub code: String,
+    pub message: String,
+}
+
+impl JobView {
+    pub fn new(row: JobRow, steps: Option<Vec<StepRow>>) -> Self {
+        let error = match (row.error_code, row.error) {
+            (Some(code), message) => Some(ErrorView { code, message: message.unwrap_or_default() }),
+            (None, Some(message)) => Some(ErrorView { code: "unknown".into(), message }),
+            (None, None) => None,
+        };
+        JobView {
+            id: row.id,
+            state: row.state,
+            attempt: row.attempt,
+            spec: row.spec.0,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            finished_at: row.finished_at,
+            worker: row.lease_worker,
+            commit_sha: row.commit_sha,
+            image_id: row.image_id,
+            pushed_ref: row.pushed_ref,
+            container_id: row.container_id,
+            exit_code: row.exit_code,
+            error,
+            steps,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobPage {
+    pub jobs: Vec<JobView>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    pub next_cursor: Option<JobId>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogPage {
+    pub lines: Vec<crate::store::LogRow>,
+    /// Pass as `after` for the next lines.
+    pub next_after: i64,
+    /// Whether the job has ended (no further lines will come).
+    pub finished: bool,
+}

@@ -1,0 +1,189 @@
+//! The command-line client of the HTTP API: `submit`, `get`, `list`, `logs`.
+//! Data goes to standard output (JSON, or log lines as text); progress and errors
+//! to standard error.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde_json::{Value, json};
+
+/// Where the API is.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Base URL of the Slipway HTTP API.
+    #[arg(long, env = "SLIPWAY_API", default_value = "http://127.0.0.1:8080", global = true)]
+    pub api: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    /// Git repository URL (https, ssh or git).
+    #[arg(long)]
+    pub repo: String,
+    /// Branch, tag or commit [default: the remote's default branch].
+    #[arg(long = "ref")]
+    pub git_ref: Option<String>,
+    /// Image reference to build and push, such as 127.0.0.1:5000/team/app:tag.
+    #[arg(long)]
+    pub image: String,
+    /// Dockerfile path inside the repository.
+    #[arg(long)]
+    pub dockerfile: Option<String>,
+    /// Build context inside the repository.
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Build argument KEY=VALUE (repeatable).
+    #[arg(long = "build-arg", value_parser = key_value)]
+    pub build_args: Vec<(String, String)>,
+    /// Environment variable KEY=VALUE for the container (repeatable).
+    #[arg(long = "env", short = 'e', value_parser = key_value)]
+    pub env: Vec<(String, String)>,
+    /// Seconds the container may run.
+    #[arg(long)]
+    pub timeout: Option<u64>,
+    /// Wait for the job, print its logs, and exit with its outcome.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Command to run instead of the image's own (after `--`).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+fn key_value(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{raw}` is not KEY=VALUE"))
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a plain http client builds")
+}
+
+/// Sends a request and returns the JSON body, turning API errors into messages.
+async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    let response = request.send().await.context("cannot reach the Slipway API (is it running? see --api)")?;
+    let status = response.status();
+    let body: Value = response.json().await.context("the API answered something that is not JSON")?;
+    if !status.is_success() {
+        let error = &body["error"];
+        let field = error["field"].as_str().map(|f| format!(" (field `{f}`)")).unwrap_or_default();
+        bail!("{}{field}: {}", error["code"].as_str().unwrap_or("error"), error["message"].as_str().unwrap_or(""));
+    }
+    Ok(body)
+}
+
+fn print(value: &Value) {
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+}
+
+/// `slipway submit`; returns the process exit code.
+pub async fn submit(api: &ApiArgs, args: SubmitArgs) -> anyhow::Result<i32> {
+    let mut body = json!({ "repo": args.repo, "image": args.image });
+    for (key, value) in [("ref", args.git_ref), ("dockerfile", args.dockerfile), ("context", args.context)] {
+        if let Some(value) = value {
+            body[key] = json!(value);
+        }
+    }
+    if !args.build_args.is_empty() {
+        body["build_args"] = json!(args.build_args.into_iter().collect::<std::collections::BTreeMap<_, _>>());
+    }
+    if !args.env.is_empty() {
+        body["env"] = json!(args.env.into_iter().collect::<std::collections::BTreeMap<_, _>>());
+    }
+    let mut run = json!({});
+    if !args.command.is_empty() {
+        run["command"] = json!(args.command);
+    }
+    if let Some(t) = args.timeout {
+        run["timeout_seconds"] = json!(t);
+    }
+    if run.as_object().is_some_and(|o| !o.is_empty()) {
+        body["run"] = run;
+    }
+    let job = call(client().post(format!("{}/v1/jobs", api.api)).json(&body)).await?;
+    let id = job["id"].as_str().context("the API returned a job without id")?.to_string();
+    if !args.follow {
+        print(&job);
+        return Ok(0);
+    }
+    eprintln!("submitted job {id}");
+    follow(api, &id).await
+}
+
+/// `slipway get ID`
+pub async fn get(api: &ApiArgs, id: &str) -> anyhow::Result<()> {
+    print(&call(client().get(format!("{}/v1/jobs/{id}", api.api))).await?);
+    Ok(())
+}
+
+/// `slipway list`
+pub async fn list(api: &ApiArgs, state: Option<String>, limit: Option<u32>) -> anyhow::Result<()> {
+    let mut query = Vec::new();
+    if let Some(s) = state {
+        query.push(format!("state={s}"));
+    }
+    if let Some(l) = limit {
+        query.push(format!("limit={l}"));
+    }
+    print(&call(client().get(format!("{}/v1/jobs?{}", api.api, query.join("&")))).await?);
+    Ok(())
+}
+
+/// `slipway logs ID [--follow]`; with `--follow`, returns the job's exit code.
+pub async fn logs(api: &ApiArgs, id: &str, follow_on: bool) -> anyhow::Result<i32> {
+    if follow_on {
+        return follow(api, id).await;
+    }
+    let mut after = 0;
+    loop {
+        let page = call(client().get(format!("{}/v1/jobs/{id}/logs?after={after}", api.api))).await?;
+        let lines = page["lines"].as_array().cloned().unwrap_or_default();
+        print_lines(&lines);
+        after = page["next_after"].as_i64().unwrap_or(after);
+        if lines.is_empty() {
+            return Ok(0);
+        }
+    }
+}
+
+fn print_lines(lines: &[Value]) {
+    for line in lines {
+        println!(
+            "[{} {}] {}",
+            line["step"].as_str().unwrap_or("?"),
+            line["stream"].as_str().unwrap_or("?"),
+            line["line"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// Prints state changes and log lines until the job ends; 0 when it succeeded.
+async fn follow(api: &ApiArgs, id: &str) -> anyhow::Result<i32> {
+    let mut after = 0;
+    let mut last_state = String::new();
+    loop {
+        let page = call(client().get(format!("{}/v1/jobs/{id}/logs?after={after}", api.api))).await?;
+        let lines = page["lines"].as_array().cloned().unwrap_or_default();
+        print_lines(&lines);
+        after = page["next_after"].as_i64().unwrap_or(after);
+        if page["finished"].as_bool() == Some(true) {
+            let job = call(client().get(format!("{}/v1/jobs/{id}", api.api))).await?;
+            let state = job["state"].as_str().unwrap_or("?");
+            eprintln!("job {id} {state}");
+            if let Some(message) = job["error"]["message"].as_str() {
+                eprintln!("{message}");
+            }
+            return Ok(if state == "succeeded" { 0 } else { 1 });
+        }
+        let job = call(client().get(format!("{}/v1/jobs/{id}", api.api))).await?;
+        let state = job["state"].as_str().unwrap_or("?").to_string();
+        if state != last_state {
+            eprintln!("job {id}: {state}");
+            last_state = state;
+        }
+        if lines.is_empty() {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! A private Postgres for `slipway standalone` when no `DATABASE_URL` is given.
+//!
+//! It runs the machine's own server binaries (`initdb`, `pg_ctl`, `postgres`) on a
+//! data folder Slipway names at start-up, listening on loopback only. Postgres
+//! refuses to run as root, so under root it runs as the `postgres` system user
+//! that Debian's package creates. A server left running by an earlier start (after a
+//! crash) is found through its `postmaster.pid` and reused.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use tokio::process::Command;
+
+const USER: &str = "slipway";
+const DATABASE: &str = "slipway";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalPostgresError {
+    #[error(
+        "no PostgreSQL server binaries found (looked for initdb, pg_ctl and postgres beside `pg_ctl` in PATH \
+         and in /usr/lib/postgresql/*/bin): install them (on Debian: `apt-get install postgresql`) or set DATABASE_URL"
+    )]
+    NoBinaries,
+    #[error("Postgres cannot run as root and there is no `postgres` user to run it as: create one or set DATABASE_URL")]
+    NoUser,
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running private Postgres; [`LocalPostgres::stop`] stops it.
+#[derive(Debug)]
+pub struct LocalPostgres {
+    bin: PathBuf,
+    data: PathBuf,
+    run_as: Option<(u32, u32)>,
+    pub url: String,
+}
+
+impl LocalPostgres {
+    /// Starts (or finds running) a Postgres in `<data_root>/postgres`.
+    pub async fn start(data_root: &Path) -> Result<Self, LocalPostgresError> {
+        let bin = find_binaries().ok_or(LocalPostgresError::NoBinaries)?;
+        let run_as = if std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0) == 0 {
+            Some(postgres_user().ok_or(LocalPostgresError::NoUser)?)
+        } else {
+            None
+        };
+        let data = data_root.join("postgres");
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LocalPostgresError::Io { path, source }
+        };
+        std::fs::create_dir_all(&data).map_err(io(&data))?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&data, Some(uid), Some(gid)).map_err(io(&data))?;
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).map_err(io(&data))?;
+
+        let this = LocalPostgres { bin, data, run_as, url: String::new() };
+        if !this.data.join("PG_VERSION").exists() {
+            tracing::info!(path = %this.data.display(), "creating the private postgres cluster");
+            let data = this.data.to_string_lossy().into_owned();
+            this.run("initdb", &["-D", &data, "-U", USER, "--auth=trust", "-E", "UTF8", "--no-instructions"]).await?;
+        }
+        let port = match this.running_port() {
+            Some(port) => {
+                tracing::info!(port, "reusing the private postgres already running");
+                port
+            }
+            None => this.start_server().await?,
+        };
+        let url = format!("postgres://{USER}@127.0.0.1:{port}/{DATABASE}");
+        this.create_database(port).await?;
+        tracing::info!(data = %this.data.display(), url = %url, "private postgres ready");
+        Ok(LocalPostgres { url, ..this })
+    }
+
+    async fn start_server(&self) -> Result<u16, LocalPostgresError> {
+        let port = free_port().map_err(|source| LocalPostgresError::Io { path: "127.0.0.1:0".into(), source })?;
+        let data = self.data.to_string_lossy().into_owned();
+        let log = self.data.join("server.log").to_string_lossy().into_owned();
+        // Loopback only, no Unix socket (the data path may be too long for one).
+        let options = format!("-p {port} -h 127.0.0.1 -k ''");
+        self.run("pg_ctl", &["-D", &data, "-l", &log, "-o", &options, "-w", "-t", "60", "start"]).await?;
+        Ok(port)
+    }
+
+    /// The port of a server already running on this data folder, if any.
+    fn running_port(&self) -> Option<u16> {
+        let pid_file = std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
+        let mut lines = pid_file.lines();
+        let pid: u32 = lines.next()?.trim().parse().ok()?;
+        let port = lines.nth(2)?.trim().parse().ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(port)
+    }
+
+    async fn create_database(&self, port: u16) -> Result<(), LocalPostgresError> {
+        use sqlx::Connection;
+        let url = format!("postgres://{USER}@127.0.0.1:{port}/postgres");
+        let fail = |e: sqlx::Error| LocalPostgresError::Command { what: "creating the slipway database".into(), detail: e.to_string() };
+        let mut conn = sqlx::PgConnection::connect(&url).await.map_err(fail)?;
+        let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(DATABASE)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(fail)?;
+        if !exists {
+            sqlx::query(concat!("create database ", "slipway")).execute(&mut conn).await.map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown: running queries are cancelled).
+    pub async fn stop(&self) {
+        let data = self.data.to_string_lossy().into_owned();
+        if let Err(e) = self.run("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"]).await {
+            tracing::warn!(error = %e, "cannot stop the private postgres");
+        }
+    }
+
+    async fn run(&self, program: &str, args: &[&str]) -> Result<(), LocalPostgresError> {
+        let mut command = Command::new(self.bin.join(program));
+        command.args(args).current_dir(&self.data).kill_on_drop(true);
+        if let Some((uid, gid)) = self.run_as {
+            command.uid(uid).gid(gid);
+        }
+        let output = command.output().await.map_err(|e| LocalPostgresError::Command { what: program.into(), detail: e.to_string() })?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(LocalPostgresError::Command {
+                what: format!("{program} {}", args.join(" ")),
+                detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            })
+        }
+    }
+}
+
+/// The folder holding `initdb`, `pg_ctl` and `postgres`.
+fn find_binaries() -> Option<PathBuf> {
+    let complete = |dir: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| dir.join(b).is_file());
+    let from_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("pg_ctl"))
+            .find(|p| p.is_file())
+            .and_then(|p| p.canonicalize().ok())
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+    });
+    let mut installed: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .collect();
+    // Newest version first.
+    installed.sort_by_key(|p| std::cmp::Reverse(p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok())));
+    from_path.into_iter().chain(installed).find(|dir| complete(dir))
+}
+
+/// uid and gid of the `postgres` user.
+fn postgres_user() -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.first() == Some(&"postgres") && fields.len() > 3)
+            .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
+            .flatten()
+    })
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Where `standalone` keeps its private Postgres unless `SLIPWAY_DATA_DIR` says.
+pub fn default_data_root() -> PathBuf {
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) == 0 {
+        return PathBuf::from("/var/lib/slipway");
+    }
+    match std::env::var_os("XDG_DATA_HOME").or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share").into())) {
+        Some(base) => Path::new(&base).join("slipway"),
+        None => PathBuf::from("slipway-data"),
+    }
+}

@@ -1,0 +1,143 @@
+//! The long-running processes of the `slipway` binary, each run until its shutdown
+//! token is cancelled: stop claiming, let running steps finish (bounded), close the
+//! servers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use slipway_proto::v1::report_service_server::ReportServiceServer;
+use slipway_worker::BoundWorker;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DatabaseArgs, ServerArgs, WorkerArgs, local_url};
+use crate::local_postgres::{LocalPostgres, default_data_root};
+use crate::orchestrator::{self, OrchestratorConfig, ReportHandler};
+use crate::store::Store;
+
+/// How long a start waits for Postgres to accept connections.
+const DATABASE_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Connects and applies the migrations.
+pub async fn open_store(url: &str) -> anyhow::Result<Store> {
+    let store = Store::connect(url, DATABASE_PATIENCE).await.context("cannot connect to the database")?;
+    store.migrate().await.context("cannot apply the migrations")?;
+    Ok(store)
+}
+
+/// `slipway migrate`
+pub async fn migrate(db: DatabaseArgs) -> anyhow::Result<()> {
+    let url = db.database_url.context("DATABASE_URL is required")?;
+    open_store(&url).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// `slipway server`
+pub async fn server(db: DatabaseArgs, args: ServerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    args.validate()?;
+    let url = db.database_url.context("DATABASE_URL is required for `slipway server`")?;
+    let store = open_store(&url).await?;
+    serve_orchestrator(store, args, Vec::new(), shutdown).await
+}
+
+/// `slipway worker`
+pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    args.validate()?;
+    let worker = BoundWorker::bind(args.worker_config(args.worker_addr)).await?;
+    worker.serve(shutdown).await?;
+    Ok(())
+}
+
+/// `slipway standalone`: a server and a worker in one process, with a private
+/// Postgres when no `DATABASE_URL` is given.
+pub async fn standalone(
+    db: DatabaseArgs,
+    server: ServerArgs,
+    worker: WorkerArgs,
+    data_dir: Option<std::path::PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    server.validate()?;
+    worker.validate()?;
+    let local_postgres = match db.database_url {
+        Some(_) => None,
+        None => {
+            let root = data_dir.unwrap_or_else(default_data_root);
+            tracing::info!(path = %root.display(), "no DATABASE_URL: using a private postgres in this data folder");
+            Some(LocalPostgres::start(&root).await?)
+        }
+    };
+    let url = match (&db.database_url, &local_postgres) {
+        (Some(url), _) => url.clone(),
+        (None, Some(pg)) => pg.url.clone(),
+        (None, None) => unreachable!("a private postgres is started when no URL is given"),
+    };
+    let result = async {
+        let store = open_store(&url).await?;
+        let bound = BoundWorker::bind(worker.worker_config(worker.worker_addr)).await?;
+        let local_worker = local_url(bound.local_addr());
+        let worker_task = tokio::spawn(bound.serve(shutdown.clone()));
+        let result = serve_orchestrator(store, server, vec![local_worker], shutdown).await;
+        worker_task.await.context("the worker task panicked")??;
+        result
+    }
+    .await;
+    if let Some(pg) = local_postgres {
+        pg.stop().await;
+    }
+    result
+}
+
+/// Runs the HTTP API, the report service and the dispatch loop until `shutdown`.
+async fn serve_orchestrator(
+    store: Store,
+    args: ServerArgs,
+    local_workers: Vec<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let http = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on SLIPWAY_HTTP_ADDR {}", args.http_addr))?;
+    let grpc = tokio::net::TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on SLIPWAY_GRPC_ADDR {}", args.grpc_addr))?;
+    let grpc_addr = grpc.local_addr()?;
+    let report_url = match &args.report_url {
+        Some(url) => url.clone(),
+        None => local_url(grpc_addr),
+    };
+    let wake = Arc::new(Notify::new());
+    let config = OrchestratorConfig {
+        owner: args.orchestrator_id(),
+        workers: local_workers.into_iter().chain(args.workers.iter().cloned()).collect(),
+        report_url,
+        lease_ttl: args.lease_ttl,
+        poll_interval: args.poll_interval,
+    };
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<ReportServiceServer<ReportHandler>>().await;
+    let reports = ReportHandler::new(store.clone(), args.lease_ttl, wake.clone());
+    let grpc_stop = CancellationToken::new();
+    let grpc_task = {
+        let stop = grpc_stop.clone();
+        tracing::info!(addr = %grpc_addr, "report service listening");
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(ReportServiceServer::new(reports))
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), async move {
+                    stop.cancelled().await
+                }),
+        )
+    };
+    let http_task = tokio::spawn(crate::api::serve(http, store.clone(), shutdown.clone()));
+    orchestrator::run(store, config, wake, shutdown).await;
+    http_task.await.context("the http task panicked")??;
+    // Workers keep reporting while they drain; the report service closes last.
+    grpc_stop.cancel();
+    grpc_task.await.context("the grpc task panicked")??;
+    Ok(())
+}
