@@ -45,20 +45,20 @@ impl Store {
         let to = state_of_step(step);
         let rows: i64 = sqlx::query_scalar(
             "with prev as (
-                 select state from jobs
+                 select state, lease_worker from jobs
                  where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
                  for update
              ), upd as (
                  update jobs j set state = $3, updated_at = now(),
-                     lease_expires_at = now() + make_interval(secs => $6)
+                     lease_expires_at = now() + make_interval(secs => $5)
                  from prev where j.id = $1
-                 returning prev.state as from_state, j.attempt
+                 returning prev.state as from_state, prev.lease_worker as worker, j.attempt
              ), ev as (
                  insert into job_events (job_id, from_state, to_state, attempt, worker)
-                 select $1, from_state, $3, attempt, $4 from upd
+                 select $1, from_state, $3, attempt, worker from upd
              ), st as (
                  insert into job_steps (job_id, attempt, step, worker)
-                 select $1, attempt, $5::job_step, $4 from upd
+                 select $1, attempt, $4::job_step, worker from upd
                  on conflict (job_id, attempt, step) do update
                  set started_at = now(), finished_at = null, outcome = null,
                      error_code = null, error = null, worker = excluded.worker
@@ -147,7 +147,7 @@ impl Store {
         let outcome = if finish.state == JobState::Succeeded { "succeeded" } else { "failed" };
         let rows: i64 = sqlx::query_scalar(
             "with prev as (
-                 select state from jobs
+                 select state, lease_worker from jobs
                  where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
                  for update
              ), upd as (

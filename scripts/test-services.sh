@@ -1,0 +1,101 @@
+# Services the test suite needs, on loopback, in a private folder: a Postgres
+# cluster and a container registry. Sourced by scripts/test; each function is safe
+# to call again.
+#
+# Exports DATABASE_URL (a superuser, so that each database test gets a fresh
+# database), SLIPWAY_TEST_REGISTRY and SLIPWAY_TEST_BUSYBOX.
+
+SLIPWAY_TEST_PG_PORT="${SLIPWAY_TEST_PG_PORT:-55432}"
+SLIPWAY_TEST_REGISTRY="${SLIPWAY_TEST_REGISTRY:-127.0.0.1:5000}"
+
+# Debian packages the tests use, by the file each provides.
+ensure_packages() {
+    local missing=()
+    pg_bin >/dev/null || missing+=(postgresql)
+    command -v docker-registry >/dev/null || missing+=(docker-registry)
+    dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+    [ -x /usr/lib/git-core/git-daemon ] || command -v git-daemon >/dev/null || missing+=(git)
+    command -v curl >/dev/null || missing+=(curl)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" != 0 ]; then
+        echo "missing packages: ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2
+        return 1
+    fi
+    echo "installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+pg_bin() {
+    local dir
+    for dir in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -rV); do
+        [ -x "$dir/pg_ctl" ] && [ -x "$dir/initdb" ] && { echo "$dir"; return 0; }
+    done
+    return 1
+}
+
+# Runs a command as the postgres user when we are root (Postgres refuses root).
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+start_postgres() {
+    local bin; bin="$(pg_bin)"
+    export SLIPWAY_TEST_DIR="${SLIPWAY_TEST_DIR:-/tmp/slipway-test}"
+    mkdir -p "$SLIPWAY_TEST_DIR"; chmod 755 "$SLIPWAY_TEST_DIR"
+    local data="$SLIPWAY_TEST_DIR/pg"
+    if [ ! -f "$data/PG_VERSION" ]; then
+        mkdir -p "$data"
+        [ "$(id -u)" = 0 ] && chown postgres: "$data"
+        as_pg "$bin/initdb" -D "$data" -U slipway --auth=trust -E UTF8 --no-instructions >/dev/null
+    fi
+    if ! as_pg "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+        as_pg "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 \
+            -o "-p $SLIPWAY_TEST_PG_PORT -h 127.0.0.1 -k '' -c max_connections=400" start >/dev/null
+    fi
+    export DATABASE_URL="postgres://slipway@127.0.0.1:$SLIPWAY_TEST_PG_PORT/postgres"
+}
+
+stop_postgres() {
+    local bin; bin="$(pg_bin)"
+    as_pg "$bin/pg_ctl" -D "$SLIPWAY_TEST_DIR/pg" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+start_registry() {
+    export SLIPWAY_TEST_REGISTRY
+    if curl -fs "http://$SLIPWAY_TEST_REGISTRY/v2/" >/dev/null 2>&1; then
+        return 0
+    fi
+    local dir="$SLIPWAY_TEST_DIR/registry"
+    mkdir -p "$dir/data"
+    cat > "$dir/config.yml" <<YAML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+  delete:
+    enabled: true
+http:
+  addr: $SLIPWAY_TEST_REGISTRY
+YAML
+    docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
+    echo $! > "$dir/pid"
+    for _ in $(seq 1 50); do
+        curl -fs "http://$SLIPWAY_TEST_REGISTRY/v2/" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "the registry did not start; see $dir/registry.log" >&2
+    return 1
+}
+
+stop_registry() {
+    local pidfile="$SLIPWAY_TEST_DIR/registry/pid"
+    [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+}
