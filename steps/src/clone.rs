@@ -179,9 +179,18 @@ fn callbacks<'a>(logs: &'a LogSink, cancel: &'a CancellationToken) -> RemoteCall
         }
         !cancel.is_cancelled()
     });
+    // The remote's messages arrive in arbitrary pieces, with `\r` redrawing progress
+    // counters: keep whole lines only, and of counters only the final one.
+    let mut pending = String::new();
     cb.sideband_progress(move |text| {
-        for line in String::from_utf8_lossy(text).split(['\n', '\r']).filter(|l| !l.trim().is_empty()) {
-            logs.blocking_line(LogStream::System, format!("remote: {}", line.trim()));
+        pending.push_str(&String::from_utf8_lossy(text));
+        while let Some(end) = pending.find(['\n', '\r']) {
+            let line: String = pending.drain(..=end).collect();
+            let line = line.trim();
+            let counter = line.ends_with('%') || (line.contains('%') && !line.ends_with("done."));
+            if !line.is_empty() && !counter {
+                logs.blocking_line(LogStream::System, format!("remote: {line}"));
+            }
         }
         !cancel.is_cancelled()
     });

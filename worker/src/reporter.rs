@@ -74,22 +74,21 @@ async fn pump(
 ) {
     let mut batch: Vec<v1::LogLine> = Vec::new();
     let mut lines_open = true;
-    let mut reports_open = true;
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while lines_open || reports_open {
+    // Runs until the job closes its reporter; lines still buffered then are sent,
+    // and a sink clone left in some task cannot keep the job from ending.
+    loop {
         tokio::select! {
             biased;
             // A step report: first every line written before it.
-            pending = reports.recv(), if reports_open => match pending {
+            pending = reports.recv() => match pending {
                 Some((report, reply)) => {
-                    while let Ok(line) = lines.try_recv() {
-                        batch.push(to_wire(line));
-                    }
+                    drain(&mut lines, &mut batch);
                     flush(&mut client, &lease, &mut batch).await;
                     let _ = reply.send(deliver_report(&mut client, report).await);
                 }
-                None => reports_open = false,
+                None => break,
             },
             // A line: batched until the batch is full or the next tick.
             line = lines.recv(), if lines_open => match line {
@@ -104,7 +103,14 @@ async fn pump(
             _ = tick.tick() => flush(&mut client, &lease, &mut batch).await,
         }
     }
+    drain(&mut lines, &mut batch);
     flush(&mut client, &lease, &mut batch).await;
+}
+
+fn drain(lines: &mut mpsc::Receiver<LogLine>, batch: &mut Vec<v1::LogLine>) {
+    while let Ok(line) = lines.try_recv() {
+        batch.push(to_wire(line));
+    }
 }
 
 fn to_wire(line: LogLine) -> v1::LogLine {
