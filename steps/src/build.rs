@@ -14,7 +14,7 @@ use bollard::query_parameters::BuildImageOptionsBuilder;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{JOB_LABEL, engine_error};
+use crate::docker::{JOB_LABEL, engine_error, stream_error};
 use crate::logs::LineSplitter;
 use crate::paths::resolve_inside;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
@@ -79,7 +79,13 @@ pub async fn build_image(
             item = stream.next() => item,
         };
         let Some(item) = item else { break };
-        let info = item.map_err(|e| engine_error(e, ErrorCode::BuildFailed, "the build was refused"))?;
+        let info = match item {
+            Ok(info) => info,
+            Err(e) => match stream_error(&e) {
+                Some(message) => return Err(build_failed(message, current_instruction, tail)),
+                None => return Err(engine_error(e, ErrorCode::BuildFailed, "the build was refused")),
+            },
+        };
         if let Some(text) = info.stream.as_deref() {
             for line in splitter.push(text.as_bytes()) {
                 if line.starts_with("Step ") {
@@ -95,14 +101,8 @@ pub async fn build_image(
         if let Some(id) = info.aux.and_then(|aux| aux.id) {
             image_id = Some(id);
         }
-        let error = info.error_detail.and_then(|d| d.message);
-        if let Some(error) = error {
-            let at = current_instruction.map(|s| format!(" at `{s}`")).unwrap_or_default();
-            let tail: Vec<String> = tail.into_iter().collect();
-            return Err(StepError::new(
-                ErrorCode::BuildFailed,
-                format!("build failed{at}: {error}\nlast output:\n{}", tail.join("\n")),
-            ));
+        if let Some(error) = info.error_detail.and_then(|d| d.message) {
+            return Err(build_failed(&error, current_instruction, tail));
         }
     }
     if let Some(rest) = splitter.finish() {
@@ -118,6 +118,13 @@ pub async fn build_image(
             .id
             .ok_or_else(|| StepError::new(ErrorCode::BuildFailed, "the engine reported no image id")),
     }
+}
+
+/// A failed build, naming the instruction that failed and the last lines of output.
+fn build_failed(error: &str, instruction: Option<String>, tail: VecDeque<String>) -> StepError {
+    let at = instruction.map(|s| format!(" at `{s}`")).unwrap_or_default();
+    let tail: Vec<String> = tail.into_iter().collect();
+    StepError::new(ErrorCode::BuildFailed, format!("build failed{at}: {error}\nlast output:\n{}", tail.join("\n")))
 }
 
 /// Tars `context` (without `.git`) and returns it with the Dockerfile's path inside it.

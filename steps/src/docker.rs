@@ -27,6 +27,15 @@ pub fn status_of(e: &DockerError) -> Option<u16> {
     }
 }
 
+/// The message of an error the engine reported inside a progress stream (a failed
+/// build instruction, a refused push), if that is what `e` is.
+pub fn stream_error(e: &DockerError) -> Option<&str> {
+    match e {
+        DockerError::DockerStreamError { error } => Some(error),
+        _ => None,
+    }
+}
+
 /// An error talking to the engine: an answer with a status is `on_answer`
 /// (the engine refused), anything else means the engine could not be reached.
 pub fn engine_error(e: DockerError, on_answer: ErrorCode, what: &str) -> StepError {

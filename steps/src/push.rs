@@ -7,7 +7,7 @@ use bollard::query_parameters::PushImageOptionsBuilder;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::engine_error;
+use crate::docker::{engine_error, stream_error};
 use crate::image_ref::ImageRef;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
@@ -48,7 +48,13 @@ pub async fn push_image(
             item = stream.next() => item,
         };
         let Some(item) = item else { break };
-        let info = item.map_err(|e| engine_error(e, ErrorCode::PushFailed, "the push was refused"))?;
+        let info = match item {
+            Ok(info) => info,
+            Err(e) => match stream_error(&e) {
+                Some(message) => return Err(classify_push_error(&name, message)),
+                None => return Err(engine_error(e, ErrorCode::PushFailed, "the push was refused")),
+            },
+        };
         if let Some(message) = info.error_detail.and_then(|d| d.message) {
             return Err(classify_push_error(&name, &message));
         }

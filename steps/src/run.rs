@@ -20,7 +20,7 @@ use bollard::container::LogOutput;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{ATTEMPT_LABEL, JOB_LABEL, engine_error, status_of};
+use crate::docker::{ATTEMPT_LABEL, JOB_LABEL, engine_error, status_of, stream_error};
 use crate::logs::LineSplitter;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
@@ -91,7 +91,10 @@ async fn pull(docker: &Docker, image: &str, logs: &LogSink) -> Result<(), StepEr
     let options = CreateImageOptionsBuilder::default().from_image(image).build();
     let mut stream = docker.create_image(Some(options), None, None);
     while let Some(item) = stream.next().await {
-        let info = item.map_err(|e| engine_error(e, ErrorCode::RunFailed, "cannot pull the image"))?;
+        let info = item.map_err(|e| match stream_error(&e) {
+            Some(message) => StepError::new(ErrorCode::RunFailed, format!("cannot pull {image}: {message}")),
+            None => engine_error(e, ErrorCode::RunFailed, "cannot pull the image"),
+        })?;
         if let Some(message) = info.error_detail.and_then(|d| d.message) {
             return Err(StepError::new(ErrorCode::RunFailed, format!("cannot pull {image}: {message}")));
         }

@@ -87,7 +87,7 @@ impl Store {
     pub async fn steps(&self, id: JobId) -> Result<Vec<StepRow>, StoreError> {
         let rows = sqlx::query_as::<_, StepRow>(
             "select step::text as step, attempt, worker, started_at, finished_at, outcome, error_code, error
-             from job_steps where job_id = $1 order by attempt, step",
+             from job_steps where job_id = $1 order by attempt, started_at",
         )
         .bind(id)
         .fetch_all(&self.pool)

@@ -1,0 +1,343 @@
+//! Real parts for the engine's tests: a fresh Postgres database per test, git
+//! repositories served by `git daemon`, registries, and `slipway` processes whose
+//! output is shown when a test fails.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use slipway_engine::store::Store;
+
+pub const BUSYBOX_DOCKERFILE: &str =
+    "FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"sh\", \"-c\", \"echo hello $GREETING; echo done >&2\"]\n";
+/// `s3cret`, hashed for the registry's htpasswd.
+pub const REGISTRY_USER: &str = "slipway";
+pub const REGISTRY_PASSWORD: &str = "s3cret";
+const REGISTRY_HTPASSWD: &str = "slipway:$2b$12$cyOMsDjcyhjEc/A.uk9VsuUEf3vzCueXlyxtCtnuu4.0Q1lCpI5ye";
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests through scripts/test"))
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_for_port(port: u16, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port} after {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A fresh database with the migrations applied.
+pub struct TestDb {
+    pub url: String,
+    pub store: Store,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        use sqlx::Connection;
+        let base = env("DATABASE_URL");
+        let name = format!("slipway_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&base).await.expect("connect to DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut admin).await.unwrap();
+        let (prefix, _) = base.rsplit_once('/').expect("DATABASE_URL has a database name");
+        let url = format!("{prefix}/{name}");
+        let store = slipway_engine::process::open_store(&url).await.expect("open the test database");
+        TestDb { url, store }
+    }
+}
+
+/// A folder of repositories served by `git daemon` on loopback.
+pub struct GitServer {
+    root: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+/// What a repository file is.
+pub enum Entry<'a> {
+    Text(&'a str),
+    Busybox,
+    Symlink(&'a str),
+}
+
+impl GitServer {
+    pub fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("git")
+            .args(["daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", root.path().display()))
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon starts");
+        wait_for_port(port, Duration::from_secs(10));
+        GitServer { root, port, child }
+    }
+
+    /// Makes a repository with one commit on `main` and returns its URL.
+    pub fn repo(&self, name: &str, files: &[(&str, Entry)]) -> String {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        git(&dir, &["init", "-q", "-b", "main"]);
+        for (path, entry) in files {
+            let target = dir.join(path);
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            match entry {
+                Entry::Text(text) => std::fs::write(&target, text).unwrap(),
+                Entry::Busybox => {
+                    std::fs::copy(env("SLIPWAY_TEST_BUSYBOX"), &target).unwrap();
+                }
+                Entry::Symlink(to) => std::os::unix::fs::symlink(to, &target).unwrap(),
+            }
+        }
+        git(&dir, &["add", "-A"]);
+        git(&dir, &["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "init"]);
+        self.url(name)
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("git://127.0.0.1:{}/{name}", self.port)
+    }
+
+    pub fn head(&self, name: &str) -> String {
+        let out = Command::new("git").args(["rev-parse", "HEAD"]).current_dir(self.root.path().join(name)).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git").args(args).current_dir(dir).status().unwrap();
+    assert!(status.success(), "git {args:?} failed");
+}
+
+/// A repository whose image prints `hello $GREETING`.
+pub fn app_repo(git: &GitServer, name: &str) -> String {
+    git.repo(name, &[("Dockerfile", Entry::Text(BUSYBOX_DOCKERFILE)), ("busybox", Entry::Busybox)])
+}
+
+/// A `docker-registry` of the test's own that demands a password.
+pub struct AuthRegistry {
+    dir: tempfile::TempDir,
+    pub addr: String,
+    child: Child,
+}
+
+impl AuthRegistry {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        std::fs::write(dir.path().join("htpasswd"), REGISTRY_HTPASSWD).unwrap();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\nhttp:\n  addr: {addr}\n\
+             auth:\n  htpasswd:\n    realm: slipway-test\n    path: {root}/htpasswd\n",
+            root = dir.path().display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry starts");
+        wait_for_port(port, Duration::from_secs(10));
+        AuthRegistry { dir, addr, child }
+    }
+}
+
+impl Drop for AuthRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The open registry the test script started.
+pub fn open_registry() -> String {
+    env("SLIPWAY_TEST_REGISTRY")
+}
+
+/// A running `slipway` process; killed when dropped, its output shown if the test failed.
+pub struct Slipway {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Slipway {
+    pub fn spawn(name: &str, args: &[&str], envs: &BTreeMap<&str, String>) -> Self {
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("out.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
+        command.args(args).stdout(file.try_clone().unwrap()).stderr(file).env("RUST_LOG", "info,sqlx=warn");
+        // Nothing leaks in from the test's own environment but what is given.
+        for var in ["DATABASE_URL", "SLIPWAY_WORKERS", "SLIPWAY_REGISTRY_USERNAME", "SLIPWAY_REGISTRY_PASSWORD"] {
+            command.env_remove(var);
+        }
+        command.envs(envs);
+        let child = command.spawn().expect("slipway starts");
+        Slipway { name: name.to_string(), child, log, _log_dir: log_dir }
+    }
+
+    pub fn output(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Slipway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("----- output of {} -----\n{}\n----- end of {} -----", self.name, self.output(), self.name);
+        }
+    }
+}
+
+/// Ports and folders of one server + worker pair.
+pub struct Ports {
+    pub http: u16,
+    pub grpc: u16,
+    pub worker: u16,
+}
+
+impl Ports {
+    pub fn new() -> Self {
+        Ports { http: free_port(), grpc: free_port(), worker: free_port() }
+    }
+
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    pub fn server_env(&self) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("SLIPWAY_HTTP_ADDR", format!("127.0.0.1:{}", self.http)),
+            ("SLIPWAY_GRPC_ADDR", format!("127.0.0.1:{}", self.grpc)),
+            ("SLIPWAY_POLL_INTERVAL", "200ms".to_string()),
+        ])
+    }
+
+    pub fn worker_env(&self, work_dir: &Path) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("SLIPWAY_WORKER_ADDR", format!("127.0.0.1:{}", self.worker)),
+            ("SLIPWAY_WORK_DIR", work_dir.display().to_string()),
+        ])
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+pub async fn wait_healthy(api: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(r) = http().get(format!("{api}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{api} is not healthy after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn submit(api: &str, body: &Value) -> Value {
+    let response = http().post(format!("{api}/v1/jobs")).json(body).send().await.unwrap();
+    let status = response.status();
+    let job: Value = response.json().await.unwrap();
+    assert_eq!(status, 201, "submit answered {status}: {job}");
+    job
+}
+
+pub async fn get_job(api: &str, id: &str) -> Value {
+    http().get(format!("{api}/v1/jobs/{id}")).send().await.unwrap().json().await.unwrap()
+}
+
+/// Polls until the job is succeeded, failed or cancelled.
+pub async fn wait_finished(api: &str, id: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let job = get_job(api, id).await;
+        if matches!(job["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} not finished after {limit:?}: {job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every log line of a job.
+pub async fn all_logs(api: &str, id: &str) -> Vec<Value> {
+    let page: Value = http().get(format!("{api}/v1/jobs/{id}/logs?limit=10000")).send().await.unwrap().json().await.unwrap();
+    page["lines"].as_array().cloned().unwrap_or_default()
+}
+
+/// The states the job went through, from its event history.
+pub async fn state_history(db: &TestDb, id: &str) -> Vec<String> {
+    let id: uuid::Uuid = id.parse().unwrap();
+    sqlx::query_scalar("select to_state::text from job_events where job_id = $1 order by id")
+        .bind(id)
+        .fetch_all(db.store.pool())
+        .await
+        .unwrap()
+}
+
+/// Containers the engine still has for a job, running or not.
+pub fn containers_of(job_id: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-a", "-q", "--filter", &format!("label=slipway.job_id={job_id}")])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().split_whitespace().map(String::from).collect()
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}

@@ -1,0 +1,207 @@
+//! One job end to end with real parts: separate `slipway server` and `slipway
+//! worker` processes, Postgres, git daemon, the Docker engine and a registry.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const JOB_LIMIT: Duration = Duration::from_secs(180);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
+    let db = TestDb::new().await;
+    let git = GitServer::start();
+    let repo = app_repo(&git, "app");
+    let registry = AuthRegistry::start();
+    let work_dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+
+    // The worker gets no DATABASE_URL: it reaches the database only through the server.
+    let mut worker_env = ports.worker_env(work_dir.path());
+    worker_env.insert("SLIPWAY_REGISTRY_USERNAME", REGISTRY_USER.into());
+    worker_env.insert("SLIPWAY_REGISTRY_PASSWORD", REGISTRY_PASSWORD.into());
+    let _worker = Slipway::spawn("worker", &["worker"], &worker_env);
+    let mut server_env = ports.server_env();
+    server_env.insert("DATABASE_URL", db.url.clone());
+    server_env.insert("SLIPWAY_WORKERS", format!("http://127.0.0.1:{}", ports.worker));
+    let _server = Slipway::spawn("server", &["server"], &server_env);
+    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+
+    let greeting = unique("world-");
+    let tag = unique("t");
+    let image = format!("{}/e2e/app:{tag}", registry.addr);
+    let job = submit(&ports.api(), &json!({ "repo": repo, "image": image, "env": { "GREETING": greeting } })).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(job["state"], "queued");
+
+    let job = wait_finished(&ports.api(), &id, JOB_LIMIT).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["exit_code"], 0);
+    assert_eq!(job["commit_sha"], git.head("app"));
+    assert!(job["image_id"].as_str().unwrap().starts_with("sha256:"), "{job}");
+    let pushed = job["pushed_ref"].as_str().unwrap();
+    let digest = pushed.strip_prefix(&format!("{}/e2e/app@", registry.addr)).expect("pushed ref names the image");
+    let steps: Vec<&str> = job["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["clone", "build", "push", "run"]);
+    assert!(job["steps"].as_array().unwrap().iter().all(|s| s["outcome"] == "succeeded" && !s["finished_at"].is_null()));
+
+    // The story in SQL, in order.
+    let history = state_history(&db, &id).await;
+    assert_eq!(history, ["queued", "cloning", "building", "pushing", "running", "succeeded"]);
+
+    // The logs hold every step's output, in order, tagged with step and stream.
+    let lines = all_logs(&ports.api(), &id).await;
+    let position = |step: &str| lines.iter().position(|l| l["step"] == step).unwrap_or_else(|| panic!("no {step} lines"));
+    assert!(position("clone") < position("build") && position("build") < position("push") && position("push") < position("run"));
+    assert!(lines.iter().any(|l| l["step"] == "run" && l["stream"] == "stdout" && l["line"] == format!("hello {greeting}")), "{lines:?}");
+    assert!(lines.iter().any(|l| l["step"] == "run" && l["stream"] == "stderr" && l["line"] == "done"));
+
+    // The registry has the image under its tag, with the recorded digest.
+    let manifest = http()
+        .get(format!("http://{}/v2/e2e/app/manifests/{tag}", registry.addr))
+        .basic_auth(REGISTRY_USER, Some(REGISTRY_PASSWORD))
+        .header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(manifest.status(), 200);
+    assert_eq!(manifest.headers()["docker-content-digest"].to_str().unwrap(), digest);
+
+    // Nothing is left behind: no clone folder, no container.
+    let left: Vec<_> = std::fs::read_dir(work_dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "the work folder still holds {left:?}");
+    assert!(containers_of(&id).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_failure_ends_the_job_failed_with_its_cause() {
+    let db = TestDb::new().await;
+    let git = GitServer::start();
+    let app = app_repo(&git, "app");
+    let broken = git.repo(
+        "broken",
+        &[
+            ("Dockerfile", Entry::Text("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo about to fail; exit 7\"]\n")),
+            ("busybox", Entry::Busybox),
+        ],
+    );
+    let empty = git.repo("empty", &[("README", Entry::Text("no dockerfile here"))]);
+    let escape = git.repo("escape", &[("Dockerfile", Entry::Symlink("/etc/hostname"))]);
+    let locked = AuthRegistry::start();
+    let open = open_registry();
+    let work_dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let mut env = ports.server_env();
+    env.extend(ports.worker_env(work_dir.path()));
+    env.insert("DATABASE_URL", db.url.clone());
+    env.insert("SLIPWAY_WORKER_SLOTS", "4".into());
+    let _slipway = Slipway::spawn("standalone", &["standalone"], &env);
+    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+
+    let image = |name: &str| format!("{open}/failures/{name}:{}", unique("t"));
+    let cases = [
+        ("repo_not_found", json!({ "repo": git.url("nope"), "image": image("a") })),
+        ("ref_not_found", json!({ "repo": app, "ref": "no-such-branch", "image": image("b") })),
+        ("dockerfile_missing", json!({ "repo": empty, "image": image("c") })),
+        ("path_escapes_repository", json!({ "repo": escape, "image": image("d") })),
+        ("build_failed", json!({ "repo": broken, "image": image("e") })),
+        ("push_refused", json!({ "repo": app, "image": format!("{}/failures/f:1", locked.addr) })),
+        ("exit_nonzero", json!({ "repo": app, "image": image("g"), "run": { "command": ["/bin/busybox", "sh", "-c", "echo bye; exit 3"] } })),
+    ];
+    let mut ids = Vec::new();
+    for (code, body) in &cases {
+        ids.push((*code, submit(&ports.api(), body).await["id"].as_str().unwrap().to_string()));
+    }
+    for (code, id) in ids {
+        let job = wait_finished(&ports.api(), &id, JOB_LIMIT).await;
+        assert_eq!(job["state"], "failed", "{code}: {job}");
+        assert_eq!(job["error"]["code"], code, "{job}");
+        let message = job["error"]["message"].as_str().unwrap();
+        let history = state_history(&db, &id).await;
+        assert_eq!(history.last().map(String::as_str), Some("failed"));
+        match code {
+            "build_failed" => {
+                assert!(message.contains("RUN [\"/bin/busybox\""), "names the failing instruction: {message}");
+                assert!(message.contains("about to fail"), "carries the output: {message}");
+                assert!(message.contains('7'), "carries the exit code: {message}");
+            }
+            "exit_nonzero" => {
+                assert_eq!(job["exit_code"], 3);
+                assert_eq!(history, ["queued", "cloning", "building", "pushing", "running", "failed"]);
+                assert!(containers_of(&id).is_empty(), "the container is removed");
+            }
+            "ref_not_found" => assert!(message.contains("no-such-branch"), "{message}"),
+            "repo_not_found" => assert!(message.contains("nope"), "{message}"),
+            _ => {}
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(work_dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "the work folder still holds {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_standalones_share_one_database() {
+    let db = TestDb::new().await;
+    let git = GitServer::start();
+    let repo = app_repo(&git, "app");
+    let work_dir = tempfile::tempdir().unwrap();
+    let mut processes = Vec::new();
+    let mut apis = Vec::new();
+    for name in ["first", "second"] {
+        let ports = Ports::new();
+        let mut env = ports.server_env();
+        env.extend(ports.worker_env(work_dir.path()));
+        env.insert("DATABASE_URL", db.url.clone());
+        env.insert("SLIPWAY_WORKER_SLOTS", "1".into());
+        env.insert("SLIPWAY_WORKER_ID", format!("worker-{name}"));
+        processes.push(Slipway::spawn(name, &["standalone"], &env));
+        apis.push(ports.api());
+    }
+    for api in &apis {
+        wait_healthy(api, Duration::from_secs(30)).await;
+    }
+    let registry = open_registry();
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let body = json!({ "repo": repo, "image": format!("{registry}/shared/app:{}", unique("t")), "env": { "GREETING": i.to_string() } });
+        ids.push(submit(&apis[i % 2], &body).await["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let job = wait_finished(&apis[0], id, JOB_LIMIT).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+    let workers: Vec<String> =
+        sqlx::query_scalar("select distinct worker from job_steps order by worker").fetch_all(db.store.pool()).await.unwrap();
+    assert_eq!(workers, ["worker-first", "worker-second"], "both processes ran jobs");
+    let runs: i64 = sqlx::query_scalar("select count(*) from job_steps where step = 'run'").fetch_one(db.store.pool()).await.unwrap();
+    assert_eq!(runs, 4, "each job ran once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn standalone_without_database_url_starts_a_private_postgres() {
+    let data = tempfile::tempdir().unwrap();
+    // Postgres runs as the postgres user under root: it must be able to enter the folder.
+    std::fs::set_permissions(data.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let work_dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let mut env = ports.server_env();
+    env.extend(ports.worker_env(work_dir.path()));
+    env.insert("SLIPWAY_DATA_DIR", data.path().display().to_string());
+    let mut slipway = Slipway::spawn("standalone", &["standalone"], &env);
+    wait_healthy(&ports.api(), Duration::from_secs(90)).await;
+
+    let git = GitServer::start();
+    let repo = app_repo(&git, "app");
+    let image = format!("{}/private/app:{}", open_registry(), unique("t"));
+    let id = submit(&ports.api(), &json!({ "repo": repo, "image": image })).await["id"].as_str().unwrap().to_string();
+    let job = wait_finished(&ports.api(), &id, JOB_LIMIT).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(slipway.output().contains(&data.path().display().to_string()), "the data folder is named at start-up");
+
+    let status = slipway.terminate(Duration::from_secs(60)).expect("standalone stops on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(!data.path().join("postgres/postmaster.pid").exists(), "the private postgres is stopped");
+}
