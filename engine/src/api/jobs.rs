@@ -59,10 +59,10 @@ fn parse_job_request(bytes: &[u8]) -> Result<JobRequest, ApiError> {
             return ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {inner}"));
         }
         let message = inner.to_string();
+        // The path names the unknown key itself; keep the key if the path is empty.
         let field = match unknown_field_in(&message) {
             Some(name) if path == "." => name.to_string(),
-            Some(name) => format!("{path}.{name}"),
-            None => path,
+            _ => path,
         };
         ApiError::invalid(field, strip_position(&message))
     })?;

@@ -1,0 +1,93 @@
+//! The store's claim and fencing against a real Postgres.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestDb;
+use slipway_engine::job::{JobId, JobRequest, JobState};
+use slipway_engine::store::{Finish, Lease, NewLogLine, Outputs, StoreError};
+use slipway_steps::Step;
+
+const TTL: Duration = Duration::from_secs(30);
+
+async fn queue(db: &TestDb, n: usize) -> Vec<JobId> {
+    let spec = JobRequest {
+        repo: Some("git://127.0.0.1/app".into()),
+        image: Some("127.0.0.1:5000/app:1".into()),
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let id = JobId::new();
+        db.store.insert_job(id, &spec, None).await.unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claims_take_at_most_the_free_slots_and_never_the_same_job_twice() {
+    let db = TestDb::new().await;
+    let ids = queue(&db, 5).await;
+    let (a, b) = tokio::join!(db.store.claim("o1", "w1", 3, TTL), db.store.claim("o2", "w2", 3, TTL));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.len() + b.len(), 5);
+    assert!(a.len() <= 3 && b.len() <= 3);
+    let mut claimed: Vec<JobId> = a.iter().chain(&b).map(|j| j.id).collect();
+    claimed.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(claimed, expected, "each job claimed exactly once");
+    assert!(db.store.claim("o1", "w1", 3, TTL).await.unwrap().is_empty());
+
+    // A released lease makes the job claimable again, same attempt.
+    db.store.release(a[0].id, a[0].lease_token).await.unwrap();
+    let again = db.store.claim("o1", "w1", 3, TTL).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id, again[0].attempt), (a[0].id, 1));
+    assert_ne!(again[0].lease_token, a[0].lease_token);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_with_a_stale_token_changes_nothing() {
+    let db = TestDb::new().await;
+    let id = queue(&db, 1).await[0];
+    let first = db.store.claim("o", "w", 1, TTL).await.unwrap().remove(0);
+    db.store.release(id, first.lease_token).await.unwrap();
+    let current = db.store.claim("o", "w", 1, TTL).await.unwrap().remove(0);
+    let stale = Lease { job_id: id, attempt: 1, token: first.lease_token };
+    let lease = Lease { job_id: id, attempt: 1, token: current.lease_token };
+
+    let err = db.store.mark_step_started(&stale, Step::Clone, TTL).await.unwrap_err();
+    assert!(matches!(err, StoreError::LeaseLost), "{err:?}");
+    let line = NewLogLine { step: Step::Clone, stream: "system", at: chrono::Utc::now(), line: "x".into() };
+    assert!(matches!(db.store.append_logs(&stale, &[line.clone()]).await, Err(StoreError::LeaseLost)));
+    assert!(db.store.logs(id, 0, 10).await.unwrap().is_empty());
+    assert_eq!(db.store.job(id).await.unwrap().state, JobState::Queued);
+
+    db.store.mark_step_started(&lease, Step::Clone, TTL).await.unwrap();
+    db.store.append_logs(&lease, &[line]).await.unwrap();
+    let outputs = Outputs { commit_sha: Some("abc".into()), ..Default::default() };
+    db.store.mark_step_succeeded(&lease, Step::Clone, &outputs, TTL).await.unwrap();
+    let finish = Finish { state: JobState::Failed, exit_code: None, error_code: Some("build_failed".into()), error: Some("no".into()) };
+    db.store.mark_step_started(&lease, Step::Build, TTL).await.unwrap();
+    db.store.mark_finished(&lease, Step::Build, &Outputs::default(), &finish).await.unwrap();
+
+    // Once the job has ended, even its own lease can change nothing.
+    let err = db.store.mark_step_started(&lease, Step::Push, TTL).await.unwrap_err();
+    assert!(matches!(err, StoreError::LeaseLost));
+    let job = db.store.job(id).await.unwrap();
+    assert_eq!((job.state, job.commit_sha.as_deref(), job.error_code.as_deref()), (JobState::Failed, Some("abc"), Some("build_failed")));
+    let events = db.store.events(id).await.unwrap();
+    let states: Vec<JobState> = events.iter().map(|e| e.to_state).collect();
+    assert_eq!(states, [JobState::Queued, JobState::Cloning, JobState::Building, JobState::Failed]);
+    assert_eq!(events[1].worker.as_deref(), Some("w"));
+    let steps = db.store.steps(id).await.unwrap();
+    assert_eq!(steps.iter().map(|s| (s.step.as_str(), s.outcome.as_deref())).collect::<Vec<_>>(), [
+        ("clone", Some("succeeded")),
+        ("build", Some("failed"))
+    ]);
+}
