@@ -80,7 +80,10 @@ pub struct ConfigError {
 }
 
 fn bad(setting: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError { setting, message: message.into() }
+    ConfigError {
+        setting,
+        message: message.into(),
+    }
 }
 
 fn check_url(setting: &'static str, url: &str) -> Result<(), ConfigError> {
@@ -124,7 +127,10 @@ impl WorkerArgs {
             return Err(bad("SLIPWAY_WORKER_SLOTS", "must be at least 1"));
         }
         if self.registry_username.is_some() != self.registry_password.is_some() {
-            return Err(bad("SLIPWAY_REGISTRY_USERNAME", "set both SLIPWAY_REGISTRY_USERNAME and SLIPWAY_REGISTRY_PASSWORD, or neither"));
+            return Err(bad(
+                "SLIPWAY_REGISTRY_USERNAME",
+                "set both SLIPWAY_REGISTRY_USERNAME and SLIPWAY_REGISTRY_PASSWORD, or neither",
+            ));
         }
         Ok(())
     }
@@ -139,9 +145,15 @@ impl WorkerArgs {
         };
         slipway_worker::WorkerConfig {
             listen,
-            worker_id: self.worker_id.clone().unwrap_or_else(|| format!("worker-{}-{}", hostname(), listen.port())),
+            worker_id: self
+                .worker_id
+                .clone()
+                .unwrap_or_else(|| format!("worker-{}-{}", hostname(), listen.port())),
             slots: self.slots,
-            work_dir: self.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("slipway")),
+            work_dir: self
+                .work_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("slipway")),
             registry_credentials: credentials,
         }
     }
@@ -149,7 +161,11 @@ impl WorkerArgs {
 
 /// `http://addr`, with an unspecified address replaced by loopback.
 pub fn local_url(addr: SocketAddr) -> String {
-    let host = if addr.ip().is_unspecified() { "127.0.0.1".parse().expect("loopback") } else { addr.ip() };
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".parse().expect("loopback")
+    } else {
+        addr.ip()
+    };
     format!("http://{}", SocketAddr::new(host, addr.port()))
 }
 

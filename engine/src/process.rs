@@ -21,7 +21,9 @@ const DATABASE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Connects and applies the migrations.
 pub async fn open_store(url: &str) -> anyhow::Result<Store> {
-    let store = Store::connect(url, DATABASE_PATIENCE).await.context("cannot connect to the database")?;
+    let store = Store::connect(url, DATABASE_PATIENCE)
+        .await
+        .context("cannot connect to the database")?;
     store.migrate().await.context("cannot apply the migrations")?;
     Ok(store)
 }
@@ -37,7 +39,9 @@ pub async fn migrate(db: DatabaseArgs) -> anyhow::Result<()> {
 /// `slipway server`
 pub async fn server(db: DatabaseArgs, args: ServerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     args.validate()?;
-    let url = db.database_url.context("DATABASE_URL is required for `slipway server`")?;
+    let url = db
+        .database_url
+        .context("DATABASE_URL is required for `slipway server`")?;
     let store = open_store(&url).await?;
     serve_orchestrator(store, args, Vec::new(), shutdown).await
 }
@@ -118,7 +122,9 @@ async fn serve_orchestrator(
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<ReportServiceServer<ReportHandler>>().await;
+    health_reporter
+        .set_serving::<ReportServiceServer<ReportHandler>>()
+        .await;
     let reports = ReportHandler::new(store.clone(), args.lease_ttl, wake.clone());
     let grpc_stop = CancellationToken::new();
     let grpc_task = {

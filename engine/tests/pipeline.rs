@@ -33,7 +33,11 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
     let greeting = unique("world-");
     let tag = unique("t");
     let image = format!("{}/e2e/app:{tag}", registry.addr);
-    let job = submit(&ports.api(), &json!({ "repo": repo, "image": image, "env": { "GREETING": greeting } })).await;
+    let job = submit(
+        &ports.api(),
+        &json!({ "repo": repo, "image": image, "env": { "GREETING": greeting } }),
+    )
+    .await;
     let id = job["id"].as_str().unwrap().to_string();
     assert_eq!(job["state"], "queued");
 
@@ -43,21 +47,55 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
     assert_eq!(job["commit_sha"], git.head("app"));
     assert!(job["image_id"].as_str().unwrap().starts_with("sha256:"), "{job}");
     let pushed = job["pushed_ref"].as_str().unwrap();
-    let digest = pushed.strip_prefix(&format!("{}/e2e/app@", registry.addr)).expect("pushed ref names the image");
-    let steps: Vec<&str> = job["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
+    let digest = pushed
+        .strip_prefix(&format!("{}/e2e/app@", registry.addr))
+        .expect("pushed ref names the image");
+    let steps: Vec<&str> = job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
     assert_eq!(steps, ["clone", "build", "push", "run"]);
-    assert!(job["steps"].as_array().unwrap().iter().all(|s| s["outcome"] == "succeeded" && !s["finished_at"].is_null()));
+    assert!(
+        job["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["outcome"] == "succeeded" && !s["finished_at"].is_null())
+    );
 
     // The story in SQL, in order.
     let history = state_history(&db, &id).await;
-    assert_eq!(history, ["queued", "cloning", "building", "pushing", "running", "succeeded"]);
+    assert_eq!(
+        history,
+        ["queued", "cloning", "building", "pushing", "running", "succeeded"]
+    );
 
     // The logs hold every step's output, in order, tagged with step and stream.
     let lines = all_logs(&ports.api(), &id).await;
-    let position = |step: &str| lines.iter().position(|l| l["step"] == step).unwrap_or_else(|| panic!("no {step} lines"));
-    assert!(position("clone") < position("build") && position("build") < position("push") && position("push") < position("run"));
-    assert!(lines.iter().any(|l| l["step"] == "run" && l["stream"] == "stdout" && l["line"] == format!("hello {greeting}")), "{lines:?}");
-    assert!(lines.iter().any(|l| l["step"] == "run" && l["stream"] == "stderr" && l["line"] == "done"));
+    let position = |step: &str| {
+        lines
+            .iter()
+            .position(|l| l["step"] == step)
+            .unwrap_or_else(|| panic!("no {step} lines"))
+    };
+    assert!(
+        position("clone") < position("build")
+            && position("build") < position("push")
+            && position("push") < position("run")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["step"] == "run" && l["stream"] == "stdout" && l["line"] == format!("hello {greeting}")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["step"] == "run" && l["stream"] == "stderr" && l["line"] == "done")
+    );
 
     // The registry has the image under its tag, with the recorded digest.
     let manifest = http()
@@ -103,17 +141,35 @@ async fn each_failure_ends_the_job_failed_with_its_cause() {
 
     let image = |name: &str| format!("{open}/failures/{name}:{}", unique("t"));
     let cases = [
-        ("repo_not_found", json!({ "repo": git.url("nope"), "image": image("a") })),
-        ("ref_not_found", json!({ "repo": app, "ref": "no-such-branch", "image": image("b") })),
+        (
+            "repo_not_found",
+            json!({ "repo": git.url("nope"), "image": image("a") }),
+        ),
+        (
+            "ref_not_found",
+            json!({ "repo": app, "ref": "no-such-branch", "image": image("b") }),
+        ),
         ("dockerfile_missing", json!({ "repo": empty, "image": image("c") })),
-        ("path_escapes_repository", json!({ "repo": escape, "image": image("d") })),
+        (
+            "path_escapes_repository",
+            json!({ "repo": escape, "image": image("d") }),
+        ),
         ("build_failed", json!({ "repo": broken, "image": image("e") })),
-        ("push_refused", json!({ "repo": app, "image": format!("{}/failures/f:1", locked.addr) })),
-        ("exit_nonzero", json!({ "repo": app, "image": image("g"), "run": { "command": ["/bin/busybox", "sh", "-c", "echo bye; exit 3"] } })),
+        (
+            "push_refused",
+            json!({ "repo": app, "image": format!("{}/failures/f:1", locked.addr) }),
+        ),
+        (
+            "exit_nonzero",
+            json!({ "repo": app, "image": image("g"), "run": { "command": ["/bin/busybox", "sh", "-c", "echo bye; exit 3"] } }),
+        ),
     ];
     let mut ids = Vec::new();
     for (code, body) in &cases {
-        ids.push((*code, submit(&ports.api(), body).await["id"].as_str().unwrap().to_string()));
+        ids.push((
+            *code,
+            submit(&ports.api(), body).await["id"].as_str().unwrap().to_string(),
+        ));
     }
     for (code, id) in ids {
         let job = wait_finished(&ports.api(), &id, JOB_LIMIT).await;
@@ -124,13 +180,19 @@ async fn each_failure_ends_the_job_failed_with_its_cause() {
         assert_eq!(history.last().map(String::as_str), Some("failed"));
         match code {
             "build_failed" => {
-                assert!(message.contains("RUN [\"/bin/busybox\""), "names the failing instruction: {message}");
+                assert!(
+                    message.contains("RUN [\"/bin/busybox\""),
+                    "names the failing instruction: {message}"
+                );
                 assert!(message.contains("about to fail"), "carries the output: {message}");
                 assert!(message.contains('7'), "carries the exit code: {message}");
             }
             "exit_nonzero" => {
                 assert_eq!(job["exit_code"], 3);
-                assert_eq!(history, ["queued", "cloning", "building", "pushing", "running", "failed"]);
+                assert_eq!(
+                    history,
+                    ["queued", "cloning", "building", "pushing", "running", "failed"]
+                );
                 assert!(containers_of(&id).is_empty(), "the container is removed");
             }
             "ref_not_found" => assert!(message.contains("no-such-branch"), "{message}"),
@@ -173,10 +235,15 @@ async fn two_standalones_share_one_database() {
         let job = wait_finished(&apis[0], id, JOB_LIMIT).await;
         assert_eq!(job["state"], "succeeded", "{job}");
     }
-    let workers: Vec<String> =
-        sqlx::query_scalar("select distinct worker from job_steps order by worker").fetch_all(db.store.pool()).await.unwrap();
+    let workers: Vec<String> = sqlx::query_scalar("select distinct worker from job_steps order by worker")
+        .fetch_all(db.store.pool())
+        .await
+        .unwrap();
     assert_eq!(workers, ["worker-first", "worker-second"], "both processes ran jobs");
-    let runs: i64 = sqlx::query_scalar("select count(*) from job_steps where step = 'run'").fetch_one(db.store.pool()).await.unwrap();
+    let runs: i64 = sqlx::query_scalar("select count(*) from job_steps where step = 'run'")
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
     assert_eq!(runs, 4, "each job ran once");
 }
 
@@ -196,12 +263,23 @@ async fn standalone_without_database_url_starts_a_private_postgres() {
     let git = GitServer::start();
     let repo = app_repo(&git, "app");
     let image = format!("{}/private/app:{}", open_registry(), unique("t"));
-    let id = submit(&ports.api(), &json!({ "repo": repo, "image": image })).await["id"].as_str().unwrap().to_string();
+    let id = submit(&ports.api(), &json!({ "repo": repo, "image": image })).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let job = wait_finished(&ports.api(), &id, JOB_LIMIT).await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    assert!(slipway.output().contains(&data.path().display().to_string()), "the data folder is named at start-up");
+    assert!(
+        slipway.output().contains(&data.path().display().to_string()),
+        "the data folder is named at start-up"
+    );
 
-    let status = slipway.terminate(Duration::from_secs(60)).expect("standalone stops on SIGTERM");
+    let status = slipway
+        .terminate(Duration::from_secs(60))
+        .expect("standalone stops on SIGTERM");
     assert!(status.success(), "{status:?}");
-    assert!(!data.path().join("postgres/postmaster.pid").exists(), "the private postgres is stopped");
+    assert!(
+        !data.path().join("postgres/postmaster.pid").exists(),
+        "the private postgres is stopped"
+    );
 }

@@ -55,7 +55,11 @@ pub async fn build_image(
     let (tar, dockerfile_in_tar) = tokio::task::spawn_blocking(move || pack_context(&context, &dockerfile))
         .await
         .map_err(|e| StepError::new(ErrorCode::Internal, format!("packing the context panicked: {e}")))??;
-    logs.line(LogStream::System, format!("sending a build context of {} bytes", tar.len())).await;
+    logs.line(
+        LogStream::System,
+        format!("sending a build context of {} bytes", tar.len()),
+    )
+    .await;
 
     let labels = HashMap::from([(JOB_LABEL.to_string(), request.job_id.clone())]);
     let options = BuildImageOptionsBuilder::default()
@@ -124,7 +128,10 @@ pub async fn build_image(
 fn build_failed(error: &str, instruction: Option<String>, tail: VecDeque<String>) -> StepError {
     let at = instruction.map(|s| format!(" at `{s}`")).unwrap_or_default();
     let tail: Vec<String> = tail.into_iter().collect();
-    StepError::new(ErrorCode::BuildFailed, format!("build failed{at}: {error}\nlast output:\n{}", tail.join("\n")))
+    StepError::new(
+        ErrorCode::BuildFailed,
+        format!("build failed{at}: {error}\nlast output:\n{}", tail.join("\n")),
+    )
 }
 
 /// Tars `context` (without `.git`) and returns it with the Dockerfile's path inside it.
@@ -151,7 +158,8 @@ fn pack_context(context: &Path, dockerfile: &Path) -> Result<(Vec<u8>, String), 
     let name = match inside {
         Some(relative) => relative.to_string_lossy().into_owned(),
         None => {
-            tar.append_path_with_name(dockerfile, OUTSIDE_DOCKERFILE).map_err(fail)?;
+            tar.append_path_with_name(dockerfile, OUTSIDE_DOCKERFILE)
+                .map_err(fail)?;
             OUTSIDE_DOCKERFILE.to_string()
         }
     };
@@ -186,7 +194,7 @@ mod tests {
 
         let (tar, name) = pack_context(&app, &repo.path().join("Dockerfile")).unwrap();
         assert_eq!(name, OUTSIDE_DOCKERFILE);
-        assert_eq!(names(&tar), vec![OUTSIDE_DOCKERFILE, "src", "src/main.txt"]);
+        assert_eq!(names(&tar), vec![OUTSIDE_DOCKERFILE, "src/", "src/main.txt"]);
 
         std::fs::write(app.join("Dockerfile"), "FROM scratch").unwrap();
         let (_, name) = pack_context(&app, &app.join("Dockerfile")).unwrap();

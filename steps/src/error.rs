@@ -77,7 +77,12 @@ pub struct StepError {
 
 impl StepError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        StepError { code, message: message.into(), exit_code: None, source: None }
+        StepError {
+            code,
+            message: message.into(),
+            exit_code: None,
+            source: None,
+        }
     }
 
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {

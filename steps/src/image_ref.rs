@@ -56,15 +56,14 @@ impl std::str::FromStr for ImageRef {
             return Err("name is longer than 255 characters".into());
         }
         let mut parts: Vec<&str> = name.split('/').collect();
-        let registry = if parts.len() > 1
-            && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost")
-        {
-            let host = parts.remove(0);
-            check_registry(host)?;
-            Some(host.to_string())
-        } else {
-            None
-        };
+        let registry =
+            if parts.len() > 1 && (parts[0].contains('.') || parts[0].contains(':') || parts[0] == "localhost") {
+                let host = parts.remove(0);
+                check_registry(host)?;
+                Some(host.to_string())
+            } else {
+                None
+            };
         for part in &parts {
             check_path_component(part)?;
         }
@@ -75,7 +74,11 @@ impl std::str::FromStr for ImageRef {
             }
             None => "latest".to_string(),
         };
-        Ok(ImageRef { registry, path: parts.join("/"), tag })
+        Ok(ImageRef {
+            registry,
+            path: parts.join("/"),
+            tag,
+        })
     }
 }
 
@@ -140,11 +143,15 @@ fn check_tag(tag: &str) -> Result<(), String> {
     let ok = !tag.is_empty()
         && tag.len() <= 128
         && (tag.as_bytes()[0].is_ascii_alphanumeric() || tag.starts_with('_'))
-        && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if ok {
         Ok(())
     } else {
-        Err(format!("tag `{tag}` must be 1-128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`"))
+        Err(format!(
+            "tag `{tag}` must be 1-128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`"
+        ))
     }
 }
 

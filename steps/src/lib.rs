@@ -8,8 +8,8 @@
 pub mod build;
 pub mod clone;
 pub mod docker;
-pub mod image_ref;
 mod error;
+pub mod image_ref;
 pub mod logs;
 pub mod paths;
 pub mod push;

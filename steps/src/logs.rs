@@ -38,7 +38,10 @@ impl LogSink {
 
     /// The same log, for another step.
     pub fn for_step(&self, step: Step) -> Self {
-        LogSink { tx: self.tx.clone(), step }
+        LogSink {
+            tx: self.tx.clone(),
+            step,
+        }
     }
 
     pub async fn line(&self, stream: LogStream, text: impl Into<String>) {
@@ -52,7 +55,12 @@ impl LogSink {
     }
 
     fn make(&self, stream: LogStream, text: String) -> LogLine {
-        LogLine { step: self.step, stream, text, at: SystemTime::now() }
+        LogLine {
+            step: self.step,
+            stream,
+            text,
+            at: SystemTime::now(),
+        }
     }
 }
 

@@ -14,7 +14,9 @@ use crate::{ErrorCode, StepError};
 pub fn is_confined(relative: &str) -> bool {
     let path = Path::new(relative);
     !relative.contains('\0')
-        && path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+        && path
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 /// Resolves `relative` under `root` on disk, following symlinks, and fails unless the
@@ -26,13 +28,16 @@ pub fn resolve_inside(root: &Path, relative: &str, what: &str) -> Result<PathBuf
             format!("{what} `{relative}` leaves the repository"),
         ));
     }
-    let root = root.canonicalize().map_err(|e| {
-        StepError::new(ErrorCode::Internal, format!("cannot read the checkout: {e}")).with_source(e)
-    })?;
-    let missing = if what == "dockerfile" { ErrorCode::DockerfileMissing } else { ErrorCode::ContextMissing };
+    let root = root
+        .canonicalize()
+        .map_err(|e| StepError::new(ErrorCode::Internal, format!("cannot read the checkout: {e}")).with_source(e))?;
+    let missing = if what == "dockerfile" {
+        ErrorCode::DockerfileMissing
+    } else {
+        ErrorCode::ContextMissing
+    };
     let resolved = root.join(relative).canonicalize().map_err(|e| {
-        StepError::new(missing, format!("{what} `{relative}` does not exist in the repository"))
-            .with_source(e)
+        StepError::new(missing, format!("{what} `{relative}` does not exist in the repository")).with_source(e)
     })?;
     if !resolved.starts_with(&root) {
         return Err(StepError::new(
@@ -62,8 +67,7 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), "x").unwrap();
         let root = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("Dockerfile"))
-            .unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("Dockerfile")).unwrap();
         let err = resolve_inside(root.path(), "Dockerfile", "dockerfile").unwrap_err();
         assert_eq!(err.code, ErrorCode::PathEscapesRepository);
 

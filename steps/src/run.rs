@@ -10,13 +10,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bollard::Docker;
+use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
-use bollard::container::LogOutput;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +72,8 @@ pub async fn create_container(docker: &Docker, request: &RunRequest, logs: &LogS
                     .inspect_container(&name, None)
                     .await
                     .map_err(|e| engine_error(e, ErrorCode::RunFailed, "cannot inspect the existing container"))?;
-                logs.line(LogStream::System, format!("found container {name} again")).await;
+                logs.line(LogStream::System, format!("found container {name} again"))
+                    .await;
                 return existing
                     .id
                     .ok_or_else(|| StepError::new(ErrorCode::RunFailed, "the engine reported no container id"));
@@ -96,7 +97,10 @@ async fn pull(docker: &Docker, image: &str, logs: &LogSink) -> Result<(), StepEr
             None => engine_error(e, ErrorCode::RunFailed, "cannot pull the image"),
         })?;
         if let Some(message) = info.error_detail.and_then(|d| d.message) {
-            return Err(StepError::new(ErrorCode::RunFailed, format!("cannot pull {image}: {message}")));
+            return Err(StepError::new(
+                ErrorCode::RunFailed,
+                format!("cannot pull {image}: {message}"),
+            ));
         }
     }
     Ok(())
@@ -155,13 +159,24 @@ async fn exit_code(docker: &Docker, container_id: &str) -> Result<i64, StepError
         Some(Ok(response)) => Ok(response.status_code),
         // bollard reports a non-zero exit as an error carrying the code.
         Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(code),
-        Some(Err(e)) => Err(engine_error(e, ErrorCode::RunFailed, "lost the container while waiting")),
-        None => Err(StepError::new(ErrorCode::EngineUnavailable, "the engine closed the wait before the container ended")),
+        Some(Err(e)) => Err(engine_error(
+            e,
+            ErrorCode::RunFailed,
+            "lost the container while waiting",
+        )),
+        None => Err(StepError::new(
+            ErrorCode::EngineUnavailable,
+            "the engine closed the wait before the container ended",
+        )),
     }
 }
 
 async fn follow_output(docker: Docker, container_id: String, logs: LogSink) {
-    let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
+    let options = LogsOptionsBuilder::default()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
     let mut stream = docker.logs(&container_id, Some(options));
     let mut out = LineSplitter::default();
     let mut err = LineSplitter::default();
@@ -182,7 +197,9 @@ async fn follow_output(docker: Docker, container_id: String, logs: LogSink) {
 }
 
 async fn stop(docker: &Docker, container_id: &str) {
-    let options = StopContainerOptionsBuilder::default().t(STOP_GRACE.as_secs() as i32).build();
+    let options = StopContainerOptionsBuilder::default()
+        .t(STOP_GRACE.as_secs() as i32)
+        .build();
     if let Err(e) = docker.stop_container(container_id, Some(options)).await {
         tracing::warn!(container.id = container_id, error = %e, "stopping the container failed");
     }

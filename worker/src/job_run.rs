@@ -41,7 +41,10 @@ pub(crate) struct JobRun {
 pub(crate) async fn run(state: Arc<WorkerState>, job: JobRun) {
     let job_id = job.lease.job_id.clone();
     let token = job.lease.lease_token.clone();
-    let folder = state.config.work_dir.join(format!("job-{}-{}", job_id, job.lease.attempt));
+    let folder = state
+        .config
+        .work_dir
+        .join(format!("job-{}-{}", job_id, job.lease.attempt));
     run_steps(&state, job, &folder).await;
     if let Err(e) = tokio::fs::remove_dir_all(&folder).await
         && e.kind() != std::io::ErrorKind::NotFound
@@ -75,15 +78,29 @@ async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
     let mut step = job.first_step;
     loop {
         *job.current_step.lock().unwrap_or_else(|p| p.into_inner()) = step;
-        if !send(&reporter, &job.lease, step, Event::Started(v1::step_report::Started {}), None).await {
+        if !send(
+            &reporter,
+            &job.lease,
+            step,
+            Event::Started(v1::step_report::Started {}),
+            None,
+        )
+        .await
+        {
             break;
         }
         let logs = logs.for_step(step);
         let result = match step {
-            Step::Clone => clone(&job, folder, &logs, &stop).await.map(|sha| outputs.commit_sha = sha),
-            Step::Build => build(state, &job, folder, &logs, &stop).await.map(|id| outputs.image_id = id),
+            Step::Clone => clone(&job, folder, &logs, &stop)
+                .await
+                .map(|sha| outputs.commit_sha = sha),
+            Step::Build => build(state, &job, folder, &logs, &stop)
+                .await
+                .map(|id| outputs.image_id = id),
             Step::Push => push(state, &job, &logs, &stop).await.map(|r| outputs.pushed_ref = r),
-            Step::Run => run_container(state, &job, &outputs, &reporter, &logs, &stop).await.map(|id| outputs.container_id = id),
+            Step::Run => run_container(state, &job, &outputs, &reporter, &logs, &stop)
+                .await
+                .map(|id| outputs.container_id = id),
         };
         match result {
             Ok(()) => {
@@ -104,7 +121,11 @@ async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
             }
             Err(e) => {
                 tracing::info!(job.id = %job.lease.job_id, job.step = step.as_str(), error.code = e.code.as_str(), "step failed");
-                let failure = v1::StepFailure { code: e.code.as_str().into(), message: e.message.clone(), retryable: e.retryable() };
+                let failure = v1::StepFailure {
+                    code: e.code.as_str().into(),
+                    message: e.message.clone(),
+                    retryable: e.retryable(),
+                };
                 send(&reporter, &job.lease, step, Event::Failed(failure), e.exit_code).await;
                 break;
             }
@@ -115,7 +136,12 @@ async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
 
 /// Sends a report; `false` when the job must stop (lease gone or orchestrator unreachable).
 async fn send(reporter: &Reporter, lease: &v1::Lease, step: Step, event: Event, exit_code: Option<i64>) -> bool {
-    let report = v1::StepReport { lease: Some(lease.clone()), step: step_to_wire(step) as i32, event: Some(event), exit_code };
+    let report = v1::StepReport {
+        lease: Some(lease.clone()),
+        step: step_to_wire(step) as i32,
+        event: Some(event),
+        exit_code,
+    };
     match reporter.send(report).await {
         Ok(true) => true,
         Ok(false) => {
@@ -137,7 +163,9 @@ async fn clone(job: &JobRun, folder: &Path, logs: &LogSink, stop: &CancellationT
     };
     let dest = checkout_dir(folder);
     if dest.exists() {
-        tokio::fs::remove_dir_all(&dest).await.map_err(|e| internal("cannot clear the clone folder", e))?;
+        tokio::fs::remove_dir_all(&dest)
+            .await
+            .map_err(|e| internal("cannot clear the clone folder", e))?;
     }
     let (logs, stop) = (logs.clone(), stop.clone());
     tokio::task::spawn_blocking(move || clone_repo(&request, &dest, &logs, &stop))
@@ -145,7 +173,13 @@ async fn clone(job: &JobRun, folder: &Path, logs: &LogSink, stop: &CancellationT
         .map_err(|e| StepError::new(ErrorCode::Internal, format!("the clone panicked: {e}")))?
 }
 
-async fn build(state: &WorkerState, job: &JobRun, folder: &Path, logs: &LogSink, stop: &CancellationToken) -> Result<String, StepError> {
+async fn build(
+    state: &WorkerState,
+    job: &JobRun,
+    folder: &Path,
+    logs: &LogSink,
+    stop: &CancellationToken,
+) -> Result<String, StepError> {
     let request = BuildRequest {
         job_id: job.lease.job_id.clone(),
         image: job.spec.image.clone(),
@@ -156,13 +190,25 @@ async fn build(state: &WorkerState, job: &JobRun, folder: &Path, logs: &LogSink,
     build_image(&state.docker, &checkout_dir(folder), &request, logs, stop).await
 }
 
-async fn push(state: &WorkerState, job: &JobRun, logs: &LogSink, stop: &CancellationToken) -> Result<String, StepError> {
+async fn push(
+    state: &WorkerState,
+    job: &JobRun,
+    logs: &LogSink,
+    stop: &CancellationToken,
+) -> Result<String, StepError> {
     let image: ImageRef = job
         .spec
         .image
         .parse()
         .map_err(|why| StepError::new(ErrorCode::Internal, format!("image `{}` {why}", job.spec.image)))?;
-    push_image(&state.docker, &image, state.config.registry_credentials.as_ref(), logs, stop).await
+    push_image(
+        &state.docker,
+        &image,
+        state.config.registry_credentials.as_ref(),
+        logs,
+        stop,
+    )
+    .await
 }
 
 /// Creates the container, reports its id before waiting on it, waits, removes it.
@@ -182,10 +228,16 @@ async fn run_container(
         command: job.spec.command.clone(),
     };
     let container_id = create_container(&state.docker, &request, logs).await?;
-    let progress = v1::StepOutputs { container_id: container_id.clone(), ..Default::default() };
+    let progress = v1::StepOutputs {
+        container_id: container_id.clone(),
+        ..Default::default()
+    };
     if !send(reporter, &job.lease, Step::Run, Event::Progress(progress), None).await {
         remove_container(&state.docker, &container_id).await?;
-        return Err(StepError::new(ErrorCode::Cancelled, "the lease was lost before the container started"));
+        return Err(StepError::new(
+            ErrorCode::Cancelled,
+            "the lease was lost before the container started",
+        ));
     }
     let timeout = (job.spec.timeout_seconds > 0).then(|| Duration::from_secs(job.spec.timeout_seconds));
     let exit = wait_container(&state.docker, &container_id, timeout, logs, stop).await;

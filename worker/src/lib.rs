@@ -48,10 +48,16 @@ impl BoundWorker {
     pub async fn bind(config: WorkerConfig) -> Result<Self, WorkerError> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|source| WorkerError::Listen { addr: config.listen, source })?;
+            .map_err(|source| WorkerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
         tokio::fs::create_dir_all(&config.work_dir)
             .await
-            .map_err(|source| WorkerError::WorkDir { path: config.work_dir.clone(), source })?;
+            .map_err(|source| WorkerError::WorkDir {
+                path: config.work_dir.clone(),
+                source,
+            })?;
         let docker = slipway_steps::docker::connect()?;
         let state = Arc::new(WorkerState::new(config, docker));
         Ok(BoundWorker { listener, state })

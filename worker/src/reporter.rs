@@ -131,7 +131,10 @@ async fn flush(client: &mut ReportServiceClient<Channel>, lease: &v1::Lease, bat
     if batch.is_empty() {
         return;
     }
-    let request = v1::LogBatch { lease: Some(lease.clone()), lines: std::mem::take(batch) };
+    let request = v1::LogBatch {
+        lease: Some(lease.clone()),
+        lines: std::mem::take(batch),
+    };
     let count = request.lines.len();
     match with_retries(|| {
         let mut client = client.clone();
@@ -146,7 +149,10 @@ async fn flush(client: &mut ReportServiceClient<Channel>, lease: &v1::Lease, bat
     }
 }
 
-async fn deliver_report(client: &mut ReportServiceClient<Channel>, report: v1::StepReport) -> Result<bool, ReportError> {
+async fn deliver_report(
+    client: &mut ReportServiceClient<Channel>,
+    report: v1::StepReport,
+) -> Result<bool, ReportError> {
     let ack = with_retries(|| {
         let mut client = client.clone();
         let report = report.clone();
@@ -169,7 +175,10 @@ where
         match call().await {
             Ok(response) => return Ok(response.into_inner()),
             Err(status)
-                if matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded) =>
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
+                ) =>
             {
                 if started.elapsed() >= PATIENCE {
                     return Err(ReportError::Unreachable(started.elapsed()));

@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slipway_steps::docker::Docker;
 use slipway_proto::convert::{step_from_wire, step_to_wire};
 use slipway_proto::v1::{self, job_service_server::JobService};
 use slipway_steps::Step;
+use slipway_steps::docker::Docker;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -32,7 +32,12 @@ pub(crate) struct WorkerState {
 
 impl WorkerState {
     pub fn new(config: WorkerConfig, docker: Docker) -> Self {
-        WorkerState { config, docker, running: Mutex::new(HashMap::new()), idle: Notify::new() }
+        WorkerState {
+            config,
+            docker,
+            running: Mutex::new(HashMap::new()),
+            idle: Notify::new(),
+        }
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningJob>> {
@@ -80,8 +85,14 @@ impl Worker {
 impl JobService for Worker {
     async fn start_job(&self, request: Request<v1::StartJobRequest>) -> Result<Response<v1::StartJobResponse>, Status> {
         let request = request.into_inner();
-        let lease = request.lease.clone().ok_or_else(|| Status::invalid_argument("lease is required"))?;
-        let spec = request.spec.clone().ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        let lease = request
+            .lease
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("lease is required"))?;
+        let spec = request
+            .spec
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
         let first_step =
             step_from_wire(request.first_step).ok_or_else(|| Status::invalid_argument("first_step is not a step"))?;
         if request.report_to.is_empty() {
@@ -97,14 +108,25 @@ impl JobService for Worker {
             if let Some(existing) = running.get(&lease.job_id) {
                 if existing.lease.lease_token == lease.lease_token {
                     // The same attempt offered twice (a retried call): it already runs.
-                    return Ok(Response::new(v1::StartJobResponse { worker_id: self.state.config.worker_id.clone() }));
+                    return Ok(Response::new(v1::StartJobResponse {
+                        worker_id: self.state.config.worker_id.clone(),
+                    }));
                 }
-                return Err(Status::already_exists("this worker already runs another attempt of the job"));
+                return Err(Status::already_exists(
+                    "this worker already runs another attempt of the job",
+                ));
             }
             if running.len() >= self.state.config.slots as usize {
                 return Err(Status::resource_exhausted("no free slot"));
             }
-            running.insert(lease.job_id.clone(), RunningJob { lease: lease.clone(), step: step.clone(), cancel: cancel.clone() });
+            running.insert(
+                lease.job_id.clone(),
+                RunningJob {
+                    lease: lease.clone(),
+                    step: step.clone(),
+                    cancel: cancel.clone(),
+                },
+            );
         }
         tracing::info!(job.id = %lease.job_id, job.attempt = lease.attempt, job.step = first_step.as_str(), "job admitted");
         let run = JobRun {
@@ -118,10 +140,15 @@ impl JobService for Worker {
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(job_run::run(self.state.clone(), run));
-        Ok(Response::new(v1::StartJobResponse { worker_id: self.state.config.worker_id.clone() }))
+        Ok(Response::new(v1::StartJobResponse {
+            worker_id: self.state.config.worker_id.clone(),
+        }))
     }
 
-    async fn get_status(&self, request: Request<v1::GetStatusRequest>) -> Result<Response<v1::GetStatusResponse>, Status> {
+    async fn get_status(
+        &self,
+        request: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::GetStatusResponse>, Status> {
         let job_id = request.into_inner().job_id;
         let running = self.state.running();
         let response = match running.get(&job_id) {

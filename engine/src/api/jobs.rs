@@ -56,7 +56,11 @@ fn parse_job_request(bytes: &[u8]) -> Result<JobRequest, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if !inner.is_data() {
-            return ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {inner}"));
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not valid JSON: {inner}"),
+            );
         }
         let message = inner.to_string();
         // The path names the unknown key itself; keep the key if the path is empty.
@@ -66,7 +70,13 @@ fn parse_job_request(bytes: &[u8]) -> Result<JobRequest, ApiError> {
         };
         ApiError::invalid(field, strip_position(&message))
     })?;
-    de.end().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}")))?;
+    de.end().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
     Ok(request)
 }
 
@@ -86,7 +96,8 @@ fn strip_position(message: &str) -> String {
 }
 
 fn job_id(raw: &str) -> Result<JobId, ApiError> {
-    raw.parse().map_err(|_| ApiError::invalid("id", format!("`{raw}` is not a job id")))
+    raw.parse()
+        .map_err(|_| ApiError::invalid("id", format!("`{raw}` is not a job id")))
 }
 
 /// `GET /v1/jobs/{id}`
@@ -98,10 +109,16 @@ pub async fn get(State(store): State<Store>, Path(id): Path<String>) -> Result<J
 }
 
 /// `GET /v1/jobs?state=&limit=&cursor=`: newest first.
-pub async fn list(State(store): State<Store>, Query(params): Query<HashMap<String, String>>) -> Result<Json<JobPage>, ApiError> {
+pub async fn list(
+    State(store): State<Store>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<JobPage>, ApiError> {
     for key in params.keys() {
         if !matches!(key.as_str(), "state" | "limit" | "cursor") {
-            return Err(ApiError::invalid(key.clone(), format!("unknown parameter `{key}`; use state, limit or cursor")));
+            return Err(ApiError::invalid(
+                key.clone(),
+                format!("unknown parameter `{key}`; use state, limit or cursor"),
+            ));
         }
     }
     let state = params
@@ -111,10 +128,17 @@ pub async fn list(State(store): State<Store>, Query(params): Query<HashMap<Strin
     let limit = page_size(params.get("limit"), DEFAULT_PAGE, MAX_PAGE)?;
     let cursor = params
         .get("cursor")
-        .map(|c| c.parse::<JobId>().map_err(|_| ApiError::invalid("cursor", format!("`{c}` is not a cursor"))))
+        .map(|c| {
+            c.parse::<JobId>()
+                .map_err(|_| ApiError::invalid("cursor", format!("`{c}` is not a cursor")))
+        })
         .transpose()?;
     let rows = store.jobs(state, cursor, limit).await?;
-    let next_cursor = if rows.len() as i64 == limit { rows.last().map(|r| r.id) } else { None };
+    let next_cursor = if rows.len() as i64 == limit {
+        rows.last().map(|r| r.id)
+    } else {
+        None
+    };
     let jobs = rows.into_iter().map(|r| JobView::new(r, None)).collect();
     Ok(Json(JobPage { jobs, next_cursor }))
 }
@@ -127,7 +151,9 @@ pub async fn logs(
 ) -> Result<Json<LogPage>, ApiError> {
     let id = job_id(&id)?;
     let after = match params.get("after") {
-        Some(a) => a.parse::<i64>().map_err(|_| ApiError::invalid("after", format!("`{a}` is not a line id")))?,
+        Some(a) => a
+            .parse::<i64>()
+            .map_err(|_| ApiError::invalid("after", format!("`{a}` is not a line id")))?,
         None => 0,
     };
     let limit = page_size(params.get("limit"), DEFAULT_LOG_PAGE, MAX_LOG_PAGE)?;
@@ -136,7 +162,11 @@ pub async fn logs(
     let lines = store.logs(id, after, limit).await?;
     let next_after = lines.last().map(|l| l.id).unwrap_or(after);
     let finished = finished && (lines.len() as i64) < limit;
-    Ok(Json(LogPage { lines, next_after, finished }))
+    Ok(Json(LogPage {
+        lines,
+        next_after,
+        finished,
+    }))
 }
 
 fn page_size(raw: Option<&String>, default: i64, max: i64) -> Result<i64, ApiError> {
@@ -144,7 +174,10 @@ fn page_size(raw: Option<&String>, default: i64, max: i64) -> Result<i64, ApiErr
         None => Ok(default),
         Some(raw) => match raw.parse::<i64>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(ApiError::invalid("limit", format!("limit must be a whole number from 1 to {max}"))),
+            _ => Err(ApiError::invalid(
+                "limit",
+                format!("limit must be a whole number from 1 to {max}"),
+            )),
         },
     }
 }

@@ -26,7 +26,11 @@ pub fn router(store: Store) -> Router {
 }
 
 /// Serves until `shutdown`, then finishes the requests under way.
-pub async fn serve(listener: tokio::net::TcpListener, store: Store, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Store,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "http api listening");
     axum::serve(listener, router(store))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

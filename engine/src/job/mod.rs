@@ -3,7 +3,7 @@
 mod spec;
 mod state;
 
-pub use spec::{FieldError, JobRequest, JobSpec, RunSpec, RunRequest, MAX_TIMEOUT_SECONDS};
+pub use spec::{FieldError, JobRequest, JobSpec, MAX_TIMEOUT_SECONDS, RunRequest, RunSpec};
 pub use state::{JobState, first_step_of, state_of_step};
 
 use std::fmt;
@@ -11,7 +11,9 @@ use std::fmt;
 use uuid::Uuid;
 
 /// A job's id: a UUIDv7, so ids sort by submission time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize, sqlx::Type,
+)]
 #[serde(transparent)]
 #[sqlx(transparent)]
 pub struct JobId(pub Uuid);

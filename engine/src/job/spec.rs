@@ -67,7 +67,10 @@ pub struct FieldError {
 
 impl FieldError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -82,7 +85,9 @@ impl JobRequest {
         check_relative_path("dockerfile", &dockerfile)?;
         let context = self.context.unwrap_or_else(|| ".".into());
         check_relative_path("context", &context)?;
-        let image = self.image.ok_or_else(|| FieldError::new("image", "image is required"))?;
+        let image = self
+            .image
+            .ok_or_else(|| FieldError::new("image", "image is required"))?;
         image
             .parse::<ImageRef>()
             .map_err(|why| FieldError::new("image", format!("image `{image}` {why}")))?;
@@ -90,7 +95,10 @@ impl JobRequest {
         for (key, value) in &build_args {
             let field = format!("build_args.{key}");
             if key.is_empty() || key.contains(['=', ' ', '\t', '\n', '\0']) {
-                return Err(FieldError::new(field, "a build argument name must be non-empty, without `=` or spaces"));
+                return Err(FieldError::new(
+                    field,
+                    "a build argument name must be non-empty, without `=` or spaces",
+                ));
             }
             check_no_nul(&field, value)?;
         }
@@ -100,14 +108,20 @@ impl JobRequest {
             let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                return Err(FieldError::new(field, "an environment variable name must match [A-Za-z_][A-Za-z0-9_]*"));
+                return Err(FieldError::new(
+                    field,
+                    "an environment variable name must match [A-Za-z_][A-Za-z0-9_]*",
+                ));
             }
             check_no_nul(&field, value)?;
         }
         let run = self.run.unwrap_or_default();
         if let Some(command) = &run.command {
             if command.is_empty() {
-                return Err(FieldError::new("run.command", "run.command must not be empty; leave it out to run the image's own command"));
+                return Err(FieldError::new(
+                    "run.command",
+                    "run.command must not be empty; leave it out to run the image's own command",
+                ));
             }
             for part in command {
                 check_no_nul("run.command", part)?;
@@ -129,7 +143,10 @@ impl JobRequest {
             image,
             build_args,
             env,
-            run: RunSpec { command: run.command, timeout_seconds: run.timeout_seconds },
+            run: RunSpec {
+                command: run.command,
+                timeout_seconds: run.timeout_seconds,
+            },
         })
     }
 }
@@ -147,7 +164,9 @@ fn check_repo_url(repo: &str) -> Result<(), FieldError> {
     }
     if let Some((scheme, rest)) = repo.split_once("://") {
         if !matches!(scheme, "https" | "http" | "ssh" | "git") {
-            return bad(format!("unsupported URL scheme `{scheme}` in repo; use https, ssh or git"));
+            return bad(format!(
+                "unsupported URL scheme `{scheme}` in repo; use https, ssh or git"
+            ));
         }
         let host = rest.split('/').next().unwrap_or_default();
         if host.is_empty() || rest.len() <= host.len() + 1 {
@@ -178,8 +197,17 @@ fn check_git_ref(r: &str) -> Result<(), FieldError> {
         && !r.contains("..")
         && !r.contains("//")
         && !r.contains("@{")
-        && !r.chars().any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
-    if valid { Ok(()) } else { Err(FieldError::new("ref", format!("ref `{r}` is not a valid branch, tag or commit"))) }
+        && !r
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            "ref",
+            format!("ref `{r}` is not a valid branch, tag or commit"),
+        ))
+    }
 }
 
 fn check_relative_path(field: &str, path: &str) -> Result<(), FieldError> {
@@ -229,28 +257,103 @@ mod tests {
 
     #[test]
     fn accepts_the_url_kinds_users_give() {
-        for repo in ["https://github.com/a/b.git", "ssh://git@h/a/b", "git@github.com:a/b.git", "git://h/b"] {
-            let r = JobRequest { repo: Some(repo.into()), ..request() };
+        for repo in [
+            "https://github.com/a/b.git",
+            "ssh://git@h/a/b",
+            "git@github.com:a/b.git",
+            "git://h/b",
+        ] {
+            let r = JobRequest {
+                repo: Some(repo.into()),
+                ..request()
+            };
             assert!(r.validate().is_ok(), "{repo}");
         }
     }
 
     #[test]
     fn names_the_field_at_fault() {
-        assert_eq!(field_of(JobRequest { repo: None, ..request() }), "repo");
-        assert_eq!(field_of(JobRequest { image: None, ..request() }), "image");
+        assert_eq!(
+            field_of(JobRequest {
+                repo: None,
+                ..request()
+            }),
+            "repo"
+        );
+        assert_eq!(
+            field_of(JobRequest {
+                image: None,
+                ..request()
+            }),
+            "image"
+        );
         for repo in ["file:///etc", "/srv/repo", "ftp://h/r", "", "https://", "-uhoh"] {
-            assert_eq!(field_of(JobRequest { repo: Some(repo.into()), ..request() }), "repo", "{repo}");
+            assert_eq!(
+                field_of(JobRequest {
+                    repo: Some(repo.into()),
+                    ..request()
+                }),
+                "repo",
+                "{repo}"
+            );
         }
-        assert_eq!(field_of(JobRequest { image: Some("Bad Image".into()), ..request() }), "image");
-        assert_eq!(field_of(JobRequest { dockerfile: Some("../Dockerfile".into()), ..request() }), "dockerfile");
-        assert_eq!(field_of(JobRequest { context: Some("/abs".into()), ..request() }), "context");
-        assert_eq!(field_of(JobRequest { git_ref: Some("a..b".into()), ..request() }), "ref");
+        assert_eq!(
+            field_of(JobRequest {
+                image: Some("Bad Image".into()),
+                ..request()
+            }),
+            "image"
+        );
+        assert_eq!(
+            field_of(JobRequest {
+                dockerfile: Some("../Dockerfile".into()),
+                ..request()
+            }),
+            "dockerfile"
+        );
+        assert_eq!(
+            field_of(JobRequest {
+                context: Some("/abs".into()),
+                ..request()
+            }),
+            "context"
+        );
+        assert_eq!(
+            field_of(JobRequest {
+                git_ref: Some("a..b".into()),
+                ..request()
+            }),
+            "ref"
+        );
         let env = BTreeMap::from([("1X".to_string(), "v".to_string())]);
-        assert_eq!(field_of(JobRequest { env: Some(env), ..request() }), "env.1X");
-        let run = RunRequest { timeout_seconds: Some(0), command: None };
-        assert_eq!(field_of(JobRequest { run: Some(run), ..request() }), "run.timeout_seconds");
-        let run = RunRequest { timeout_seconds: None, command: Some(vec![]) };
-        assert_eq!(field_of(JobRequest { run: Some(run), ..request() }), "run.command");
+        assert_eq!(
+            field_of(JobRequest {
+                env: Some(env),
+                ..request()
+            }),
+            "env.1X"
+        );
+        let run = RunRequest {
+            timeout_seconds: Some(0),
+            command: None,
+        };
+        assert_eq!(
+            field_of(JobRequest {
+                run: Some(run),
+                ..request()
+            }),
+            "run.timeout_seconds"
+        );
+        let run = RunRequest {
+            timeout_seconds: None,
+            command: Some(vec![]),
+        };
+        assert_eq!(
+            field_of(JobRequest {
+                run: Some(run),
+                ..request()
+            }),
+            "run.command"
+        );
     }
 }

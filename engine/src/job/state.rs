@@ -52,13 +52,10 @@ impl JobState {
 impl std::str::FromStr for JobState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        JobState::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
-                format!("`{s}` is not a state; use one of {}", names.join(", "))
-            })
+        JobState::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
+            let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+            format!("`{s}` is not a state; use one of {}", names.join(", "))
+        })
     }
 }
 

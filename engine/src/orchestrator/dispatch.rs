@@ -38,8 +38,15 @@ impl Dispatcher {
             .iter()
             .filter_map(|url| match Endpoint::from_shared(url.clone()) {
                 Ok(endpoint) => {
-                    let channel = endpoint.connect_timeout(CALL_TIMEOUT).timeout(CALL_TIMEOUT).connect_lazy();
-                    Some(WorkerClient { url: url.clone(), client: JobServiceClient::new(channel), unreachable: false })
+                    let channel = endpoint
+                        .connect_timeout(CALL_TIMEOUT)
+                        .timeout(CALL_TIMEOUT)
+                        .connect_lazy();
+                    Some(WorkerClient {
+                        url: url.clone(),
+                        client: JobServiceClient::new(channel),
+                        unreachable: false,
+                    })
                 }
                 Err(e) => {
                     tracing::error!(worker.url = %url, error = %e, "not a worker URL; ignored");
@@ -47,7 +54,12 @@ impl Dispatcher {
                 }
             })
             .collect();
-        Dispatcher { store, config, wake, workers }
+        Dispatcher {
+            store,
+            config,
+            wake,
+            workers,
+        }
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -94,7 +106,10 @@ impl Dispatcher {
             if free == 0 {
                 continue;
             }
-            let claimed = self.store.claim(&self.config.owner, &ping.worker_id, free, self.config.lease_ttl).await?;
+            let claimed = self
+                .store
+                .claim(&self.config.owner, &ping.worker_id, free, self.config.lease_ttl)
+                .await?;
             for job in claimed {
                 self.start(i, job).await?;
             }

@@ -13,7 +13,7 @@ use slipway_steps::{ErrorCode, Step};
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
-use crate::job::{JobState};
+use crate::job::JobState;
 use crate::store::{Finish, Lease, NewLogLine, Outputs, Store, StoreError};
 
 pub struct ReportHandler {
@@ -30,17 +30,49 @@ impl ReportHandler {
 
     async fn apply(&self, lease: &Lease, step: Step, event: Event, exit_code: Option<i64>) -> Result<bool, StoreError> {
         match event {
-            Event::Started(_) => self.store.mark_step_started(lease, step, self.lease_ttl).await.map(|()| false),
-            Event::Progress(o) => self.store.record_outputs(lease, &outputs(o), self.lease_ttl).await.map(|()| false),
+            Event::Started(_) => self
+                .store
+                .mark_step_started(lease, step, self.lease_ttl)
+                .await
+                .map(|()| false),
+            Event::Progress(o) => self
+                .store
+                .record_outputs(lease, &outputs(o), self.lease_ttl)
+                .await
+                .map(|()| false),
             Event::Succeeded(o) if step == Step::Run => {
-                let finish = Finish { state: JobState::Succeeded, exit_code, error_code: None, error: None };
-                self.store.mark_finished(lease, step, &outputs(o), &finish).await.map(|()| true)
+                let finish = Finish {
+                    state: JobState::Succeeded,
+                    exit_code,
+                    error_code: None,
+                    error: None,
+                };
+                self.store
+                    .mark_finished(lease, step, &outputs(o), &finish)
+                    .await
+                    .map(|()| true)
             }
-            Event::Succeeded(o) => self.store.mark_step_succeeded(lease, step, &outputs(o), self.lease_ttl).await.map(|()| false),
+            Event::Succeeded(o) => self
+                .store
+                .mark_step_succeeded(lease, step, &outputs(o), self.lease_ttl)
+                .await
+                .map(|()| false),
             Event::Failed(failure) => {
-                let state = if failure.code == ErrorCode::Cancelled.as_str() { JobState::Cancelled } else { JobState::Failed };
-                let finish = Finish { state, exit_code, error_code: Some(failure.code), error: Some(failure.message) };
-                self.store.mark_finished(lease, step, &Outputs::default(), &finish).await.map(|()| true)
+                let state = if failure.code == ErrorCode::Cancelled.as_str() {
+                    JobState::Cancelled
+                } else {
+                    JobState::Failed
+                };
+                let finish = Finish {
+                    state,
+                    exit_code,
+                    error_code: Some(failure.code),
+                    error: Some(failure.message),
+                };
+                self.store
+                    .mark_finished(lease, step, &Outputs::default(), &finish)
+                    .await
+                    .map(|()| true)
             }
         }
     }
@@ -52,7 +84,9 @@ impl ReportService for ReportHandler {
         let report = request.into_inner();
         let lease = lease_of(report.lease)?;
         let step = step_from_wire(report.step).ok_or_else(|| Status::invalid_argument("step is not a step"))?;
-        let event = report.event.ok_or_else(|| Status::invalid_argument("event is required"))?;
+        let event = report
+            .event
+            .ok_or_else(|| Status::invalid_argument("event is required"))?;
         match self.apply(&lease, step, event, report.exit_code).await {
             Ok(finished) => {
                 if finished {
@@ -103,9 +137,15 @@ fn refused(lease: &Lease, e: StoreError) -> Result<Response<v1::ReportAck>, Stat
 fn lease_of(lease: Option<v1::Lease>) -> Result<Lease, Status> {
     let lease = lease.ok_or_else(|| Status::invalid_argument("lease is required"))?;
     Ok(Lease {
-        job_id: lease.job_id.parse().map_err(|_| Status::invalid_argument("lease.job_id is not a job id"))?,
+        job_id: lease
+            .job_id
+            .parse()
+            .map_err(|_| Status::invalid_argument("lease.job_id is not a job id"))?,
         attempt: lease.attempt as i32,
-        token: lease.lease_token.parse().map_err(|_| Status::invalid_argument("lease.lease_token is not a token"))?,
+        token: lease
+            .lease_token
+            .parse()
+            .map_err(|_| Status::invalid_argument("lease.lease_token is not a token"))?,
     })
 }
 

@@ -67,7 +67,12 @@ impl Store {
     }
 
     /// Newest first; `before` is the last id of the previous page.
-    pub async fn jobs(&self, state: Option<JobState>, before: Option<JobId>, limit: i64) -> Result<Vec<JobRow>, StoreError> {
+    pub async fn jobs(
+        &self,
+        state: Option<JobState>,
+        before: Option<JobId>,
+        limit: i64,
+    ) -> Result<Vec<JobRow>, StoreError> {
         let rows = sqlx::query_as::<_, JobRow>(concat!(
             "select ",
             job_columns!(),

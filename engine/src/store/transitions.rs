@@ -77,7 +77,12 @@ impl Store {
 
     /// Stores outputs a step produced before it ends (the container id before the
     /// wait), so that a recovery can find what the step started.
-    pub async fn record_outputs(&self, lease: &Lease, outputs: &Outputs, lease_ttl: Duration) -> Result<(), StoreError> {
+    pub async fn record_outputs(
+        &self,
+        lease: &Lease,
+        outputs: &Outputs,
+        lease_ttl: Duration,
+    ) -> Result<(), StoreError> {
         let rows = sqlx::query(
             "update jobs set
                  commit_sha = coalesce($3, commit_sha), image_id = coalesce($4, image_id),
@@ -144,7 +149,11 @@ impl Store {
         finish: &Finish,
     ) -> Result<(), StoreError> {
         debug_assert!(finish.state.is_terminal());
-        let outcome = if finish.state == JobState::Succeeded { "succeeded" } else { "failed" };
+        let outcome = if finish.state == JobState::Succeeded {
+            "succeeded"
+        } else {
+            "failed"
+        };
         let rows: i64 = sqlx::query_scalar(
             "with prev as (
                  select state, lease_worker from jobs
