@@ -19,8 +19,14 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
     let work_dir = tempfile::tempdir().unwrap();
     let ports = Ports::new();
 
+    // A folder a killed worker of the same id left behind is removed at start.
+    let stale = work_dir.path().join("worker-e2e/job-stale-1");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("file"), "x").unwrap();
+
     // The worker gets no DATABASE_URL: it reaches the database only through the server.
     let mut worker_env = ports.worker_env(work_dir.path());
+    worker_env.insert("SLIPWAY_WORKER_ID", "worker-e2e".into());
     worker_env.insert("SLIPWAY_REGISTRY_USERNAME", REGISTRY_USER.into());
     worker_env.insert("SLIPWAY_REGISTRY_PASSWORD", REGISTRY_PASSWORD.into());
     let _worker = Slipway::spawn("worker", &["worker"], &worker_env);
@@ -109,7 +115,7 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
     assert_eq!(manifest.headers()["docker-content-digest"].to_str().unwrap(), digest);
 
     // Nothing is left behind: no clone folder, no container.
-    let left: Vec<_> = std::fs::read_dir(work_dir.path()).unwrap().collect();
+    let left = job_folders(work_dir.path());
     assert!(left.is_empty(), "the work folder still holds {left:?}");
     assert!(containers_of(&id).is_empty());
 }
@@ -200,7 +206,7 @@ async fn each_failure_ends_the_job_failed_with_its_cause() {
             _ => {}
         }
     }
-    let left: Vec<_> = std::fs::read_dir(work_dir.path()).unwrap().collect();
+    let left = job_folders(work_dir.path());
     assert!(left.is_empty(), "the work folder still holds {left:?}");
 }
 

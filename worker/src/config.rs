@@ -13,7 +13,22 @@ pub struct WorkerConfig {
     pub worker_id: String,
     /// How many jobs may run at once.
     pub slots: u32,
-    /// Where clones go, one folder per job attempt, removed when it ends.
+    /// Where clones go: a folder per worker, in it a folder per job attempt,
+    /// removed when the attempt ends.
     pub work_dir: PathBuf,
     pub registry_credentials: Option<RegistryCredentials>,
+}
+
+impl WorkerConfig {
+    /// This worker's own folder under `work_dir`. It holds nothing but the clones of
+    /// jobs this worker runs, so whatever is in it at start-up was left by a worker
+    /// that was killed, and is removed.
+    pub fn jobs_dir(&self) -> PathBuf {
+        let name: String = self
+            .worker_id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+            .collect();
+        self.work_dir.join(name)
+    }
 }

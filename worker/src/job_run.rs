@@ -41,10 +41,7 @@ pub(crate) struct JobRun {
 pub(crate) async fn run(state: Arc<WorkerState>, job: JobRun) {
     let job_id = job.lease.job_id.clone();
     let token = job.lease.lease_token.clone();
-    let folder = state
-        .config
-        .work_dir
-        .join(format!("job-{}-{}", job_id, job.lease.attempt));
+    let folder = state.config.jobs_dir().join(format!("job-{}-{}", job_id, job.lease.attempt));
     run_steps(&state, job, &folder).await;
     if let Err(e) = tokio::fs::remove_dir_all(&folder).await
         && e.kind() != std::io::ErrorKind::NotFound

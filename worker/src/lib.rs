@@ -44,7 +44,8 @@ pub struct BoundWorker {
 }
 
 impl BoundWorker {
-    /// Binds the listen address and prepares the work folder.
+    /// Binds the listen address and prepares the work folder, removing what a killed
+    /// worker of the same id left in it.
     pub async fn bind(config: WorkerConfig) -> Result<Self, WorkerError> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -52,12 +53,7 @@ impl BoundWorker {
                 addr: config.listen,
                 source,
             })?;
-        tokio::fs::create_dir_all(&config.work_dir)
-            .await
-            .map_err(|source| WorkerError::WorkDir {
-                path: config.work_dir.clone(),
-                source,
-            })?;
+        prepare_jobs_dir(&config.jobs_dir()).await?;
         let docker = slipway_steps::docker::connect()?;
         let state = Arc::new(WorkerState::new(config, docker));
         Ok(BoundWorker { listener, state })
@@ -87,5 +83,31 @@ impl BoundWorker {
             .await?;
         state.wait_idle(std::time::Duration::from_secs(15)).await;
         Ok(())
+    }
+}
+
+/// Empties (or creates) the worker's jobs folder.
+async fn prepare_jobs_dir(dir: &std::path::Path) -> Result<(), WorkerError> {
+    let fail = |source| WorkerError::WorkDir { path: dir.to_path_buf(), source };
+    match tokio::fs::read_dir(dir).await {
+        Ok(mut entries) => {
+            let mut removed = 0;
+            while let Some(entry) = entries.next_entry().await.map_err(fail)? {
+                let path = entry.path();
+                let result = if entry.file_type().await.map_err(fail)?.is_dir() {
+                    tokio::fs::remove_dir_all(&path).await
+                } else {
+                    tokio::fs::remove_file(&path).await
+                };
+                result.map_err(fail)?;
+                removed += 1;
+            }
+            if removed > 0 {
+                tracing::info!(path = %dir.display(), removed, "removed folders left by an earlier run");
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => tokio::fs::create_dir_all(dir).await.map_err(fail),
+        Err(e) => Err(fail(e)),
     }
 }

@@ -421,3 +421,14 @@ pub fn containers_of(job_id: &str) -> Vec<String> {
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
+
+/// Job folders under a work folder (`<work>/<worker>/job-*`).
+pub fn job_folders(work_dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for worker in std::fs::read_dir(work_dir).unwrap().flatten() {
+        if let Ok(jobs) = std::fs::read_dir(worker.path()) {
+            found.extend(jobs.flatten().map(|j| j.path()));
+        }
+    }
+    found
+}
