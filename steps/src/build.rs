@@ -11,10 +11,9 @@ use std::path::{Path, PathBuf};
 
 use bollard::Docker;
 use bollard::query_parameters::BuildImageOptionsBuilder;
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{JOB_LABEL, engine_error, stream_error};
+use crate::docker::{JOB_LABEL, engine_error, next_message, stream_error};
 use crate::logs::LineSplitter;
 use crate::paths::resolve_inside;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
@@ -70,19 +69,13 @@ pub async fn build_image(
         .rm(true)
         .forcerm(true)
         .build();
-    let mut stream = docker.build_image(options, None, Some(bollard::body_full(tar.into())));
+    let mut stream = std::pin::pin!(docker.build_image(options, None, Some(bollard::body_full(tar.into()))));
 
     let mut splitter = LineSplitter::default();
     let mut tail = VecDeque::with_capacity(TAIL_LINES);
     let mut current_instruction: Option<String> = None;
     let mut image_id = None;
-    loop {
-        let item = tokio::select! {
-            // Dropping the stream closes the connection, which aborts the build.
-            _ = cancel.cancelled() => return Err(StepError::cancelled()),
-            item = stream.next() => item,
-        };
-        let Some(item) = item else { break };
+    while let Some(item) = next_message(&mut stream, cancel).await? {
         let info = match item {
             Ok(info) => info,
             Err(e) => match stream_error(&e) {

@@ -2,6 +2,8 @@
 
 pub use bollard::Docker;
 use bollard::errors::Error as DockerError;
+use futures_util::{Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::{ErrorCode, StepError};
 
@@ -52,5 +54,18 @@ pub fn engine_error(e: DockerError, on_answer: ErrorCode, what: &str) -> StepErr
             format!("{what}: the Docker engine is unreachable: {e}"),
         )
         .with_source(e),
+    }
+}
+
+/// The next message of an engine progress stream (build, push), or
+/// [`ErrorCode::Cancelled`] as soon as `cancel` fires: the caller then drops the
+/// stream, which closes the connection and makes the engine abort the operation.
+pub async fn next_message<S, T>(stream: &mut S, cancel: &CancellationToken) -> Result<Option<Result<T, DockerError>>, StepError>
+where
+    S: Stream<Item = Result<T, DockerError>> + Unpin,
+{
+    tokio::select! {
+        _ = cancel.cancelled() => Err(StepError::cancelled()),
+        item = stream.next() => Ok(item),
     }
 }

@@ -4,10 +4,9 @@
 use bollard::Docker;
 use bollard::auth::DockerCredentials;
 use bollard::query_parameters::PushImageOptionsBuilder;
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{engine_error, stream_error};
+use crate::docker::{engine_error, next_message, stream_error};
 use crate::image_ref::ImageRef;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
@@ -42,14 +41,9 @@ pub async fn push_image(
         ..Default::default()
     });
     let name = image.name();
-    let mut stream = docker.push_image(&name, Some(options), credentials);
+    let mut stream = std::pin::pin!(docker.push_image(&name, Some(options), credentials));
     let mut digest = None;
-    loop {
-        let item = tokio::select! {
-            _ = cancel.cancelled() => return Err(StepError::cancelled()),
-            item = stream.next() => item,
-        };
-        let Some(item) = item else { break };
+    while let Some(item) = next_message(&mut stream, cancel).await? {
         let info = match item {
             Ok(info) => info,
             Err(e) => match stream_error(&e) {

@@ -77,30 +77,8 @@ impl Store {
 
     /// Stores outputs a step produced before it ends (the container id before the
     /// wait), so that a recovery can find what the step started.
-    pub async fn record_outputs(
-        &self,
-        lease: &Lease,
-        outputs: &Outputs,
-        lease_ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let rows = sqlx::query(
-            "update jobs set
-                 commit_sha = coalesce($3, commit_sha), image_id = coalesce($4, image_id),
-                 pushed_ref = coalesce($5, pushed_ref), container_id = coalesce($6, container_id),
-                 updated_at = now(), lease_expires_at = now() + make_interval(secs => $7)
-             where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')",
-        )
-        .bind(lease.job_id)
-        .bind(lease.token)
-        .bind(&outputs.commit_sha)
-        .bind(&outputs.image_id)
-        .bind(&outputs.pushed_ref)
-        .bind(&outputs.container_id)
-        .bind(lease_ttl.as_secs_f64())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        fenced(rows as i64)
+    pub async fn record_outputs(&self, lease: &Lease, outputs: &Outputs, lease_ttl: Duration) -> Result<(), StoreError> {
+        self.store_outputs(lease, None, outputs, lease_ttl).await
     }
 
     /// A step that is not the last ended well: its outputs are stored and its row closed.
@@ -108,6 +86,17 @@ impl Store {
         &self,
         lease: &Lease,
         step: Step,
+        outputs: &Outputs,
+        lease_ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.store_outputs(lease, Some(step), outputs, lease_ttl).await
+    }
+
+    /// Stores outputs and extends the lease; closes `ended`'s step row when given.
+    async fn store_outputs(
+        &self,
+        lease: &Lease,
+        ended: Option<Step>,
         outputs: &Outputs,
         lease_ttl: Duration,
     ) -> Result<(), StoreError> {
@@ -131,7 +120,7 @@ impl Store {
         .bind(&outputs.image_id)
         .bind(&outputs.pushed_ref)
         .bind(&outputs.container_id)
-        .bind(step.as_str())
+        .bind(ended.map(Step::as_str))
         .bind(lease_ttl.as_secs_f64())
         .fetch_one(&self.pool)
         .await?;
