@@ -63,6 +63,10 @@ pub struct WorkerArgs {
     /// Folder for clones, one folder per job attempt [default: <tmp>/slipway].
     #[arg(long, env = "SLIPWAY_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Builder for images: buildkit or classic [default: BuildKit when the engine
+    /// offers it].
+    #[arg(long, env = "SLIPWAY_BUILDER")]
+    pub builder: Option<slipway_steps::build::Builder>,
     /// User name for registry pushes.
     #[arg(long, env = "SLIPWAY_REGISTRY_USERNAME")]
     pub registry_username: Option<String>,
@@ -155,6 +159,7 @@ impl WorkerArgs {
                 .clone()
                 .unwrap_or_else(|| std::env::temp_dir().join("slipway")),
             registry_credentials: credentials,
+            builder: self.builder,
         }
     }
 }

@@ -225,6 +225,10 @@ async fn two_standalones_share_one_database() {
         env.insert("DATABASE_URL", db.url.clone());
         env.insert("SLIPWAY_WORKER_SLOTS", "1".into());
         env.insert("SLIPWAY_WORKER_ID", format!("worker-{name}"));
+        // One builds with the classic builder, the other with what the engine offers.
+        if name == "first" {
+            env.insert("SLIPWAY_BUILDER", "classic".into());
+        }
         processes.push(Slipway::spawn(name, &["standalone"], &env));
         apis.push(ports.api());
     }
@@ -246,6 +250,18 @@ async fn two_standalones_share_one_database() {
         .await
         .unwrap();
     assert_eq!(workers, ["worker-first", "worker-second"], "both processes ran jobs");
+    let mut builders = Vec::new();
+    for id in &ids {
+        let lines = all_logs(&apis[0], id).await;
+        let sent = lines
+            .iter()
+            .filter_map(|l| l["line"].as_str())
+            .find(|l| l.starts_with("sending a build context"));
+        builders.push(sent.unwrap_or_default().rsplit(" to ").next().unwrap().to_string());
+    }
+    builders.sort();
+    builders.dedup();
+    assert_eq!(builders, ["buildkit", "the classic builder"]);
     let runs: i64 = sqlx::query_scalar("select count(*) from job_steps where step = 'run'")
         .fetch_one(db.store.pool())
         .await

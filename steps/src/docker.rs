@@ -60,7 +60,10 @@ pub fn engine_error(e: DockerError, on_answer: ErrorCode, what: &str) -> StepErr
 /// The next message of an engine progress stream (build, push), or
 /// [`ErrorCode::Cancelled`] as soon as `cancel` fires: the caller then drops the
 /// stream, which closes the connection and makes the engine abort the operation.
-pub async fn next_message<S, T>(stream: &mut S, cancel: &CancellationToken) -> Result<Option<Result<T, DockerError>>, StepError>
+pub async fn next_message<S, T>(
+    stream: &mut S,
+    cancel: &CancellationToken,
+) -> Result<Option<Result<T, DockerError>>, StepError>
 where
     S: Stream<Item = Result<T, DockerError>> + Unpin,
 {

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use slipway_steps::build::Builder;
 use slipway_steps::push::RegistryCredentials;
 
 #[derive(Debug, Clone)]
@@ -17,6 +18,8 @@ pub struct WorkerConfig {
     /// removed when the attempt ends.
     pub work_dir: PathBuf,
     pub registry_credentials: Option<RegistryCredentials>,
+    /// The builder to use; `None`: BuildKit when the engine offers it.
+    pub builder: Option<Builder>,
 }
 
 impl WorkerConfig {
@@ -27,7 +30,13 @@ impl WorkerConfig {
         let name: String = self
             .worker_id
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         self.work_dir.join(name)
     }

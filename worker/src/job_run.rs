@@ -41,7 +41,10 @@ pub(crate) struct JobRun {
 pub(crate) async fn run(state: Arc<WorkerState>, job: JobRun) {
     let job_id = job.lease.job_id.clone();
     let token = job.lease.lease_token.clone();
-    let folder = state.config.jobs_dir().join(format!("job-{}-{}", job_id, job.lease.attempt));
+    let folder = state
+        .config
+        .jobs_dir()
+        .join(format!("job-{}-{}", job_id, job.lease.attempt));
     run_steps(&state, job, &folder).await;
     if let Err(e) = tokio::fs::remove_dir_all(&folder).await
         && e.kind() != std::io::ErrorKind::NotFound
@@ -184,7 +187,8 @@ async fn build(
         context: job.spec.context.clone(),
         build_args: job.spec.build_args.clone().into_iter().collect::<HashMap<_, _>>(),
     };
-    build_image(&state.docker, &checkout_dir(folder), &request, logs, stop).await
+    let builder = state.builder().await?;
+    build_image(&state.docker, builder, &checkout_dir(folder), &request, logs, stop).await
 }
 
 async fn push(

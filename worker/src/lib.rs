@@ -88,7 +88,10 @@ impl BoundWorker {
 
 /// Empties (or creates) the worker's jobs folder.
 async fn prepare_jobs_dir(dir: &std::path::Path) -> Result<(), WorkerError> {
-    let fail = |source| WorkerError::WorkDir { path: dir.to_path_buf(), source };
+    let fail = |source| WorkerError::WorkDir {
+        path: dir.to_path_buf(),
+        source,
+    };
     match tokio::fs::read_dir(dir).await {
         Ok(mut entries) => {
             let mut removed = 0;

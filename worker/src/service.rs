@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use slipway_proto::convert::{step_from_wire, step_to_wire};
 use slipway_proto::v1::{self, job_service_server::JobService};
-use slipway_steps::Step;
+use slipway_steps::build::{Builder, detect_builder};
 use slipway_steps::docker::Docker;
+use slipway_steps::{Step, StepError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -26,6 +27,8 @@ struct RunningJob {
 pub(crate) struct WorkerState {
     pub config: WorkerConfig,
     pub docker: Docker,
+    /// The builder, decided at the first build (the engine may be down at start).
+    builder: tokio::sync::OnceCell<Builder>,
     running: Mutex<HashMap<String, RunningJob>>,
     idle: Notify,
 }
@@ -35,9 +38,26 @@ impl WorkerState {
         WorkerState {
             config,
             docker,
+            builder: tokio::sync::OnceCell::new(),
             running: Mutex::new(HashMap::new()),
             idle: Notify::new(),
         }
+    }
+
+    /// The configured builder, or BuildKit when the engine offers it.
+    pub async fn builder(&self) -> Result<Builder, StepError> {
+        let builder = self
+            .builder
+            .get_or_try_init(|| async {
+                let builder = match self.config.builder {
+                    Some(b) => b,
+                    None => detect_builder(&self.docker).await?,
+                };
+                tracing::info!(builder = ?builder, "builds use this builder");
+                Ok::<_, StepError>(builder)
+            })
+            .await?;
+        Ok(*builder)
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningJob>> {

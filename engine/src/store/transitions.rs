@@ -77,7 +77,12 @@ impl Store {
 
     /// Stores outputs a step produced before it ends (the container id before the
     /// wait), so that a recovery can find what the step started.
-    pub async fn record_outputs(&self, lease: &Lease, outputs: &Outputs, lease_ttl: Duration) -> Result<(), StoreError> {
+    pub async fn record_outputs(
+        &self,
+        lease: &Lease,
+        outputs: &Outputs,
+        lease_ttl: Duration,
+    ) -> Result<(), StoreError> {
         self.store_outputs(lease, None, outputs, lease_ttl).await
     }
 

@@ -3,18 +3,22 @@
 //! The context is sent as a tar made here, from inside the checkout only (symlinks
 //! are sent as links, never followed, and `.git` is left out). The Dockerfile may
 //! sit outside the context, as long as it is inside the repository; it is then added
-//! to the tar under a private name. A failed build names the instruction that failed
-//! and carries the last lines of its output.
+//! to the tar under a private name. BuildKit runs the build when the engine offers
+//! it ([`detect_builder`]), the classic builder otherwise; each has its own progress
+//! format ([`buildkit`], [`classic`]), turned into the same log lines. A failed
+//! build names the instruction that failed and carries the last lines of output.
+
+mod buildkit;
+mod classic;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use bollard::Docker;
-use bollard::query_parameters::BuildImageOptionsBuilder;
+use bollard::query_parameters::{BuildImageOptionsBuilder, BuilderVersion};
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{JOB_LABEL, engine_error, next_message, stream_error};
-use crate::logs::LineSplitter;
+use crate::docker::{JOB_LABEL, engine_error};
 use crate::paths::resolve_inside;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
@@ -35,9 +39,10 @@ pub struct BuildRequest {
     pub build_args: HashMap<String, String>,
 }
 
-/// Builds and returns the image id (`sha256:…`).
+/// Builds with `builder` and returns the image id (`sha256:…`).
 pub async fn build_image(
     docker: &Docker,
+    builder: Builder,
     checkout: &Path,
     request: &BuildRequest,
     logs: &LogSink,
@@ -54,9 +59,13 @@ pub async fn build_image(
     let (tar, dockerfile_in_tar) = tokio::task::spawn_blocking(move || pack_context(&context, &dockerfile))
         .await
         .map_err(|e| StepError::new(ErrorCode::Internal, format!("packing the context panicked: {e}")))??;
+    let name = match builder {
+        Builder::BuildKit => "buildkit",
+        Builder::Classic => "the classic builder",
+    };
     logs.line(
         LogStream::System,
-        format!("sending a build context of {} bytes", tar.len()),
+        format!("sending a build context of {} bytes to {name}", tar.len()),
     )
     .await;
 
@@ -67,47 +76,36 @@ pub async fn build_image(
         .buildargs(&request.build_args)
         .labels(&labels)
         .rm(true)
-        .forcerm(true)
-        .build();
-    let mut stream = std::pin::pin!(docker.build_image(options, None, Some(bollard::body_full(tar.into()))));
-
-    let mut splitter = LineSplitter::default();
-    let mut tail = VecDeque::with_capacity(TAIL_LINES);
-    let mut current_instruction: Option<String> = None;
-    let mut image_id = None;
-    while let Some(item) = next_message(&mut stream, cancel).await? {
-        let info = match item {
-            Ok(info) => info,
-            Err(e) => match stream_error(&e) {
-                Some(message) => return Err(build_failed(message, current_instruction, tail)),
-                None => return Err(engine_error(e, ErrorCode::BuildFailed, "the build was refused")),
-            },
-        };
-        if let Some(text) = info.stream.as_deref() {
-            for line in splitter.push(text.as_bytes()) {
-                if line.starts_with("Step ") {
-                    current_instruction = Some(line.clone());
-                }
-                if tail.len() == TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line.clone());
-                logs.line(LogStream::System, line).await;
-            }
+        .forcerm(true);
+    let body = Some(bollard::body_full(tar.into()));
+    let mut log = BuildLog::new(logs);
+    let image_id = match builder {
+        Builder::BuildKit => {
+            // The session id only has to be unique among the engine's running builds.
+            let session = format!("slipway-{}-{}", request.job_id, std::process::id());
+            let options = options
+                .version(BuilderVersion::BuilderBuildKit)
+                .session(&session)
+                .build();
+            buildkit::follow(
+                std::pin::pin!(docker.build_image(options, None, body)),
+                &mut log,
+                cancel,
+            )
+            .await?
         }
-        if let Some(id) = info.aux.and_then(|aux| aux.id) {
-            image_id = Some(id);
+        Builder::Classic => {
+            classic::follow(
+                std::pin::pin!(docker.build_image(options.build(), None, body)),
+                &mut log,
+                cancel,
+            )
+            .await?
         }
-        if let Some(error) = info.error_detail.and_then(|d| d.message) {
-            return Err(build_failed(&error, current_instruction, tail));
-        }
-    }
-    if let Some(rest) = splitter.finish() {
-        logs.line(LogStream::System, rest).await;
-    }
+    };
     match image_id {
         Some(id) => Ok(id),
-        // Older engines do not send the id in `aux`: ask for the tag.
+        // Engines that do not send the id: ask for the tag.
         None => docker
             .inspect_image(&request.image)
             .await
@@ -117,14 +115,90 @@ pub async fn build_image(
     }
 }
 
-/// A failed build, naming the instruction that failed and the last lines of output.
-fn build_failed(error: &str, instruction: Option<String>, tail: VecDeque<String>) -> StepError {
-    let at = instruction.map(|s| format!(" at `{s}`")).unwrap_or_default();
-    let tail: Vec<String> = tail.into_iter().collect();
-    StepError::new(
-        ErrorCode::BuildFailed,
-        format!("build failed{at}: {error}\nlast output:\n{}", tail.join("\n")),
-    )
+/// Which builder runs the engine's builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builder {
+    /// BuildKit, through a session the build opens on the engine.
+    BuildKit,
+    /// The engine's first builder, for engines without BuildKit.
+    Classic,
+}
+
+impl std::str::FromStr for Builder {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "buildkit" => Ok(Builder::BuildKit),
+            "classic" => Ok(Builder::Classic),
+            other => Err(format!("`{other}` is not a builder; use buildkit or classic")),
+        }
+    }
+}
+
+/// BuildKit when the engine offers it: a Linux engine with API 1.39 (Docker 18.09)
+/// or newer; the classic builder otherwise.
+pub async fn detect_builder(docker: &Docker) -> Result<Builder, StepError> {
+    let version = docker
+        .version()
+        .await
+        .map_err(|e| engine_error(e, ErrorCode::EngineUnavailable, "cannot read the engine's version"))?;
+    let api = version.api_version.unwrap_or_default();
+    let linux = version.os.as_deref().is_none_or(|os| os == "linux");
+    Ok(if linux && api_at_least(&api, (1, 39)) {
+        Builder::BuildKit
+    } else {
+        Builder::Classic
+    })
+}
+
+fn api_at_least(version: &str, wanted: (u32, u32)) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= wanted
+}
+
+/// The build's output on its way to the job's log, with what a failure message
+/// needs: the instruction that ran last and the last lines.
+struct BuildLog<'a> {
+    logs: &'a LogSink,
+    tail: VecDeque<String>,
+    instruction: Option<String>,
+}
+
+impl<'a> BuildLog<'a> {
+    fn new(logs: &'a LogSink) -> Self {
+        BuildLog {
+            logs,
+            tail: VecDeque::with_capacity(TAIL_LINES),
+            instruction: None,
+        }
+    }
+
+    async fn line(&mut self, line: String) {
+        if self.tail.len() == TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line.clone());
+        self.logs.line(LogStream::System, line).await;
+    }
+
+    /// Notes the instruction now running (`Step 2/3 : RUN …`, `[2/3] RUN …`).
+    fn instruction(&mut self, name: &str) {
+        self.instruction = Some(name.to_string());
+    }
+
+    /// A failed build, naming the failing instruction and the last lines of output.
+    fn failed(&self, error: &str) -> StepError {
+        let at = self
+            .instruction
+            .as_ref()
+            .map(|s| format!(" at `{s}`"))
+            .unwrap_or_default();
+        let tail: Vec<&str> = self.tail.iter().map(String::as_str).collect();
+        StepError::new(
+            ErrorCode::BuildFailed,
+            format!("build failed{at}: {error}\nlast output:\n{}", tail.join("\n")),
+        )
+    }
 }
 
 /// Tars `context` (without `.git`) and returns it with the Dockerfile's path inside it.
@@ -163,6 +237,15 @@ fn pack_context(context: &Path, dockerfile: &Path) -> Result<(Vec<u8>, String), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buildkit_needs_api_1_39() {
+        assert!(api_at_least("1.41", (1, 39)));
+        assert!(api_at_least("1.39", (1, 39)));
+        assert!(!api_at_least("1.38", (1, 39)));
+        assert!(api_at_least("2.0", (1, 39)));
+        assert!(!api_at_least("", (1, 39)));
+    }
 
     fn names(tar: &[u8]) -> Vec<String> {
         let mut archive = tar::Archive::new(tar);
