@@ -14,7 +14,13 @@ const JOB_LIMIT: Duration = Duration::from_secs(180);
 async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
     let db = TestDb::new().await;
     let git = GitServer::start();
-    let repo = app_repo(&git, "app");
+    // A build argument reaches the image (ARG → ENV), the job's env the container.
+    let dockerfile = "FROM scratch\nCOPY busybox /bin/busybox\nARG FLAVOUR=plain\nENV FLAVOUR=$FLAVOUR\n\
+                      CMD [\"/bin/busybox\", \"sh\", \"-c\", \"echo hello $GREETING $FLAVOUR; echo done >&2\"]\n";
+    let repo = git.repo(
+        "app",
+        &[("Dockerfile", Entry::Text(dockerfile)), ("busybox", Entry::Busybox)],
+    );
     let registry = AuthRegistry::start();
     let work_dir = tempfile::tempdir().unwrap();
     let ports = Ports::new();
@@ -41,7 +47,7 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
     let image = format!("{}/e2e/app:{tag}", registry.addr);
     let job = submit(
         &ports.api(),
-        &json!({ "repo": repo, "image": image, "env": { "GREETING": greeting } }),
+        &json!({ "repo": repo, "image": image, "env": { "GREETING": greeting }, "build_args": { "FLAVOUR": "salty" } }),
     )
     .await;
     let id = job["id"].as_str().unwrap().to_string();
@@ -94,7 +100,7 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
     assert!(
         lines
             .iter()
-            .any(|l| l["step"] == "run" && l["stream"] == "stdout" && l["line"] == format!("hello {greeting}")),
+            .any(|l| l["step"] == "run" && l["stream"] == "stdout" && l["line"] == format!("hello {greeting} salty")),
         "{lines:?}"
     );
     assert!(
