@@ -51,40 +51,22 @@ pub struct SubmitArgs {
 }
 
 fn key_value(raw: &str) -> Result<(String, String), String> {
-    raw.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("`{raw}` is not KEY=VALUE"))
+    raw.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{raw}` is not KEY=VALUE"))
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("a plain http client builds")
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a plain http client builds")
 }
 
 /// Sends a request and returns the JSON body, turning API errors into messages.
 async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-    let response = request
-        .send()
-        .await
-        .context("cannot reach the Slipway API (is it running? see --api)")?;
+    let response = request.send().await.context("cannot reach the Slipway API (is it running? see --api)")?;
     let status = response.status();
-    let body: Value = response
-        .json()
-        .await
-        .context("the API answered something that is not JSON")?;
+    let body: Value = response.json().await.context("the API answered something that is not JSON")?;
     if !status.is_success() {
         let error = &body["error"];
-        let field = error["field"]
-            .as_str()
-            .map(|f| format!(" (field `{f}`)"))
-            .unwrap_or_default();
-        bail!(
-            "{}{field}: {}",
-            error["code"].as_str().unwrap_or("error"),
-            error["message"].as_str().unwrap_or("")
-        );
+        let field = error["field"].as_str().map(|f| format!(" (field `{f}`)")).unwrap_or_default();
+        bail!("{}{field}: {}", error["code"].as_str().unwrap_or("error"), error["message"].as_str().unwrap_or(""));
     }
     Ok(body)
 }
@@ -96,21 +78,13 @@ fn print(value: &Value) {
 /// `slipway submit`; returns the process exit code.
 pub async fn submit(api: &ApiArgs, args: SubmitArgs) -> anyhow::Result<i32> {
     let mut body = json!({ "repo": args.repo, "image": args.image });
-    for (key, value) in [
-        ("ref", args.git_ref),
-        ("dockerfile", args.dockerfile),
-        ("context", args.context),
-    ] {
+    for (key, value) in [("ref", args.git_ref), ("dockerfile", args.dockerfile), ("context", args.context)] {
         if let Some(value) = value {
             body[key] = json!(value);
         }
     }
     if !args.build_args.is_empty() {
-        body["build_args"] = json!(
-            args.build_args
-                .into_iter()
-                .collect::<std::collections::BTreeMap<_, _>>()
-        );
+        body["build_args"] = json!(args.build_args.into_iter().collect::<std::collections::BTreeMap<_, _>>());
     }
     if !args.env.is_empty() {
         body["env"] = json!(args.env.into_iter().collect::<std::collections::BTreeMap<_, _>>());
@@ -126,10 +100,7 @@ pub async fn submit(api: &ApiArgs, args: SubmitArgs) -> anyhow::Result<i32> {
         body["run"] = run;
     }
     let job = call(client().post(format!("{}/v1/jobs", api.api)).json(&body)).await?;
-    let id = job["id"]
-        .as_str()
-        .context("the API returned a job without id")?
-        .to_string();
+    let id = job["id"].as_str().context("the API returned a job without id")?.to_string();
     if !args.follow {
         print(&job);
         return Ok(0);

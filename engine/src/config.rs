@@ -40,12 +40,26 @@ pub struct ServerArgs {
     /// Names this orchestrator in leases [default: orchestrator-<host>-<pid>].
     #[arg(long, env = "SLIPWAY_ORCHESTRATOR_ID")]
     pub orchestrator_id: Option<String>,
-    /// How long a lease lasts without news from its worker.
-    #[arg(long, env = "SLIPWAY_LEASE_TTL", default_value = "30s", value_parser = duration)]
-    pub lease_ttl: Duration,
-    /// How often to look for runnable jobs when no notification comes.
-    #[arg(long, env = "SLIPWAY_POLL_INTERVAL", default_value = "1s", value_parser = duration)]
-    pub poll_interval: Duration,
+    /// How often each worker is pinged (its leases extended) and expired leases
+    /// looked for.
+    #[arg(long, env = "SLIPWAY_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub heartbeat_interval: Duration,
+    /// How long a worker may stay silent before its jobs' leases expire and the jobs
+    /// run again elsewhere.
+    #[arg(long, env = "SLIPWAY_WORKER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub worker_timeout: Duration,
+    /// Attempts a job gets unless it says otherwise.
+    #[arg(long, env = "SLIPWAY_RETRY_MAX_ATTEMPTS", default_value_t = 3)]
+    pub retry_max_attempts: u32,
+    /// Wait before a job's second attempt unless it says otherwise.
+    #[arg(long, env = "SLIPWAY_RETRY_INITIAL_BACKOFF", default_value = "1s", value_parser = duration)]
+    pub retry_initial_backoff: Duration,
+    /// Longest wait between attempts unless a job says otherwise.
+    #[arg(long, env = "SLIPWAY_RETRY_MAX_BACKOFF", default_value = "60s", value_parser = duration)]
+    pub retry_max_backoff: Duration,
+    /// Longest a container may run; the deadline of jobs that give none.
+    #[arg(long, env = "SLIPWAY_MAX_RUN_TIME", default_value = "24h", value_parser = duration)]
+    pub max_run_time: Duration,
 }
 
 /// The worker (`slipway worker`).
@@ -63,6 +77,9 @@ pub struct WorkerArgs {
     /// Folder for clones, one folder per job attempt [default: <tmp>/slipway].
     #[arg(long, env = "SLIPWAY_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
+    /// How long a stopping worker lets running jobs finish before it hands them back.
+    #[arg(long, env = "SLIPWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
+    pub shutdown_grace: Duration,
     /// Builder for images: buildkit or classic [default: BuildKit when the engine
     /// offers it].
     #[arg(long, env = "SLIPWAY_BUILDER")]
@@ -84,10 +101,7 @@ pub struct ConfigError {
 }
 
 fn bad(setting: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        setting,
-        message: message.into(),
-    }
+    ConfigError { setting, message: message.into() }
 }
 
 fn check_url(setting: &'static str, url: &str) -> Result<(), ConfigError> {
@@ -99,11 +113,23 @@ fn check_url(setting: &'static str, url: &str) -> Result<(), ConfigError> {
 
 impl ServerArgs {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.lease_ttl < Duration::from_millis(100) {
-            return Err(bad("SLIPWAY_LEASE_TTL", "must be at least 100ms"));
+        if self.heartbeat_interval < Duration::from_millis(10) {
+            return Err(bad("SLIPWAY_HEARTBEAT_INTERVAL", "must be at least 10ms"));
         }
-        if self.poll_interval.is_zero() {
-            return Err(bad("SLIPWAY_POLL_INTERVAL", "must be more than zero"));
+        if self.worker_timeout <= self.heartbeat_interval {
+            return Err(bad("SLIPWAY_WORKER_TIMEOUT", "must be longer than SLIPWAY_HEARTBEAT_INTERVAL"));
+        }
+        if !(1..=crate::job::MAX_ATTEMPTS).contains(&self.retry_max_attempts) {
+            return Err(bad("SLIPWAY_RETRY_MAX_ATTEMPTS", format!("must be from 1 to {}", crate::job::MAX_ATTEMPTS)));
+        }
+        if self.retry_initial_backoff > self.retry_max_backoff {
+            return Err(bad("SLIPWAY_RETRY_INITIAL_BACKOFF", "must not exceed SLIPWAY_RETRY_MAX_BACKOFF"));
+        }
+        if self.retry_max_backoff.as_millis() > u128::from(crate::job::MAX_BACKOFF_MS) {
+            return Err(bad("SLIPWAY_RETRY_MAX_BACKOFF", "must be at most 1h"));
+        }
+        if self.max_run_time < Duration::from_secs(1) {
+            return Err(bad("SLIPWAY_MAX_RUN_TIME", "must be at least 1s"));
         }
         for url in &self.workers {
             check_url("SLIPWAY_WORKERS", url)?;
@@ -114,14 +140,24 @@ impl ServerArgs {
         Ok(())
     }
 
+    /// What submissions get unless they say otherwise, and the limits they must keep.
+    pub fn submit_defaults(&self) -> crate::job::SubmitDefaults {
+        crate::job::SubmitDefaults {
+            retry: crate::job::RetryPolicy {
+                max_attempts: self.retry_max_attempts,
+                initial_backoff_ms: self.retry_initial_backoff.as_millis() as u64,
+                max_backoff_ms: self.retry_max_backoff.as_millis() as u64,
+            },
+            max_timeout_seconds: self.max_run_time.as_secs(),
+        }
+    }
+
     pub fn report_url(&self) -> String {
         self.report_url.clone().unwrap_or_else(|| local_url(self.grpc_addr))
     }
 
     pub fn orchestrator_id(&self) -> String {
-        self.orchestrator_id
-            .clone()
-            .unwrap_or_else(|| format!("orchestrator-{}-{}", hostname(), std::process::id()))
+        self.orchestrator_id.clone().unwrap_or_else(|| format!("orchestrator-{}-{}", hostname(), std::process::id()))
     }
 }
 
@@ -149,28 +185,19 @@ impl WorkerArgs {
         };
         slipway_worker::WorkerConfig {
             listen,
-            worker_id: self
-                .worker_id
-                .clone()
-                .unwrap_or_else(|| format!("worker-{}-{}", hostname(), listen.port())),
+            worker_id: self.worker_id.clone().unwrap_or_else(|| format!("worker-{}-{}", hostname(), listen.port())),
             slots: self.slots,
-            work_dir: self
-                .work_dir
-                .clone()
-                .unwrap_or_else(|| std::env::temp_dir().join("slipway")),
+            work_dir: self.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("slipway")),
             registry_credentials: credentials,
             builder: self.builder,
+            shutdown_grace: self.shutdown_grace,
         }
     }
 }
 
 /// `http://addr`, with an unspecified address replaced by loopback.
 pub fn local_url(addr: SocketAddr) -> String {
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".parse().expect("loopback")
-    } else {
-        addr.ip()
-    };
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".parse().expect("loopback") } else { addr.ip() };
     format!("http://{}", SocketAddr::new(host, addr.port()))
 }
 

@@ -63,29 +63,11 @@ impl LocalPostgres {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).map_err(io(&data))?;
 
-        let this = LocalPostgres {
-            bin,
-            data,
-            run_as,
-            url: String::new(),
-        };
+        let this = LocalPostgres { bin, data, run_as, url: String::new() };
         if !this.data.join("PG_VERSION").exists() {
             tracing::info!(path = %this.data.display(), "creating the private postgres cluster");
             let data = this.data.to_string_lossy().into_owned();
-            this.run(
-                "initdb",
-                &[
-                    "-D",
-                    &data,
-                    "-U",
-                    USER,
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--no-instructions",
-                ],
-            )
-            .await?;
+            this.run("initdb", &["-D", &data, "-U", USER, "--auth=trust", "-E", "UTF8", "--no-instructions"]).await?;
         }
         let port = match this.running_port() {
             Some(port) => {
@@ -101,19 +83,12 @@ impl LocalPostgres {
     }
 
     async fn start_server(&self) -> Result<u16, LocalPostgresError> {
-        let port = free_port().map_err(|source| LocalPostgresError::Io {
-            path: "127.0.0.1:0".into(),
-            source,
-        })?;
+        let port = free_port().map_err(|source| LocalPostgresError::Io { path: "127.0.0.1:0".into(), source })?;
         let data = self.data.to_string_lossy().into_owned();
         let log = self.data.join("server.log").to_string_lossy().into_owned();
         // Loopback only, no Unix socket (the data path may be too long for one).
         let options = format!("-p {port} -h 127.0.0.1 -k ''");
-        self.run(
-            "pg_ctl",
-            &["-D", &data, "-l", &log, "-o", &options, "-w", "-t", "60", "start"],
-        )
-        .await?;
+        self.run("pg_ctl", &["-D", &data, "-l", &log, "-o", &options, "-w", "-t", "60", "start"]).await?;
         Ok(port)
     }
 
@@ -140,10 +115,7 @@ impl LocalPostgres {
             .await
             .map_err(fail)?;
         if !exists {
-            sqlx::query(concat!("create database ", "slipway"))
-                .execute(&mut conn)
-                .await
-                .map_err(fail)?;
+            sqlx::query(concat!("create database ", "slipway")).execute(&mut conn).await.map_err(fail)?;
         }
         Ok(())
     }
@@ -162,10 +134,10 @@ impl LocalPostgres {
         if let Some((uid, gid)) = self.run_as {
             command.uid(uid).gid(gid);
         }
-        let output = command.output().await.map_err(|e| LocalPostgresError::Command {
-            what: program.into(),
-            detail: e.to_string(),
-        })?;
+        let output = command
+            .output()
+            .await
+            .map_err(|e| LocalPostgresError::Command { what: program.into(), detail: e.to_string() })?;
         if output.status.success() {
             Ok(())
         } else {
@@ -196,10 +168,7 @@ fn find_binaries() -> Option<PathBuf> {
     // Newest version first.
     installed.sort_by_key(|p| {
         std::cmp::Reverse(
-            p.parent()
-                .and_then(|v| v.file_name())
-                .and_then(|v| v.to_str())
-                .and_then(|v| v.parse::<u32>().ok()),
+            p.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok()),
         )
     });
     from_path.into_iter().chain(installed).find(|dir| complete(dir))

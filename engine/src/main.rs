@@ -108,14 +108,9 @@ async fn main() {
     let result: anyhow::Result<i32> = match cli.command {
         Command::Server { db, server } => process::server(db, server, shutdown_on_signals()).await.map(|()| 0),
         Command::Worker { worker } => process::worker(worker, shutdown_on_signals()).await.map(|()| 0),
-        Command::Standalone {
-            db,
-            server,
-            worker,
-            data_dir,
-        } => process::standalone(db, server, worker, data_dir, shutdown_on_signals())
-            .await
-            .map(|()| 0),
+        Command::Standalone { db, server, worker, data_dir } => {
+            process::standalone(db, server, worker, data_dir, shutdown_on_signals()).await.map(|()| 0)
+        }
         Command::Migrate { db } => process::migrate(db).await.map(|()| 0),
         Command::Submit { api, job } => cli::submit(&api, job).await,
         Command::Get { api, id } => cli::get(&api, &id).await.map(|()| 0),

@@ -21,9 +21,7 @@ const DATABASE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Connects and applies the migrations.
 pub async fn open_store(url: &str) -> anyhow::Result<Store> {
-    let store = Store::connect(url, DATABASE_PATIENCE)
-        .await
-        .context("cannot connect to the database")?;
+    let store = Store::connect(url, DATABASE_PATIENCE).await.context("cannot connect to the database")?;
     store.migrate().await.context("cannot apply the migrations")?;
     Ok(store)
 }
@@ -39,11 +37,9 @@ pub async fn migrate(db: DatabaseArgs) -> anyhow::Result<()> {
 /// `slipway server`
 pub async fn server(db: DatabaseArgs, args: ServerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     args.validate()?;
-    let url = db
-        .database_url
-        .context("DATABASE_URL is required for `slipway server`")?;
+    let url = db.database_url.context("DATABASE_URL is required for `slipway server`")?;
     let store = open_store(&url).await?;
-    serve_orchestrator(store, args, Vec::new(), shutdown).await
+    serve_orchestrator(store, args, Vec::new(), shutdown, async { Ok(()) }).await
 }
 
 /// `slipway worker`
@@ -83,9 +79,12 @@ pub async fn standalone(
         let bound = BoundWorker::bind(worker.worker_config(worker.worker_addr)).await?;
         let local_worker = local_url(bound.local_addr());
         let worker_task = tokio::spawn(bound.serve(shutdown.clone()));
-        let result = serve_orchestrator(store, server, vec![local_worker], shutdown).await;
-        worker_task.await.context("the worker task panicked")??;
-        result
+        // The report service stays up until the worker has drained and reported.
+        let drained = async move {
+            worker_task.await.context("the worker task panicked")??;
+            Ok(())
+        };
+        serve_orchestrator(store, server, vec![local_worker], shutdown, drained).await
     }
     .await;
     if let Some(pg) = local_postgres {
@@ -100,6 +99,7 @@ async fn serve_orchestrator(
     args: ServerArgs,
     local_workers: Vec<String>,
     shutdown: CancellationToken,
+    before_close: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(args.http_addr)
         .await
@@ -113,19 +113,19 @@ async fn serve_orchestrator(
         None => local_url(grpc_addr),
     };
     let wake = Arc::new(Notify::new());
+    let defaults = args.submit_defaults();
     let config = OrchestratorConfig {
         owner: args.orchestrator_id(),
         workers: local_workers.into_iter().chain(args.workers.iter().cloned()).collect(),
         report_url,
-        lease_ttl: args.lease_ttl,
-        poll_interval: args.poll_interval,
+        worker_timeout: args.worker_timeout,
+        heartbeat_interval: args.heartbeat_interval,
+        default_policy: defaults.retry,
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<ReportServiceServer<ReportHandler>>()
-        .await;
-    let reports = ReportHandler::new(store.clone(), args.lease_ttl, wake.clone());
+    health_reporter.set_serving::<ReportServiceServer<ReportHandler>>().await;
+    let reports = ReportHandler::new(store.clone(), args.worker_timeout, defaults.retry, wake.clone());
     let grpc_stop = CancellationToken::new();
     let grpc_task = {
         let stop = grpc_stop.clone();
@@ -139,11 +139,13 @@ async fn serve_orchestrator(
                 }),
         )
     };
-    let http_task = tokio::spawn(crate::api::serve(http, store.clone(), shutdown.clone()));
+    let api = crate::api::AppState { store: store.clone(), defaults };
+    let http_task = tokio::spawn(crate::api::serve(http, api, shutdown.clone()));
     orchestrator::run(store, config, wake, shutdown).await;
     http_task.await.context("the http task panicked")??;
     // Workers keep reporting while they drain; the report service closes last.
+    let drained = before_close.await;
     grpc_stop.cancel();
     grpc_task.await.context("the grpc task panicked")??;
-    Ok(())
+    drained
 }

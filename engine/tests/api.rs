@@ -19,12 +19,9 @@ async fn start() -> Api {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(slipway_engine::api::serve(listener, db.store.clone(), shutdown.clone()));
-    Api {
-        db,
-        base,
-        _shutdown: shutdown.drop_guard(),
-    }
+    let state = slipway_engine::api::AppState { store: db.store.clone(), defaults: Default::default() };
+    tokio::spawn(slipway_engine::api::serve(listener, state, shutdown.clone()));
+    Api { db, base, _shutdown: shutdown.drop_guard() }
 }
 
 fn valid() -> Value {
@@ -44,10 +41,7 @@ async fn post_raw(api: &Api, body: Vec<u8>, content_type: &str) -> (u16, Value) 
 }
 
 async fn job_count(api: &Api) -> i64 {
-    sqlx::query_scalar("select count(*) from jobs")
-        .fetch_one(api.db.store.pool())
-        .await
-        .unwrap()
+    sqlx::query_scalar("select count(*) from jobs").fetch_one(api.db.store.pool()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -68,45 +62,15 @@ async fn bad_requests_get_a_json_error_naming_the_field_and_write_nothing() {
         (without("repo"), 400, "invalid_field", Some("repo")),
         (without("image"), 400, "invalid_field", Some("image")),
         (with("repo", json!("file:///etc")), 400, "invalid_field", Some("repo")),
-        (
-            with("repo", json!("ftp://example.com/r.git")),
-            400,
-            "invalid_field",
-            Some("repo"),
-        ),
-        (
-            with("dockerfile", json!("../Dockerfile")),
-            400,
-            "invalid_field",
-            Some("dockerfile"),
-        ),
+        (with("repo", json!("ftp://example.com/r.git")), 400, "invalid_field", Some("repo")),
+        (with("dockerfile", json!("../Dockerfile")), 400, "invalid_field", Some("dockerfile")),
         (with("context", json!("/etc")), 400, "invalid_field", Some("context")),
-        (
-            with("image", json!("127.0.0.1:5000/Team/App:v1")),
-            400,
-            "invalid_field",
-            Some("image"),
-        ),
-        (
-            with("image", json!("app@sha256:abc")),
-            400,
-            "invalid_field",
-            Some("image"),
-        ),
+        (with("image", json!("127.0.0.1:5000/Team/App:v1")), 400, "invalid_field", Some("image")),
+        (with("image", json!("app@sha256:abc")), 400, "invalid_field", Some("image")),
         (with("ref", json!("bad ref")), 400, "invalid_field", Some("ref")),
         (with("env", json!({ "A": 1 })), 400, "invalid_field", Some("env.A")),
-        (
-            with("run", json!({ "timeout_seconds": 0 })),
-            400,
-            "invalid_field",
-            Some("run.timeout_seconds"),
-        ),
-        (
-            with("run", json!({ "cmd": ["x"] })),
-            400,
-            "invalid_field",
-            Some("run.cmd"),
-        ),
+        (with("run", json!({ "timeout_seconds": 0 })), 400, "invalid_field", Some("run.timeout_seconds")),
+        (with("run", json!({ "cmd": ["x"] })), 400, "invalid_field", Some("run.cmd")),
     ];
     for (body, status, code, field) in cases {
         let (got, error) = post_raw(&api, serde_json::to_vec(&body).unwrap(), "application/json").await;
@@ -125,10 +89,7 @@ async fn bad_requests_get_a_json_error_naming_the_field_and_write_nothing() {
     assert_eq!((status, error["error"]["code"].as_str()), (413, Some("body_too_large")));
 
     let (status, error) = post_raw(&api, serde_json::to_vec(&valid()).unwrap(), "text/plain").await;
-    assert_eq!(
-        (status, error["error"]["code"].as_str()),
-        (415, Some("unsupported_media_type"))
-    );
+    assert_eq!((status, error["error"]["code"].as_str()), (415, Some("unsupported_media_type")));
 
     assert_eq!(job_count(&api).await, 0, "a refused request writes no row");
 }
@@ -136,12 +97,7 @@ async fn bad_requests_get_a_json_error_naming_the_field_and_write_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_submitted_job_reads_back_with_its_defaults_and_history() {
     let api = start().await;
-    let response = http()
-        .post(format!("{}/v1/jobs", api.base))
-        .json(&valid())
-        .send()
-        .await
-        .unwrap();
+    let response = http().post(format!("{}/v1/jobs", api.base)).json(&valid()).send().await.unwrap();
     assert_eq!(response.status(), 201);
     let location = response.headers()["location"].to_str().unwrap().to_string();
     let job: Value = response.json().await.unwrap();
@@ -152,45 +108,20 @@ async fn a_submitted_job_reads_back_with_its_defaults_and_history() {
     assert_eq!(job["spec"]["context"], ".");
     assert!(job["spec"]["ref"].is_null());
 
-    let read: Value = http()
-        .get(format!("{}{location}", api.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read: Value = http().get(format!("{}{location}", api.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(read["id"], job["id"]);
     assert_eq!(read["steps"], json!([]));
     let history = state_history(&api.db, job["id"].as_str().unwrap()).await;
     assert_eq!(history, ["queued"]);
 
-    let missing = http()
-        .get(format!("{}/v1/jobs/{}", api.base, uuid::Uuid::now_v7()))
-        .send()
-        .await
-        .unwrap();
+    let missing = http().get(format!("{}/v1/jobs/{}", api.base, uuid::Uuid::now_v7())).send().await.unwrap();
     assert_eq!(missing.status(), 404);
     let body: Value = missing.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_found");
-    let bad = http()
-        .get(format!("{}/v1/jobs/not-an-id", api.base))
-        .send()
-        .await
-        .unwrap();
+    let bad = http().get(format!("{}/v1/jobs/not-an-id", api.base)).send().await.unwrap();
     assert_eq!(bad.status(), 400);
-    let logs: Value = http()
-        .get(format!("{}{location}/logs", api.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        (logs["lines"].clone(), logs["finished"].clone()),
-        (json!([]), json!(false))
-    );
+    let logs: Value = http().get(format!("{}{location}/logs", api.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!((logs["lines"].clone(), logs["finished"].clone()), (json!([]), json!(false)));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -206,13 +137,7 @@ async fn lists_newest_first_with_cursor_paging_and_a_state_filter() {
     let mut url = format!("{}/v1/jobs?limit=2", api.base);
     loop {
         let page: Value = http().get(&url).send().await.unwrap().json().await.unwrap();
-        seen.extend(
-            page["jobs"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|j| j["id"].as_str().unwrap().to_string()),
-        );
+        seen.extend(page["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_string()));
         match page["next_cursor"].as_str() {
             Some(cursor) => url = format!("{}/v1/jobs?limit=2&cursor={cursor}", api.base),
             None => break,
@@ -220,35 +145,16 @@ async fn lists_newest_first_with_cursor_paging_and_a_state_filter() {
     }
     assert_eq!(seen, ids, "every job once, newest first");
 
-    let queued: Value = http()
-        .get(format!("{}/v1/jobs?state=queued", api.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let queued: Value =
+        http().get(format!("{}/v1/jobs?state=queued", api.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(queued["jobs"].as_array().unwrap().len(), 5);
-    let failed: Value = http()
-        .get(format!("{}/v1/jobs?state=failed", api.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let failed: Value =
+        http().get(format!("{}/v1/jobs?state=failed", api.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(failed["jobs"], json!([]));
-    for (query, field) in [
-        ("state=done", "state"),
-        ("limit=0", "limit"),
-        ("cursor=x", "cursor"),
-        ("colour=1", "colour"),
-    ] {
-        let response = http()
-            .get(format!("{}/v1/jobs?{query}", api.base))
-            .send()
-            .await
-            .unwrap();
+    for (query, field) in
+        [("state=done", "state"), ("limit=0", "limit"), ("cursor=x", "cursor"), ("colour=1", "colour")]
+    {
+        let response = http().get(format!("{}/v1/jobs?{query}", api.base)).send().await.unwrap();
         assert_eq!(response.status(), 400, "{query}");
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["field"], field, "{query}");

@@ -17,10 +17,7 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
     // A build argument reaches the image (ARG → ENV), the job's env the container.
     let dockerfile = "FROM scratch\nCOPY busybox /bin/busybox\nARG FLAVOUR=plain\nENV FLAVOUR=$FLAVOUR\n\
                       CMD [\"/bin/busybox\", \"sh\", \"-c\", \"echo hello $GREETING $FLAVOUR; echo done >&2\"]\n";
-    let repo = git.repo(
-        "app",
-        &[("Dockerfile", Entry::Text(dockerfile)), ("busybox", Entry::Busybox)],
-    );
+    let repo = git.repo("app", &[("Dockerfile", Entry::Text(dockerfile)), ("busybox", Entry::Busybox)]);
     let registry = AuthRegistry::start();
     let work_dir = tempfile::tempdir().unwrap();
     let ports = Ports::new();
@@ -59,39 +56,21 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
     assert_eq!(job["commit_sha"], git.head("app"));
     assert!(job["image_id"].as_str().unwrap().starts_with("sha256:"), "{job}");
     let pushed = job["pushed_ref"].as_str().unwrap();
-    let digest = pushed
-        .strip_prefix(&format!("{}/e2e/app@", registry.addr))
-        .expect("pushed ref names the image");
-    let steps: Vec<&str> = job["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["step"].as_str().unwrap())
-        .collect();
+    let digest = pushed.strip_prefix(&format!("{}/e2e/app@", registry.addr)).expect("pushed ref names the image");
+    let steps: Vec<&str> = job["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
     assert_eq!(steps, ["clone", "build", "push", "run"]);
     assert!(
-        job["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|s| s["outcome"] == "succeeded" && !s["finished_at"].is_null())
+        job["steps"].as_array().unwrap().iter().all(|s| s["outcome"] == "succeeded" && !s["finished_at"].is_null())
     );
 
     // The story in SQL, in order.
     let history = state_history(&db, &id).await;
-    assert_eq!(
-        history,
-        ["queued", "cloning", "building", "pushing", "running", "succeeded"]
-    );
+    assert_eq!(history, ["queued", "cloning", "building", "pushing", "running", "succeeded"]);
 
     // The logs hold every step's output, in order, tagged with step and stream.
     let lines = all_logs(&ports.api(), &id).await;
-    let position = |step: &str| {
-        lines
-            .iter()
-            .position(|l| l["step"] == step)
-            .unwrap_or_else(|| panic!("no {step} lines"))
-    };
+    let position =
+        |step: &str| lines.iter().position(|l| l["step"] == step).unwrap_or_else(|| panic!("no {step} lines"));
     assert!(
         position("clone") < position("build")
             && position("build") < position("push")
@@ -103,11 +82,7 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
             .any(|l| l["step"] == "run" && l["stream"] == "stdout" && l["line"] == format!("hello {greeting} salty")),
         "{lines:?}"
     );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["step"] == "run" && l["stream"] == "stderr" && l["line"] == "done")
-    );
+    assert!(lines.iter().any(|l| l["step"] == "run" && l["stream"] == "stderr" && l["line"] == "done"));
 
     // The registry has the image under its tag, with the recorded digest.
     let manifest = http()
@@ -153,24 +128,12 @@ async fn each_failure_ends_the_job_failed_with_its_cause() {
 
     let image = |name: &str| format!("{open}/failures/{name}:{}", unique("t"));
     let cases = [
-        (
-            "repo_not_found",
-            json!({ "repo": git.url("nope"), "image": image("a") }),
-        ),
-        (
-            "ref_not_found",
-            json!({ "repo": app, "ref": "no-such-branch", "image": image("b") }),
-        ),
+        ("repo_not_found", json!({ "repo": git.url("nope"), "image": image("a") })),
+        ("ref_not_found", json!({ "repo": app, "ref": "no-such-branch", "image": image("b") })),
         ("dockerfile_missing", json!({ "repo": empty, "image": image("c") })),
-        (
-            "path_escapes_repository",
-            json!({ "repo": escape, "image": image("d") }),
-        ),
+        ("path_escapes_repository", json!({ "repo": escape, "image": image("d") })),
         ("build_failed", json!({ "repo": broken, "image": image("e") })),
-        (
-            "push_refused",
-            json!({ "repo": app, "image": format!("{}/failures/f:1", locked.addr) }),
-        ),
+        ("push_refused", json!({ "repo": app, "image": format!("{}/failures/f:1", locked.addr) })),
         (
             "exit_nonzero",
             json!({ "repo": app, "image": image("g"), "run": { "command": ["/bin/busybox", "sh", "-c", "echo bye; exit 3"] } }),
@@ -178,10 +141,7 @@ async fn each_failure_ends_the_job_failed_with_its_cause() {
     ];
     let mut ids = Vec::new();
     for (code, body) in &cases {
-        ids.push((
-            *code,
-            submit(&ports.api(), body).await["id"].as_str().unwrap().to_string(),
-        ));
+        ids.push((*code, submit(&ports.api(), body).await["id"].as_str().unwrap().to_string()));
     }
     for (code, id) in ids {
         let job = wait_finished(&ports.api(), &id, JOB_LIMIT).await;
@@ -192,19 +152,13 @@ async fn each_failure_ends_the_job_failed_with_its_cause() {
         assert_eq!(history.last().map(String::as_str), Some("failed"));
         match code {
             "build_failed" => {
-                assert!(
-                    message.contains("RUN [\"/bin/busybox\""),
-                    "names the failing instruction: {message}"
-                );
+                assert!(message.contains("RUN [\"/bin/busybox\""), "names the failing instruction: {message}");
                 assert!(message.contains("about to fail"), "carries the output: {message}");
                 assert!(message.contains('7'), "carries the exit code: {message}");
             }
             "exit_nonzero" => {
                 assert_eq!(job["exit_code"], 3);
-                assert_eq!(
-                    history,
-                    ["queued", "cloning", "building", "pushing", "running", "failed"]
-                );
+                assert_eq!(history, ["queued", "cloning", "building", "pushing", "running", "failed"]);
                 assert!(containers_of(&id).is_empty(), "the container is removed");
             }
             "ref_not_found" => assert!(message.contains("no-such-branch"), "{message}"),
@@ -259,10 +213,7 @@ async fn two_standalones_share_one_database() {
     let mut builders = Vec::new();
     for id in &ids {
         let lines = all_logs(&apis[0], id).await;
-        let sent = lines
-            .iter()
-            .filter_map(|l| l["line"].as_str())
-            .find(|l| l.starts_with("sending a build context"));
+        let sent = lines.iter().filter_map(|l| l["line"].as_str()).find(|l| l.starts_with("sending a build context"));
         builders.push(sent.unwrap_or_default().rsplit(" to ").next().unwrap().to_string());
     }
     builders.sort();
@@ -291,23 +242,12 @@ async fn standalone_without_database_url_starts_a_private_postgres() {
     let git = GitServer::start();
     let repo = app_repo(&git, "app");
     let image = format!("{}/private/app:{}", open_registry(), unique("t"));
-    let id = submit(&ports.api(), &json!({ "repo": repo, "image": image })).await["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = submit(&ports.api(), &json!({ "repo": repo, "image": image })).await["id"].as_str().unwrap().to_string();
     let job = wait_finished(&ports.api(), &id, JOB_LIMIT).await;
     assert_eq!(job["state"], "succeeded", "{job}");
-    assert!(
-        slipway.output().contains(&data.path().display().to_string()),
-        "the data folder is named at start-up"
-    );
+    assert!(slipway.output().contains(&data.path().display().to_string()), "the data folder is named at start-up");
 
-    let status = slipway
-        .terminate(Duration::from_secs(60))
-        .expect("standalone stops on SIGTERM");
+    let status = slipway.terminate(Duration::from_secs(60)).expect("standalone stops on SIGTERM");
     assert!(status.success(), "{status:?}");
-    assert!(
-        !data.path().join("postgres/postmaster.pid").exists(),
-        "the private postgres is stopped"
-    );
+    assert!(!data.path().join("postgres/postmaster.pid").exists(), "the private postgres is stopped");
 }

@@ -17,12 +17,12 @@ async fn queue(db: &TestDb, n: usize) -> Vec<JobId> {
         image: Some("127.0.0.1:5000/app:1".into()),
         ..Default::default()
     }
-    .validate()
+    .validate(&Default::default())
     .unwrap();
     let mut ids = Vec::new();
     for _ in 0..n {
         let id = JobId::new();
-        db.store.insert_job(id, &spec, None).await.unwrap();
+        db.store.submit(id, &spec, None, None).await.unwrap();
         ids.push(id);
     }
     ids
@@ -58,42 +58,20 @@ async fn a_report_with_a_stale_token_changes_nothing() {
     let first = db.store.claim("o", "w", 1, TTL).await.unwrap().remove(0);
     db.store.release(id, first.lease_token).await.unwrap();
     let current = db.store.claim("o", "w", 1, TTL).await.unwrap().remove(0);
-    let stale = Lease {
-        job_id: id,
-        attempt: 1,
-        token: first.lease_token,
-    };
-    let lease = Lease {
-        job_id: id,
-        attempt: 1,
-        token: current.lease_token,
-    };
+    let stale = Lease { job_id: id, attempt: 1, token: first.lease_token };
+    let lease = Lease { job_id: id, attempt: 1, token: current.lease_token };
 
     let err = db.store.mark_step_started(&stale, Step::Clone, TTL).await.unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost), "{err:?}");
-    let line = NewLogLine {
-        step: Step::Clone,
-        stream: "system",
-        at: chrono::Utc::now(),
-        line: "x".into(),
-    };
-    assert!(matches!(
-        db.store.append_logs(&stale, std::slice::from_ref(&line)).await,
-        Err(StoreError::LeaseLost)
-    ));
+    let line = NewLogLine { step: Step::Clone, stream: "system", at: chrono::Utc::now(), line: "x".into() };
+    assert!(matches!(db.store.append_logs(&stale, std::slice::from_ref(&line)).await, Err(StoreError::LeaseLost)));
     assert!(db.store.logs(id, 0, 10).await.unwrap().is_empty());
     assert_eq!(db.store.job(id).await.unwrap().state, JobState::Queued);
 
     db.store.mark_step_started(&lease, Step::Clone, TTL).await.unwrap();
     db.store.append_logs(&lease, &[line]).await.unwrap();
-    let outputs = Outputs {
-        commit_sha: Some("abc".into()),
-        ..Default::default()
-    };
-    db.store
-        .mark_step_succeeded(&lease, Step::Clone, &outputs, TTL)
-        .await
-        .unwrap();
+    let outputs = Outputs { commit_sha: Some("abc".into()), ..Default::default() };
+    db.store.mark_step_succeeded(&lease, Step::Clone, &outputs, TTL).await.unwrap();
     let finish = Finish {
         state: JobState::Failed,
         exit_code: None,
@@ -101,10 +79,7 @@ async fn a_report_with_a_stale_token_changes_nothing() {
         error: Some("no".into()),
     };
     db.store.mark_step_started(&lease, Step::Build, TTL).await.unwrap();
-    db.store
-        .mark_finished(&lease, Step::Build, &Outputs::default(), &finish)
-        .await
-        .unwrap();
+    db.store.mark_finished(&lease, Step::Build, &Outputs::default(), &finish).await.unwrap();
 
     // Once the job has ended, even its own lease can change nothing.
     let err = db.store.mark_step_started(&lease, Step::Push, TTL).await.unwrap_err();
@@ -116,22 +91,11 @@ async fn a_report_with_a_stale_token_changes_nothing() {
     );
     let events = db.store.events(id).await.unwrap();
     let states: Vec<JobState> = events.iter().map(|e| e.to_state).collect();
-    assert_eq!(
-        states,
-        [
-            JobState::Queued,
-            JobState::Cloning,
-            JobState::Building,
-            JobState::Failed
-        ]
-    );
+    assert_eq!(states, [JobState::Queued, JobState::Cloning, JobState::Building, JobState::Failed]);
     assert_eq!(events[1].worker.as_deref(), Some("w"));
     let steps = db.store.steps(id).await.unwrap();
     assert_eq!(
-        steps
-            .iter()
-            .map(|s| (s.step.as_str(), s.outcome.as_deref()))
-            .collect::<Vec<_>>(),
+        steps.iter().map(|s| (s.step.as_str(), s.outcome.as_deref())).collect::<Vec<_>>(),
         [("clone", Some("succeeded")), ("build", Some("failed"))]
     );
 }

@@ -37,9 +37,7 @@ pub fn clone_repo(
 ) -> Result<String, StepError> {
     std::fs::create_dir_all(dest).map_err(|e| internal("cannot create the clone folder", e))?;
     let repo = Repository::init(dest).map_err(|e| internal("cannot initialise the clone", e))?;
-    let mut remote = repo
-        .remote_anonymous(&request.repo)
-        .map_err(|e| classify(&request.repo, e))?;
+    let mut remote = repo.remote_anonymous(&request.repo).map_err(|e| classify(&request.repo, e))?;
 
     let target = {
         let connection = remote
@@ -51,52 +49,33 @@ pub fn clone_repo(
             .iter()
             .map(|h| (h.name().to_string(), h.oid()))
             .collect();
-        let default_branch = connection
-            .default_branch()
-            .ok()
-            .and_then(|b| b.as_str().ok().map(String::from));
+        let default_branch = connection.default_branch().ok().and_then(|b| b.as_str().ok().map(String::from));
         resolve(request, &heads, default_branch.as_deref())?
     };
-    logs.blocking_line(
-        LogStream::System,
-        format!("fetching {} from {}", target.describe(), request.repo),
-    );
+    logs.blocking_line(LogStream::System, format!("fetching {} from {}", target.describe(), request.repo));
 
     let mut fetch = FetchOptions::new();
-    fetch
-        .remote_callbacks(callbacks(logs, cancel))
-        .download_tags(AutotagOption::None);
+    fetch.remote_callbacks(callbacks(logs, cancel)).download_tags(AutotagOption::None);
     let refspecs: Vec<String> = match &target.refname {
         Some(name) => {
             fetch.depth(1);
             vec![format!("+{name}:refs/slipway/target")]
         }
         // A commit no ref points at: fetch everything and look for it.
-        None => vec![
-            "+refs/heads/*:refs/remotes/origin/*".into(),
-            "+refs/tags/*:refs/tags/*".into(),
-        ],
+        None => vec!["+refs/heads/*:refs/remotes/origin/*".into(), "+refs/tags/*:refs/tags/*".into()],
     };
-    remote.fetch(&refspecs, Some(&mut fetch), None).map_err(|e| {
-        if cancel.is_cancelled() {
-            StepError::cancelled()
-        } else {
-            classify(&request.repo, e)
-        }
-    })?;
+    remote
+        .fetch(&refspecs, Some(&mut fetch), None)
+        .map_err(|e| if cancel.is_cancelled() { StepError::cancelled() } else { classify(&request.repo, e) })?;
 
     let commit = repo.find_commit(target.oid).map_err(|_| {
-        StepError::new(
-            ErrorCode::RefNotFound,
-            format!("commit {} is not in {}", target.oid, request.repo),
-        )
+        StepError::new(ErrorCode::RefNotFound, format!("commit {} is not in {}", target.oid, request.repo))
     })?;
     let mut checkout = git2::build::CheckoutBuilder::new();
     checkout.force();
     repo.checkout_tree(commit.as_object(), Some(&mut checkout))
         .map_err(|e| internal("cannot check out the commit", e))?;
-    repo.set_head_detached(target.oid)
-        .map_err(|e| internal("cannot check out the commit", e))?;
+    repo.set_head_detached(target.oid).map_err(|e| internal("cannot check out the commit", e))?;
     let sha = target.oid.to_string();
     logs.blocking_line(LogStream::System, format!("checked out {sha}"));
     Ok(sha)
@@ -122,10 +101,7 @@ impl Target {
 fn resolve(request: &CloneRequest, heads: &[(String, Oid)], default_branch: Option<&str>) -> Result<Target, StepError> {
     let by_oid = |oid: Oid| Target {
         oid,
-        refname: heads
-            .iter()
-            .find(|(n, o)| *o == oid && !n.ends_with("^{}"))
-            .map(|(n, _)| n.clone()),
+        refname: heads.iter().find(|(n, o)| *o == oid && !n.ends_with("^{}")).map(|(n, _)| n.clone()),
     };
     if let Some(sha) = request.pinned_sha.as_deref() {
         let oid = Oid::from_str(sha).map_err(|_| ref_not_found(request, sha))?;
@@ -136,32 +112,17 @@ fn resolve(request: &CloneRequest, heads: &[(String, Oid)], default_branch: Opti
         None => default_branch
             .map(String::from)
             .or_else(|| heads.iter().find(|(n, _)| n == "HEAD").map(|_| "HEAD".to_string()))
-            .ok_or_else(|| {
-                StepError::new(
-                    ErrorCode::RefNotFound,
-                    format!("{} has no default branch", request.repo),
-                )
-            })?,
+            .ok_or_else(|| StepError::new(ErrorCode::RefNotFound, format!("{} has no default branch", request.repo)))?,
     };
-    let candidates = [
-        wanted.clone(),
-        format!("refs/heads/{wanted}"),
-        format!("refs/tags/{wanted}"),
-    ];
+    let candidates = [wanted.clone(), format!("refs/heads/{wanted}"), format!("refs/tags/{wanted}")];
     for name in &candidates {
         // An annotated tag's commit is advertised as `<tag>^{}`.
         let peeled = format!("{name}^{{}}");
         if let Some((_, oid)) = heads.iter().find(|(n, _)| *n == peeled) {
-            return Ok(Target {
-                oid: *oid,
-                refname: Some(name.clone()),
-            });
+            return Ok(Target { oid: *oid, refname: Some(name.clone()) });
         }
         if let Some((n, oid)) = heads.iter().find(|(n, _)| n == name) {
-            return Ok(Target {
-                oid: *oid,
-                refname: Some(n.clone()),
-            });
+            return Ok(Target { oid: *oid, refname: Some(n.clone()) });
         }
     }
     if wanted.len() == 40 && wanted.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -172,10 +133,7 @@ fn resolve(request: &CloneRequest, heads: &[(String, Oid)], default_branch: Opti
 }
 
 fn ref_not_found(request: &CloneRequest, wanted: &str) -> StepError {
-    StepError::new(
-        ErrorCode::RefNotFound,
-        format!("ref `{wanted}` does not exist in {}", request.repo),
-    )
+    StepError::new(ErrorCode::RefNotFound, format!("ref `{wanted}` does not exist in {}", request.repo))
 }
 
 fn callbacks<'a>(logs: &'a LogSink, cancel: &'a CancellationToken) -> RemoteCallbacks<'a> {
@@ -269,11 +227,7 @@ mod tests {
     }
 
     fn request(git_ref: Option<&str>) -> CloneRequest {
-        CloneRequest {
-            repo: "git://x/r".into(),
-            git_ref: git_ref.map(String::from),
-            pinned_sha: None,
-        }
+        CloneRequest { repo: "git://x/r".into(), git_ref: git_ref.map(String::from), pinned_sha: None }
     }
 
     fn heads() -> Vec<(String, Oid)> {
@@ -290,13 +244,7 @@ mod tests {
     fn resolves_default_branch_branches_and_peeled_tags() {
         let h = heads();
         let main = resolve(&request(None), &h, Some("refs/heads/main")).unwrap();
-        assert_eq!(
-            main,
-            Target {
-                oid: oid(1),
-                refname: Some("refs/heads/main".into())
-            }
-        );
+        assert_eq!(main, Target { oid: oid(1), refname: Some("refs/heads/main".into()) });
         assert_eq!(resolve(&request(Some("dev")), &h, None).unwrap().oid, oid(2));
         assert_eq!(resolve(&request(Some("v1")), &h, None).unwrap().oid, oid(4));
     }
@@ -306,13 +254,7 @@ mod tests {
         let h = heads();
         let sha = oid(9).to_string();
         let t = resolve(&request(Some(&sha)), &h, None).unwrap();
-        assert_eq!(
-            t,
-            Target {
-                oid: oid(9),
-                refname: None
-            }
-        );
+        assert_eq!(t, Target { oid: oid(9), refname: None });
         let t = resolve(&request(Some(&oid(2).to_string())), &h, None).unwrap();
         assert_eq!(t.refname.as_deref(), Some("refs/heads/dev"));
         let err = resolve(&request(Some("nope")), &h, None).unwrap_err();

@@ -16,11 +16,7 @@ pub const ATTEMPT_LABEL: &str = "slipway.attempt";
 /// Connects to the local engine (`DOCKER_HOST` or the default socket).
 pub fn connect() -> Result<Docker, StepError> {
     Docker::connect_with_local_defaults().map_err(|e| {
-        StepError::new(
-            ErrorCode::EngineUnavailable,
-            format!("cannot reach the Docker engine: {e}"),
-        )
-        .with_source(e)
+        StepError::new(ErrorCode::EngineUnavailable, format!("cannot reach the Docker engine: {e}")).with_source(e)
     })
 }
 
@@ -49,11 +45,8 @@ pub fn engine_error(e: DockerError, on_answer: ErrorCode, what: &str) -> StepErr
             let message = format!("{what}: {message}");
             StepError::new(on_answer, message).with_source(e)
         }
-        _ => StepError::new(
-            ErrorCode::EngineUnavailable,
-            format!("{what}: the Docker engine is unreachable: {e}"),
-        )
-        .with_source(e),
+        _ => StepError::new(ErrorCode::EngineUnavailable, format!("{what}: the Docker engine is unreachable: {e}"))
+            .with_source(e),
     }
 }
 

@@ -50,10 +50,7 @@ impl ErrorCode {
     /// Whether another attempt of the same step could succeed without anyone
     /// changing the job or the repository.
     pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::CloneFailed | ErrorCode::EngineUnavailable | ErrorCode::PushFailed
-        )
+        matches!(self, ErrorCode::CloneFailed | ErrorCode::EngineUnavailable | ErrorCode::PushFailed)
     }
 }
 
@@ -77,12 +74,7 @@ pub struct StepError {
 
 impl StepError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        StepError {
-            code,
-            message: message.into(),
-            exit_code: None,
-            source: None,
-        }
+        StepError { code, message: message.into(), exit_code: None, source: None }
     }
 
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {

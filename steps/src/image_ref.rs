@@ -74,11 +74,7 @@ impl std::str::FromStr for ImageRef {
             }
             None => "latest".to_string(),
         };
-        Ok(ImageRef {
-            registry,
-            path: parts.join("/"),
-            tag,
-        })
+        Ok(ImageRef { registry, path: parts.join("/"), tag })
     }
 }
 
@@ -143,15 +139,11 @@ fn check_tag(tag: &str) -> Result<(), String> {
     let ok = !tag.is_empty()
         && tag.len() <= 128
         && (tag.as_bytes()[0].is_ascii_alphanumeric() || tag.starts_with('_'))
-        && tag
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "tag `{tag}` must be 1-128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`"
-        ))
+        Err(format!("tag `{tag}` must be 1-128 letters, digits, `_`, `.` or `-`, not starting with `.` or `-`"))
     }
 }
 

@@ -38,10 +38,7 @@ impl LogSink {
 
     /// The same log, for another step.
     pub fn for_step(&self, step: Step) -> Self {
-        LogSink {
-            tx: self.tx.clone(),
-            step,
-        }
+        LogSink { tx: self.tx.clone(), step }
     }
 
     pub async fn line(&self, stream: LogStream, text: impl Into<String>) {
@@ -55,12 +52,7 @@ impl LogSink {
     }
 
     fn make(&self, stream: LogStream, text: String) -> LogLine {
-        LogLine {
-            step: self.step,
-            stream,
-            text,
-            at: SystemTime::now(),
-        }
+        LogLine { step: self.step, stream, text, at: SystemTime::now() }
     }
 }
 

@@ -13,10 +13,7 @@ use crate::{ErrorCode, StepError};
 /// by its text alone.
 pub fn is_confined(relative: &str) -> bool {
     let path = Path::new(relative);
-    !relative.contains('\0')
-        && path
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    !relative.contains('\0') && path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 /// Resolves `relative` under `root` on disk, following symlinks, and fails unless the
@@ -31,11 +28,7 @@ pub fn resolve_inside(root: &Path, relative: &str, what: &str) -> Result<PathBuf
     let root = root
         .canonicalize()
         .map_err(|e| StepError::new(ErrorCode::Internal, format!("cannot read the checkout: {e}")).with_source(e))?;
-    let missing = if what == "dockerfile" {
-        ErrorCode::DockerfileMissing
-    } else {
-        ErrorCode::ContextMissing
-    };
+    let missing = if what == "dockerfile" { ErrorCode::DockerfileMissing } else { ErrorCode::ContextMissing };
     let resolved = root.join(relative).canonicalize().map_err(|e| {
         StepError::new(missing, format!("{what} `{relative}` does not exist in the repository")).with_source(e)
     })?;

@@ -19,9 +19,7 @@ pub struct RegistryCredentials {
 
 impl std::fmt::Debug for RegistryCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegistryCredentials")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
+        f.debug_struct("RegistryCredentials").field("username", &self.username).finish_non_exhaustive()
     }
 }
 
@@ -64,12 +62,8 @@ pub async fn push_image(
             }
         }
     }
-    let digest = digest.ok_or_else(|| {
-        StepError::new(
-            ErrorCode::PushFailed,
-            format!("the registry reported no digest for {image}"),
-        )
-    })?;
+    let digest = digest
+        .ok_or_else(|| StepError::new(ErrorCode::PushFailed, format!("the registry reported no digest for {image}")))?;
     Ok(image.with_digest(&digest))
 }
 
@@ -84,20 +78,11 @@ fn digest_in(status: &str) -> Option<&str> {
 
 fn classify_push_error(name: &str, message: &str) -> StepError {
     let lower = message.to_ascii_lowercase();
-    let refused = [
-        "unauthorized",
-        "denied",
-        "authentication required",
-        "forbidden",
-        "no basic auth",
-    ]
-    .iter()
-    .any(|w| lower.contains(w));
+    let refused = ["unauthorized", "denied", "authentication required", "forbidden", "no basic auth"]
+        .iter()
+        .any(|w| lower.contains(w));
     if refused {
-        StepError::new(
-            ErrorCode::PushRefused,
-            format!("the registry refused to take {name}: {message}"),
-        )
+        StepError::new(ErrorCode::PushRefused, format!("the registry refused to take {name}: {message}"))
     } else {
         StepError::new(ErrorCode::PushFailed, format!("pushing {name} failed: {message}"))
     }

@@ -14,8 +14,8 @@ use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -72,8 +72,7 @@ pub async fn create_container(docker: &Docker, request: &RunRequest, logs: &LogS
                     .inspect_container(&name, None)
                     .await
                     .map_err(|e| engine_error(e, ErrorCode::RunFailed, "cannot inspect the existing container"))?;
-                logs.line(LogStream::System, format!("found container {name} again"))
-                    .await;
+                logs.line(LogStream::System, format!("found container {name} again")).await;
                 return existing
                     .id
                     .ok_or_else(|| StepError::new(ErrorCode::RunFailed, "the engine reported no container id"));
@@ -87,6 +86,21 @@ pub async fn create_container(docker: &Docker, request: &RunRequest, logs: &LogS
     }
 }
 
+/// The newest container an earlier attempt of the job left on this engine, if any.
+pub async fn find_container(docker: &Docker, job_id: &str, logs: &LogSink) -> Result<Option<String>, StepError> {
+    let filters = HashMap::from([("label", vec![format!("{JOB_LABEL}={job_id}")])]);
+    let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+    let found = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(|e| engine_error(e, ErrorCode::RunFailed, "cannot list containers"))?;
+    let newest = found.into_iter().max_by_key(|c| c.created.unwrap_or_default()).and_then(|c| c.id);
+    if let Some(id) = &newest {
+        logs.line(LogStream::System, format!("re-attaching to container {id}")).await;
+    }
+    Ok(newest)
+}
+
 async fn pull(docker: &Docker, image: &str, logs: &LogSink) -> Result<(), StepError> {
     logs.line(LogStream::System, format!("pulling {image}")).await;
     let options = CreateImageOptionsBuilder::default().from_image(image).build();
@@ -97,10 +111,7 @@ async fn pull(docker: &Docker, image: &str, logs: &LogSink) -> Result<(), StepEr
             None => engine_error(e, ErrorCode::RunFailed, "cannot pull the image"),
         })?;
         if let Some(message) = info.error_detail.and_then(|d| d.message) {
-            return Err(StepError::new(
-                ErrorCode::RunFailed,
-                format!("cannot pull {image}: {message}"),
-            ));
+            return Err(StepError::new(ErrorCode::RunFailed, format!("cannot pull {image}: {message}")));
         }
     }
     Ok(())
@@ -159,24 +170,15 @@ async fn exit_code(docker: &Docker, container_id: &str) -> Result<i64, StepError
         Some(Ok(response)) => Ok(response.status_code),
         // bollard reports a non-zero exit as an error carrying the code.
         Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(code),
-        Some(Err(e)) => Err(engine_error(
-            e,
-            ErrorCode::RunFailed,
-            "lost the container while waiting",
-        )),
-        None => Err(StepError::new(
-            ErrorCode::EngineUnavailable,
-            "the engine closed the wait before the container ended",
-        )),
+        Some(Err(e)) => Err(engine_error(e, ErrorCode::RunFailed, "lost the container while waiting")),
+        None => {
+            Err(StepError::new(ErrorCode::EngineUnavailable, "the engine closed the wait before the container ended"))
+        }
     }
 }
 
 async fn follow_output(docker: Docker, container_id: String, logs: LogSink) {
-    let options = LogsOptionsBuilder::default()
-        .follow(true)
-        .stdout(true)
-        .stderr(true)
-        .build();
+    let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
     let mut stream = docker.logs(&container_id, Some(options));
     let mut out = LineSplitter::default();
     let mut err = LineSplitter::default();
@@ -197,9 +199,7 @@ async fn follow_output(docker: Docker, container_id: String, logs: LogSink) {
 }
 
 async fn stop(docker: &Docker, container_id: &str) {
-    let options = StopContainerOptionsBuilder::default()
-        .t(STOP_GRACE.as_secs() as i32)
-        .build();
+    let options = StopContainerOptionsBuilder::default().t(STOP_GRACE.as_secs() as i32).build();
     if let Err(e) = docker.stop_container(container_id, Some(options)).await {
         tracing::warn!(container.id = container_id, error = %e, "stopping the container failed");
     }

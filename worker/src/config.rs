@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use slipway_steps::build::Builder;
 use slipway_steps::push::RegistryCredentials;
@@ -20,6 +21,8 @@ pub struct WorkerConfig {
     pub registry_credentials: Option<RegistryCredentials>,
     /// The builder to use; `None`: BuildKit when the engine offers it.
     pub builder: Option<Builder>,
+    /// How long a stopping worker lets running jobs finish before handing them back.
+    pub shutdown_grace: Duration,
 }
 
 impl WorkerConfig {
@@ -30,13 +33,7 @@ impl WorkerConfig {
         let name: String = self
             .worker_id
             .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                    c
-                } else {
-                    '_'
-                }
-            })
+            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' })
             .collect();
         self.work_dir.join(name)
     }

@@ -12,7 +12,7 @@ use slipway_steps::build::{BuildRequest, build_image};
 use slipway_steps::clone::{CloneRequest, clone_repo};
 use slipway_steps::image_ref::ImageRef;
 use slipway_steps::push::push_image;
-use slipway_steps::run::{RunRequest, create_container, remove_container, wait_container};
+use slipway_steps::run::{RunRequest, create_container, find_container, remove_container, wait_container};
 use slipway_steps::{ErrorCode, LogSink, Step, StepError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -31,20 +31,17 @@ pub(crate) struct JobRun {
     pub first_step: Step,
     pub report_to: String,
     pub current_step: Arc<Mutex<Step>>,
-    /// Cancelled when a user cancels the job.
-    pub user_cancel: CancellationToken,
-    /// Cancelled when the worker stops; the job is then handed back unreported.
-    pub shutdown: CancellationToken,
+    /// Cancelled when the job is to end `cancelled`.
+    pub cancel: CancellationToken,
+    /// Cancelled when the worker stops before the job ends: the job is handed back.
+    pub hand_back: CancellationToken,
 }
 
 /// Runs the job to its end and forgets it.
 pub(crate) async fn run(state: Arc<WorkerState>, job: JobRun) {
     let job_id = job.lease.job_id.clone();
     let token = job.lease.lease_token.clone();
-    let folder = state
-        .config
-        .jobs_dir()
-        .join(format!("job-{}-{}", job_id, job.lease.attempt));
+    let folder = state.config.jobs_dir().join(format!("job-{}-{}", job_id, job.lease.attempt));
     run_steps(&state, job, &folder).await;
     if let Err(e) = tokio::fs::remove_dir_all(&folder).await
         && e.kind() != std::io::ErrorKind::NotFound
@@ -56,51 +53,40 @@ pub(crate) async fn run(state: Arc<WorkerState>, job: JobRun) {
 
 async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
     let (lines_tx, lines_rx) = mpsc::channel(LOG_BUFFER);
-    let reporter = match Reporter::start(&job.report_to, job.lease.clone(), lines_rx) {
+    let reporter = match Reporter::start(&job.report_to, state.orchestrators(), job.lease.clone(), lines_rx) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(job.id = %job.lease.job_id, error = %e, "cannot report; giving the job up");
             return;
         }
     };
-    // Either a user's cancel or the worker's shutdown stops the step.
-    let stop = job.shutdown.child_token();
+    // A cancel or a hand-back stops the running step.
+    let stop = job.cancel.child_token();
     let _link = {
         let stop = stop.clone();
-        let user = job.user_cancel.clone();
+        let hand_back = job.hand_back.clone();
         tokio::spawn(async move {
-            user.cancelled().await;
+            hand_back.cancelled().await;
             stop.cancel();
         })
-    };
+    }
+    .abort_handle();
     let logs = LogSink::new(lines_tx, job.first_step);
     let mut outputs = job.outputs.clone();
     let mut step = job.first_step;
     loop {
         *job.current_step.lock().unwrap_or_else(|p| p.into_inner()) = step;
-        if !send(
-            &reporter,
-            &job.lease,
-            step,
-            Event::Started(v1::step_report::Started {}),
-            None,
-        )
-        .await
-        {
+        if !send(&reporter, &job.lease, step, Event::Started(v1::step_report::Started {}), None).await {
             break;
         }
         let logs = logs.for_step(step);
         let result = match step {
-            Step::Clone => clone(&job, folder, &logs, &stop)
-                .await
-                .map(|sha| outputs.commit_sha = sha),
-            Step::Build => build(state, &job, folder, &logs, &stop)
-                .await
-                .map(|id| outputs.image_id = id),
+            Step::Clone => clone(&job, folder, &logs, &stop).await.map(|sha| outputs.commit_sha = sha),
+            Step::Build => build(state, &job, folder, &logs, &stop).await.map(|id| outputs.image_id = id),
             Step::Push => push(state, &job, &logs, &stop).await.map(|r| outputs.pushed_ref = r),
-            Step::Run => run_container(state, &job, &outputs, &reporter, &logs, &stop)
-                .await
-                .map(|id| outputs.container_id = id),
+            Step::Run => {
+                run_container(state, &job, &outputs, &reporter, &logs, &stop).await.map(|id| outputs.container_id = id)
+            }
         };
         match result {
             Ok(()) => {
@@ -114,9 +100,10 @@ async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
                     None => break,
                 }
             }
-            Err(_) if job.shutdown.is_cancelled() && !job.user_cancel.is_cancelled() => {
-                // The worker is stopping: the job is not at fault and is not ended here.
+            Err(_) if job.hand_back.is_cancelled() && !job.cancel.is_cancelled() => {
+                // The worker is stopping: the job is not at fault; it runs again elsewhere.
                 tracing::info!(job.id = %job.lease.job_id, job.step = step.as_str(), "handing the job back on shutdown");
+                send(&reporter, &job.lease, step, Event::Released(v1::step_report::Released {}), None).await;
                 break;
             }
             Err(e) => {
@@ -136,12 +123,8 @@ async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
 
 /// Sends a report; `false` when the job must stop (lease gone or orchestrator unreachable).
 async fn send(reporter: &Reporter, lease: &v1::Lease, step: Step, event: Event, exit_code: Option<i64>) -> bool {
-    let report = v1::StepReport {
-        lease: Some(lease.clone()),
-        step: step_to_wire(step) as i32,
-        event: Some(event),
-        exit_code,
-    };
+    let report =
+        v1::StepReport { lease: Some(lease.clone()), step: step_to_wire(step) as i32, event: Some(event), exit_code };
     match reporter.send(report).await {
         Ok(true) => true,
         Ok(false) => {
@@ -163,9 +146,7 @@ async fn clone(job: &JobRun, folder: &Path, logs: &LogSink, stop: &CancellationT
     };
     let dest = checkout_dir(folder);
     if dest.exists() {
-        tokio::fs::remove_dir_all(&dest)
-            .await
-            .map_err(|e| internal("cannot clear the clone folder", e))?;
+        tokio::fs::remove_dir_all(&dest).await.map_err(|e| internal("cannot clear the clone folder", e))?;
     }
     let (logs, stop) = (logs.clone(), stop.clone());
     tokio::task::spawn_blocking(move || clone_repo(&request, &dest, &logs, &stop))
@@ -202,14 +183,7 @@ async fn push(
         .image
         .parse()
         .map_err(|why| StepError::new(ErrorCode::Internal, format!("image `{}` {why}", job.spec.image)))?;
-    push_image(
-        &state.docker,
-        &image,
-        state.config.registry_credentials.as_ref(),
-        logs,
-        stop,
-    )
-    .await
+    push_image(&state.docker, &image, state.config.registry_credentials.as_ref(), logs, stop).await
 }
 
 /// Creates the container, reports its id before waiting on it, waits, removes it.
@@ -221,24 +195,30 @@ async fn run_container(
     logs: &LogSink,
     stop: &CancellationToken,
 ) -> Result<String, StepError> {
+    let mut env: HashMap<String, String> = job.spec.env.clone().into_iter().collect();
+    env.insert("SLIPWAY_JOB_ID".into(), job.lease.job_id.clone());
+    env.insert("SLIPWAY_ATTEMPT".into(), job.lease.attempt.to_string());
     let request = RunRequest {
         job_id: job.lease.job_id.clone(),
         attempt: job.lease.attempt,
         image: non_empty(&outputs.pushed_ref).unwrap_or_else(|| job.spec.image.clone()),
-        env: job.spec.env.clone().into_iter().collect(),
+        env,
         command: job.spec.command.clone(),
     };
-    let container_id = create_container(&state.docker, &request, logs).await?;
-    let progress = v1::StepOutputs {
-        container_id: container_id.clone(),
-        ..Default::default()
+    // A run that resumes finds the container an earlier attempt started, if it is
+    // still on this engine, instead of starting a second one.
+    let existing = match job.first_step {
+        Step::Run => find_container(&state.docker, &request.job_id, logs).await?,
+        _ => None,
     };
+    let container_id = match existing {
+        Some(id) => id,
+        None => create_container(&state.docker, &request, logs).await?,
+    };
+    let progress = v1::StepOutputs { container_id: container_id.clone(), ..Default::default() };
     if !send(reporter, &job.lease, Step::Run, Event::Progress(progress), None).await {
         remove_container(&state.docker, &container_id).await?;
-        return Err(StepError::new(
-            ErrorCode::Cancelled,
-            "the lease was lost before the container started",
-        ));
+        return Err(StepError::new(ErrorCode::Cancelled, "the lease was lost before the container started"));
     }
     let timeout = (job.spec.timeout_seconds > 0).then(|| Duration::from_secs(job.spec.timeout_seconds));
     let exit = wait_container(&state.docker, &container_id, timeout, logs, stop).await;

@@ -10,6 +10,7 @@ mod reporter;
 mod service;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use slipway_proto::v1::job_service_server::JobServiceServer;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,8 @@ pub enum WorkerError {
     Docker(#[from] slipway_steps::StepError),
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("the gRPC server task failed: {0}")]
+    Join(String),
 }
 
 /// A worker bound to its address, not yet serving.
@@ -49,10 +52,7 @@ impl BoundWorker {
     pub async fn bind(config: WorkerConfig) -> Result<Self, WorkerError> {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|source| WorkerError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+            .map_err(|source| WorkerError::Listen { addr: config.listen, source })?;
         prepare_jobs_dir(&config.jobs_dir()).await?;
         let docker = slipway_steps::docker::connect()?;
         let state = Arc::new(WorkerState::new(config, docker));
@@ -63,7 +63,10 @@ impl BoundWorker {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` is cancelled; running jobs are stopped then.
+    /// Serves until `shutdown` is cancelled. Then it admits no new job, lets running
+    /// jobs finish for the grace period, hands back those still running, and closes
+    /// once they have reported (the service keeps answering pings meanwhile, so their
+    /// leases stay alive).
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<JobServiceServer<Worker>>().await;
@@ -75,23 +78,30 @@ impl BoundWorker {
             "worker listening"
         );
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
-        let stop = shutdown.clone();
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(JobServiceServer::new(Worker::new(state.clone(), shutdown.clone())))
-            .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await })
-            .await?;
-        state.wait_idle(std::time::Duration::from_secs(15)).await;
+        let close = CancellationToken::new();
+        let server = {
+            let close = close.clone();
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .add_service(health_service)
+                    .add_service(JobServiceServer::new(Worker::new(state.clone(), shutdown.clone())))
+                    .serve_with_incoming_shutdown(incoming, async move { close.cancelled().await }),
+            )
+        };
+        shutdown.cancelled().await;
+        tracing::info!(grace = ?state.config.shutdown_grace, "worker stopping: running jobs may finish");
+        state.wait_idle(state.config.shutdown_grace).await;
+        state.hand_back_all();
+        state.wait_idle(Duration::from_secs(30)).await;
+        close.cancel();
+        server.await.map_err(|e| WorkerError::Join(e.to_string()))??;
         Ok(())
     }
 }
 
 /// Empties (or creates) the worker's jobs folder.
 async fn prepare_jobs_dir(dir: &std::path::Path) -> Result<(), WorkerError> {
-    let fail = |source| WorkerError::WorkDir {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let fail = |source| WorkerError::WorkDir { path: dir.to_path_buf(), source };
     match tokio::fs::read_dir(dir).await {
         Ok(mut entries) => {
             let mut removed = 0;

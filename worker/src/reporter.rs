@@ -1,10 +1,16 @@
-//! Sends a job's log lines and step reports to the orchestrator, in order.
+//! Sends a job's log lines and step reports to an orchestrator, in order.
 //!
 //! One task per job owns the connection. Lines are sent in batches (every
 //! [`FLUSH_EVERY`] or [`BATCH_LINES`] lines, whichever comes first); before a step
 //! report goes out, every line already written is sent, so that when the
 //! orchestrator records the end of a step it has the step's whole output.
+//!
+//! Reports go to the orchestrator that started the job. When it cannot be reached,
+//! they go to another that pinged this worker lately: every orchestrator shares the
+//! database and commits any report whose lease token is current.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use slipway_proto::convert::{step_to_wire, stream_to_wire};
@@ -16,7 +22,7 @@ use tonic::transport::Channel;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const BATCH_LINES: usize = 500;
-/// How long a report is retried while the orchestrator cannot be reached.
+/// How long a report is retried while no orchestrator can be reached.
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Why a report could not be delivered.
@@ -26,7 +32,7 @@ pub(crate) enum ReportError {
     BadAddress(String),
     #[error("the orchestrator refused the report: {0}")]
     Refused(tonic::Status),
-    #[error("the orchestrator could not be reached for {0:?}")]
+    #[error("no orchestrator could be reached for {0:?}")]
     Unreachable(Duration),
 }
 
@@ -38,14 +44,18 @@ pub(crate) struct Reporter {
 }
 
 impl Reporter {
-    pub fn start(report_to: &str, lease: v1::Lease, lines: mpsc::Receiver<LogLine>) -> Result<Self, ReportError> {
-        let channel = Channel::from_shared(report_to.to_string())
-            .map_err(|_| ReportError::BadAddress(report_to.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_lazy();
-        let client = ReportServiceClient::new(channel);
+    /// `known`: report URLs of orchestrators that pinged lately, to fail over to.
+    pub fn start(
+        report_to: &str,
+        known: Arc<Mutex<Vec<String>>>,
+        lease: v1::Lease,
+        lines: mpsc::Receiver<LogLine>,
+    ) -> Result<Self, ReportError> {
+        let mut link =
+            Link { primary: report_to.to_string(), known, current: report_to.to_string(), clients: HashMap::new() };
+        link.client(report_to)?;
         let (reports, reports_rx) = mpsc::channel(4);
-        let pump = tokio::spawn(pump(client, lease, lines, reports_rx));
+        let pump = tokio::spawn(pump(link, lease, lines, reports_rx));
         Ok(Reporter { reports, pump })
     }
 
@@ -66,8 +76,79 @@ impl Reporter {
     }
 }
 
+/// The orchestrator reports go to, and the others to fail over to.
+struct Link {
+    primary: String,
+    known: Arc<Mutex<Vec<String>>>,
+    current: String,
+    clients: HashMap<String, ReportServiceClient<Channel>>,
+}
+
+impl Link {
+    fn client(&mut self, url: &str) -> Result<ReportServiceClient<Channel>, ReportError> {
+        if let Some(client) = self.clients.get(url) {
+            return Ok(client.clone());
+        }
+        let channel = Channel::from_shared(url.to_string())
+            .map_err(|_| ReportError::BadAddress(url.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(30))
+            .connect_lazy();
+        let client = ReportServiceClient::new(channel);
+        self.clients.insert(url.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// Moves on to the next orchestrator: the one that started the job, then those
+    /// that pinged lately, round and round.
+    fn fail_over(&mut self) {
+        let mut candidates = vec![self.primary.clone()];
+        for url in self.known.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if !candidates.contains(url) {
+                candidates.push(url.clone());
+            }
+        }
+        let next = candidates.iter().position(|u| *u == self.current).map_or(0, |i| (i + 1) % candidates.len());
+        if candidates[next] != self.current {
+            tracing::info!(from = %self.current, to = %candidates[next], "reporting to another orchestrator");
+        }
+        self.current = candidates[next].clone();
+    }
+
+    /// Calls `call` until an orchestrator answers, or one refuses for a reason other
+    /// than reachability, or [`PATIENCE`] runs out.
+    async fn call<F, Fut>(&mut self, mut call: F) -> Result<v1::ReportAck, ReportError>
+    where
+        F: FnMut(ReportServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<v1::ReportAck>, tonic::Status>>,
+    {
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let url = self.current.clone();
+            match call(self.client(&url)?).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
+                    ) =>
+                {
+                    if started.elapsed() >= PATIENCE {
+                        return Err(ReportError::Unreachable(started.elapsed()));
+                    }
+                    self.fail_over();
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(status) => return Err(ReportError::Refused(status)),
+            }
+        }
+    }
+}
+
 async fn pump(
-    mut client: ReportServiceClient<Channel>,
+    mut link: Link,
     lease: v1::Lease,
     mut lines: mpsc::Receiver<LogLine>,
     mut reports: mpsc::Receiver<Pending>,
@@ -85,8 +166,9 @@ async fn pump(
             pending = reports.recv() => match pending {
                 Some((report, reply)) => {
                     drain(&mut lines, &mut batch);
-                    flush(&mut client, &lease, &mut batch).await;
-                    let _ = reply.send(deliver_report(&mut client, report).await);
+                    flush(&mut link, &lease, &mut batch).await;
+                    let result = link.call(|mut c| { let r = report.clone(); async move { c.report_step(r).await } }).await;
+                    let _ = reply.send(result.map(|ack| ack.accepted));
                 }
                 None => break,
             },
@@ -95,16 +177,16 @@ async fn pump(
                 Some(line) => {
                     batch.push(to_wire(line));
                     if batch.len() >= BATCH_LINES {
-                        flush(&mut client, &lease, &mut batch).await;
+                        flush(&mut link, &lease, &mut batch).await;
                     }
                 }
                 None => lines_open = false,
             },
-            _ = tick.tick() => flush(&mut client, &lease, &mut batch).await,
+            _ = tick.tick() => flush(&mut link, &lease, &mut batch).await,
         }
     }
     drain(&mut lines, &mut batch);
-    flush(&mut client, &lease, &mut batch).await;
+    flush(&mut link, &lease, &mut batch).await;
 }
 
 fn drain(lines: &mut mpsc::Receiver<LogLine>, batch: &mut Vec<v1::LogLine>) {
@@ -114,11 +196,7 @@ fn drain(lines: &mut mpsc::Receiver<LogLine>, batch: &mut Vec<v1::LogLine>) {
 }
 
 fn to_wire(line: LogLine) -> v1::LogLine {
-    let at_micros = line
-        .at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or_default();
+    let at_micros = line.at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or_default();
     v1::LogLine {
         step: step_to_wire(line.step) as i32,
         stream: stream_to_wire(line.stream) as i32,
@@ -127,66 +205,21 @@ fn to_wire(line: LogLine) -> v1::LogLine {
     }
 }
 
-async fn flush(client: &mut ReportServiceClient<Channel>, lease: &v1::Lease, batch: &mut Vec<v1::LogLine>) {
+async fn flush(link: &mut Link, lease: &v1::Lease, batch: &mut Vec<v1::LogLine>) {
     if batch.is_empty() {
         return;
     }
-    let request = v1::LogBatch {
-        lease: Some(lease.clone()),
-        lines: std::mem::take(batch),
-    };
+    let request = v1::LogBatch { lease: Some(lease.clone()), lines: std::mem::take(batch) };
     let count = request.lines.len();
-    match with_retries(|| {
-        let mut client = client.clone();
-        let request = request.clone();
-        async move { client.append_logs(request).await }
-    })
-    .await
+    match link
+        .call(|mut c| {
+            let r = request.clone();
+            async move { c.append_logs(r).await }
+        })
+        .await
     {
         Ok(ack) if !ack.accepted => tracing::warn!(job.id = %lease.job_id, "log lines refused: the lease is gone"),
         Ok(_) => {}
         Err(e) => tracing::warn!(job.id = %lease.job_id, lines = count, error = %e, "log lines lost"),
-    }
-}
-
-async fn deliver_report(
-    client: &mut ReportServiceClient<Channel>,
-    report: v1::StepReport,
-) -> Result<bool, ReportError> {
-    let ack = with_retries(|| {
-        let mut client = client.clone();
-        let report = report.clone();
-        async move { client.report_step(report).await }
-    })
-    .await?;
-    Ok(ack.accepted)
-}
-
-/// Calls `call` until it answers, or fails for a reason other than reachability,
-/// or [`PATIENCE`] runs out.
-async fn with_retries<F, Fut>(mut call: F) -> Result<v1::ReportAck, ReportError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<v1::ReportAck>, tonic::Status>>,
-{
-    let started = tokio::time::Instant::now();
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match call().await {
-            Ok(response) => return Ok(response.into_inner()),
-            Err(status)
-                if matches!(
-                    status.code(),
-                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
-                ) =>
-            {
-                if started.elapsed() >= PATIENCE {
-                    return Err(ReportError::Unreachable(started.elapsed()));
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-            Err(status) => return Err(ReportError::Refused(status)),
-        }
     }
 }

@@ -20,8 +20,11 @@ use crate::job_run::{self, JobRun};
 struct RunningJob {
     lease: v1::Lease,
     step: Arc<Mutex<Step>>,
-    /// Cancelled when a user cancels the job (not on worker shutdown).
+    /// Cancelled when the job is to stop and end `cancelled` (a user's request, or
+    /// the orchestrator saying the lease is lost).
     cancel: CancellationToken,
+    /// Cancelled when the worker stops before the job ends: the job is handed back.
+    hand_back: CancellationToken,
 }
 
 pub(crate) struct WorkerState {
@@ -31,6 +34,9 @@ pub(crate) struct WorkerState {
     builder: tokio::sync::OnceCell<Builder>,
     running: Mutex<HashMap<String, RunningJob>>,
     idle: Notify,
+    /// ReportService URLs of the orchestrators that pinged lately, newest first:
+    /// where reports go when the orchestrator that started a job is gone.
+    orchestrators: Arc<Mutex<Vec<String>>>,
 }
 
 impl WorkerState {
@@ -41,6 +47,7 @@ impl WorkerState {
             builder: tokio::sync::OnceCell::new(),
             running: Mutex::new(HashMap::new()),
             idle: Notify::new(),
+            orchestrators: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -75,6 +82,27 @@ impl WorkerState {
         }
     }
 
+    /// Hands every running job back (on shutdown, once the grace period is over).
+    pub fn hand_back_all(&self) {
+        for job in self.running().values() {
+            job.hand_back.cancel();
+        }
+    }
+
+    pub fn orchestrators(&self) -> Arc<Mutex<Vec<String>>> {
+        self.orchestrators.clone()
+    }
+
+    fn saw_orchestrator(&self, url: String) {
+        if url.is_empty() {
+            return;
+        }
+        let mut known = self.orchestrators.lock().unwrap_or_else(|p| p.into_inner());
+        known.retain(|u| *u != url);
+        known.insert(0, url);
+        known.truncate(8);
+    }
+
     /// Waits, at most `limit`, until no job runs.
     pub async fn wait_idle(&self, limit: Duration) {
         let _ = tokio::time::timeout(limit, async {
@@ -105,14 +133,8 @@ impl Worker {
 impl JobService for Worker {
     async fn start_job(&self, request: Request<v1::StartJobRequest>) -> Result<Response<v1::StartJobResponse>, Status> {
         let request = request.into_inner();
-        let lease = request
-            .lease
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("lease is required"))?;
-        let spec = request
-            .spec
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("spec is required"))?;
+        let lease = request.lease.clone().ok_or_else(|| Status::invalid_argument("lease is required"))?;
+        let spec = request.spec.clone().ok_or_else(|| Status::invalid_argument("spec is required"))?;
         let first_step =
             step_from_wire(request.first_step).ok_or_else(|| Status::invalid_argument("first_step is not a step"))?;
         if request.report_to.is_empty() {
@@ -123,30 +145,26 @@ impl JobService for Worker {
         }
         let step = Arc::new(Mutex::new(first_step));
         let cancel = CancellationToken::new();
+        let hand_back = CancellationToken::new();
         {
             let mut running = self.state.running();
             if let Some(existing) = running.get(&lease.job_id) {
                 if existing.lease.lease_token == lease.lease_token {
                     // The same attempt offered twice (a retried call): it already runs.
-                    return Ok(Response::new(v1::StartJobResponse {
-                        worker_id: self.state.config.worker_id.clone(),
-                    }));
+                    return Ok(Response::new(v1::StartJobResponse { worker_id: self.state.config.worker_id.clone() }));
                 }
-                return Err(Status::already_exists(
-                    "this worker already runs another attempt of the job",
-                ));
+                return Err(Status::already_exists("this worker already runs another attempt of the job"));
             }
             if running.len() >= self.state.config.slots as usize {
                 return Err(Status::resource_exhausted("no free slot"));
             }
-            running.insert(
-                lease.job_id.clone(),
-                RunningJob {
-                    lease: lease.clone(),
-                    step: step.clone(),
-                    cancel: cancel.clone(),
-                },
-            );
+            let job = RunningJob {
+                lease: lease.clone(),
+                step: step.clone(),
+                cancel: cancel.clone(),
+                hand_back: hand_back.clone(),
+            };
+            running.insert(lease.job_id.clone(), job);
         }
         tracing::info!(job.id = %lease.job_id, job.attempt = lease.attempt, job.step = first_step.as_str(), "job admitted");
         let run = JobRun {
@@ -156,13 +174,11 @@ impl JobService for Worker {
             first_step,
             report_to: request.report_to,
             current_step: step,
-            user_cancel: cancel,
-            shutdown: self.shutdown.clone(),
+            cancel,
+            hand_back,
         };
         tokio::spawn(job_run::run(self.state.clone(), run));
-        Ok(Response::new(v1::StartJobResponse {
-            worker_id: self.state.config.worker_id.clone(),
-        }))
+        Ok(Response::new(v1::StartJobResponse { worker_id: self.state.config.worker_id.clone() }))
     }
 
     async fn get_status(
@@ -186,17 +202,18 @@ impl JobService for Worker {
         let request = request.into_inner();
         let running = self.state.running();
         let was_running = match running.get(&request.job_id) {
-            Some(job) => {
+            Some(job) if request.lease_token.is_empty() || job.lease.lease_token == request.lease_token => {
                 tracing::info!(job.id = %request.job_id, reason = %request.reason, "cancelling job");
                 job.cancel.cancel();
                 true
             }
-            None => false,
+            _ => false,
         };
         Ok(Response::new(v1::CancelResponse { was_running }))
     }
 
-    async fn ping(&self, _request: Request<v1::PingRequest>) -> Result<Response<v1::PingResponse>, Status> {
+    async fn ping(&self, request: Request<v1::PingRequest>) -> Result<Response<v1::PingResponse>, Status> {
+        self.state.saw_orchestrator(request.into_inner().report_to);
         let running = self.state.running();
         Ok(Response::new(v1::PingResponse {
             worker_id: self.state.config.worker_id.clone(),

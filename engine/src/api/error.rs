@@ -18,19 +18,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            field: None,
-        }
+        ApiError { status, code, message: message.into(), field: None }
     }
 
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError {
-            field: Some(field.into()),
-            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message)
-        }
+        ApiError { field: Some(field.into()), ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message) }
     }
 
     pub fn not_found(what: &str) -> Self {
@@ -44,11 +36,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::not_found("job"),
             StoreError::Unavailable(_) => {
                 tracing::warn!(error = ?e, "database unavailable");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the database is unavailable; try again",
-                )
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; try again")
             }
             e => {
                 tracing::error!(error = ?e, "request failed");

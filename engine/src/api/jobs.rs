@@ -9,9 +9,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::views::{JobPage, JobView, LogPage};
-use super::{ApiError, MAX_BODY_BYTES};
+use super::{ApiError, AppState, MAX_BODY_BYTES};
 use crate::job::{JobId, JobRequest, JobState};
-use crate::store::Store;
+use crate::store::{CancelOutcome, Store, Submitted};
 
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 500;
@@ -20,7 +20,9 @@ const MAX_LOG_PAGE: i64 = 10_000;
 
 /// `POST /v1/jobs`: validates the body and stores the job; nothing is written for
 /// a request that is refused.
-pub async fn submit(State(store): State<Store>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let store = &state.store;
+    let key = idempotency_key(&headers)?;
     if let Some(kind) = headers.get(header::CONTENT_TYPE) {
         let kind = kind.to_str().unwrap_or_default();
         if !kind.starts_with("application/json") {
@@ -39,13 +41,62 @@ pub async fn submit(State(store): State<Store>, headers: HeaderMap, body: Body) 
         )
     })?;
     let request = parse_job_request(&bytes)?;
-    let spec = request.validate().map_err(|e| ApiError::invalid(e.field, e.message))?;
-    let id = JobId::new();
-    store.insert_job(id, &spec, None).await?;
-    tracing::info!(job.id = %id, repo = %spec.repo, image = %spec.image, "job submitted");
-    let job = JobView::new(store.job(id).await?, Some(Vec::new()));
+    let spec = request.validate(&state.defaults).map_err(|e| ApiError::invalid(e.field, e.message))?;
+    let (id, status) = match store.submit(JobId::new(), &spec, None, key.as_deref()).await? {
+        Submitted::Created(id) => {
+            tracing::info!(job.id = %id, repo = %spec.repo, image = %spec.image, "job submitted");
+            (id, StatusCode::CREATED)
+        }
+        Submitted::Existing(id) => (id, StatusCode::OK),
+        Submitted::Conflict(id) => {
+            return Err(ApiError {
+                field: Some("Idempotency-Key".into()),
+                ..ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_reused",
+                    format!("this Idempotency-Key was used for job {id} with another request body"),
+                )
+            });
+        }
+    };
+    let job = JobView::new(store.job(id).await?, Some(store.steps(id).await?));
     let location = format!("/v1/jobs/{id}");
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(job)).into_response())
+    Ok((status, [(header::LOCATION, location)], Json(job)).into_response())
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(raw) = headers.get("idempotency-key") else { return Ok(None) };
+    match raw.to_str() {
+        Ok(key) if (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(Some(key.to_string()))
+        }
+        _ => Err(ApiError::invalid(
+            "Idempotency-Key",
+            "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// `POST /v1/jobs/{id}/cancel`: a job without a lease is cancelled at once
+/// (`200`); a leased job's worker is told to stop it (`202`), and the job ends
+/// `cancelled` when it has. A job that already ended answers `409`.
+pub async fn cancel(State(store): State<Store>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = job_id(&id)?;
+    let status = match store.request_cancel(id).await? {
+        CancelOutcome::Cancelled => StatusCode::OK,
+        CancelOutcome::Requested => StatusCode::ACCEPTED,
+        CancelOutcome::AlreadyFinished(state) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_finished",
+                format!("the job has already ended ({})", state.as_str()),
+            ));
+        }
+    };
+    tracing::info!(job.id = %id, "cancel requested");
+    let job = JobView::new(store.job(id).await?, Some(store.steps(id).await?));
+    Ok((status, Json(job)).into_response())
 }
 
 /// Parses the body, naming the field at fault for unknown fields and wrong types.
@@ -71,11 +122,7 @@ fn parse_job_request(bytes: &[u8]) -> Result<JobRequest, ApiError> {
         ApiError::invalid(field, strip_position(&message))
     })?;
     de.end().map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the body is not valid JSON: {e}"),
-        )
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}"))
     })?;
     Ok(request)
 }
@@ -96,8 +143,7 @@ fn strip_position(message: &str) -> String {
 }
 
 fn job_id(raw: &str) -> Result<JobId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::invalid("id", format!("`{raw}` is not a job id")))
+    raw.parse().map_err(|_| ApiError::invalid("id", format!("`{raw}` is not a job id")))
 }
 
 /// `GET /v1/jobs/{id}`
@@ -128,17 +174,10 @@ pub async fn list(
     let limit = page_size(params.get("limit"), DEFAULT_PAGE, MAX_PAGE)?;
     let cursor = params
         .get("cursor")
-        .map(|c| {
-            c.parse::<JobId>()
-                .map_err(|_| ApiError::invalid("cursor", format!("`{c}` is not a cursor")))
-        })
+        .map(|c| c.parse::<JobId>().map_err(|_| ApiError::invalid("cursor", format!("`{c}` is not a cursor"))))
         .transpose()?;
     let rows = store.jobs(state, cursor, limit).await?;
-    let next_cursor = if rows.len() as i64 == limit {
-        rows.last().map(|r| r.id)
-    } else {
-        None
-    };
+    let next_cursor = if rows.len() as i64 == limit { rows.last().map(|r| r.id) } else { None };
     let jobs = rows.into_iter().map(|r| JobView::new(r, None)).collect();
     Ok(Json(JobPage { jobs, next_cursor }))
 }
@@ -151,9 +190,7 @@ pub async fn logs(
 ) -> Result<Json<LogPage>, ApiError> {
     let id = job_id(&id)?;
     let after = match params.get("after") {
-        Some(a) => a
-            .parse::<i64>()
-            .map_err(|_| ApiError::invalid("after", format!("`{a}` is not a line id")))?,
+        Some(a) => a.parse::<i64>().map_err(|_| ApiError::invalid("after", format!("`{a}` is not a line id")))?,
         None => 0,
     };
     let limit = page_size(params.get("limit"), DEFAULT_LOG_PAGE, MAX_LOG_PAGE)?;
@@ -162,11 +199,7 @@ pub async fn logs(
     let lines = store.logs(id, after, limit).await?;
     let next_after = lines.last().map(|l| l.id).unwrap_or(after);
     let finished = finished && (lines.len() as i64) < limit;
-    Ok(Json(LogPage {
-        lines,
-        next_after,
-        finished,
-    }))
+    Ok(Json(LogPage { lines, next_after, finished }))
 }
 
 fn page_size(raw: Option<&String>, default: i64, max: i64) -> Result<i64, ApiError> {
@@ -174,10 +207,7 @@ fn page_size(raw: Option<&String>, default: i64, max: i64) -> Result<i64, ApiErr
         None => Ok(default),
         Some(raw) => match raw.parse::<i64>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(ApiError::invalid(
-                "limit",
-                format!("limit must be a whole number from 1 to {max}"),
-            )),
+            _ => Err(ApiError::invalid("limit", format!("limit must be a whole number from 1 to {max}"))),
         },
     }
 }

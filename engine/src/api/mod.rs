@@ -10,29 +10,42 @@ use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
 
+use crate::job::SubmitDefaults;
 use crate::store::Store;
 
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-pub fn router(store: Store) -> Router {
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub defaults: SubmitDefaults,
+}
+
+impl axum::extract::FromRef<AppState> for Store {
+    fn from_ref(state: &AppState) -> Store {
+        state.store.clone()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/jobs", get(jobs::list).post(jobs::submit))
         .route("/v1/jobs/{id}", get(jobs::get))
+        .route("/v1/jobs/{id}/cancel", axum::routing::post(jobs::cancel))
         .route("/v1/jobs/{id}/logs", get(jobs::logs))
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
-        .with_state(store)
+        .with_state(state)
 }
 
 /// Serves until `shutdown`, then finishes the requests under way.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    store: Store,
+    state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "http api listening");
-    axum::serve(listener, router(store))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }

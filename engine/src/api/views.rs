@@ -38,14 +38,8 @@ pub struct ErrorView {
 impl JobView {
     pub fn new(row: JobRow, steps: Option<Vec<StepRow>>) -> Self {
         let error = match (row.error_code, row.error) {
-            (Some(code), message) => Some(ErrorView {
-                code,
-                message: message.unwrap_or_default(),
-            }),
-            (None, Some(message)) => Some(ErrorView {
-                code: "unknown".into(),
-                message,
-            }),
+            (Some(code), message) => Some(ErrorView { code, message: message.unwrap_or_default() }),
+            (None, Some(message)) => Some(ErrorView { code: "unknown".into(), message }),
             (None, None) => None,
         };
         JobView {

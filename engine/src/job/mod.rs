@@ -1,9 +1,14 @@
 //! The job: its identity, its states, and the specification a user submits.
 
+mod retry;
 mod spec;
 mod state;
 
-pub use spec::{FieldError, JobRequest, JobSpec, MAX_TIMEOUT_SECONDS, RunRequest, RunSpec};
+pub use retry::{RetryDecision, RetryPolicy};
+pub use spec::{
+    FieldError, JobRequest, JobSpec, MAX_ATTEMPTS, MAX_BACKOFF_MS, MAX_TIMEOUT_SECONDS, RetryRequest, RunRequest,
+    RunSpec, SubmitDefaults,
+};
 pub use state::{JobState, first_step_of, state_of_step};
 
 use std::fmt;

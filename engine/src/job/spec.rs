@@ -9,10 +9,31 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use slipway_steps::image_ref::ImageRef;
+
+use super::RetryPolicy;
 use slipway_steps::paths::is_confined;
 
-/// The longest `run.timeout_seconds` a job may ask for (one day).
+/// The longest `run.timeout_seconds` a server allows by default (one day).
 pub const MAX_TIMEOUT_SECONDS: u64 = 86_400;
+/// The most attempts a job may ask for.
+pub const MAX_ATTEMPTS: u32 = 20;
+/// The longest backoff a job may ask for (one hour).
+pub const MAX_BACKOFF_MS: u64 = 3_600_000;
+
+/// What a server fills in and enforces at submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubmitDefaults {
+    pub retry: RetryPolicy,
+    /// The longest `run.timeout_seconds` accepted, and the deadline of jobs that
+    /// give none.
+    pub max_timeout_seconds: u64,
+}
+
+impl Default for SubmitDefaults {
+    fn default() -> Self {
+        SubmitDefaults { retry: RetryPolicy::default(), max_timeout_seconds: MAX_TIMEOUT_SECONDS }
+    }
+}
 
 /// `POST /v1/jobs` as sent.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -27,6 +48,7 @@ pub struct JobRequest {
     pub build_args: Option<BTreeMap<String, String>>,
     pub env: Option<BTreeMap<String, String>>,
     pub run: Option<RunRequest>,
+    pub retry: Option<RetryRequest>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -34,6 +56,16 @@ pub struct JobRequest {
 pub struct RunRequest {
     pub command: Option<Vec<String>>,
     pub timeout_seconds: Option<u64>,
+    /// Retry a container that exits non-zero (by default such a job fails at once).
+    pub retry_on_failure: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRequest {
+    pub max_attempts: Option<u32>,
+    pub initial_backoff_ms: Option<u64>,
+    pub max_backoff_ms: Option<u64>,
 }
 
 /// A valid job specification, as stored in `jobs.spec` and shown by the API.
@@ -49,13 +81,18 @@ pub struct JobSpec {
     pub build_args: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
     pub run: RunSpec,
+    #[serde(default)]
+    pub retry: RetryPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct RunSpec {
     /// `None`: the image's own command.
     pub command: Option<Vec<String>>,
+    /// The container's deadline; the server's maximum when the job gives none.
     pub timeout_seconds: Option<u64>,
+    #[serde(default)]
+    pub retry_on_failure: bool,
 }
 
 /// The field at fault and what is wrong with it.
@@ -67,15 +104,12 @@ pub struct FieldError {
 
 impl FieldError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
+        FieldError { field: field.into(), message: message.into() }
     }
 }
 
 impl JobRequest {
-    pub fn validate(self) -> Result<JobSpec, FieldError> {
+    pub fn validate(self, defaults: &SubmitDefaults) -> Result<JobSpec, FieldError> {
         let repo = self.repo.ok_or_else(|| FieldError::new("repo", "repo is required"))?;
         check_repo_url(&repo)?;
         if let Some(r) = &self.git_ref {
@@ -85,20 +119,13 @@ impl JobRequest {
         check_relative_path("dockerfile", &dockerfile)?;
         let context = self.context.unwrap_or_else(|| ".".into());
         check_relative_path("context", &context)?;
-        let image = self
-            .image
-            .ok_or_else(|| FieldError::new("image", "image is required"))?;
-        image
-            .parse::<ImageRef>()
-            .map_err(|why| FieldError::new("image", format!("image `{image}` {why}")))?;
+        let image = self.image.ok_or_else(|| FieldError::new("image", "image is required"))?;
+        image.parse::<ImageRef>().map_err(|why| FieldError::new("image", format!("image `{image}` {why}")))?;
         let build_args = self.build_args.unwrap_or_default();
         for (key, value) in &build_args {
             let field = format!("build_args.{key}");
             if key.is_empty() || key.contains(['=', ' ', '\t', '\n', '\0']) {
-                return Err(FieldError::new(
-                    field,
-                    "a build argument name must be non-empty, without `=` or spaces",
-                ));
+                return Err(FieldError::new(field, "a build argument name must be non-empty, without `=` or spaces"));
             }
             check_no_nul(&field, value)?;
         }
@@ -108,10 +135,7 @@ impl JobRequest {
             let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                return Err(FieldError::new(
-                    field,
-                    "an environment variable name must match [A-Za-z_][A-Za-z0-9_]*",
-                ));
+                return Err(FieldError::new(field, "an environment variable name must match [A-Za-z_][A-Za-z0-9_]*"));
             }
             check_no_nul(&field, value)?;
         }
@@ -127,14 +151,16 @@ impl JobRequest {
                 check_no_nul("run.command", part)?;
             }
         }
+        let max = defaults.max_timeout_seconds;
         if let Some(t) = run.timeout_seconds
-            && !(1..=MAX_TIMEOUT_SECONDS).contains(&t)
+            && !(1..=max).contains(&t)
         {
             return Err(FieldError::new(
                 "run.timeout_seconds",
-                format!("run.timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS}"),
+                format!("run.timeout_seconds must be between 1 and {max}"),
             ));
         }
+        let retry = check_retry(self.retry.unwrap_or_default(), defaults.retry)?;
         Ok(JobSpec {
             repo,
             git_ref: self.git_ref,
@@ -145,10 +171,39 @@ impl JobRequest {
             env,
             run: RunSpec {
                 command: run.command,
-                timeout_seconds: run.timeout_seconds,
+                timeout_seconds: Some(run.timeout_seconds.unwrap_or(max)),
+                retry_on_failure: run.retry_on_failure.unwrap_or(false),
             },
+            retry,
         })
     }
+}
+
+fn check_retry(request: RetryRequest, defaults: RetryPolicy) -> Result<RetryPolicy, FieldError> {
+    let policy = RetryPolicy {
+        max_attempts: request.max_attempts.unwrap_or(defaults.max_attempts),
+        initial_backoff_ms: request.initial_backoff_ms.unwrap_or(defaults.initial_backoff_ms),
+        max_backoff_ms: request.max_backoff_ms.unwrap_or(defaults.max_backoff_ms),
+    };
+    if !(1..=MAX_ATTEMPTS).contains(&policy.max_attempts) {
+        return Err(FieldError::new(
+            "retry.max_attempts",
+            format!("retry.max_attempts must be between 1 and {MAX_ATTEMPTS}"),
+        ));
+    }
+    if policy.max_backoff_ms > MAX_BACKOFF_MS {
+        return Err(FieldError::new(
+            "retry.max_backoff_ms",
+            format!("retry.max_backoff_ms must be at most {MAX_BACKOFF_MS}"),
+        ));
+    }
+    if policy.initial_backoff_ms > policy.max_backoff_ms {
+        return Err(FieldError::new(
+            "retry.initial_backoff_ms",
+            "retry.initial_backoff_ms must not exceed retry.max_backoff_ms",
+        ));
+    }
+    Ok(policy)
 }
 
 /// Accepts `https://`, `http://`, `ssh://` and `git://` URLs and scp-like
@@ -164,9 +219,7 @@ fn check_repo_url(repo: &str) -> Result<(), FieldError> {
     }
     if let Some((scheme, rest)) = repo.split_once("://") {
         if !matches!(scheme, "https" | "http" | "ssh" | "git") {
-            return bad(format!(
-                "unsupported URL scheme `{scheme}` in repo; use https, ssh or git"
-            ));
+            return bad(format!("unsupported URL scheme `{scheme}` in repo; use https, ssh or git"));
         }
         let host = rest.split('/').next().unwrap_or_default();
         if host.is_empty() || rest.len() <= host.len() + 1 {
@@ -197,17 +250,8 @@ fn check_git_ref(r: &str) -> Result<(), FieldError> {
         && !r.contains("..")
         && !r.contains("//")
         && !r.contains("@{")
-        && !r
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
-    if valid {
-        Ok(())
-    } else {
-        Err(FieldError::new(
-            "ref",
-            format!("ref `{r}` is not a valid branch, tag or commit"),
-        ))
-    }
+        && !r.chars().any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
+    if valid { Ok(()) } else { Err(FieldError::new("ref", format!("ref `{r}` is not a valid branch, tag or commit"))) }
 }
 
 fn check_relative_path(field: &str, path: &str) -> Result<(), FieldError> {
@@ -243,117 +287,48 @@ mod tests {
     }
 
     fn field_of(r: JobRequest) -> String {
-        r.validate().unwrap_err().field
+        r.validate(&SubmitDefaults::default()).unwrap_err().field
     }
 
     #[test]
     fn fills_in_defaults() {
-        let spec = request().validate().unwrap();
+        let spec = request().validate(&SubmitDefaults::default()).unwrap();
         assert_eq!(spec.dockerfile, "Dockerfile");
         assert_eq!(spec.context, ".");
         assert_eq!(spec.git_ref, None);
-        assert_eq!(spec.run, RunSpec::default());
+        assert_eq!(spec.run.timeout_seconds, Some(MAX_TIMEOUT_SECONDS));
+        assert!(!spec.run.retry_on_failure);
+        assert_eq!(spec.retry, RetryPolicy::default());
     }
 
     #[test]
     fn accepts_the_url_kinds_users_give() {
-        for repo in [
-            "https://github.com/a/b.git",
-            "ssh://git@h/a/b",
-            "git@github.com:a/b.git",
-            "git://h/b",
-        ] {
-            let r = JobRequest {
-                repo: Some(repo.into()),
-                ..request()
-            };
-            assert!(r.validate().is_ok(), "{repo}");
+        for repo in ["https://github.com/a/b.git", "ssh://git@h/a/b", "git@github.com:a/b.git", "git://h/b"] {
+            let r = JobRequest { repo: Some(repo.into()), ..request() };
+            assert!(r.validate(&SubmitDefaults::default()).is_ok(), "{repo}");
         }
     }
 
     #[test]
     fn names_the_field_at_fault() {
-        assert_eq!(
-            field_of(JobRequest {
-                repo: None,
-                ..request()
-            }),
-            "repo"
-        );
-        assert_eq!(
-            field_of(JobRequest {
-                image: None,
-                ..request()
-            }),
-            "image"
-        );
+        assert_eq!(field_of(JobRequest { repo: None, ..request() }), "repo");
+        assert_eq!(field_of(JobRequest { image: None, ..request() }), "image");
         for repo in ["file:///etc", "/srv/repo", "ftp://h/r", "", "https://", "-uhoh"] {
-            assert_eq!(
-                field_of(JobRequest {
-                    repo: Some(repo.into()),
-                    ..request()
-                }),
-                "repo",
-                "{repo}"
-            );
+            assert_eq!(field_of(JobRequest { repo: Some(repo.into()), ..request() }), "repo", "{repo}");
         }
-        assert_eq!(
-            field_of(JobRequest {
-                image: Some("Bad Image".into()),
-                ..request()
-            }),
-            "image"
-        );
-        assert_eq!(
-            field_of(JobRequest {
-                dockerfile: Some("../Dockerfile".into()),
-                ..request()
-            }),
-            "dockerfile"
-        );
-        assert_eq!(
-            field_of(JobRequest {
-                context: Some("/abs".into()),
-                ..request()
-            }),
-            "context"
-        );
-        assert_eq!(
-            field_of(JobRequest {
-                git_ref: Some("a..b".into()),
-                ..request()
-            }),
-            "ref"
-        );
+        assert_eq!(field_of(JobRequest { image: Some("Bad Image".into()), ..request() }), "image");
+        assert_eq!(field_of(JobRequest { dockerfile: Some("../Dockerfile".into()), ..request() }), "dockerfile");
+        assert_eq!(field_of(JobRequest { context: Some("/abs".into()), ..request() }), "context");
+        assert_eq!(field_of(JobRequest { git_ref: Some("a..b".into()), ..request() }), "ref");
         let env = BTreeMap::from([("1X".to_string(), "v".to_string())]);
-        assert_eq!(
-            field_of(JobRequest {
-                env: Some(env),
-                ..request()
-            }),
-            "env.1X"
-        );
-        let run = RunRequest {
-            timeout_seconds: Some(0),
-            command: None,
-        };
-        assert_eq!(
-            field_of(JobRequest {
-                run: Some(run),
-                ..request()
-            }),
-            "run.timeout_seconds"
-        );
-        let run = RunRequest {
-            timeout_seconds: None,
-            command: Some(vec![]),
-        };
-        assert_eq!(
-            field_of(JobRequest {
-                run: Some(run),
-                ..request()
-            }),
-            "run.command"
-        );
+        assert_eq!(field_of(JobRequest { env: Some(env), ..request() }), "env.1X");
+        let run = RunRequest { timeout_seconds: Some(0), ..Default::default() };
+        assert_eq!(field_of(JobRequest { run: Some(run), ..request() }), "run.timeout_seconds");
+        let run = RunRequest { command: Some(vec![]), ..Default::default() };
+        assert_eq!(field_of(JobRequest { run: Some(run), ..request() }), "run.command");
+        let retry = RetryRequest { max_attempts: Some(0), ..Default::default() };
+        assert_eq!(field_of(JobRequest { retry: Some(retry), ..request() }), "retry.max_attempts");
+        let retry = RetryRequest { initial_backoff_ms: Some(10), max_backoff_ms: Some(5), ..Default::default() };
+        assert_eq!(field_of(JobRequest { retry: Some(retry), ..request() }), "retry.initial_backoff_ms");
     }
 }

@@ -1,5 +1,6 @@
-//! The dispatch loop: ping each worker, claim as many jobs as it has free slots,
-//! start them there.
+//! The dispatch loop. Each round, for each worker: ping it, extend the leases it
+//! holds, cancel what must stop, claim as many jobs as it has free slots and start
+//! them there; then end expired leases.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,9 +13,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::OrchestratorConfig;
 use crate::job::first_step_of;
-use crate::store::{ClaimedJob, Store, StoreError};
+use crate::store::{ClaimedJob, HeldLease, LeaseStatus, Store, StoreError};
 
-/// How long a ping or a start may take before the worker counts as unreachable.
+/// How long a call to a worker may take before the worker counts as unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct WorkerClient {
@@ -38,15 +39,8 @@ impl Dispatcher {
             .iter()
             .filter_map(|url| match Endpoint::from_shared(url.clone()) {
                 Ok(endpoint) => {
-                    let channel = endpoint
-                        .connect_timeout(CALL_TIMEOUT)
-                        .timeout(CALL_TIMEOUT)
-                        .connect_lazy();
-                    Some(WorkerClient {
-                        url: url.clone(),
-                        client: JobServiceClient::new(channel),
-                        unreachable: false,
-                    })
+                    let channel = endpoint.connect_timeout(CALL_TIMEOUT).timeout(CALL_TIMEOUT).connect_lazy();
+                    Some(WorkerClient { url: url.clone(), client: JobServiceClient::new(channel), unreachable: false })
                 }
                 Err(e) => {
                     tracing::error!(worker.url = %url, error = %e, "not a worker URL; ignored");
@@ -54,64 +48,102 @@ impl Dispatcher {
                 }
             })
             .collect();
-        Dispatcher {
-            store,
-            config,
-            wake,
-            workers,
-        }
+        Dispatcher { store, config, wake, workers }
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
         tracing::info!(owner = %self.config.owner, workers = ?self.config.workers, "orchestrator dispatching");
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            match self.round().await {
-                Ok(()) => {}
-                Err(e) => tracing::warn!(error = %e, "dispatch round failed"),
-            }
             tokio::select! {
                 // Shutdown: stop claiming.
                 _ = shutdown.cancelled() => break,
-                // A job was queued or a slot freed.
+                // A job was queued, a cancel requested, or a slot freed.
                 _ = self.wake.notified() => {}
-                // Fallback poll for anything a notification missed.
-                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                // Heartbeat: leases are extended and expired ones ended even when
+                // nothing else happens.
+                _ = heartbeat.tick() => {}
+            }
+            if let Err(e) = self.round().await {
+                tracing::warn!(error = %e, "dispatch round failed");
             }
         }
     }
 
-    /// One pass over the workers.
+    /// One pass over the workers, then over expired leases.
     async fn round(&mut self) -> Result<(), StoreError> {
         for i in 0..self.workers.len() {
-            let ping = {
-                let worker = &mut self.workers[i];
-                match worker.client.ping(v1::PingRequest {}).await {
-                    Ok(r) => {
-                        if worker.unreachable {
-                            tracing::info!(worker.url = %worker.url, "worker reachable again");
-                        }
-                        worker.unreachable = false;
-                        r.into_inner()
-                    }
-                    Err(status) => {
-                        if !worker.unreachable {
-                            tracing::warn!(worker.url = %worker.url, error = %status.message(), "worker unreachable");
-                        }
-                        worker.unreachable = true;
-                        continue;
-                    }
-                }
-            };
+            let Some(ping) = self.ping(i).await else { continue };
+            self.keep_leases(i, &ping).await?;
             let free = ping.slots_total.saturating_sub(ping.slots_busy);
             if free == 0 {
                 continue;
             }
-            let claimed = self
-                .store
-                .claim(&self.config.owner, &ping.worker_id, free, self.config.lease_ttl)
-                .await?;
+            let claimed =
+                self.store.claim(&self.config.owner, &ping.worker_id, free, self.config.worker_timeout).await?;
             for job in claimed {
                 self.start(i, job).await?;
+            }
+        }
+        let ended = self.store.expire_leases(&self.config.default_policy).await?;
+        for lease in &ended {
+            tracing::warn!(
+                job.id = %lease.id, job.attempt = lease.attempt, worker.id = ?lease.worker,
+                from = lease.from_state.as_str(), to = lease.to_state.as_str(),
+                "lease expired"
+            );
+        }
+        if !ended.is_empty() {
+            // Their jobs may be runnable now.
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn ping(&mut self, worker: usize) -> Option<v1::PingResponse> {
+        let report_to = self.config.report_url.clone();
+        let worker = &mut self.workers[worker];
+        match worker.client.ping(v1::PingRequest { report_to }).await {
+            Ok(r) => {
+                if worker.unreachable {
+                    tracing::info!(worker.url = %worker.url, "worker reachable again");
+                }
+                worker.unreachable = false;
+                Some(r.into_inner())
+            }
+            Err(status) => {
+                if !worker.unreachable {
+                    tracing::warn!(worker.url = %worker.url, error = %status.message(), "worker unreachable");
+                }
+                worker.unreachable = true;
+                None
+            }
+        }
+    }
+
+    /// Extends the leases the worker holds; cancels those to cancel or no longer current.
+    async fn keep_leases(&mut self, worker: usize, ping: &v1::PingResponse) -> Result<(), StoreError> {
+        let held: Vec<HeldLease> = ping
+            .running
+            .iter()
+            .filter_map(|l| Some(HeldLease { job_id: l.job_id.parse().ok()?, token: l.lease_token.parse().ok()? }))
+            .collect();
+        let statuses = self.store.heartbeat(&self.config.owner, &held, self.config.worker_timeout).await?;
+        let worker = &mut self.workers[worker];
+        for (lease, status) in statuses {
+            let reason = match status {
+                LeaseStatus::Current => continue,
+                LeaseStatus::CancelRequested => "cancelled by request",
+                LeaseStatus::Stale => "the lease of this attempt is lost",
+            };
+            let request = v1::CancelRequest {
+                job_id: lease.job_id.to_string(),
+                reason: reason.to_string(),
+                lease_token: lease.token.to_string(),
+            };
+            if let Err(status) = worker.client.cancel(request).await {
+                tracing::warn!(job.id = %lease.job_id, worker.url = %worker.url, error = %status.message(), "cannot cancel on the worker");
             }
         }
         Ok(())

@@ -1,4 +1,5 @@
-//! Turns Postgres notifications of new jobs into wake-ups of the dispatch loop.
+//! Turns Postgres notifications (a job queued, a cancel requested) into wake-ups of
+//! the dispatch loop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{QUEUED_CHANNEL, Store};
+use crate::store::{CANCEL_CHANNEL, QUEUED_CHANNEL, Store};
 
 pub(super) async fn run(store: Store, wake: Arc<Notify>, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
@@ -15,7 +16,7 @@ pub(super) async fn run(store: Store, wake: Arc<Notify>, shutdown: CancellationT
     loop {
         let listener = async {
             let mut listener = PgListener::connect_with(store.pool()).await?;
-            listener.listen(QUEUED_CHANNEL).await?;
+            listener.listen_all([QUEUED_CHANNEL, CANCEL_CHANNEL]).await?;
             Ok::<_, sqlx::Error>(listener)
         };
         let mut listener = tokio::select! {
@@ -40,7 +41,7 @@ pub(super) async fn run(store: Store, wake: Arc<Notify>, shutdown: CancellationT
             tokio::select! {
                 // Shutdown: stop listening.
                 _ = shutdown.cancelled() => return,
-                // A job was queued: wake the dispatcher.
+                // A job was queued or a cancel requested: wake the dispatcher.
                 n = listener.recv() => match n {
                     Ok(_) => wake.notify_one(),
                     Err(e) => {

@@ -2,10 +2,13 @@
 //! its worker over gRPC, and commits what workers report.
 //!
 //! Workers are known from configuration (`SLIPWAY_WORKERS`, plus the local worker in
-//! `standalone`). Before claiming for a worker the orchestrator pings it: the answer
-//! gives the worker's id and free slots, so a claim never takes more jobs than can
-//! start at once. New work wakes the loop through Postgres `LISTEN`; a finished job
-//! wakes it through the report service; a slow poll covers anything missed.
+//! `standalone`). Every heartbeat the orchestrator pings each worker: the answer
+//! names the leases the worker holds, which are extended (so a worker that stops
+//! answering loses them after `SLIPWAY_WORKER_TIMEOUT`), and its free slots, so a
+//! claim never takes more jobs than can start at once. Leases of jobs asked to
+//! cancel, or no longer current, are cancelled on the worker. Expired leases are
+//! ended in the same loop. New work and cancel requests wake the loop through
+//! Postgres `LISTEN`; a freed slot wakes it through the report service.
 
 mod dispatch;
 mod listen;
@@ -30,9 +33,11 @@ pub struct OrchestratorConfig {
     /// gRPC URL of this orchestrator's report service, as workers reach it.
     pub report_url: String,
     /// How long a lease lasts without news from its worker.
-    pub lease_ttl: Duration,
-    /// The fallback poll when no notification arrives.
-    pub poll_interval: Duration,
+    pub worker_timeout: Duration,
+    /// How often workers are pinged and expired leases looked for.
+    pub heartbeat_interval: Duration,
+    /// The attempt limit of jobs whose spec predates retry policies.
+    pub default_policy: crate::job::RetryPolicy,
 }
 
 /// Runs the dispatch loop and the `LISTEN` loop until `shutdown`.

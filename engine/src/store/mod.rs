@@ -7,9 +7,10 @@
 
 mod claim;
 mod error;
+mod idempotency;
+mod leases;
 mod logs;
 mod read;
-mod submit;
 mod transitions;
 
 use std::time::Duration;
@@ -19,15 +20,20 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use claim::ClaimedJob;
 pub use error::StoreError;
+pub use idempotency::Submitted;
+pub use leases::{CancelOutcome, EndedLease, HeldLease, LeaseStatus};
 pub use logs::{LogRow, NewLogLine};
 pub use read::{EventRow, JobRow, StepRow};
-pub use transitions::{Finish, Lease, Outputs};
+pub use transitions::{Finish, Lease, Outputs, Retry};
 
 /// The migrations in `migrations/`, applied by `slipway migrate` and at start.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// The channel a submission notifies, so that idle orchestrators wake at once.
 pub const QUEUED_CHANNEL: &str = "slipway_jobs";
+/// The channel a cancel request notifies, so that the job's orchestrator tells its
+/// worker at once.
+pub const CANCEL_CHANNEL: &str = "slipway_cancels";
 
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -61,10 +67,7 @@ impl Store {
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .map_err(|e| StoreError::Migrate(e.to_string()))
+        MIGRATOR.run(&self.pool).await.map_err(|e| StoreError::Migrate(e.to_string()))
     }
 
     pub fn pool(&self) -> &PgPool {

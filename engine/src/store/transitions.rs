@@ -26,6 +26,17 @@ pub struct Outputs {
     pub container_id: Option<String>,
 }
 
+/// A failed attempt to be tried again.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    /// Where the next attempt starts: `Queued`, or `Running` to run a pushed image again.
+    pub resume_at: JobState,
+    pub after: Duration,
+    pub exit_code: Option<i64>,
+    pub error_code: String,
+    pub error: String,
+}
+
 /// How a job ends.
 #[derive(Debug, Clone)]
 pub struct Finish {
@@ -41,12 +52,14 @@ fn fenced(rows: i64) -> Result<(), StoreError> {
 
 impl Store {
     /// The job enters the state of `step`; the step's row for this attempt opens.
+    /// A job asked to cancel starts no step: that is [`StoreError::LeaseLost`] too.
     pub async fn mark_step_started(&self, lease: &Lease, step: Step, lease_ttl: Duration) -> Result<(), StoreError> {
         let to = state_of_step(step);
         let rows: i64 = sqlx::query_scalar(
             "with prev as (
                  select state, lease_worker from jobs
                  where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
+                   and cancel_requested_at is null
                  for update
              ), upd as (
                  update jobs j set state = $3, updated_at = now(),
@@ -143,11 +156,7 @@ impl Store {
         finish: &Finish,
     ) -> Result<(), StoreError> {
         debug_assert!(finish.state.is_terminal());
-        let outcome = if finish.state == JobState::Succeeded {
-            "succeeded"
-        } else {
-            "failed"
-        };
+        let outcome = if finish.state == JobState::Succeeded { "succeeded" } else { "failed" };
         let rows: i64 = sqlx::query_scalar(
             "with prev as (
                  select state, lease_worker from jobs
@@ -181,6 +190,48 @@ impl Store {
         .bind(&outputs.pushed_ref)
         .bind(&outputs.container_id)
         .bind(outcome)
+        .bind(step.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        fenced(rows)
+    }
+}
+
+impl Store {
+    /// The attempt failed and will be tried again: the job gives up its lease and
+    /// goes back to `retry.resume_at` with attempt + 1, runnable after
+    /// `retry.after`; the event says why; the step's row closes as failed.
+    pub async fn mark_retry(&self, lease: &Lease, step: Step, retry: &Retry) -> Result<(), StoreError> {
+        let reason = format!("retry in {:.1}s after {}: {}", retry.after.as_secs_f64(), retry.error_code, retry.error);
+        let rows: i64 = sqlx::query_scalar(
+            "with prev as (
+                 select state, lease_worker, attempt from jobs
+                 where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
+                 for update
+             ), upd as (
+                 update jobs j set state = $3, attempt = j.attempt + 1,
+                     run_after = now() + make_interval(secs => $4), updated_at = now(),
+                     lease_owner = null, lease_worker = null, lease_token = null, lease_expires_at = null,
+                     exit_code = coalesce($7, j.exit_code), error_code = $5, error = $6
+                 from prev where j.id = $1
+                 returning prev.state as from_state, prev.lease_worker as worker, prev.attempt as ended_attempt, j.attempt
+             ), ev as (
+                 insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
+                 select $1, from_state, $3, attempt, worker, $8 from upd
+             ), st as (
+                 update job_steps s set finished_at = now(), outcome = 'failed', error_code = $5, error = $6
+                 from upd where s.job_id = $1 and s.attempt = upd.ended_attempt and s.step = $9::job_step
+             )
+             select count(*) from upd",
+        )
+        .bind(lease.job_id)
+        .bind(lease.token)
+        .bind(retry.resume_at)
+        .bind(retry.after.as_secs_f64())
+        .bind(&retry.error_code)
+        .bind(&retry.error)
+        .bind(retry.exit_code)
+        .bind(reason)
         .bind(step.as_str())
         .fetch_one(&self.pool)
         .await?;

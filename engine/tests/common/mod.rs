@@ -31,10 +31,7 @@ pub fn free_port() -> u16 {
 pub fn wait_for_port(port: u16, limit: Duration) {
     let deadline = Instant::now() + limit;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on port {port} after {limit:?}"
-        );
+        assert!(Instant::now() < deadline, "nothing listens on port {port} after {limit:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -50,18 +47,11 @@ impl TestDb {
         use sqlx::Connection;
         let base = env("DATABASE_URL");
         let name = format!("slipway_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&base)
-            .await
-            .expect("connect to DATABASE_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        let mut admin = sqlx::PgConnection::connect(&base).await.expect("connect to DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut admin).await.unwrap();
         let (prefix, _) = base.rsplit_once('/').expect("DATABASE_URL has a database name");
         let url = format!("{prefix}/{name}");
-        let store = slipway_engine::process::open_store(&url)
-            .await
-            .expect("open the test database");
+        let store = slipway_engine::process::open_store(&url).await.expect("open the test database");
         TestDb { url, store }
     }
 }
@@ -114,18 +104,7 @@ impl GitServer {
             }
         }
         git(&dir, &["add", "-A"]);
-        git(
-            &dir,
-            &[
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@example.com",
-                "commit",
-                "-qm",
-                "init",
-            ],
-        );
+        git(&dir, &["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "init"]);
         self.url(name)
     }
 
@@ -134,11 +113,8 @@ impl GitServer {
     }
 
     pub fn head(&self, name: &str) -> String {
-        let out = Command::new("git")
-            .args(["rev-parse", "HEAD"])
-            .current_dir(self.root.path().join(name))
-            .output()
-            .unwrap();
+        let out =
+            Command::new("git").args(["rev-parse", "HEAD"]).current_dir(self.root.path().join(name)).output().unwrap();
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     }
 }
@@ -157,13 +133,7 @@ fn git(dir: &Path, args: &[&str]) {
 
 /// A repository whose image prints `hello $GREETING`.
 pub fn app_repo(git: &GitServer, name: &str) -> String {
-    git.repo(
-        name,
-        &[
-            ("Dockerfile", Entry::Text(BUSYBOX_DOCKERFILE)),
-            ("busybox", Entry::Busybox),
-        ],
-    )
+    git.repo(name, &[("Dockerfile", Entry::Text(BUSYBOX_DOCKERFILE)), ("busybox", Entry::Busybox)])
 }
 
 /// A `docker-registry` of the test's own that demands a password.
@@ -223,28 +193,14 @@ impl Slipway {
         let log = log_dir.path().join("out.log");
         let file = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
-        command
-            .args(args)
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .env("RUST_LOG", "info,sqlx=warn");
+        command.args(args).stdout(file.try_clone().unwrap()).stderr(file).env("RUST_LOG", "info,sqlx=warn");
         // Nothing leaks in from the test's own environment but what is given.
-        for var in [
-            "DATABASE_URL",
-            "SLIPWAY_WORKERS",
-            "SLIPWAY_REGISTRY_USERNAME",
-            "SLIPWAY_REGISTRY_PASSWORD",
-        ] {
+        for var in ["DATABASE_URL", "SLIPWAY_WORKERS", "SLIPWAY_REGISTRY_USERNAME", "SLIPWAY_REGISTRY_PASSWORD"] {
             command.env_remove(var);
         }
         command.envs(envs);
         let child = command.spawn().expect("slipway starts");
-        Slipway {
-            name: name.to_string(),
-            child,
-            log,
-            _log_dir: log_dir,
-        }
+        Slipway { name: name.to_string(), child, log, _log_dir: log_dir }
     }
 
     pub fn output(&self) -> String {
@@ -261,10 +217,7 @@ impl Slipway {
 
     /// Sends SIGTERM and waits for the exit, at most `limit`.
     pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -281,12 +234,7 @@ impl Drop for Slipway {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!(
-                "----- output of {} -----\n{}\n----- end of {} -----",
-                self.name,
-                self.output(),
-                self.name
-            );
+            eprintln!("----- output of {} -----\n{}\n----- end of {} -----", self.name, self.output(), self.name);
         }
     }
 }
@@ -300,11 +248,7 @@ pub struct Ports {
 
 impl Ports {
     pub fn new() -> Self {
-        Ports {
-            http: free_port(),
-            grpc: free_port(),
-            worker: free_port(),
-        }
+        Ports { http: free_port(), grpc: free_port(), worker: free_port() }
     }
 
     pub fn api(&self) -> String {
@@ -315,7 +259,8 @@ impl Ports {
         BTreeMap::from([
             ("SLIPWAY_HTTP_ADDR", format!("127.0.0.1:{}", self.http)),
             ("SLIPWAY_GRPC_ADDR", format!("127.0.0.1:{}", self.grpc)),
-            ("SLIPWAY_POLL_INTERVAL", "200ms".to_string()),
+            ("SLIPWAY_HEARTBEAT_INTERVAL", "200ms".to_string()),
+            ("SLIPWAY_WORKER_TIMEOUT", "2s".to_string()),
         ])
     }
 
@@ -328,10 +273,7 @@ impl Ports {
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
 
 pub async fn wait_healthy(api: &str, limit: Duration) {
@@ -356,14 +298,7 @@ pub async fn submit(api: &str, body: &Value) -> Value {
 }
 
 pub async fn get_job(api: &str, id: &str) -> Value {
-    http()
-        .get(format!("{api}/v1/jobs/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    http().get(format!("{api}/v1/jobs/{id}")).send().await.unwrap().json().await.unwrap()
 }
 
 /// Polls until the job is succeeded, failed or cancelled.
@@ -374,24 +309,15 @@ pub async fn wait_finished(api: &str, id: &str, limit: Duration) -> Value {
         if matches!(job["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
             return job;
         }
-        assert!(
-            Instant::now() < deadline,
-            "job {id} not finished after {limit:?}: {job}"
-        );
+        assert!(Instant::now() < deadline, "job {id} not finished after {limit:?}: {job}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Every log line of a job.
 pub async fn all_logs(api: &str, id: &str) -> Vec<Value> {
-    let page: Value = http()
-        .get(format!("{api}/v1/jobs/{id}/logs?limit=10000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value =
+        http().get(format!("{api}/v1/jobs/{id}/logs?limit=10000")).send().await.unwrap().json().await.unwrap();
     page["lines"].as_array().cloned().unwrap_or_default()
 }
 
@@ -411,11 +337,7 @@ pub fn containers_of(job_id: &str) -> Vec<String> {
         .args(["ps", "-a", "-q", "--filter", &format!("label=slipway.job_id={job_id}")])
         .output()
         .unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .split_whitespace()
-        .map(String::from)
-        .collect()
+    String::from_utf8(out.stdout).unwrap().split_whitespace().map(String::from).collect()
 }
 
 pub fn unique(prefix: &str) -> String {

@@ -63,11 +63,7 @@ pub async fn build_image(
         Builder::BuildKit => "buildkit",
         Builder::Classic => "the classic builder",
     };
-    logs.line(
-        LogStream::System,
-        format!("sending a build context of {} bytes to {name}", tar.len()),
-    )
-    .await;
+    logs.line(LogStream::System, format!("sending a build context of {} bytes to {name}", tar.len())).await;
 
     let labels = HashMap::from([(JOB_LABEL.to_string(), request.job_id.clone())]);
     let options = BuildImageOptionsBuilder::default()
@@ -83,24 +79,11 @@ pub async fn build_image(
         Builder::BuildKit => {
             // The session id only has to be unique among the engine's running builds.
             let session = format!("slipway-{}-{}", request.job_id, std::process::id());
-            let options = options
-                .version(BuilderVersion::BuilderBuildKit)
-                .session(&session)
-                .build();
-            buildkit::follow(
-                std::pin::pin!(docker.build_image(options, None, body)),
-                &mut log,
-                cancel,
-            )
-            .await?
+            let options = options.version(BuilderVersion::BuilderBuildKit).session(&session).build();
+            buildkit::follow(std::pin::pin!(docker.build_image(options, None, body)), &mut log, cancel).await?
         }
         Builder::Classic => {
-            classic::follow(
-                std::pin::pin!(docker.build_image(options.build(), None, body)),
-                &mut log,
-                cancel,
-            )
-            .await?
+            classic::follow(std::pin::pin!(docker.build_image(options.build(), None, body)), &mut log, cancel).await?
         }
     };
     match image_id {
@@ -144,11 +127,7 @@ pub async fn detect_builder(docker: &Docker) -> Result<Builder, StepError> {
         .map_err(|e| engine_error(e, ErrorCode::EngineUnavailable, "cannot read the engine's version"))?;
     let api = version.api_version.unwrap_or_default();
     let linux = version.os.as_deref().is_none_or(|os| os == "linux");
-    Ok(if linux && api_at_least(&api, (1, 39)) {
-        Builder::BuildKit
-    } else {
-        Builder::Classic
-    })
+    Ok(if linux && api_at_least(&api, (1, 39)) { Builder::BuildKit } else { Builder::Classic })
 }
 
 fn api_at_least(version: &str, wanted: (u32, u32)) -> bool {
@@ -166,11 +145,7 @@ struct BuildLog<'a> {
 
 impl<'a> BuildLog<'a> {
     fn new(logs: &'a LogSink) -> Self {
-        BuildLog {
-            logs,
-            tail: VecDeque::with_capacity(TAIL_LINES),
-            instruction: None,
-        }
+        BuildLog { logs, tail: VecDeque::with_capacity(TAIL_LINES), instruction: None }
     }
 
     async fn line(&mut self, line: String) {
@@ -188,16 +163,9 @@ impl<'a> BuildLog<'a> {
 
     /// A failed build, naming the failing instruction and the last lines of output.
     fn failed(&self, error: &str) -> StepError {
-        let at = self
-            .instruction
-            .as_ref()
-            .map(|s| format!(" at `{s}`"))
-            .unwrap_or_default();
+        let at = self.instruction.as_ref().map(|s| format!(" at `{s}`")).unwrap_or_default();
         let tail: Vec<&str> = self.tail.iter().map(String::as_str).collect();
-        StepError::new(
-            ErrorCode::BuildFailed,
-            format!("build failed{at}: {error}\nlast output:\n{}", tail.join("\n")),
-        )
+        StepError::new(ErrorCode::BuildFailed, format!("build failed{at}: {error}\nlast output:\n{}", tail.join("\n")))
     }
 }
 
@@ -225,8 +193,7 @@ fn pack_context(context: &Path, dockerfile: &Path) -> Result<(Vec<u8>, String), 
     let name = match inside {
         Some(relative) => relative.to_string_lossy().into_owned(),
         None => {
-            tar.append_path_with_name(dockerfile, OUTSIDE_DOCKERFILE)
-                .map_err(fail)?;
+            tar.append_path_with_name(dockerfile, OUTSIDE_DOCKERFILE).map_err(fail)?;
             OUTSIDE_DOCKERFILE.to_string()
         }
     };
@@ -249,11 +216,8 @@ mod tests {
 
     fn names(tar: &[u8]) -> Vec<String> {
         let mut archive = tar::Archive::new(tar);
-        let mut names: Vec<String> = archive
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let mut names: Vec<String> =
+            archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
         names.sort();
         names
     }

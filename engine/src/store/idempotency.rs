@@ -1,0 +1,73 @@
+//! Submissions with an `Idempotency-Key`: the first creates the job, a repeat with
+//! the same body gets that job back, a repeat with another body is refused.
+
+use sqlx::types::Json;
+
+use super::{QUEUED_CHANNEL, Store, StoreError};
+use crate::job::{JobId, JobSpec};
+
+/// What a submission did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    Created(JobId),
+    /// The key was used before for the same spec: that job.
+    Existing(JobId),
+    /// The key was used before for another spec.
+    Conflict(JobId),
+}
+
+impl Store {
+    /// Stores a new queued job (and its key, if any) and notifies idle
+    /// orchestrators when it commits; the job row, its first event and the key are
+    /// one transaction.
+    pub async fn submit(
+        &self,
+        id: JobId,
+        spec: &JobSpec,
+        traceparent: Option<&str>,
+        key: Option<&str>,
+    ) -> Result<Submitted, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "with ins as (
+                 insert into jobs (id, spec, traceparent) values ($1, $2, $3)
+                 returning id, state, attempt
+             ), ev as (
+                 insert into job_events (job_id, from_state, to_state, attempt, reason)
+                 select id, null, state, attempt, 'submitted' from ins
+             )
+             select pg_notify($4, id::text) from ins",
+        )
+        .bind(id)
+        .bind(Json(spec))
+        .bind(traceparent)
+        .bind(QUEUED_CHANNEL)
+        .execute(&mut *tx)
+        .await?;
+        let Some(key) = key else {
+            tx.commit().await?;
+            return Ok(Submitted::Created(id));
+        };
+        let stored: Option<JobId> = sqlx::query_scalar(
+            "insert into idempotency_keys (key, job_id) values ($1, $2) on conflict (key) do nothing returning job_id",
+        )
+        .bind(key)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if stored.is_some() {
+            tx.commit().await?;
+            return Ok(Submitted::Created(id));
+        }
+        // The key is taken: nothing of this request is kept.
+        tx.rollback().await?;
+        let (existing, same): (JobId, bool) = sqlx::query_as(
+            "select k.job_id, j.spec = $2 from idempotency_keys k join jobs j on j.id = k.job_id where k.key = $1",
+        )
+        .bind(key)
+        .bind(Json(spec))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(if same { Submitted::Existing(existing) } else { Submitted::Conflict(existing) })
+    }
+}

@@ -1,0 +1,220 @@
+//! Leases over time: heartbeats extend them, expiry (or a worker handing a job
+//! back) ends them, and a cancel request is noted for the holder to act on.
+//!
+//! When a lease ends without a report, the attempt is over: the job goes back to be
+//! claimed again with attempt + 1 (at `queued`, or at `running` when its image is
+//! pushed, so that the run re-attaches instead of rebuilding), unless it was asked
+//! to cancel (it ends `cancelled`) or its attempts are used up (it ends `failed`
+//! with `lease_expired`). One statement does it all, with the history rows.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+use crate::job::{JobId, JobState, RetryPolicy};
+
+/// A lease a worker says it holds.
+#[derive(Debug, Clone, Copy)]
+pub struct HeldLease {
+    pub job_id: JobId,
+    pub token: Uuid,
+}
+
+/// What a heartbeat learned about one lease the worker holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseStatus {
+    /// Extended; nothing to do.
+    Current,
+    /// Extended, but the job is to be cancelled: tell the worker.
+    CancelRequested,
+    /// Not the job's current lease: the worker must stop that attempt.
+    Stale,
+}
+
+/// A lease that ended without a report, and where its job went.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EndedLease {
+    pub id: JobId,
+    pub from_state: JobState,
+    pub to_state: JobState,
+    pub attempt: i32,
+    pub worker: Option<String>,
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job held no lease and is now cancelled.
+    Cancelled,
+    /// The job is leased: its worker is told to stop it.
+    Requested,
+    /// The job had already ended in this state.
+    AlreadyFinished(JobState),
+}
+
+/// The shared body of lease expiry and hand-back; `$1`/`$2` select the leases,
+/// `$3` is the reason recorded, `$4` the default attempt limit.
+const END_LEASES: &str = "
+    with ended as (
+        select id, state, attempt, lease_worker, cancel_requested_at, pushed_ref,
+               coalesce((spec->'retry'->>'max_attempts')::int, $4) as max_attempts
+        from jobs
+        where lease_token is not null and state not in ('succeeded', 'failed', 'cancelled')
+          and (($1::uuid is null and lease_expires_at < now()) or (id = $1 and lease_token = $2))
+        order by lease_expires_at
+        limit 500
+        for update skip locked
+    ), decided as (
+        select *, case
+            when cancel_requested_at is not null then 'cancelled'
+            when attempt >= max_attempts then 'failed'
+            when state = 'running' and pushed_ref is not null then 'running'
+            else 'queued' end::job_state as next_state
+        from ended
+    ), upd as (
+        update jobs j set
+            state = d.next_state,
+            attempt = case when d.next_state in ('cancelled', 'failed') then j.attempt else j.attempt + 1 end,
+            lease_owner = null, lease_worker = null, lease_token = null, lease_expires_at = null,
+            run_after = now(), updated_at = now(),
+            finished_at = case when d.next_state in ('cancelled', 'failed') then now() end,
+            error_code = case d.next_state when 'cancelled' then 'cancelled'
+                              when 'failed' then 'lease_expired' else j.error_code end,
+            error = case d.next_state when 'cancelled' then 'cancelled by request'
+                         when 'failed' then 'the worker went silent on the last attempt' else j.error end
+        from decided d
+        where j.id = d.id
+        returning j.id, d.state as from_state, j.state as to_state, j.attempt, d.lease_worker as worker,
+                  d.attempt as ended_attempt
+    ), ev as (
+        insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
+        select id, from_state, to_state, attempt, worker, $3 from upd
+    ), st as (
+        update job_steps s set finished_at = now(), outcome = 'failed', error_code = 'lease_lost', error = $3
+        from upd where s.job_id = upd.id and s.attempt = upd.ended_attempt and s.finished_at is null
+    )
+    select id, from_state, to_state, attempt, worker from upd";
+
+impl Store {
+    /// Extends the leases a worker confirmed it holds (and makes this orchestrator
+    /// their owner), and says what the worker should do about each.
+    pub async fn heartbeat(
+        &self,
+        owner: &str,
+        held: &[HeldLease],
+        lease_ttl: Duration,
+    ) -> Result<Vec<(HeldLease, LeaseStatus)>, StoreError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<JobId> = held.iter().map(|h| h.job_id).collect();
+        let tokens: Vec<Uuid> = held.iter().map(|h| h.token).collect();
+        let current: Vec<(JobId, bool)> = sqlx::query_as(
+            "update jobs j set lease_expires_at = now() + make_interval(secs => $3), lease_owner = $4
+             from unnest($1::uuid[], $2::uuid[]) as l(id, token)
+             where j.id = l.id and j.lease_token = l.token and j.state not in ('succeeded', 'failed', 'cancelled')
+             returning j.id, j.cancel_requested_at is not null",
+        )
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(lease_ttl.as_secs_f64())
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(held
+            .iter()
+            .map(|h| {
+                let status = match current.iter().find(|(id, _)| *id == h.job_id) {
+                    Some((_, true)) => LeaseStatus::CancelRequested,
+                    Some((_, false)) => LeaseStatus::Current,
+                    None => LeaseStatus::Stale,
+                };
+                (*h, status)
+            })
+            .collect())
+    }
+
+    /// Ends every expired lease (in batches of at most 500).
+    pub async fn expire_leases(&self, default_policy: &RetryPolicy) -> Result<Vec<EndedLease>, StoreError> {
+        let reason = "lease_expired: the worker went silent";
+        self.end_leases(None, None, reason, default_policy).await
+    }
+
+    /// Ends one lease its worker gives back (shutting down) before the job ended.
+    pub async fn hand_back(
+        &self,
+        job_id: JobId,
+        token: Uuid,
+        default_policy: &RetryPolicy,
+    ) -> Result<Option<EndedLease>, StoreError> {
+        let reason = "handed_back: the worker is shutting down";
+        Ok(self.end_leases(Some(job_id), Some(token), reason, default_policy).await?.pop())
+    }
+
+    async fn end_leases(
+        &self,
+        job_id: Option<JobId>,
+        token: Option<Uuid>,
+        reason: &str,
+        default_policy: &RetryPolicy,
+    ) -> Result<Vec<EndedLease>, StoreError> {
+        let ended = sqlx::query_as::<_, EndedLease>(END_LEASES)
+            .bind(job_id)
+            .bind(token)
+            .bind(reason)
+            .bind(default_policy.max_attempts as i32)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ended)
+    }
+
+    /// Asks for a job to be cancelled: at once when it holds no lease, else by
+    /// noting the request for its worker. Notifies orchestrators either way.
+    pub async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome, StoreError> {
+        let (before, after): (Option<JobState>, Option<JobState>) = sqlx::query_as(
+            "with prev as (
+                 select state, lease_token from jobs where id = $1 for update
+             ), upd as (
+                 update jobs j set
+                     cancel_requested_at = coalesce(j.cancel_requested_at, now()), updated_at = now(),
+                     state = case when prev.lease_token is null then 'cancelled' else j.state end,
+                     finished_at = case when prev.lease_token is null then now() else j.finished_at end,
+                     error_code = case when prev.lease_token is null then 'cancelled' else j.error_code end,
+                     error = case when prev.lease_token is null then 'cancelled by request' else j.error end
+                 from prev
+                 where j.id = $1 and prev.state not in ('succeeded', 'failed', 'cancelled')
+                 returning prev.state as from_state, j.state as to_state, j.attempt
+             ), ev as (
+                 insert into job_events (job_id, from_state, to_state, attempt, reason)
+                 select $1, from_state, to_state, attempt, 'cancelled by request' from upd
+                 where to_state = 'cancelled'
+             ), notify as (
+                 select pg_notify($2, $1::text) from upd
+             )
+             select (select state from prev), (select to_state from upd)
+             from (select count(*) from notify) as n",
+        )
+        .bind(id)
+        .bind(super::CANCEL_CHANNEL)
+        .fetch_one(&self.pool)
+        .await?;
+        match (before, after) {
+            (None, _) => Err(StoreError::NotFound),
+            (Some(state), None) => Ok(CancelOutcome::AlreadyFinished(state)),
+            (Some(_), Some(JobState::Cancelled)) => Ok(CancelOutcome::Cancelled),
+            (Some(_), Some(_)) => Ok(CancelOutcome::Requested),
+        }
+    }
+
+    /// Whether the job of this lease is to be cancelled.
+    pub async fn cancel_requested(&self, job_id: JobId, token: Uuid) -> Result<bool, StoreError> {
+        let requested: Option<bool> =
+            sqlx::query_scalar("select cancel_requested_at is not null from jobs where id = $1 and lease_token = $2")
+                .bind(job_id)
+                .bind(token)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(requested.unwrap_or(false))
+    }
+}
