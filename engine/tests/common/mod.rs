@@ -215,6 +215,15 @@ impl Slipway {
         self.child.id()
     }
 
+    /// Sends a signal (`KILL`, `STOP`, `CONT`, …).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+        if signal == "KILL" {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit, at most `limit`.
     pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
@@ -353,4 +362,68 @@ pub fn job_folders(work_dir: &Path) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+/// A repository whose build takes `seconds` (a `RUN sleep`), then runs `hello`.
+pub fn slow_build_repo(git: &GitServer, name: &str, seconds: u32) -> String {
+    let dockerfile = format!(
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"{seconds}\"]\n\
+         CMD [\"/bin/busybox\", \"echo\", \"hello\"]\n"
+    );
+    git.repo(name, &[("Dockerfile", Entry::Text(&dockerfile)), ("busybox", Entry::Busybox)])
+}
+
+/// A container command that runs `seconds` and stops at once on SIGTERM.
+pub fn sleeping_command(seconds: u32) -> Value {
+    serde_json::json!([
+        "/bin/busybox",
+        "sh",
+        "-c",
+        format!("trap 'exit 143' TERM; echo started; /bin/busybox sleep {seconds} & wait; echo finished")
+    ])
+}
+
+/// Polls until the job is in `state`.
+pub async fn wait_state(api: &str, id: &str, state: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let job = get_job(api, id).await;
+        if job["state"] == state {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} not {state} after {limit:?}: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The job's events as (to_state, attempt, worker, reason).
+pub async fn events(db: &TestDb, id: &str) -> Vec<(String, i32, Option<String>, Option<String>)> {
+    let id: uuid::Uuid = id.parse().unwrap();
+    sqlx::query_as("select to_state::text, attempt, worker, reason from job_events where job_id = $1 order by id")
+        .bind(id)
+        .fetch_all(db.store.pool())
+        .await
+        .unwrap()
+}
+
+/// How many containers the engine ever created for a job since `since` (unix seconds).
+pub fn containers_created(job_id: &str, since: u64) -> usize {
+    let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1;
+    let out = Command::new("docker")
+        .args(["events", "--since", &since.to_string(), "--until", &until.to_string()])
+        .args(["--filter", "type=container", "--filter", "event=create"])
+        .args(["--filter", &format!("label=slipway.job_id={job_id}"), "--format", "{{.ID}}"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+pub async fn cancel(api: &str, id: &str) -> (u16, Value) {
+    let response = http().post(format!("{api}/v1/jobs/{id}/cancel")).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
 }

@@ -1,0 +1,270 @@
+//! Durability under faults, with real processes and real signals: killed and
+//! paused workers, a killed orchestrator, cancels in every state, retries,
+//! deadlines. Test settings: heartbeat 200 ms, worker timeout 2 s.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn worker(name: &str, port: u16, work_dir: &std::path::Path) -> Slipway {
+    let env = BTreeMap::from([
+        ("SLIPWAY_WORKER_ADDR", format!("127.0.0.1:{port}")),
+        ("SLIPWAY_WORKER_ID", name.to_string()),
+        ("SLIPWAY_WORK_DIR", work_dir.display().to_string()),
+    ]);
+    Slipway::spawn(name, &["worker"], &env)
+}
+
+fn server(name: &str, db: &TestDb, ports: &Ports, workers: &[u16]) -> Slipway {
+    let mut env = ports.server_env();
+    env.insert("DATABASE_URL", db.url.clone());
+    let urls: Vec<String> = workers.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+    env.insert("SLIPWAY_WORKERS", urls.join(","));
+    env.insert("SLIPWAY_ORCHESTRATOR_ID", name.to_string());
+    Slipway::spawn(name, &["server"], &env)
+}
+
+fn image(name: &str) -> String {
+    format!("{}/faults/{name}:{}", open_registry(), unique("t"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_worker_is_killed_while_building_succeeds_on_another_worker() {
+    let db = TestDb::new().await;
+    let git = GitServer::start();
+    let repo = slow_build_repo(&git, "slow", 4);
+    let work = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let (first_port, second_port) = (free_port(), free_port());
+    let first = worker("worker-first", first_port, work.path());
+    let _server = server("orchestrator", &db, &ports, &[first_port, second_port]);
+    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+
+    let id = submit(&ports.api(), &json!({ "repo": repo, "image": image("killed") })).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_state(&ports.api(), &id, "building", LIMIT).await;
+    first.signal("KILL");
+    let killed_at = Instant::now();
+    let _second = worker("worker-second", second_port, work.path());
+
+    let job = wait_finished(&ports.api(), &id, LIMIT).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempt"], 2);
+    let events = events(&db, &id).await;
+    let expiry = events.iter().position(|e| e.3.as_deref().is_some_and(|r| r.starts_with("lease_expired")));
+    let expiry = expiry.unwrap_or_else(|| panic!("no lease expiry in {events:?}"));
+    assert_eq!((events[expiry].0.as_str(), events[expiry].1), ("queued", 2), "{events:?}");
+    assert_eq!(events[expiry].2.as_deref(), Some("worker-first"));
+    let after: Vec<&str> = events[expiry + 1..].iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(after, ["cloning", "building", "pushing", "running", "succeeded"]);
+    assert!(events[expiry + 1..].iter().all(|e| e.1 == 2 && e.2.as_deref() != Some("worker-first")));
+    eprintln!("killed worker's job finished elsewhere {:?} after the kill", killed_at.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_orchestrator_is_killed_while_running_is_finished_by_another_with_one_container() {
+    let db = TestDb::new().await;
+    let git = GitServer::start();
+    let repo = app_repo(&git, "app");
+    let work = tempfile::tempdir().unwrap();
+    let worker_port = free_port();
+    let _worker = worker("worker", worker_port, work.path());
+    let first_ports = Ports::new();
+    let first = server("orchestrator-first", &db, &first_ports, &[worker_port]);
+    wait_healthy(&first_ports.api(), Duration::from_secs(30)).await;
+    let since = now_secs();
+
+    let body = json!({ "repo": repo, "image": image("orphaned"), "run": { "command": sleeping_command(4) } });
+    let id = submit(&first_ports.api(), &body).await["id"].as_str().unwrap().to_string();
+    wait_state(&first_ports.api(), &id, "running", LIMIT).await;
+    let second_ports = Ports::new();
+    let _second = server("orchestrator-second", &db, &second_ports, &[worker_port]);
+    first.signal("KILL");
+
+    let job = wait_finished(&second_ports.api(), &id, LIMIT).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempt"], 1, "the job never ran twice");
+    let lines = all_logs(&second_ports.api(), &id).await;
+    assert!(lines.iter().any(|l| l["line"] == "finished"), "the container ran to its end");
+    assert_eq!(containers_created(&id, since), 1, "exactly one container was ever created");
+    let owner: Option<String> =
+        sqlx::query_scalar("select worker from job_events where job_id = $1::uuid and to_state = 'succeeded'")
+            .bind(&id)
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(owner.as_deref(), Some("worker"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_worker_that_comes_back_cannot_overwrite_the_newer_attempt() {
+    let db = TestDb::new().await;
+    let git = GitServer::start();
+    let repo = slow_build_repo(&git, "slow", 3);
+    let work = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let (first_port, second_port) = (free_port(), free_port());
+    let first = worker("worker-first", first_port, work.path());
+    let _server = server("orchestrator", &db, &ports, &[first_port, second_port]);
+    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+
+    let id = submit(&ports.api(), &json!({ "repo": repo, "image": image("paused") })).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_state(&ports.api(), &id, "building", LIMIT).await;
+    first.signal("STOP");
+    let _second = worker("worker-second", second_port, work.path());
+    // The second worker takes the job over after the lease expires.
+    let deadline = Instant::now() + LIMIT;
+    while get_job(&ports.api(), &id).await["attempt"] != 2 {
+        assert!(Instant::now() < deadline, "the lease never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.signal("CONT");
+
+    let job = wait_finished(&ports.api(), &id, LIMIT).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["attempt"], 2);
+    let events = events(&db, &id).await;
+    let expiry = events.iter().position(|e| e.3.as_deref().is_some_and(|r| r.starts_with("lease_expired"))).unwrap();
+    assert!(
+        events[expiry + 1..].iter().all(|e| e.2.as_deref() != Some("worker-first")),
+        "the paused worker changed nothing after it lost the lease: {events:?}"
+    );
+    let first_lines: i64 =
+        sqlx::query_scalar("select count(*) from job_logs where job_id = $1::uuid and attempt = 2 and step = 'clone'")
+            .bind(&id)
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert!(first_lines > 0);
+    // The woken worker is told its attempt is over and lets go of it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        first.output().contains("cancelling job") || first.output().contains("lease is gone"),
+        "{}",
+        first.output()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_works_in_every_state_even_with_the_worker_down() {
+    let db = TestDb::new().await;
+    let git = GitServer::start();
+    let app = app_repo(&git, "app");
+    let slow = slow_build_repo(&git, "slow", 30);
+    let work = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let worker_port = free_port();
+    let worker_process = worker("worker", worker_port, work.path());
+    let _server = server("orchestrator", &db, &ports, &[worker_port]);
+    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+    let api = ports.api();
+
+    // Building: the build is aborted.
+    let building =
+        submit(&api, &json!({ "repo": slow, "image": image("building") })).await["id"].as_str().unwrap().to_string();
+    wait_state(&api, &building, "building", LIMIT).await;
+    let (status, _) = cancel(&api, &building).await;
+    assert_eq!(status, 202);
+    let job = wait_finished(&api, &building, Duration::from_secs(20)).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+
+    // Running: the container is stopped and removed.
+    let body = json!({ "repo": app, "image": image("running"), "run": { "command": sleeping_command(60) } });
+    let running = submit(&api, &body).await["id"].as_str().unwrap().to_string();
+    wait_state(&api, &running, "running", LIMIT).await;
+    let asked = Instant::now();
+    assert_eq!(cancel(&api, &running).await.0, 202);
+    let job = wait_finished(&api, &running, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert!(containers_of(&running).is_empty(), "the container is gone");
+    eprintln!("a running container was stopped and its job cancelled in {:?}", asked.elapsed());
+
+    // Running while its worker is down: the job ends cancelled when the lease expires,
+    // and never starts another step.
+    let body = json!({ "repo": app, "image": image("orphan"), "run": { "command": sleeping_command(60) } });
+    let orphan = submit(&api, &body).await["id"].as_str().unwrap().to_string();
+    wait_state(&api, &orphan, "running", LIMIT).await;
+    worker_process.signal("KILL");
+    assert_eq!(cancel(&api, &orphan).await.0, 202);
+    let job = wait_finished(&api, &orphan, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    let states: Vec<String> = events(&db, &orphan).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(states, ["queued", "cloning", "building", "pushing", "running", "cancelled"]);
+    let _ = std::process::Command::new("docker").args(["rm", "-f"]).args(containers_of(&orphan)).output();
+
+    // Queued (no worker can take it): cancelled at once.
+    let queued =
+        submit(&api, &json!({ "repo": app, "image": image("queued") })).await["id"].as_str().unwrap().to_string();
+    let (status, job) = cancel(&api, &queued).await;
+    assert_eq!((status, job["state"].as_str()), (200, Some("cancelled")));
+    let states: Vec<String> = events(&db, &queued).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(states, ["queued", "cancelled"]);
+
+    // Finished: nothing to cancel.
+    let (status, body) = cancel(&api, &queued).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("already_finished")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_follow_the_policy_and_a_deadline_stops_a_container() {
+    let db = TestDb::new().await;
+    let git = GitServer::start();
+    let app = app_repo(&git, "app");
+    let work = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let mut env = ports.server_env();
+    env.extend(ports.worker_env(work.path()));
+    env.insert("DATABASE_URL", db.url.clone());
+    env.insert("SLIPWAY_WORKER_SLOTS", "3".into());
+    let _slipway = Slipway::spawn("standalone", &["standalone"], &env);
+    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+    let api = ports.api();
+    let fast_retry = json!({ "max_attempts": 3, "initial_backoff_ms": 100, "max_backoff_ms": 200 });
+
+    // A registry that cannot be reached: retryable, so tried three times, then failed.
+    let unreachable = format!("127.0.0.1:{}/faults/app:1", free_port());
+    let pushing = submit(&api, &json!({ "repo": app, "image": unreachable, "retry": fast_retry })).await;
+    // A container that fails on its first attempt only, with retries asked for: the
+    // second attempt runs the pushed image again without rebuilding it.
+    let command = json!(["/bin/busybox", "sh", "-c", "echo attempt $SLIPWAY_ATTEMPT; [ $SLIPWAY_ATTEMPT -ge 2 ]"]);
+    let body = json!({ "repo": app, "image": image("flaky"), "retry": fast_retry, "run": { "command": command, "retry_on_failure": true } });
+    let flaky = submit(&api, &body).await;
+    // A container past its deadline.
+    let body = json!({ "repo": app, "image": image("slow"), "run": { "command": sleeping_command(60), "timeout_seconds": 1 } });
+    let slow = submit(&api, &body).await;
+
+    let job = wait_finished(&api, pushing["id"].as_str().unwrap(), LIMIT).await;
+    assert_eq!((job["state"].as_str(), job["attempt"].as_i64()), (Some("failed"), Some(3)), "{job}");
+    assert_eq!(job["error"]["code"], "push_failed");
+    let events = events(&db, pushing["id"].as_str().unwrap()).await;
+    let retries = events.iter().filter(|e| e.3.as_deref().is_some_and(|r| r.starts_with("retry in"))).count();
+    assert_eq!(retries, 2, "{events:?}");
+
+    let id = flaky["id"].as_str().unwrap();
+    let job = wait_finished(&api, id, LIMIT).await;
+    assert_eq!((job["state"].as_str(), job["attempt"].as_i64()), (Some("succeeded"), Some(2)), "{job}");
+    let second: Vec<String> =
+        sqlx::query_scalar("select step::text from job_steps where job_id = $1::uuid and attempt = 2")
+            .bind(id)
+            .fetch_all(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(second, ["run"], "the second attempt only ran the container again");
+    let lines = all_logs(&api, id).await;
+    assert!(lines.iter().any(|l| l["line"] == "attempt 1") && lines.iter().any(|l| l["line"] == "attempt 2"));
+
+    let job = wait_finished(&api, slow["id"].as_str().unwrap(), LIMIT).await;
+    assert_eq!((job["state"].as_str(), job["error"]["code"].as_str()), (Some("failed"), Some("timed_out")), "{job}");
+    assert!(containers_of(slow["id"].as_str().unwrap()).is_empty());
+}
