@@ -160,3 +160,32 @@ async fn lists_newest_first_with_cursor_paging_and_a_state_filter() {
         assert_eq!(body["error"]["field"], field, "{query}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_returns_the_same_job_and_refuses_another_body() {
+    let api = start().await;
+    let post = |body: Value, key: &'static str| {
+        let url = format!("{}/v1/jobs", api.base);
+        async move { http().post(url).header("Idempotency-Key", key).json(&body).send().await.unwrap() }
+    };
+    let first = post(valid(), "deploy-42").await;
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = post(valid(), "deploy-42").await;
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+
+    let mut other = valid();
+    other["ref"] = json!("v2");
+    let conflict = post(other, "deploy-42").await;
+    assert_eq!(conflict.status(), 409);
+    let body: Value = conflict.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "idempotency_key_reused");
+    assert_eq!(job_count(&api).await, 1);
+
+    let bad = post(valid(), "").await;
+    assert_eq!(bad.status(), 400);
+    assert_eq!(post(valid(), "another-key").await.status(), 201);
+    assert_eq!(job_count(&api).await, 2);
+}

@@ -188,6 +188,8 @@ async fn cancel_works_in_every_state_even_with_the_worker_down() {
     let job = wait_finished(&api, &running, Duration::from_secs(30)).await;
     assert_eq!(job["state"], "cancelled", "{job}");
     assert!(containers_of(&running).is_empty(), "the container is gone");
+    let last = events(&db, &running).await.pop().unwrap();
+    assert!(last.3.as_deref().is_some_and(|r| r.starts_with("cancelled: stopped ")), "{last:?}");
     eprintln!("a running container was stopped and its job cancelled in {:?}", asked.elapsed());
 
     // Running while its worker is down: the job ends cancelled when the lease expires,

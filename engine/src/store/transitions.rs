@@ -169,10 +169,15 @@ impl Store {
                      commit_sha = coalesce($7, j.commit_sha), image_id = coalesce($8, j.image_id),
                      pushed_ref = coalesce($9, j.pushed_ref), container_id = coalesce($10, j.container_id)
                  from prev where j.id = $1
-                 returning prev.state as from_state, prev.lease_worker as worker, j.attempt
+                 returning prev.state as from_state, prev.lease_worker as worker, j.attempt, j.cancel_requested_at
              ), ev as (
                  insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
-                 select $1, from_state, $3, attempt, worker, $5 from upd
+                 select $1, from_state, $3, attempt, worker,
+                        case when $3 = 'cancelled' and cancel_requested_at is not null
+                             then format('cancelled: stopped %s s after the request',
+                                         round(extract(epoch from now() - cancel_requested_at)::numeric, 2))
+                             else $5 end
+                 from upd
              ), st as (
                  update job_steps s set finished_at = now(), outcome = $11, error_code = $5, error = $6
                  from upd where s.job_id = $1 and s.attempt = upd.attempt and s.step = $12::job_step
