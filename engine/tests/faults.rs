@@ -270,3 +270,41 @@ async fn retries_follow_the_policy_and_a_deadline_stops_a_container() {
     assert_eq!((job["state"].as_str(), job["error"]["code"].as_str()), (Some("failed"), Some("timed_out")), "{job}");
     assert!(containers_of(slow["id"].as_str().unwrap()).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stopped_with_sigterm_hands_its_job_back_within_the_grace_period() {
+    let db = TestDb::new().await;
+    let git = GitServer::start();
+    let app = app_repo(&git, "app");
+    let work = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let (first_port, second_port) = (free_port(), free_port());
+    let mut first = {
+        let env = BTreeMap::from([
+            ("SLIPWAY_WORKER_ADDR", format!("127.0.0.1:{first_port}")),
+            ("SLIPWAY_WORKER_ID", "worker-first".to_string()),
+            ("SLIPWAY_WORK_DIR", work.path().display().to_string()),
+            ("SLIPWAY_SHUTDOWN_GRACE", "1s".to_string()),
+        ]);
+        Slipway::spawn("worker-first", &["worker"], &env)
+    };
+    let _server = server("orchestrator", &db, &ports, &[first_port, second_port]);
+    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+
+    let body = json!({ "repo": app, "image": image("handed"), "run": { "command": sleeping_command(3) } });
+    let id = submit(&ports.api(), &body).await["id"].as_str().unwrap().to_string();
+    wait_state(&ports.api(), &id, "running", LIMIT).await;
+    let stopping = Instant::now();
+    let status = first.terminate(Duration::from_secs(20)).expect("the worker exits after its grace period");
+    assert!(status.success(), "{status:?}");
+    eprintln!("the worker stopped in {:?}", stopping.elapsed());
+    let _second = worker("worker-second", second_port, work.path());
+
+    let job = wait_finished(&ports.api(), &id, LIMIT).await;
+    assert_eq!((job["state"].as_str(), job["attempt"].as_i64()), (Some("succeeded"), Some(2)), "{job}");
+    let events = events(&db, &id).await;
+    let handed = events.iter().find(|e| e.3.as_deref().is_some_and(|r| r.starts_with("handed_back")));
+    let handed = handed.unwrap_or_else(|| panic!("no hand-back in {events:?}"));
+    assert_eq!((handed.0.as_str(), handed.2.as_deref()), ("running", Some("worker-first")));
+    assert!(job_folders(work.path()).is_empty());
+}
