@@ -308,3 +308,39 @@ async fn a_worker_stopped_with_sigterm_hands_its_job_back_within_the_grace_perio
     assert_eq!((handed.0.as_str(), handed.2.as_deref()), ("running", Some("worker-first")));
     assert!(job_folders(work.path()).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_job_of_a_batch_completes_across_a_postgres_restart() {
+    let postgres = PrivatePostgres::start();
+    let store = slipway_engine::process::open_store(&postgres.url()).await.unwrap();
+    let git = GitServer::start();
+    let app = app_repo(&git, "app");
+    let work = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let mut env = ports.server_env();
+    env.extend(ports.worker_env(work.path()));
+    env.insert("DATABASE_URL", postgres.url());
+    env.insert("SLIPWAY_WORKER_SLOTS", "3".into());
+    let _slipway = Slipway::spawn("standalone", &["standalone"], &env);
+    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let body = json!({ "repo": app, "image": image("restart"), "run": { "command": sleeping_command(1 + i % 3) } });
+        ids.push(submit(&ports.api(), &body).await["id"].as_str().unwrap().to_string());
+    }
+    wait_state(&ports.api(), &ids[0], "running", LIMIT).await;
+    postgres.down();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    postgres.up();
+
+    for id in &ids {
+        let job = wait_finished(&ports.api(), id, LIMIT).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+    }
+    let runs: i64 = sqlx::query_scalar("select count(*) from job_steps where step = 'run' and outcome = 'succeeded'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(runs, 6);
+}

@@ -427,3 +427,66 @@ pub async fn cancel(api: &str, id: &str) -> (u16, Value) {
     let status = response.status().as_u16();
     (status, response.json().await.unwrap())
 }
+
+/// A Postgres server of the test's own, on a fixed port, that the test can restart.
+pub struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+}
+
+impl PrivatePostgres {
+    pub fn start() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .unwrap()
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .find(|p| p.join("pg_ctl").exists())
+            .expect("postgres server binaries");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let pg = PrivatePostgres { dir, bin, port: free_port() };
+        pg.run("initdb", &["-D", &pg.data(), "-U", "slipway", "--auth=trust", "--no-instructions"]);
+        pg.up();
+        pg
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://slipway@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn up(&self) {
+        let options = format!("-p {} -h 127.0.0.1 -k ''", self.port);
+        let log = self.dir.path().join("log").display().to_string();
+        self.run("pg_ctl", &["-D", &self.data(), "-l", &log, "-o", &options, "-w", "start"]);
+    }
+
+    pub fn down(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let program = self.bin.join(program);
+        let root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+        let status = if root {
+            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&program).args(args).stdout(Stdio::null()).status()
+        } else {
+            Command::new(&program).args(args).stdout(Stdio::null()).status()
+        }
+        .unwrap();
+        assert!(status.success(), "{} {args:?} failed", program.display());
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let options = ["-D", &self.data(), "-m", "immediate", "stop"].map(String::from);
+        let program = self.bin.join("pg_ctl");
+        let _ = Command::new("runuser").args(["-u", "postgres", "--"]).arg(&program).args(&options).output();
+        let _ = Command::new(&program).args(&options).output();
+    }
+}
