@@ -60,6 +60,12 @@ pub struct ServerArgs {
     /// Longest a container may run; the deadline of jobs that give none.
     #[arg(long, env = "SLIPWAY_MAX_RUN_TIME", default_value = "24h", value_parser = duration)]
     pub max_run_time: Duration,
+    /// How long finished jobs are kept (with their events, logs and pushed images).
+    #[arg(long, env = "SLIPWAY_RETENTION", default_value = "30days", value_parser = duration)]
+    pub retention: Duration,
+    /// How often the sweep looks for expired jobs and leftovers.
+    #[arg(long, env = "SLIPWAY_SWEEP_INTERVAL", default_value = "1m", value_parser = duration)]
+    pub sweep_interval: Duration,
 }
 
 /// The worker (`slipway worker`).
@@ -84,12 +90,33 @@ pub struct WorkerArgs {
     /// offers it].
     #[arg(long, env = "SLIPWAY_BUILDER")]
     pub builder: Option<slipway_steps::build::Builder>,
-    /// User name for registry pushes.
+}
+
+/// Registry credentials: workers push with them, servers delete swept images with them.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// User name for the registry.
     #[arg(long, env = "SLIPWAY_REGISTRY_USERNAME")]
     pub registry_username: Option<String>,
-    /// Password or token for registry pushes.
+    /// Password or token for the registry.
     #[arg(long, env = "SLIPWAY_REGISTRY_PASSWORD", hide_env_values = true)]
     pub registry_password: Option<String>,
+}
+
+impl RegistryArgs {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.registry_username.is_some() != self.registry_password.is_some() {
+            return Err(bad(
+                "SLIPWAY_REGISTRY_USERNAME",
+                "set both SLIPWAY_REGISTRY_USERNAME and SLIPWAY_REGISTRY_PASSWORD, or neither",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn credentials(&self) -> Option<(String, String)> {
+        Some((self.registry_username.clone()?, self.registry_password.clone()?))
+    }
 }
 
 /// A configuration error, naming the setting at fault.
@@ -127,6 +154,9 @@ impl ServerArgs {
         }
         if self.retry_max_backoff.as_millis() > u128::from(crate::job::MAX_BACKOFF_MS) {
             return Err(bad("SLIPWAY_RETRY_MAX_BACKOFF", "must be at most 1h"));
+        }
+        if self.sweep_interval < Duration::from_millis(100) {
+            return Err(bad("SLIPWAY_SWEEP_INTERVAL", "must be at least 100ms"));
         }
         if self.max_run_time < Duration::from_secs(1) {
             return Err(bad("SLIPWAY_MAX_RUN_TIME", "must be at least 1s"));
@@ -166,23 +196,13 @@ impl WorkerArgs {
         if self.slots == 0 {
             return Err(bad("SLIPWAY_WORKER_SLOTS", "must be at least 1"));
         }
-        if self.registry_username.is_some() != self.registry_password.is_some() {
-            return Err(bad(
-                "SLIPWAY_REGISTRY_USERNAME",
-                "set both SLIPWAY_REGISTRY_USERNAME and SLIPWAY_REGISTRY_PASSWORD, or neither",
-            ));
-        }
         Ok(())
     }
 
-    pub fn worker_config(&self, listen: SocketAddr) -> slipway_worker::WorkerConfig {
-        let credentials = match (&self.registry_username, &self.registry_password) {
-            (Some(username), Some(password)) => Some(slipway_steps::push::RegistryCredentials {
-                username: username.clone(),
-                password: password.clone(),
-            }),
-            _ => None,
-        };
+    pub fn worker_config(&self, listen: SocketAddr, registry: &RegistryArgs) -> slipway_worker::WorkerConfig {
+        let credentials = registry
+            .credentials()
+            .map(|(username, password)| slipway_steps::push::RegistryCredentials { username, password });
         slipway_worker::WorkerConfig {
             listen,
             worker_id: self.worker_id.clone().unwrap_or_else(|| format!("worker-{}-{}", hostname(), listen.port())),

@@ -9,4 +9,5 @@ pub mod job;
 pub mod local_postgres;
 pub mod orchestrator;
 pub mod process;
+pub mod registry;
 pub mod store;

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use slipway_engine::cli::{self, ApiArgs, SubmitArgs};
-use slipway_engine::config::{DatabaseArgs, ServerArgs, WorkerArgs};
+use slipway_engine::config::{DatabaseArgs, RegistryArgs, ServerArgs, WorkerArgs};
 use slipway_engine::process;
 use tokio_util::sync::CancellationToken;
 
@@ -24,11 +24,15 @@ enum Command {
         db: DatabaseArgs,
         #[command(flatten)]
         server: ServerArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// The gRPC worker that runs jobs' steps; holds no database credentials.
     Worker {
         #[command(flatten)]
         worker: WorkerArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Server and one worker in one process; a private Postgres without DATABASE_URL.
     Standalone {
@@ -38,6 +42,8 @@ enum Command {
         server: ServerArgs,
         #[command(flatten)]
         worker: WorkerArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
         /// Folder of the private Postgres used when DATABASE_URL is not set
         /// [default: /var/lib/slipway as root, else ~/.local/share/slipway].
         #[arg(long, env = "SLIPWAY_DATA_DIR")]
@@ -106,10 +112,12 @@ async fn main() {
     let cli = Cli::parse();
     let _telemetry = slipway_observability::init(&slipway_observability::Config::default());
     let result: anyhow::Result<i32> = match cli.command {
-        Command::Server { db, server } => process::server(db, server, shutdown_on_signals()).await.map(|()| 0),
-        Command::Worker { worker } => process::worker(worker, shutdown_on_signals()).await.map(|()| 0),
-        Command::Standalone { db, server, worker, data_dir } => {
-            process::standalone(db, server, worker, data_dir, shutdown_on_signals()).await.map(|()| 0)
+        Command::Server { db, server, registry } => {
+            process::server(db, server, registry, shutdown_on_signals()).await.map(|()| 0)
+        }
+        Command::Worker { worker, registry } => process::worker(worker, registry, shutdown_on_signals()).await.map(|()| 0),
+        Command::Standalone { db, server, worker, registry, data_dir } => {
+            process::standalone(db, server, worker, registry, data_dir, shutdown_on_signals()).await.map(|()| 0)
         }
         Command::Migrate { db } => process::migrate(db).await.map(|()| 0),
         Command::Submit { api, job } => cli::submit(&api, job).await,

@@ -11,9 +11,10 @@ use slipway_worker::BoundWorker;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DatabaseArgs, ServerArgs, WorkerArgs, local_url};
+use crate::config::{DatabaseArgs, RegistryArgs, ServerArgs, WorkerArgs, local_url};
 use crate::local_postgres::{LocalPostgres, default_data_root};
-use crate::orchestrator::{self, OrchestratorConfig, ReportHandler};
+use crate::orchestrator::{self, OrchestratorConfig, ReportHandler, SweepConfig, Sweeper};
+use crate::registry::RegistryClient;
 use crate::store::Store;
 
 /// How long a start waits for Postgres to accept connections.
@@ -35,17 +36,24 @@ pub async fn migrate(db: DatabaseArgs) -> anyhow::Result<()> {
 }
 
 /// `slipway server`
-pub async fn server(db: DatabaseArgs, args: ServerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn server(
+    db: DatabaseArgs,
+    args: ServerArgs,
+    registry: RegistryArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     args.validate()?;
+    registry.validate()?;
     let url = db.database_url.context("DATABASE_URL is required for `slipway server`")?;
     let store = open_store(&url).await?;
-    serve_orchestrator(store, args, Vec::new(), shutdown, async { Ok(()) }).await
+    serve_orchestrator(store, args, &registry, Vec::new(), shutdown, async { Ok(()) }).await
 }
 
 /// `slipway worker`
-pub async fn worker(args: WorkerArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn worker(args: WorkerArgs, registry: RegistryArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     args.validate()?;
-    let worker = BoundWorker::bind(args.worker_config(args.worker_addr)).await?;
+    registry.validate()?;
+    let worker = BoundWorker::bind(args.worker_config(args.worker_addr, &registry)).await?;
     worker.serve(shutdown).await?;
     Ok(())
 }
@@ -56,11 +64,13 @@ pub async fn standalone(
     db: DatabaseArgs,
     server: ServerArgs,
     worker: WorkerArgs,
+    registry: RegistryArgs,
     data_dir: Option<std::path::PathBuf>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     server.validate()?;
     worker.validate()?;
+    registry.validate()?;
     let local_postgres = match db.database_url {
         Some(_) => None,
         None => {
@@ -76,7 +86,7 @@ pub async fn standalone(
     };
     let result = async {
         let store = open_store(&url).await?;
-        let bound = BoundWorker::bind(worker.worker_config(worker.worker_addr)).await?;
+        let bound = BoundWorker::bind(worker.worker_config(worker.worker_addr, &registry)).await?;
         let local_worker = local_url(bound.local_addr());
         let worker_task = tokio::spawn(bound.serve(shutdown.clone()));
         // The report service stays up until the worker has drained and reported.
@@ -84,7 +94,7 @@ pub async fn standalone(
             worker_task.await.context("the worker task panicked")??;
             Ok(())
         };
-        serve_orchestrator(store, server, vec![local_worker], shutdown, drained).await
+        serve_orchestrator(store, server, &registry, vec![local_worker], shutdown, drained).await
     }
     .await;
     if let Some(pg) = local_postgres {
@@ -97,6 +107,7 @@ pub async fn standalone(
 async fn serve_orchestrator(
     store: Store,
     args: ServerArgs,
+    registry: &RegistryArgs,
     local_workers: Vec<String>,
     shutdown: CancellationToken,
     before_close: impl std::future::Future<Output = anyhow::Result<()>>,
@@ -114,13 +125,19 @@ async fn serve_orchestrator(
     };
     let wake = Arc::new(Notify::new());
     let defaults = args.submit_defaults();
+    let instance_id = store.instance_id().await?;
+    let workers: Vec<String> = local_workers.into_iter().chain(args.workers.iter().cloned()).collect();
+    let sweep = SweepConfig { retention: args.retention, interval: args.sweep_interval, batch: 500 };
+    let sweeper = Sweeper::new(store.clone(), RegistryClient::new(registry.credentials()), sweep, instance_id.clone(), &workers);
+    let sweep_task = tokio::spawn(sweeper.run(shutdown.clone()));
     let config = OrchestratorConfig {
         owner: args.orchestrator_id(),
-        workers: local_workers.into_iter().chain(args.workers.iter().cloned()).collect(),
+        workers,
         report_url,
         worker_timeout: args.worker_timeout,
         heartbeat_interval: args.heartbeat_interval,
         default_policy: defaults.retry,
+        instance_id,
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -143,6 +160,7 @@ async fn serve_orchestrator(
     let http_task = tokio::spawn(crate::api::serve(http, api, shutdown.clone()));
     orchestrator::run(store, config, wake, shutdown).await;
     http_task.await.context("the http task panicked")??;
+    sweep_task.await.context("the sweep task panicked")?;
     // Workers keep reporting while they drain; the report service closes last.
     let drained = before_close.await;
     grpc_stop.cancel();

@@ -10,6 +10,8 @@ use crate::{ErrorCode, StepError};
 /// Label put on every image and container Slipway makes, with the job id as value,
 /// so that they can be found again (re-attach, sweeps).
 pub const JOB_LABEL: &str = "slipway.job_id";
+/// Label with the id of the Slipway installation that made an image or container.
+pub const INSTANCE_LABEL: &str = "slipway.instance";
 /// Label with the attempt that made a container.
 pub const ATTEMPT_LABEL: &str = "slipway.attempt";
 

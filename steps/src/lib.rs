@@ -10,6 +10,7 @@ pub mod clone;
 pub mod docker;
 mod error;
 pub mod image_ref;
+pub mod leftovers;
 pub mod logs;
 pub mod paths;
 pub mod push;

@@ -20,7 +20,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{ATTEMPT_LABEL, JOB_LABEL, engine_error, status_of, stream_error};
+use crate::docker::{ATTEMPT_LABEL, INSTANCE_LABEL, JOB_LABEL, engine_error, status_of, stream_error};
 use crate::logs::LineSplitter;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
@@ -30,6 +30,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct RunRequest {
     pub job_id: String,
+    /// The installation, for the `slipway.instance` label.
+    pub instance_id: String,
     pub attempt: u32,
     /// The image to run, best as `name@sha256:…`.
     pub image: String,
@@ -56,6 +58,7 @@ pub async fn create_container(docker: &Docker, request: &RunRequest, logs: &LogS
         labels: Some(HashMap::from([
             (JOB_LABEL.to_string(), request.job_id.clone()),
             (ATTEMPT_LABEL.to_string(), request.attempt.to_string()),
+            (INSTANCE_LABEL.to_string(), request.instance_id.clone()),
         ])),
         ..Default::default()
     };

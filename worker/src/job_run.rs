@@ -30,6 +30,7 @@ pub(crate) struct JobRun {
     pub outputs: v1::StepOutputs,
     pub first_step: Step,
     pub report_to: String,
+    pub instance_id: String,
     pub current_step: Arc<Mutex<Step>>,
     /// Cancelled when the job is to end `cancelled`.
     pub cancel: CancellationToken,
@@ -163,6 +164,7 @@ async fn build(
 ) -> Result<String, StepError> {
     let request = BuildRequest {
         job_id: job.lease.job_id.clone(),
+        instance_id: job.instance_id.clone(),
         image: job.spec.image.clone(),
         dockerfile: job.spec.dockerfile.clone(),
         context: job.spec.context.clone(),
@@ -200,6 +202,7 @@ async fn run_container(
     env.insert("SLIPWAY_ATTEMPT".into(), job.lease.attempt.to_string());
     let request = RunRequest {
         job_id: job.lease.job_id.clone(),
+        instance_id: job.instance_id.clone(),
         attempt: job.lease.attempt,
         image: non_empty(&outputs.pushed_ref).unwrap_or_else(|| job.spec.image.clone()),
         env,

@@ -7,7 +7,9 @@ use std::time::Duration;
 use slipway_proto::convert::{step_from_wire, step_to_wire};
 use slipway_proto::v1::{self, job_service_server::JobService};
 use slipway_steps::build::{Builder, detect_builder};
+use slipway_proto::v1::leftover::Kind;
 use slipway_steps::docker::Docker;
+use slipway_steps::leftovers::{self, Leftover};
 use slipway_steps::{Step, StepError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -173,6 +175,7 @@ impl JobService for Worker {
             outputs: request.outputs.unwrap_or_default(),
             first_step,
             report_to: request.report_to,
+            instance_id: request.instance_id,
             current_step: step,
             cancel,
             hand_back,
@@ -221,5 +224,49 @@ impl JobService for Worker {
             slots_busy: running.len() as u32,
             running: running.values().map(|j| j.lease.clone()).collect(),
         }))
+    }
+
+    async fn list_leftovers(
+        &self,
+        request: Request<v1::ListLeftoversRequest>,
+    ) -> Result<Response<v1::ListLeftoversResponse>, Status> {
+        let instance_id = request.into_inner().instance_id;
+        if instance_id.is_empty() {
+            return Err(Status::invalid_argument("instance_id is required"));
+        }
+        let found =
+            leftovers::list(&self.state.docker, &instance_id).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let running: Vec<String> = self.state.running().keys().cloned().collect();
+        let leftovers = found
+            .into_iter()
+            .map(|l| match l {
+                Leftover::Container { id, job_id } => v1::Leftover { kind: Kind::Container as i32, id, job_id },
+                Leftover::Image { id, job_id } => v1::Leftover { kind: Kind::Image as i32, id, job_id },
+            })
+            .filter(|l| !running.contains(&l.job_id))
+            .collect();
+        Ok(Response::new(v1::ListLeftoversResponse { leftovers }))
+    }
+
+    async fn remove_leftovers(
+        &self,
+        request: Request<v1::RemoveLeftoversRequest>,
+    ) -> Result<Response<v1::RemoveLeftoversResponse>, Status> {
+        let mut removed = 0;
+        for l in request.into_inner().leftovers {
+            if self.state.running().contains_key(&l.job_id) {
+                continue;
+            }
+            let leftover = match Kind::try_from(l.kind) {
+                Ok(Kind::Container) => Leftover::Container { id: l.id, job_id: l.job_id },
+                Ok(Kind::Image) => Leftover::Image { id: l.id, job_id: l.job_id },
+                _ => continue,
+            };
+            match leftovers::remove(&self.state.docker, &leftover).await {
+                Ok(()) => removed += 1,
+                Err(e) => tracing::warn!(?leftover, error = %e, "cannot remove a leftover"),
+            }
+        }
+        Ok(Response::new(v1::RemoveLeftoversResponse { removed }))
     }
 }

@@ -151,7 +151,7 @@ impl Dispatcher {
 
     async fn start(&mut self, worker: usize, job: ClaimedJob) -> Result<(), StoreError> {
         let first_step = first_step_of(job.state, job.pushed_ref.as_deref());
-        let request = start_request(&job, first_step, &self.config.report_url);
+        let request = start_request(&job, first_step, &self.config);
         let worker = &mut self.workers[worker];
         match worker.client.start_job(request).await {
             Ok(_) => {
@@ -166,7 +166,7 @@ impl Dispatcher {
     }
 }
 
-fn start_request(job: &ClaimedJob, first_step: slipway_steps::Step, report_to: &str) -> v1::StartJobRequest {
+fn start_request(job: &ClaimedJob, first_step: slipway_steps::Step, config: &OrchestratorConfig) -> v1::StartJobRequest {
     let spec = &job.spec.0;
     v1::StartJobRequest {
         lease: Some(v1::Lease {
@@ -192,7 +192,8 @@ fn start_request(job: &ClaimedJob, first_step: slipway_steps::Step, report_to: &
             container_id: job.container_id.clone().unwrap_or_default(),
         }),
         first_step: step_to_wire(first_step) as i32,
-        report_to: report_to.to_string(),
+        report_to: config.report_url.clone(),
         traceparent: job.traceparent.clone().unwrap_or_default(),
+        instance_id: config.instance_id.clone(),
     }
 }

@@ -13,12 +13,14 @@
 mod dispatch;
 mod listen;
 mod report_service;
+mod sweep;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use dispatch::Dispatcher;
 pub use report_service::ReportHandler;
+pub use sweep::{SweepConfig, SweepCounts, Sweeper};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +40,8 @@ pub struct OrchestratorConfig {
     pub heartbeat_interval: Duration,
     /// The attempt limit of jobs whose spec predates retry policies.
     pub default_policy: crate::job::RetryPolicy,
+    /// This installation's id, from the database.
+    pub instance_id: String,
 }
 
 /// Runs the dispatch loop and the `LISTEN` loop until `shutdown`.

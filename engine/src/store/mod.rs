@@ -11,6 +11,7 @@ mod idempotency;
 mod leases;
 mod logs;
 mod read;
+mod sweep;
 mod transitions;
 
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub use idempotency::Submitted;
 pub use leases::{CancelOutcome, EndedLease, HeldLease, LeaseStatus};
 pub use logs::{LogRow, NewLogLine};
 pub use read::{EventRow, JobRow, StepRow};
+pub use sweep::ExpiredJob;
 pub use transitions::{Finish, Lease, Outputs, Retry};
 
 /// The migrations in `migrations/`, applied by `slipway migrate` and at start.

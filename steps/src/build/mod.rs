@@ -18,7 +18,7 @@ use bollard::Docker;
 use bollard::query_parameters::{BuildImageOptionsBuilder, BuilderVersion};
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{JOB_LABEL, engine_error};
+use crate::docker::{INSTANCE_LABEL, JOB_LABEL, engine_error};
 use crate::paths::resolve_inside;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
@@ -30,6 +30,8 @@ const OUTSIDE_DOCKERFILE: &str = ".slipway.Dockerfile";
 #[derive(Debug, Clone)]
 pub struct BuildRequest {
     pub job_id: String,
+    /// The installation, for the `slipway.instance` label.
+    pub instance_id: String,
     /// The image reference to tag the result with.
     pub image: String,
     /// Relative to the repository root.
@@ -65,7 +67,10 @@ pub async fn build_image(
     };
     logs.line(LogStream::System, format!("sending a build context of {} bytes to {name}", tar.len())).await;
 
-    let labels = HashMap::from([(JOB_LABEL.to_string(), request.job_id.clone())]);
+    let labels = HashMap::from([
+        (JOB_LABEL.to_string(), request.job_id.clone()),
+        (INSTANCE_LABEL.to_string(), request.instance_id.clone()),
+    ]);
     let options = BuildImageOptionsBuilder::default()
         .dockerfile(&dockerfile_in_tar)
         .t(&request.image)

@@ -1,0 +1,169 @@
+//! The TTL sweep: finished jobs past the retention are deleted in batches, with the
+//! images pushed for them (unless a kept job pushed the same manifest); containers
+//! and images this installation left on workers' engines are removed once their
+//! jobs are finished (containers) or gone (images). Each sweep logs its counts.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use slipway_proto::v1::{self, job_service_client::JobServiceClient, leftover::Kind};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::job::JobId;
+use crate::registry::{Deletion, RegistryClient, RegistryError};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct SweepConfig {
+    /// How long finished jobs are kept.
+    pub retention: Duration,
+    pub interval: Duration,
+    /// Jobs deleted per statement.
+    pub batch: i64,
+}
+
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SweepCounts {
+    pub jobs: u64,
+    pub registry_images: u64,
+    pub containers: u64,
+    pub engine_images: u64,
+}
+
+pub struct Sweeper {
+    store: Store,
+    registry: RegistryClient,
+    config: SweepConfig,
+    instance_id: String,
+    workers: Vec<(String, JobServiceClient<Channel>)>,
+}
+
+impl Sweeper {
+    pub fn new(
+        store: Store,
+        registry: RegistryClient,
+        config: SweepConfig,
+        instance_id: String,
+        worker_urls: &[String],
+    ) -> Self {
+        let workers = worker_urls
+            .iter()
+            .filter_map(|url| {
+                let channel = Endpoint::from_shared(url.clone()).ok()?.timeout(Duration::from_secs(60)).connect_lazy();
+                Some((url.clone(), JobServiceClient::new(channel)))
+            })
+            .collect();
+        Sweeper { store, registry, config, instance_id, workers }
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                // Shutdown: stop sweeping.
+                _ = shutdown.cancelled() => return,
+                // The next sweep is due.
+                _ = tokio::time::sleep(self.config.interval) => {}
+            }
+            match self.sweep().await {
+                Ok(c) if c == SweepCounts::default() => {}
+                Ok(c) => tracing::info!(
+                    jobs = c.jobs, registry_images = c.registry_images,
+                    containers = c.containers, engine_images = c.engine_images,
+                    "sweep removed"
+                ),
+                Err(e) => tracing::warn!(error = %e, "sweep failed"),
+            }
+        }
+    }
+
+    pub async fn sweep(&mut self) -> Result<SweepCounts, StoreError> {
+        let mut counts = SweepCounts::default();
+        self.sweep_jobs(&mut counts).await?;
+        for i in 0..self.workers.len() {
+            self.sweep_worker(i, &mut counts).await?;
+        }
+        Ok(counts)
+    }
+
+    async fn sweep_jobs(&mut self, counts: &mut SweepCounts) -> Result<(), StoreError> {
+        loop {
+            let expired = self.store.expired_jobs(self.config.retention, self.config.batch).await?;
+            let full = expired.len() as i64 == self.config.batch;
+            let mut deletable = Vec::new();
+            for job in &expired {
+                match (&job.pushed_ref, job.image_shared) {
+                    (Some(pushed), false) => match self.registry.delete(pushed).await {
+                        Ok(Deletion::Deleted) => {
+                            counts.registry_images += 1;
+                            deletable.push(job.id);
+                        }
+                        Ok(Deletion::AlreadyGone) => deletable.push(job.id),
+                        Ok(Deletion::NotAllowed) => {
+                            tracing::warn!(image = %pushed, "the registry does not allow deletes; the image stays");
+                            deletable.push(job.id);
+                        }
+                        // Kept for the next sweep: the reference is the only way to the image.
+                        Err(RegistryError::Unavailable(e)) => tracing::warn!(image = %pushed, error = %e, "image not deleted yet"),
+                        Err(e) => {
+                            tracing::warn!(image = %pushed, error = %e, "cannot delete the image; it stays");
+                            deletable.push(job.id);
+                        }
+                    },
+                    _ => deletable.push(job.id),
+                }
+            }
+            counts.jobs += self.store.delete_jobs(&deletable).await?;
+            if !full || deletable.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn sweep_worker(&mut self, worker: usize, counts: &mut SweepCounts) -> Result<(), StoreError> {
+        let (url, client) = &mut self.workers[worker];
+        let request = v1::ListLeftoversRequest { instance_id: self.instance_id.clone() };
+        let leftovers = match client.list_leftovers(request).await {
+            Ok(r) => r.into_inner().leftovers,
+            Err(status) => {
+                tracing::debug!(worker.url = %url, error = %status.message(), "cannot list leftovers");
+                return Ok(());
+            }
+        };
+        if leftovers.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<JobId> = leftovers.iter().filter_map(|l| l.job_id.parse().ok()).collect();
+        let ended: HashMap<JobId, bool> = self.store.job_states(&ids).await?.into_iter().collect();
+        // Containers go once their job has ended (or is gone); images once the job is
+        // gone, since a kept job's image may run again. Containers first: an image
+        // in use by one cannot go.
+        let mut doomed: Vec<v1::Leftover> = leftovers
+            .into_iter()
+            .filter(|l| {
+                let job = l.job_id.parse::<JobId>().ok().and_then(|id| ended.get(&id).copied());
+                match Kind::try_from(l.kind) {
+                    Ok(Kind::Container) => job.unwrap_or(true),
+                    Ok(Kind::Image) => job.is_none(),
+                    _ => false,
+                }
+            })
+            .collect();
+        doomed.sort_by_key(|l| l.kind);
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let containers = doomed.iter().filter(|l| l.kind == Kind::Container as i32).count() as u64;
+        let images = doomed.len() as u64 - containers;
+        match client.remove_leftovers(v1::RemoveLeftoversRequest { leftovers: doomed }).await {
+            Ok(r) => {
+                let removed = u64::from(r.into_inner().removed);
+                counts.containers += containers.min(removed);
+                counts.engine_images += images.min(removed.saturating_sub(containers));
+            }
+            Err(status) => tracing::warn!(worker.url = %url, error = %status.message(), "cannot remove leftovers"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,144 @@
+//! Deleting pushed images from OCI registries (the distribution API), for the TTL
+//! sweep. Registries on loopback are spoken to over http, others over https.
+//! Credentials are sent as basic auth; a registry that answers with a bearer
+//! challenge (`WWW-Authenticate: Bearer realm=…`) gets a token from its realm first.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use slipway_steps::image_ref::ImageRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("`{0}` is not a pushed image reference")]
+    BadReference(String),
+    /// Worth trying again later: the registry was unreachable or failed.
+    #[error("the registry is unavailable: {0}")]
+    Unavailable(String),
+    /// Trying again will not help (credentials refused, unexpected answer).
+    #[error("the registry refused: {0}")]
+    Refused(String),
+}
+
+/// What became of an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    Deleted,
+    AlreadyGone,
+    /// The registry does not allow deletes (e.g. `storage.delete.enabled` is off).
+    NotAllowed,
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistryClient {
+    http: reqwest::Client,
+    credentials: Option<(String, String)>,
+}
+
+impl RegistryClient {
+    pub fn new(credentials: Option<(String, String)>) -> Self {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("an http client builds");
+        RegistryClient { http, credentials }
+    }
+
+    /// Deletes the manifest `name@sha256:…` names.
+    pub async fn delete(&self, pushed_ref: &str) -> Result<Deletion, RegistryError> {
+        let bad = || RegistryError::BadReference(pushed_ref.to_string());
+        let (name, digest) = pushed_ref.split_once('@').ok_or_else(bad)?;
+        let image: ImageRef = name.parse().map_err(|_| bad())?;
+        let host = image.registry.clone().unwrap_or_else(|| "registry-1.docker.io".to_string());
+        let path = if image.registry.is_none() && !image.path.contains('/') {
+            format!("library/{}", image.path)
+        } else {
+            image.path.clone()
+        };
+        let scheme = if is_loopback(&host) { "http" } else { "https" };
+        let url = format!("{scheme}://{host}/v2/{path}/manifests/{digest}");
+
+        let mut response = self.send(&url, None).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            let challenge = response
+                .headers()
+                .get(reqwest::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
+            if let Some(token) = match challenge {
+                Some(c) if c.starts_with("Bearer ") => Some(self.token(&c).await?),
+                _ => None,
+            } {
+                response = self.send(&url, Some(&token)).await?;
+            }
+        }
+        match response.status() {
+            StatusCode::ACCEPTED | StatusCode::OK => Ok(Deletion::Deleted),
+            StatusCode::NOT_FOUND => Ok(Deletion::AlreadyGone),
+            StatusCode::METHOD_NOT_ALLOWED => Ok(Deletion::NotAllowed),
+            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                Err(RegistryError::Unavailable(format!("{url} answered {s}")))
+            }
+            s => Err(RegistryError::Refused(format!("{url} answered {s}"))),
+        }
+    }
+
+    async fn send(&self, url: &str, bearer: Option<&str>) -> Result<reqwest::Response, RegistryError> {
+        let mut request = self.http.delete(url);
+        request = match (bearer, &self.credentials) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, Some((user, password))) => request.basic_auth(user, Some(password)),
+            (None, None) => request,
+        };
+        request.send().await.map_err(|e| RegistryError::Unavailable(format!("{url}: {e}")))
+    }
+
+    /// A token from a bearer challenge's realm, for its service and scope.
+    async fn token(&self, challenge: &str) -> Result<String, RegistryError> {
+        let param = |key: &str| {
+            challenge.split(',').find_map(|part| {
+                let (k, v) = part.trim().trim_start_matches("Bearer ").split_once('=')?;
+                (k == key).then(|| v.trim_matches('"').to_string())
+            })
+        };
+        let realm = param("realm").ok_or_else(|| RegistryError::Refused(format!("no realm in `{challenge}`")))?;
+        let mut query = Vec::new();
+        for key in ["service", "scope"] {
+            if let Some(v) = param(key) {
+                query.push((key, v));
+            }
+        }
+        let url = reqwest::Url::parse_with_params(&realm, &query)
+            .map_err(|e| RegistryError::Refused(format!("realm `{realm}`: {e}")))?;
+        let mut request = self.http.get(url);
+        if let Some((user, password)) = &self.credentials {
+            request = request.basic_auth(user, Some(password));
+        }
+        let response = request.send().await.map_err(|e| RegistryError::Unavailable(format!("{realm}: {e}")))?;
+        if !response.status().is_success() {
+            return Err(RegistryError::Refused(format!("{realm} answered {}", response.status())));
+        }
+        let body: serde_json::Value =
+            response.json().await.map_err(|e| RegistryError::Refused(format!("{realm}: {e}")))?;
+        body["token"]
+            .as_str()
+            .or_else(|| body["access_token"].as_str())
+            .map(String::from)
+            .ok_or_else(|| RegistryError::Refused(format!("{realm} gave no token")))
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let name = host.rsplit_once(':').map_or(host, |(n, _)| n);
+    name == "localhost" || name.starts_with("127.") || name == "[::1]"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_use_http() {
+        assert!(is_loopback("127.0.0.1:5000"));
+        assert!(is_loopback("localhost"));
+        assert!(!is_loopback("ghcr.io"));
+        assert!(!is_loopback("123456789.dkr.ecr.eu-west-1.amazonaws.com"));
+    }
+}
