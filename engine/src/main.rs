@@ -115,7 +115,9 @@ async fn main() {
         Command::Server { db, server, registry } => {
             process::server(db, server, registry, shutdown_on_signals()).await.map(|()| 0)
         }
-        Command::Worker { worker, registry } => process::worker(worker, registry, shutdown_on_signals()).await.map(|()| 0),
+        Command::Worker { worker, registry } => {
+            process::worker(worker, registry, shutdown_on_signals()).await.map(|()| 0)
+        }
         Command::Standalone { db, server, worker, registry, data_dir } => {
             process::standalone(db, server, worker, registry, data_dir, shutdown_on_signals()).await.map(|()| 0)
         }

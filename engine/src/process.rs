@@ -128,7 +128,8 @@ async fn serve_orchestrator(
     let instance_id = store.instance_id().await?;
     let workers: Vec<String> = local_workers.into_iter().chain(args.workers.iter().cloned()).collect();
     let sweep = SweepConfig { retention: args.retention, interval: args.sweep_interval, batch: 500 };
-    let sweeper = Sweeper::new(store.clone(), RegistryClient::new(registry.credentials()), sweep, instance_id.clone(), &workers);
+    let sweeper =
+        Sweeper::new(store.clone(), RegistryClient::new(registry.credentials()), sweep, instance_id.clone(), &workers);
     let sweep_task = tokio::spawn(sweeper.run(shutdown.clone()));
     let config = OrchestratorConfig {
         owner: args.orchestrator_id(),

@@ -344,3 +344,77 @@ async fn every_job_of_a_batch_completes_across_a_postgres_restart() {
         .unwrap();
     assert_eq!(runs, 6);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sweep_deletes_expired_jobs_their_images_and_leftovers_of_this_installation_only() {
+    let db = TestDb::new().await;
+    let git = GitServer::start();
+    let app = app_repo(&git, "app");
+    let work = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let mut env = ports.server_env();
+    env.extend(ports.worker_env(work.path()));
+    env.insert("DATABASE_URL", db.url.clone());
+    env.insert("SLIPWAY_RETENTION", "3s".into());
+    env.insert("SLIPWAY_SWEEP_INTERVAL", "500ms".into());
+    let slipway = Slipway::spawn("standalone", &["standalone"], &env);
+    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+
+    let registry = open_registry();
+    let id = submit(&ports.api(), &json!({ "repo": app, "image": format!("{registry}/faults/sweep:{}", unique("t")) }))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = wait_finished(&ports.api(), &id, LIMIT).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let image_id = job["image_id"].as_str().unwrap().to_string();
+    let digest = job["pushed_ref"].as_str().unwrap().split_once('@').unwrap().1.to_string();
+
+    // Leftover containers of a job that no longer exists: one of this installation,
+    // one of another installation sharing the engine.
+    let instance: uuid::Uuid =
+        sqlx::query_scalar("select id from slipway_instance").fetch_one(db.store.pool()).await.unwrap();
+    let leftover = |instance: String| {
+        let out = std::process::Command::new("docker")
+            .args(["create", "--label", &format!("slipway.job_id={}", uuid::Uuid::now_v7())])
+            .args(["--label", &format!("slipway.instance={instance}"), &image_id])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let ours = leftover(instance.to_string());
+    let theirs = leftover(uuid::Uuid::new_v4().to_string());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http().get(format!("{}/v1/jobs/{id}", ports.api())).send().await.unwrap().status() != 404 {
+        assert!(Instant::now() < deadline, "the expired job was never deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events: i64 = sqlx::query_scalar("select count(*) from job_events where job_id = $1::uuid")
+        .bind(&id)
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(events, 0, "its history went with it");
+    let manifest = http()
+        .get(format!("http://{registry}/v2/faults/sweep/manifests/{digest}"))
+        .header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(manifest.status(), 404, "the pushed image is deleted from the registry");
+
+    let exists = |what: &str, id: &str| {
+        std::process::Command::new("docker").args([what, "inspect", id]).output().unwrap().status.success()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while exists("container", &ours) || exists("image", &image_id) {
+        assert!(Instant::now() < deadline, "leftovers of this installation remain");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(exists("container", &theirs), "another installation's container is left alone");
+    let _ = std::process::Command::new("docker").args(["rm", "-f", &theirs]).output();
+    assert!(slipway.output().contains("sweep removed"), "the sweep reports its counts");
+}

@@ -128,7 +128,10 @@ async fn soak_jobs_survive_random_kills_of_workers_and_orchestrators() {
     eprintln!("soak: {jobs} jobs ended in {:?} with {kills} kills", started.elapsed());
 
     let states: Vec<(String, i64)> =
-        sqlx::query_as("select state::text, count(*) from jobs group by state order by state").fetch_all(db.store.pool()).await.unwrap();
+        sqlx::query_as("select state::text, count(*) from jobs group by state order by state")
+            .fetch_all(db.store.pool())
+            .await
+            .unwrap();
     assert_eq!(states, [("succeeded".to_string(), jobs as i64)], "every job succeeded, none lost");
 
     // Fencing, from the history: attempts only move forward, each attempt writes from
@@ -141,18 +144,22 @@ async fn soak_jobs_survive_random_kills_of_workers_and_orchestrators() {
             assert!(*a >= attempt, "job {id}: attempt {a} wrote after attempt {attempt}: {history:?}");
             attempt = *a;
             // Rows that end a lease name the worker that lost it; others the writer.
-            let ends_lease = reason.as_deref().is_some_and(|r| r.starts_with("lease_expired") || r.starts_with("retry") || r.starts_with("handed_back"));
+            let ends_lease = reason.as_deref().is_some_and(|r| {
+                r.starts_with("lease_expired") || r.starts_with("retry") || r.starts_with("handed_back")
+            });
             if let (Some(worker), false) = (worker, ends_lease) {
                 let first = worker_of_attempt.entry(*a).or_insert_with(|| worker.clone());
                 assert_eq!(first, worker, "job {id}: attempt {a} written by two workers: {history:?}");
             }
             let _ = state;
         }
-        let runs: i64 = sqlx::query_scalar("select count(*) from job_steps where job_id = $1::uuid and step = 'run' and outcome = 'succeeded'")
-            .bind(id)
-            .fetch_one(db.store.pool())
-            .await
-            .unwrap();
+        let runs: i64 = sqlx::query_scalar(
+            "select count(*) from job_steps where job_id = $1::uuid and step = 'run' and outcome = 'succeeded'",
+        )
+        .bind(id)
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
         assert_eq!(runs, 1, "job {id} succeeded exactly once");
     }
 

@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use slipway_proto::convert::{step_from_wire, step_to_wire};
+use slipway_proto::v1::leftover::Kind;
 use slipway_proto::v1::{self, job_service_server::JobService};
 use slipway_steps::build::{Builder, detect_builder};
-use slipway_proto::v1::leftover::Kind;
 use slipway_steps::docker::Docker;
 use slipway_steps::leftovers::{self, Leftover};
 use slipway_steps::{Step, StepError};

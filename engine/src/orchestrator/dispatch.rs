@@ -166,7 +166,11 @@ impl Dispatcher {
     }
 }
 
-fn start_request(job: &ClaimedJob, first_step: slipway_steps::Step, config: &OrchestratorConfig) -> v1::StartJobRequest {
+fn start_request(
+    job: &ClaimedJob,
+    first_step: slipway_steps::Step,
+    config: &OrchestratorConfig,
+) -> v1::StartJobRequest {
     let spec = &job.spec.0;
     v1::StartJobRequest {
         lease: Some(v1::Lease {

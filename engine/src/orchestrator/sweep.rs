@@ -69,8 +69,10 @@ impl Sweeper {
             match self.sweep().await {
                 Ok(c) if c == SweepCounts::default() => {}
                 Ok(c) => tracing::info!(
-                    jobs = c.jobs, registry_images = c.registry_images,
-                    containers = c.containers, engine_images = c.engine_images,
+                    jobs = c.jobs,
+                    registry_images = c.registry_images,
+                    containers = c.containers,
+                    engine_images = c.engine_images,
                     "sweep removed"
                 ),
                 Err(e) => tracing::warn!(error = %e, "sweep failed"),
@@ -105,7 +107,9 @@ impl Sweeper {
                             deletable.push(job.id);
                         }
                         // Kept for the next sweep: the reference is the only way to the image.
-                        Err(RegistryError::Unavailable(e)) => tracing::warn!(image = %pushed, error = %e, "image not deleted yet"),
+                        Err(RegistryError::Unavailable(e)) => {
+                            tracing::warn!(image = %pushed, error = %e, "image not deleted yet")
+                        }
                         Err(e) => {
                             tracing::warn!(image = %pushed, error = %e, "cannot delete the image; it stays");
                             deletable.push(job.id);

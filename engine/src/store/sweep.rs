@@ -46,22 +46,22 @@ impl Store {
 
     /// Deletes finished jobs and everything recorded about them.
     pub async fn delete_jobs(&self, ids: &[JobId]) -> Result<u64, StoreError> {
-        let deleted = sqlx::query("delete from jobs where id = any($1) and state in ('succeeded', 'failed', 'cancelled')")
-            .bind(ids)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let deleted =
+            sqlx::query("delete from jobs where id = any($1) and state in ('succeeded', 'failed', 'cancelled')")
+                .bind(ids)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
         Ok(deleted)
     }
 
     /// Of `ids`, those that exist, with whether each has ended.
     pub async fn job_states(&self, ids: &[JobId]) -> Result<Vec<(JobId, bool)>, StoreError> {
-        let rows = sqlx::query_as(
-            "select id, state in ('succeeded', 'failed', 'cancelled') from jobs where id = any($1)",
-        )
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows =
+            sqlx::query_as("select id, state in ('succeeded', 'failed', 'cancelled') from jobs where id = any($1)")
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows)
     }
 }

@@ -471,9 +471,15 @@ impl PrivatePostgres {
 
     fn run(&self, program: &str, args: &[&str]) {
         let program = self.bin.join(program);
-        let root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+        let root =
+            std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
         let status = if root {
-            Command::new("runuser").args(["-u", "postgres", "--"]).arg(&program).args(args).stdout(Stdio::null()).status()
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&program)
+                .args(args)
+                .stdout(Stdio::null())
+                .status()
         } else {
             Command::new(&program).args(args).stdout(Stdio::null()).status()
         }
