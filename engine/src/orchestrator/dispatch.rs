@@ -71,10 +71,12 @@ impl Dispatcher {
         }
     }
 
-    /// One pass over the workers, then over expired leases.
+    /// One pass over the workers, then over expired leases. Workers are pinged all at
+    /// once, so that a hung worker delays no other.
     async fn round(&mut self) -> Result<(), StoreError> {
-        for i in 0..self.workers.len() {
-            let Some(ping) = self.ping(i).await else { continue };
+        let pings = self.ping_all().await;
+        for (i, ping) in pings.into_iter().enumerate() {
+            let Some(ping) = ping else { continue };
             self.keep_leases(i, &ping).await?;
             let free = ping.slots_total.saturating_sub(ping.slots_busy);
             if free == 0 {
@@ -101,25 +103,42 @@ impl Dispatcher {
         Ok(())
     }
 
-    async fn ping(&mut self, worker: usize) -> Option<v1::PingResponse> {
-        let report_to = self.config.report_url.clone();
-        let worker = &mut self.workers[worker];
-        match worker.client.ping(v1::PingRequest { report_to }).await {
-            Ok(r) => {
-                if worker.unreachable {
-                    tracing::info!(worker.url = %worker.url, "worker reachable again");
+    /// Pings every worker; `None` for those that did not answer within half the
+    /// worker timeout.
+    async fn ping_all(&mut self) -> Vec<Option<v1::PingResponse>> {
+        let limit = (self.config.worker_timeout / 2).min(CALL_TIMEOUT);
+        let calls = self.workers.iter().map(|w| {
+            let mut client = w.client.clone();
+            let request = v1::PingRequest { report_to: self.config.report_url.clone() };
+            async move {
+                match tokio::time::timeout(limit, client.ping(request)).await {
+                    Ok(Ok(r)) => Ok(r.into_inner()),
+                    Ok(Err(status)) => Err(status.message().to_string()),
+                    Err(_) => Err(format!("no answer within {limit:?}")),
                 }
-                worker.unreachable = false;
-                Some(r.into_inner())
             }
-            Err(status) => {
-                if !worker.unreachable {
-                    tracing::warn!(worker.url = %worker.url, error = %status.message(), "worker unreachable");
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        answers
+            .into_iter()
+            .zip(self.workers.iter_mut())
+            .map(|(answer, worker)| match answer {
+                Ok(ping) => {
+                    if worker.unreachable {
+                        tracing::info!(worker.url = %worker.url, "worker reachable again");
+                    }
+                    worker.unreachable = false;
+                    Some(ping)
                 }
-                worker.unreachable = true;
-                None
-            }
-        }
+                Err(error) => {
+                    if !worker.unreachable {
+                        tracing::warn!(worker.url = %worker.url, %error, "worker unreachable");
+                    }
+                    worker.unreachable = true;
+                    None
+                }
+            })
+            .collect()
     }
 
     /// Extends the leases the worker holds; cancels those to cancel or no longer current.

@@ -13,9 +13,9 @@ use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 
 use super::BuildLog;
-use crate::docker::{engine_error, next_message, stream_error};
+use crate::StepError;
+use crate::docker::next_message;
 use crate::logs::LineSplitter;
-use crate::{ErrorCode, StepError};
 
 /// What has been said of each vertex so far.
 #[derive(Default)]
@@ -26,8 +26,8 @@ struct Vertices {
     announced: HashMap<String, bool>,
     finished: HashMap<String, bool>,
     output: HashMap<String, LineSplitter>,
-    /// The first vertex that reported an error, with the error.
-    failure: Option<(String, String)>,
+    /// The first vertex that reported an error.
+    failure: Option<String>,
 }
 
 impl Vertices {
@@ -45,13 +45,17 @@ impl Vertices {
             if vertex.started.is_some() && !self.announced.get(&vertex.digest).copied().unwrap_or(false) {
                 self.announced.insert(vertex.digest.clone(), true);
                 lines.push(format!("#{n} {}", vertex.name));
-                if vertex.name.starts_with('[') {
+                if vertex.name.starts_with('[') && self.failure.is_none() {
                     log.instruction(&vertex.name);
                 }
             }
             if !vertex.error.is_empty() {
                 lines.push(format!("#{n} ERROR: {}", vertex.error));
-                self.failure.get_or_insert((vertex.name.clone(), vertex.error.clone()));
+                if self.failure.is_none() {
+                    // The failing vertex is the instruction a failure message names.
+                    log.instruction(&vertex.name);
+                    self.failure = Some(vertex.name.clone());
+                }
             } else if vertex.completed.is_some() && !self.finished.get(&vertex.digest).copied().unwrap_or(false) {
                 self.finished.insert(vertex.digest.clone(), true);
                 lines.push(format!("#{n} {}", if vertex.cached { "CACHED" } else { "DONE" }));
@@ -78,13 +82,7 @@ where
     let mut vertices = Vertices::default();
     let mut image_id = None;
     while let Some(item) = next_message(&mut stream, cancel).await? {
-        let info = match item {
-            Ok(info) => info,
-            Err(e) => match stream_error(&e) {
-                Some(message) => return Err(failure(&vertices, log, message)),
-                None => return Err(engine_error(e, ErrorCode::BuildFailed, "the build was refused")),
-            },
-        };
+        let info = log.message(item)?;
         match info.aux {
             Some(BuildInfoAux::BuildKit(status)) => {
                 for line in vertices.lines(status, log) {
@@ -95,16 +93,8 @@ where
             None => {}
         }
         if let Some(error) = info.error_detail.and_then(|d| d.message) {
-            return Err(failure(&vertices, log, &error));
+            return Err(log.failed(&error));
         }
     }
     Ok(image_id)
-}
-
-/// The failing vertex's name wins over the last one that started.
-fn failure(vertices: &Vertices, log: &mut BuildLog<'_>, message: &str) -> StepError {
-    if let Some((name, _)) = &vertices.failure {
-        log.instruction(name);
-    }
-    log.failed(message)
 }

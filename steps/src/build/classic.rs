@@ -8,9 +8,9 @@ use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 
 use super::BuildLog;
-use crate::docker::{engine_error, next_message, stream_error};
+use crate::StepError;
+use crate::docker::next_message;
 use crate::logs::LineSplitter;
-use crate::{ErrorCode, StepError};
 
 /// Follows the build to its end; returns the image id if the engine sent it.
 pub(super) async fn follow<S>(
@@ -24,13 +24,7 @@ where
     let mut splitter = LineSplitter::default();
     let mut image_id = None;
     while let Some(item) = next_message(&mut stream, cancel).await? {
-        let info = match item {
-            Ok(info) => info,
-            Err(e) => match stream_error(&e) {
-                Some(message) => return Err(log.failed(message)),
-                None => return Err(engine_error(e, ErrorCode::BuildFailed, "the build was refused")),
-            },
-        };
+        let info = log.message(item)?;
         if let Some(text) = info.stream.as_deref() {
             for line in splitter.push(text.as_bytes()) {
                 if line.starts_with("Step ") {

@@ -166,6 +166,15 @@ impl<'a> BuildLog<'a> {
         self.instruction = Some(name.to_string());
     }
 
+    /// A progress message, or the build's end: an error the engine reported in the
+    /// stream is the build failing; any other error means the engine could not run it.
+    fn message<T>(&self, item: Result<T, bollard::errors::Error>) -> Result<T, StepError> {
+        item.map_err(|e| match crate::docker::stream_error(&e) {
+            Some(message) => self.failed(message),
+            None => engine_error(e, ErrorCode::BuildFailed, "the build was refused"),
+        })
+    }
+
     /// A failed build, naming the failing instruction and the last lines of output.
     fn failed(&self, error: &str) -> StepError {
         let at = self.instruction.as_ref().map(|s| format!(" at `{s}`")).unwrap_or_default();
