@@ -1,0 +1,363 @@
+//! Benchmark of the engine path: claim → dispatch over gRPC → report → fenced commit.
+//!
+//! A real `slipway server` process runs against a fresh database (default Postgres
+//! settings, fsync on). The workers are benchmark-only: they serve the real
+//! `JobService` over gRPC and, for every job they are given, report each of the four
+//! steps as started and finished at once — no clone, build or container — so that
+//! what is measured is the engine, not Docker. It prints:
+//!
+//! - throughput: complete jobs/s and transitions/s (six per job) for a backlog of
+//!   `BENCH_JOBS` jobs, with one and with two workers;
+//! - latency: submit → first step start (the worker receiving `StartJob`), p50 and
+//!   p99, at a fixed offered rate of `BENCH_RATE` jobs/s, beside the raw floor of a
+//!   LISTEN/NOTIFY + SKIP LOCKED queue measured in the same run (the statements of
+//!   `shared/bench/latency-floor/latency_floor.py`);
+//! - the size of the tables after the backlog, and after a sweep deleted it.
+//!
+//! Run with `scripts/bench` (it starts Postgres like the tests do).
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use slipway_engine::store::Store;
+use slipway_proto::v1::{self, job_service_server::JobService, report_service_client::ReportServiceClient};
+use sqlx::Connection;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+const STEPS: [v1::Step; 4] = [v1::Step::Clone, v1::Step::Build, v1::Step::Push, v1::Step::Run];
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A worker that completes every step the moment it starts.
+struct InstantWorker {
+    id: String,
+    slots: u32,
+    busy: Arc<AtomicU32>,
+    /// Job id → when `StartJob` arrived.
+    arrivals: Arc<Mutex<HashMap<String, Instant>>>,
+    clients: Arc<Mutex<HashMap<String, ReportServiceClient<Channel>>>>,
+}
+
+impl InstantWorker {
+    fn client(&self, url: &str) -> ReportServiceClient<Channel> {
+        let mut clients = self.clients.lock().unwrap();
+        clients
+            .entry(url.to_string())
+            .or_insert_with(|| ReportServiceClient::new(Channel::from_shared(url.to_string()).unwrap().connect_lazy()))
+            .clone()
+    }
+}
+
+#[tonic::async_trait]
+impl JobService for InstantWorker {
+    async fn start_job(&self, request: Request<v1::StartJobRequest>) -> Result<Response<v1::StartJobResponse>, Status> {
+        let arrived = Instant::now();
+        let request = request.into_inner();
+        let lease = request.lease.unwrap();
+        self.arrivals.lock().unwrap().insert(lease.job_id.clone(), arrived);
+        if self.busy.fetch_add(1, Ordering::SeqCst) >= self.slots {
+            self.busy.fetch_sub(1, Ordering::SeqCst);
+            return Err(Status::resource_exhausted("no free slot"));
+        }
+        let mut client = self.client(&request.report_to);
+        let busy = self.busy.clone();
+        tokio::spawn(async move {
+            for step in STEPS {
+                for event in [
+                    v1::step_report::Event::Started(v1::step_report::Started {}),
+                    v1::step_report::Event::Succeeded(v1::StepOutputs::default()),
+                ] {
+                    let exit_code = (step == v1::Step::Run && matches!(event, v1::step_report::Event::Succeeded(_)))
+                        .then_some(0);
+                    let report =
+                        v1::StepReport { lease: Some(lease.clone()), step: step as i32, event: Some(event), exit_code };
+                    match client.report_step(report).await {
+                        Ok(ack) if ack.get_ref().accepted => {}
+                        Ok(_) => panic!("a report was refused"),
+                        Err(status) => panic!("a report failed: {status}"),
+                    }
+                }
+            }
+            busy.fetch_sub(1, Ordering::SeqCst);
+        });
+        Ok(Response::new(v1::StartJobResponse { worker_id: self.id.clone() }))
+    }
+
+    async fn get_status(&self, _: Request<v1::GetStatusRequest>) -> Result<Response<v1::GetStatusResponse>, Status> {
+        Ok(Response::new(v1::GetStatusResponse::default()))
+    }
+
+    async fn cancel(&self, _: Request<v1::CancelRequest>) -> Result<Response<v1::CancelResponse>, Status> {
+        Ok(Response::new(v1::CancelResponse::default()))
+    }
+
+    async fn ping(&self, _: Request<v1::PingRequest>) -> Result<Response<v1::PingResponse>, Status> {
+        Ok(Response::new(v1::PingResponse {
+            worker_id: self.id.clone(),
+            slots_total: self.slots,
+            slots_busy: self.busy.load(Ordering::SeqCst),
+            running: Vec::new(),
+        }))
+    }
+
+    async fn list_leftovers(
+        &self,
+        _: Request<v1::ListLeftoversRequest>,
+    ) -> Result<Response<v1::ListLeftoversResponse>, Status> {
+        Ok(Response::new(v1::ListLeftoversResponse::default()))
+    }
+
+    async fn remove_leftovers(
+        &self,
+        _: Request<v1::RemoveLeftoversRequest>,
+    ) -> Result<Response<v1::RemoveLeftoversResponse>, Status> {
+        Ok(Response::new(v1::RemoveLeftoversResponse::default()))
+    }
+}
+
+/// Starts `count` instant workers; returns their URLs and their arrival records.
+async fn start_workers(count: usize, slots: u32) -> (Vec<String>, Arc<Mutex<HashMap<String, Instant>>>) {
+    let arrivals = Arc::new(Mutex::new(HashMap::new()));
+    let mut urls = Vec::new();
+    for i in 0..count {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.push(format!("http://{}", listener.local_addr().unwrap()));
+        let worker = InstantWorker {
+            id: format!("bench-worker-{i}"),
+            slots,
+            busy: Arc::new(AtomicU32::new(0)),
+            arrivals: arrivals.clone(),
+            clients: Arc::new(Mutex::new(HashMap::new())),
+        };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(v1::job_service_server::JobServiceServer::new(worker))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+    }
+    (urls, arrivals)
+}
+
+/// A fresh database; returns its URL and store.
+async fn fresh_database(base: &str) -> (String, Store) {
+    let name = format!("slipway_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(base).await.expect("connect to DATABASE_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut admin).await.unwrap();
+    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+    let store = slipway_engine::process::open_store(&url).await.unwrap();
+    (url, store)
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn start_server(url: &str, workers: &[String], extra: &[(&str, &str)]) -> Server {
+    let http = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .arg("server")
+        .env("DATABASE_URL", url)
+        .env("SLIPWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("SLIPWAY_GRPC_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("SLIPWAY_WORKERS", workers.join(","))
+        .env("RUST_LOG", "warn")
+        .envs(extra.iter().copied())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(Instant::now() < deadline, "the server did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Server(child)
+}
+
+const SPEC: &str = r#"{"repo":"git://127.0.0.1/app","ref":null,"dockerfile":"Dockerfile","context":".",
+    "image":"127.0.0.1:5000/bench/app:1","build_args":{},"env":{},
+    "run":{"command":null,"timeout_seconds":86400,"retry_on_failure":false},
+    "retry":{"max_attempts":3,"initial_backoff_ms":1000,"max_backoff_ms":60000}}"#;
+
+/// Queues `n` jobs in one statement and notifies once.
+async fn queue_backlog(store: &Store, n: i64) {
+    sqlx::query(
+        "with ins as (
+             insert into jobs (id, spec)
+             select gen_random_uuid(), $2::jsonb from generate_series(1, $1)
+             returning id, state, attempt
+         ), ev as (
+             insert into job_events (job_id, from_state, to_state, attempt, reason)
+             select id, null, state, attempt, 'submitted' from ins
+         )
+         select pg_notify('slipway_jobs', 'backlog')",
+    )
+    .bind(n)
+    .bind(SPEC)
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
+async fn finished(store: &Store) -> i64 {
+    sqlx::query_scalar("select count(*) from jobs where state = 'succeeded'").fetch_one(store.pool()).await.unwrap()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
+}
+
+async fn throughput(base: &str, workers: usize, jobs: i64) -> (Store, String) {
+    let (url, store) = fresh_database(base).await;
+    let (urls, _) = start_workers(workers, 256).await;
+    let _server = start_server(&url, &urls, &[]).await;
+    let started = Instant::now();
+    queue_backlog(&store, jobs).await;
+    while finished(&store).await < jobs {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "throughput, {workers} worker(s): {jobs} jobs in {elapsed:.2} s = {:.0} jobs/s, {:.0} transitions/s",
+        jobs as f64 / elapsed,
+        6.0 * jobs as f64 / elapsed
+    );
+    (store, url)
+}
+
+async fn latency(base: &str, rate: u32, seconds: u32) {
+    let (url, store) = fresh_database(base).await;
+    let (urls, arrivals) = start_workers(1, 256).await;
+    let _server = start_server(&url, &urls, &[]).await;
+    let spec: slipway_engine::job::JobSpec = serde_json::from_str(SPEC).unwrap();
+    let mut submitted = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    for _ in 0..rate * seconds {
+        tick.tick().await;
+        let id = slipway_engine::job::JobId::new();
+        submitted.insert(id.to_string(), Instant::now());
+        store.submit(id, &spec, None, None).await.unwrap();
+    }
+    while finished(&store).await < i64::from(rate * seconds) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let arrivals = arrivals.lock().unwrap();
+    let mut ms: Vec<f64> =
+        submitted.iter().map(|(id, at)| (arrivals[id].duration_since(*at)).as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "latency at {rate} jobs/s offered, submit → first step start: p50 {:.2} ms, p99 {:.2} ms ({} jobs)",
+        percentile(&ms, 50.0),
+        percentile(&ms, 99.0),
+        ms.len()
+    );
+}
+
+/// The raw floor: insert + notify on one connection, LISTEN and claim with SKIP
+/// LOCKED on another — two commits and a notification hop, no engine.
+async fn latency_floor(base: &str, jobs: u32) {
+    let (url, store) = fresh_database(base).await;
+    sqlx::raw_sql(
+        "create table jobs_lat (id bigserial primary key, state text not null, run_at timestamptz not null,
+             attempts int not null default 0, locked_by text, locked_until timestamptz, payload jsonb,
+             updated_at timestamptz not null default now());
+         create index jobs_lat_runnable on jobs_lat (run_at, id) where state = 'queued';",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let mut enqueue = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut claim = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect(&url).await.unwrap();
+    listener.listen("jobs_lat").await.unwrap();
+    let mut ms = Vec::new();
+    for _ in 0..jobs {
+        let t0 = Instant::now();
+        sqlx::query(
+            "with j as (insert into jobs_lat (state, run_at, payload) values ('queued', now(), '{\"kind\":\"noop\"}')
+             returning id) select pg_notify('jobs_lat', id::text) from j",
+        )
+        .execute(&mut enqueue)
+        .await
+        .unwrap();
+        listener.recv().await.unwrap();
+        let id: i64 = sqlx::query_scalar(
+            "update jobs_lat set state = 'running', locked_by = 'w1', locked_until = now() + interval '30 s',
+                 attempts = attempts + 1, updated_at = now()
+             where id = (select id from jobs_lat where state = 'queued' and run_at <= now()
+                         order by run_at, id for update skip locked limit 1)
+             returning id",
+        )
+        .fetch_one(&mut claim)
+        .await
+        .unwrap();
+        ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        sqlx::query("update jobs_lat set state = 'done', locked_by = null, locked_until = null, updated_at = now() where id = $1")
+            .bind(id)
+            .execute(&mut claim)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "latency floor (LISTEN/NOTIFY + SKIP LOCKED, no engine): p50 {:.2} ms, p99 {:.2} ms ({jobs} jobs)",
+        percentile(&ms, 50.0),
+        percentile(&ms, 99.0)
+    );
+}
+
+async fn table_sizes(store: &Store, when: &str) {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "select c.relname::text, pg_total_relation_size(c.oid), coalesce(s.n_live_tup, 0)
+         from pg_class c left join pg_stat_user_tables s on s.relid = c.oid
+         where c.relname in ('jobs', 'job_events', 'job_steps', 'job_logs') order by c.relname",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let sizes: Vec<String> =
+        rows.iter().map(|(t, bytes, live)| format!("{t} {:.1} MiB ({live} rows)", *bytes as f64 / 1048576.0)).collect();
+    println!("table sizes {when}: {}", sizes.join(", "));
+}
+
+#[tokio::main]
+async fn main() {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL: run through scripts/bench");
+    let jobs: i64 = env_or("BENCH_JOBS", 5_000);
+    let rate: u32 = env_or("BENCH_RATE", 100);
+    let seconds: u32 = env_or("BENCH_SECONDS", 10);
+
+    latency_floor(&base, 200).await;
+    latency(&base, rate, seconds).await;
+    latency_floor(&base, 200).await;
+    throughput(&base, 1, jobs).await;
+    let (store, url) = throughput(&base, 2, jobs).await;
+
+    sqlx::query("analyze").execute(store.pool()).await.unwrap();
+    table_sizes(&store, &format!("after {jobs} jobs")).await;
+    // A sweep with no retention deletes every finished job; autovacuum then makes the
+    // space reusable (the files keep their size until a VACUUM FULL).
+    let (urls, _) = start_workers(1, 1).await;
+    let _server =
+        start_server(&url, &urls, &[("SLIPWAY_RETENTION", "1ms"), ("SLIPWAY_SWEEP_INTERVAL", "200ms")]).await;
+    while sqlx::query_scalar::<_, i64>("select count(*) from jobs").fetch_one(store.pool()).await.unwrap() > 0 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sqlx::query("vacuum analyze").execute(store.pool()).await.unwrap();
+    table_sizes(&store, "after the sweep and a vacuum").await;
+}
