@@ -1,6 +1,8 @@
-//! The dispatch loop. Each round, for each worker: ping it, extend the leases it
-//! holds, cancel what must stop, claim as many jobs as it has free slots and start
-//! them there; then end expired leases.
+//! The dispatch loop. Every heartbeat: ping each worker, extend the leases it holds,
+//! cancel what must stop, claim as many jobs as it has free slots and start them
+//! there, then end expired leases. On a wake-up between heartbeats (a job queued, a
+//! slot freed): claim against the free slots the last ping reported, less the jobs
+//! started since, so that a new job starts without a round trip to the workers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +25,11 @@ struct WorkerClient {
     client: JobServiceClient<Channel>,
     /// Whether the last ping failed, so that a dead worker is logged once, not every round.
     unreachable: bool,
+    /// The worker's id, from its last answer.
+    id: Option<String>,
+    /// Free slots as of the last ping, less the jobs started since: a wake-up claims
+    /// against this without asking the worker again.
+    free: u32,
 }
 
 pub struct Dispatcher {
@@ -40,7 +47,13 @@ impl Dispatcher {
             .filter_map(|url| match Endpoint::from_shared(url.clone()) {
                 Ok(endpoint) => {
                     let channel = endpoint.connect_timeout(CALL_TIMEOUT).timeout(CALL_TIMEOUT).connect_lazy();
-                    Some(WorkerClient { url: url.clone(), client: JobServiceClient::new(channel), unreachable: false })
+                    Some(WorkerClient {
+                        url: url.clone(),
+                        client: JobServiceClient::new(channel),
+                        unreachable: false,
+                        id: None,
+                        free: 0,
+                    })
                 }
                 Err(e) => {
                     tracing::error!(worker.url = %url, error = %e, "not a worker URL; ignored");
@@ -56,38 +69,40 @@ impl Dispatcher {
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let heartbeat_due = tokio::select! {
                 // Shutdown: stop claiming.
                 _ = shutdown.cancelled() => break,
                 // A job was queued, a cancel requested, or a slot freed.
-                _ = self.wake.notified() => {}
+                _ = self.wake.notified() => false,
                 // Heartbeat: leases are extended and expired ones ended even when
                 // nothing else happens.
-                _ = heartbeat.tick() => {}
-            }
-            if let Err(e) = self.round().await {
+                _ = heartbeat.tick() => true,
+            };
+            let result = if heartbeat_due { self.heartbeat().await } else { self.dispatch().await };
+            if let Err(e) = result {
                 tracing::warn!(error = %e, "dispatch round failed");
             }
         }
     }
 
-    /// One pass over the workers, then over expired leases. Workers are pinged all at
-    /// once, so that a hung worker delays no other.
-    async fn round(&mut self) -> Result<(), StoreError> {
+    /// On a wake-up: claim for the free slots known from the last ping, asking the
+    /// workers again only when none is known to be free.
+    async fn dispatch(&mut self) -> Result<(), StoreError> {
+        if self.workers.iter().all(|w| w.free == 0) {
+            self.ping_all().await;
+        }
+        self.claim_and_start().await
+    }
+
+    /// Every heartbeat: ping all workers, keep their leases, claim, end expired leases.
+    async fn heartbeat(&mut self) -> Result<(), StoreError> {
         let pings = self.ping_all().await;
         for (i, ping) in pings.into_iter().enumerate() {
-            let Some(ping) = ping else { continue };
-            self.keep_leases(i, &ping).await?;
-            let free = ping.slots_total.saturating_sub(ping.slots_busy);
-            if free == 0 {
-                continue;
-            }
-            let claimed =
-                self.store.claim(&self.config.owner, &ping.worker_id, free, self.config.worker_timeout).await?;
-            for job in claimed {
-                self.start(i, job).await?;
+            if let Some(ping) = ping {
+                self.keep_leases(i, &ping).await?;
             }
         }
+        self.claim_and_start().await?;
         let ended = self.store.expire_leases(&self.config.default_policy).await?;
         for lease in &ended {
             tracing::warn!(
@@ -99,6 +114,20 @@ impl Dispatcher {
         if !ended.is_empty() {
             // Their jobs may be runnable now.
             self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn claim_and_start(&mut self) -> Result<(), StoreError> {
+        for i in 0..self.workers.len() {
+            let (Some(worker_id), free) = (self.workers[i].id.clone(), self.workers[i].free) else { continue };
+            if free == 0 || self.workers[i].unreachable {
+                continue;
+            }
+            let claimed = self.store.claim(&self.config.owner, &worker_id, free, self.config.worker_timeout).await?;
+            for job in claimed {
+                self.start(i, job).await?;
+            }
         }
         Ok(())
     }
@@ -128,9 +157,12 @@ impl Dispatcher {
                         tracing::info!(worker.url = %worker.url, "worker reachable again");
                     }
                     worker.unreachable = false;
+                    worker.id = Some(ping.worker_id.clone());
+                    worker.free = ping.slots_total.saturating_sub(ping.slots_busy);
                     Some(ping)
                 }
                 Err(error) => {
+                    worker.free = 0;
                     if !worker.unreachable {
                         tracing::warn!(worker.url = %worker.url, %error, "worker unreachable");
                     }
@@ -172,12 +204,15 @@ impl Dispatcher {
         let first_step = first_step_of(job.state, job.pushed_ref.as_deref());
         let request = start_request(&job, first_step, &self.config);
         let worker = &mut self.workers[worker];
+        worker.free = worker.free.saturating_sub(1);
         match worker.client.start_job(request).await {
             Ok(_) => {
                 tracing::info!(job.id = %job.id, job.attempt = job.attempt, worker.url = %worker.url, job.step = first_step.as_str(), "job started");
                 Ok(())
             }
             Err(status) => {
+                // Whatever the reason, ask the worker again before the next claim for it.
+                worker.free = 0;
                 tracing::warn!(job.id = %job.id, worker.url = %worker.url, error = %status.message(), "worker refused the job; releasing it");
                 self.store.release(job.id, job.lease_token).await
             }
