@@ -77,8 +77,8 @@ impl JobService for InstantWorker {
                     v1::step_report::Event::Started(v1::step_report::Started {}),
                     v1::step_report::Event::Succeeded(v1::StepOutputs::default()),
                 ] {
-                    let exit_code = (step == v1::Step::Run && matches!(event, v1::step_report::Event::Succeeded(_)))
-                        .then_some(0);
+                    let exit_code =
+                        (step == v1::Step::Run && matches!(event, v1::step_report::Event::Succeeded(_))).then_some(0);
                     let report =
                         v1::StepReport { lease: Some(lease.clone()), step: step as i32, event: Some(event), exit_code };
                     match client.report_step(report).await {
@@ -353,8 +353,7 @@ async fn main() {
     // A sweep with no retention deletes every finished job; autovacuum then makes the
     // space reusable (the files keep their size until a VACUUM FULL).
     let (urls, _) = start_workers(1, 1).await;
-    let _server =
-        start_server(&url, &urls, &[("SLIPWAY_RETENTION", "1ms"), ("SLIPWAY_SWEEP_INTERVAL", "200ms")]).await;
+    let _server = start_server(&url, &urls, &[("SLIPWAY_RETENTION", "1ms"), ("SLIPWAY_SWEEP_INTERVAL", "200ms")]).await;
     while sqlx::query_scalar::<_, i64>("select count(*) from jobs").fetch_one(store.pool()).await.unwrap() > 0 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

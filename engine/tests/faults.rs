@@ -89,7 +89,10 @@ async fn a_job_whose_worker_is_killed_while_building_succeeds_on_another_worker(
     .fetch_one(db.store.pool())
     .await
     .unwrap();
-    eprintln!("figure: the killed worker's job restarted elsewhere {} ms after the kill", (restarted - killed_at).num_milliseconds());
+    eprintln!(
+        "figure: the killed worker's job restarted elsewhere {} ms after the kill",
+        (restarted - killed_at).num_milliseconds()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::TestDb;
 use slipway_engine::job::{JobId, JobRequest, JobState};
-use slipway_engine::store::{Finish, Lease, NewLogLine, Outputs, StoreError};
+use slipway_engine::store::{Finish, Lease, NewLogLine, Outputs, StoreError, logs, transitions};
 use slipway_steps::Step;
 
 const TTL: Duration = Duration::from_secs(30);
@@ -59,30 +59,32 @@ async fn a_report_with_a_stale_token_changes_nothing() {
     db.store.release(id, first.lease_token).await.unwrap();
     let current = db.store.claim("o", "w", 1, TTL).await.unwrap().remove(0);
     let stale = Lease { job_id: id, attempt: 1, token: first.lease_token };
+    let mut conn = db.store.pool().acquire().await.unwrap();
+    let conn = &mut *conn;
     let lease = Lease { job_id: id, attempt: 1, token: current.lease_token };
 
-    let err = db.store.mark_step_started(&stale, Step::Clone, TTL).await.unwrap_err();
+    let err = transitions::mark_step_started(conn, &stale, Step::Clone, TTL).await.unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost), "{err:?}");
     let line = NewLogLine { step: Step::Clone, stream: "system", at: chrono::Utc::now(), line: "x".into() };
-    assert!(matches!(db.store.append_logs(&stale, std::slice::from_ref(&line)).await, Err(StoreError::LeaseLost)));
+    assert!(matches!(logs::append_logs(conn, &stale, std::slice::from_ref(&line)).await, Err(StoreError::LeaseLost)));
     assert!(db.store.logs(id, 0, 10).await.unwrap().is_empty());
     assert_eq!(db.store.job(id).await.unwrap().state, JobState::Queued);
 
-    db.store.mark_step_started(&lease, Step::Clone, TTL).await.unwrap();
-    db.store.append_logs(&lease, &[line]).await.unwrap();
+    transitions::mark_step_started(conn, &lease, Step::Clone, TTL).await.unwrap();
+    logs::append_logs(conn, &lease, &[line]).await.unwrap();
     let outputs = Outputs { commit_sha: Some("abc".into()), ..Default::default() };
-    db.store.mark_step_succeeded(&lease, Step::Clone, &outputs, TTL).await.unwrap();
+    transitions::mark_step_succeeded(conn, &lease, Step::Clone, &outputs, TTL).await.unwrap();
     let finish = Finish {
         state: JobState::Failed,
         exit_code: None,
         error_code: Some("build_failed".into()),
         error: Some("no".into()),
     };
-    db.store.mark_step_started(&lease, Step::Build, TTL).await.unwrap();
-    db.store.mark_finished(&lease, Step::Build, &Outputs::default(), &finish).await.unwrap();
+    transitions::mark_step_started(conn, &lease, Step::Build, TTL).await.unwrap();
+    transitions::mark_finished(conn, &lease, Step::Build, &Outputs::default(), &finish).await.unwrap();
 
     // Once the job has ended, even its own lease can change nothing.
-    let err = db.store.mark_step_started(&lease, Step::Push, TTL).await.unwrap_err();
+    let err = transitions::mark_step_started(conn, &lease, Step::Push, TTL).await.unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost));
     let job = db.store.job(id).await.unwrap();
     assert_eq!(

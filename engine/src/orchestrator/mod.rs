@@ -10,6 +10,7 @@
 //! ended in the same loop. New work and cancel requests wake the loop through
 //! Postgres `LISTEN`; a freed slot wakes it through the report service.
 
+mod commit;
 mod dispatch;
 mod listen;
 mod report_service;
@@ -49,4 +50,14 @@ pub async fn run(store: Store, config: OrchestratorConfig, wake: Arc<Notify>, sh
     let listener = tokio::spawn(listen::run(store.clone(), wake.clone(), shutdown.clone()));
     Dispatcher::new(store, config, wake).run(shutdown).await;
     let _ = listener.await;
+}
+
+/// The report service, committing reports in groups through its own tasks.
+pub fn report_handler(
+    store: &Store,
+    lease_ttl: Duration,
+    default_policy: crate::job::RetryPolicy,
+    wake: Arc<Notify>,
+) -> ReportHandler {
+    ReportHandler::new(commit::Committer::start(store.pool().clone(), lease_ttl, default_policy, wake))
 }

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
@@ -141,17 +142,6 @@ impl Store {
         self.end_leases(None, None, reason, default_policy).await
     }
 
-    /// Ends one lease its worker gives back (shutting down) before the job ended.
-    pub async fn hand_back(
-        &self,
-        job_id: JobId,
-        token: Uuid,
-        default_policy: &RetryPolicy,
-    ) -> Result<Option<EndedLease>, StoreError> {
-        let reason = "handed_back: the worker is shutting down";
-        Ok(self.end_leases(Some(job_id), Some(token), reason, default_policy).await?.pop())
-    }
-
     async fn end_leases(
         &self,
         job_id: Option<JobId>,
@@ -159,14 +149,7 @@ impl Store {
         reason: &str,
         default_policy: &RetryPolicy,
     ) -> Result<Vec<EndedLease>, StoreError> {
-        let ended = sqlx::query_as::<_, EndedLease>(END_LEASES)
-            .bind(job_id)
-            .bind(token)
-            .bind(reason)
-            .bind(default_policy.max_attempts as i32)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(ended)
+        end_leases(&mut *self.pool.acquire().await?, job_id, token, reason, default_policy).await
     }
 
     /// Asks for a job to be cancelled: at once when it holds no lease, else by
@@ -206,15 +189,43 @@ impl Store {
             (Some(_), Some(_)) => Ok(CancelOutcome::Requested),
         }
     }
+}
 
-    /// Whether the job of this lease is to be cancelled.
-    pub async fn cancel_requested(&self, job_id: JobId, token: Uuid) -> Result<bool, StoreError> {
-        let requested: Option<bool> =
-            sqlx::query_scalar("select cancel_requested_at is not null from jobs where id = $1 and lease_token = $2")
-                .bind(job_id)
-                .bind(token)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(requested.unwrap_or(false))
-    }
+/// Ends one lease its worker gives back (shutting down) before the job ended.
+pub async fn hand_back(
+    conn: &mut PgConnection,
+    job_id: JobId,
+    token: Uuid,
+    default_policy: &RetryPolicy,
+) -> Result<Option<EndedLease>, StoreError> {
+    let reason = "handed_back: the worker is shutting down";
+    Ok(end_leases(conn, Some(job_id), Some(token), reason, default_policy).await?.pop())
+}
+
+async fn end_leases(
+    conn: &mut PgConnection,
+    job_id: Option<JobId>,
+    token: Option<Uuid>,
+    reason: &str,
+    default_policy: &RetryPolicy,
+) -> Result<Vec<EndedLease>, StoreError> {
+    let ended = sqlx::query_as::<_, EndedLease>(END_LEASES)
+        .bind(job_id)
+        .bind(token)
+        .bind(reason)
+        .bind(default_policy.max_attempts as i32)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(ended)
+}
+
+/// Whether the job of this lease is to be cancelled.
+pub async fn cancel_requested(conn: &mut PgConnection, job_id: JobId, token: Uuid) -> Result<bool, StoreError> {
+    let requested: Option<bool> =
+        sqlx::query_scalar("select cancel_requested_at is not null from jobs where id = $1 and lease_token = $2")
+            .bind(job_id)
+            .bind(token)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(requested.unwrap_or(false))
 }

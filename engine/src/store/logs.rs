@@ -31,37 +31,6 @@ pub struct LogRow {
 }
 
 impl Store {
-    /// Appends a batch of lines of the leased attempt; nothing is stored when the
-    /// lease is no longer current.
-    pub async fn append_logs(&self, lease: &Lease, lines: &[NewLogLine]) -> Result<(), StoreError> {
-        if lines.is_empty() {
-            return Ok(());
-        }
-        let steps: Vec<&str> = lines.iter().map(|l| l.step.as_str()).collect();
-        let streams: Vec<&str> = lines.iter().map(|l| l.stream).collect();
-        let ats: Vec<DateTime<Utc>> = lines.iter().map(|l| l.at).collect();
-        // Postgres text cannot hold NUL.
-        let texts: Vec<String> = lines.iter().map(|l| l.line.replace('\0', "\u{FFFD}")).collect();
-        let rows = sqlx::query(
-            "insert into job_logs (job_id, attempt, step, stream, at, line)
-             select $1, $2, s::job_step, st, a, l
-             from unnest($3::text[], $4::text[], $5::timestamptz[], $6::text[]) with ordinality as t(s, st, a, l, n)
-             where exists (select 1 from jobs where id = $1 and lease_token = $7)
-             order by n",
-        )
-        .bind(lease.job_id)
-        .bind(lease.attempt)
-        .bind(&steps)
-        .bind(&streams)
-        .bind(&ats)
-        .bind(&texts)
-        .bind(lease.token)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if rows == 0 { Err(StoreError::LeaseLost) } else { Ok(()) }
-    }
-
     /// Up to `limit` lines of a job after line `after`, oldest first.
     pub async fn logs(&self, job_id: JobId, after: i64, limit: i64) -> Result<Vec<LogRow>, StoreError> {
         let rows = sqlx::query_as::<_, LogRow>(
@@ -75,4 +44,35 @@ impl Store {
         .await?;
         Ok(rows)
     }
+}
+
+/// Appends a batch of lines of the leased attempt; nothing is stored when the
+/// lease is no longer current.
+pub async fn append_logs(conn: &mut sqlx::PgConnection, lease: &Lease, lines: &[NewLogLine]) -> Result<(), StoreError> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let steps: Vec<&str> = lines.iter().map(|l| l.step.as_str()).collect();
+    let streams: Vec<&str> = lines.iter().map(|l| l.stream).collect();
+    let ats: Vec<DateTime<Utc>> = lines.iter().map(|l| l.at).collect();
+    // Postgres text cannot hold NUL.
+    let texts: Vec<String> = lines.iter().map(|l| l.line.replace('\0', "\u{FFFD}")).collect();
+    let rows = sqlx::query(
+        "insert into job_logs (job_id, attempt, step, stream, at, line)
+         select $1, $2, s::job_step, st, a, l
+         from unnest($3::text[], $4::text[], $5::timestamptz[], $6::text[]) with ordinality as t(s, st, a, l, n)
+         where exists (select 1 from jobs where id = $1 and lease_token = $7)
+         order by n",
+    )
+    .bind(lease.job_id)
+    .bind(lease.attempt)
+    .bind(&steps)
+    .bind(&streams)
+    .bind(&ats)
+    .bind(&texts)
+    .bind(lease.token)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if rows == 0 { Err(StoreError::LeaseLost) } else { Ok(()) }
 }

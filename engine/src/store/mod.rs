@@ -3,16 +3,18 @@
 //! event and touches the step row), so it is atomic without an explicit transaction
 //! and costs one round trip. Every write a worker's report causes is fenced by the
 //! lease token of the attempt: zero rows is [`StoreError::LeaseLost`], never a
-//! silent no-op.
+//! silent no-op. The writes a report causes ([`transitions`], [`logs::append_logs`],
+//! [`leases::hand_back`]) take a connection, so that the report service can commit
+//! many reports in one transaction.
 
 mod claim;
 mod error;
 mod idempotency;
-mod leases;
-mod logs;
-mod read;
+pub mod leases;
+pub mod logs;
+pub mod read;
 mod sweep;
-mod transitions;
+pub mod transitions;
 
 use std::time::Duration;
 

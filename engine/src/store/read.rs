@@ -59,11 +59,7 @@ macro_rules! job_columns {
 
 impl Store {
     pub async fn job(&self, id: JobId) -> Result<JobRow, StoreError> {
-        let row = sqlx::query_as::<_, JobRow>(concat!("select ", job_columns!(), " from jobs where id = $1"))
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row)
+        job(&mut *self.pool.acquire().await?, id).await
     }
 
     /// Newest first; `before` is the last id of the previous page.
@@ -111,4 +107,13 @@ impl Store {
         .await?;
         Ok(rows)
     }
+}
+
+/// One job, read on `conn` (inside a transaction, it sees that transaction's writes).
+pub async fn job(conn: &mut sqlx::PgConnection, id: JobId) -> Result<JobRow, StoreError> {
+    let row = sqlx::query_as::<_, JobRow>(concat!("select ", job_columns!(), " from jobs where id = $1"))
+        .bind(id)
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(row)
 }

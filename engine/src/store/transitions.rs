@@ -6,7 +6,9 @@ use std::time::Duration;
 use slipway_steps::Step;
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use sqlx::PgConnection;
+
+use super::StoreError;
 use crate::job::{JobId, JobState, state_of_step};
 
 /// The attempt a report speaks for.
@@ -50,196 +52,197 @@ fn fenced(rows: i64) -> Result<(), StoreError> {
     if rows == 0 { Err(StoreError::LeaseLost) } else { Ok(()) }
 }
 
-impl Store {
-    /// The job enters the state of `step`; the step's row for this attempt opens.
-    /// A job asked to cancel starts no step: that is [`StoreError::LeaseLost`] too.
-    pub async fn mark_step_started(&self, lease: &Lease, step: Step, lease_ttl: Duration) -> Result<(), StoreError> {
-        let to = state_of_step(step);
-        let rows: i64 = sqlx::query_scalar(
-            "with prev as (
-                 select state, lease_worker from jobs
-                 where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
-                   and cancel_requested_at is null
-                 for update
-             ), upd as (
-                 update jobs j set state = $3, updated_at = now(),
-                     lease_expires_at = now() + make_interval(secs => $5)
-                 from prev where j.id = $1
-                 returning prev.state as from_state, prev.lease_worker as worker, j.attempt
-             ), ev as (
-                 insert into job_events (job_id, from_state, to_state, attempt, worker)
-                 select $1, from_state, $3, attempt, worker from upd
-             ), st as (
-                 insert into job_steps (job_id, attempt, step, worker)
-                 select $1, attempt, $4::job_step, worker from upd
-                 on conflict (job_id, attempt, step) do update
-                 set started_at = now(), finished_at = null, outcome = null,
-                     error_code = null, error = null, worker = excluded.worker
-             )
-             select count(*) from upd",
-        )
-        .bind(lease.job_id)
-        .bind(lease.token)
-        .bind(to)
-        .bind(step.as_str())
-        .bind(lease_ttl.as_secs_f64())
-        .fetch_one(&self.pool)
-        .await?;
-        fenced(rows)
-    }
-
-    /// Stores outputs a step produced before it ends (the container id before the
-    /// wait), so that a recovery can find what the step started.
-    pub async fn record_outputs(
-        &self,
-        lease: &Lease,
-        outputs: &Outputs,
-        lease_ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.store_outputs(lease, None, outputs, lease_ttl).await
-    }
-
-    /// A step that is not the last ended well: its outputs are stored and its row closed.
-    pub async fn mark_step_succeeded(
-        &self,
-        lease: &Lease,
-        step: Step,
-        outputs: &Outputs,
-        lease_ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.store_outputs(lease, Some(step), outputs, lease_ttl).await
-    }
-
-    /// Stores outputs and extends the lease; closes `ended`'s step row when given.
-    async fn store_outputs(
-        &self,
-        lease: &Lease,
-        ended: Option<Step>,
-        outputs: &Outputs,
-        lease_ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let rows: i64 = sqlx::query_scalar(
-            "with upd as (
-                 update jobs set
-                     commit_sha = coalesce($3, commit_sha), image_id = coalesce($4, image_id),
-                     pushed_ref = coalesce($5, pushed_ref), container_id = coalesce($6, container_id),
-                     updated_at = now(), lease_expires_at = now() + make_interval(secs => $8)
-                 where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
-                 returning attempt
-             ), st as (
-                 update job_steps s set finished_at = now(), outcome = 'succeeded'
-                 from upd where s.job_id = $1 and s.attempt = upd.attempt and s.step = $7::job_step
-             )
-             select count(*) from upd",
-        )
-        .bind(lease.job_id)
-        .bind(lease.token)
-        .bind(&outputs.commit_sha)
-        .bind(&outputs.image_id)
-        .bind(&outputs.pushed_ref)
-        .bind(&outputs.container_id)
-        .bind(ended.map(Step::as_str))
-        .bind(lease_ttl.as_secs_f64())
-        .fetch_one(&self.pool)
-        .await?;
-        fenced(rows)
-    }
-
-    /// The job ends (succeeded, failed or cancelled) while `step` ran: the job row
-    /// takes its final state and gives up its lease, the event is appended and the
-    /// step's row closed, all in one statement.
-    pub async fn mark_finished(
-        &self,
-        lease: &Lease,
-        step: Step,
-        outputs: &Outputs,
-        finish: &Finish,
-    ) -> Result<(), StoreError> {
-        debug_assert!(finish.state.is_terminal());
-        let outcome = if finish.state == JobState::Succeeded { "succeeded" } else { "failed" };
-        let rows: i64 = sqlx::query_scalar(
-            "with prev as (
-                 select state, lease_worker from jobs
-                 where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
-                 for update
-             ), upd as (
-                 update jobs j set state = $3, finished_at = now(), updated_at = now(),
-                     lease_owner = null, lease_worker = null, lease_token = null, lease_expires_at = null,
-                     exit_code = coalesce($4, j.exit_code), error_code = $5, error = $6,
-                     commit_sha = coalesce($7, j.commit_sha), image_id = coalesce($8, j.image_id),
-                     pushed_ref = coalesce($9, j.pushed_ref), container_id = coalesce($10, j.container_id)
-                 from prev where j.id = $1
-                 returning prev.state as from_state, prev.lease_worker as worker, j.attempt, j.cancel_requested_at
-             ), ev as (
-                 insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
-                 select $1, from_state, $3, attempt, worker,
-                        case when $3 = 'cancelled' and cancel_requested_at is not null
-                             then format('cancelled: stopped %s s after the request',
-                                         round(extract(epoch from now() - cancel_requested_at)::numeric, 2))
-                             else $5 end
-                 from upd
-             ), st as (
-                 update job_steps s set finished_at = now(), outcome = $11, error_code = $5, error = $6
-                 from upd where s.job_id = $1 and s.attempt = upd.attempt and s.step = $12::job_step
-             )
-             select count(*) from upd",
-        )
-        .bind(lease.job_id)
-        .bind(lease.token)
-        .bind(finish.state)
-        .bind(finish.exit_code)
-        .bind(&finish.error_code)
-        .bind(&finish.error)
-        .bind(&outputs.commit_sha)
-        .bind(&outputs.image_id)
-        .bind(&outputs.pushed_ref)
-        .bind(&outputs.container_id)
-        .bind(outcome)
-        .bind(step.as_str())
-        .fetch_one(&self.pool)
-        .await?;
-        fenced(rows)
-    }
+/// The job enters the state of `step`; the step's row for this attempt opens.
+/// A job asked to cancel starts no step: that is [`StoreError::LeaseLost`] too.
+pub async fn mark_step_started(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    step: Step,
+    lease_ttl: Duration,
+) -> Result<(), StoreError> {
+    let to = state_of_step(step);
+    let rows: i64 = sqlx::query_scalar(
+        "with prev as (
+             select state, lease_worker from jobs
+             where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
+               and cancel_requested_at is null
+             for update
+         ), upd as (
+             update jobs j set state = $3, updated_at = now(),
+                 lease_expires_at = now() + make_interval(secs => $5)
+             from prev where j.id = $1
+             returning prev.state as from_state, prev.lease_worker as worker, j.attempt
+         ), ev as (
+             insert into job_events (job_id, from_state, to_state, attempt, worker)
+             select $1, from_state, $3, attempt, worker from upd
+         ), st as (
+             insert into job_steps (job_id, attempt, step, worker)
+             select $1, attempt, $4::job_step, worker from upd
+             on conflict (job_id, attempt, step) do update
+             set started_at = now(), finished_at = null, outcome = null,
+                 error_code = null, error = null, worker = excluded.worker
+         )
+         select count(*) from upd",
+    )
+    .bind(lease.job_id)
+    .bind(lease.token)
+    .bind(to)
+    .bind(step.as_str())
+    .bind(lease_ttl.as_secs_f64())
+    .fetch_one(&mut *conn)
+    .await?;
+    fenced(rows)
 }
 
-impl Store {
-    /// The attempt failed and will be tried again: the job gives up its lease and
-    /// goes back to `retry.resume_at` with attempt + 1, runnable after
-    /// `retry.after`; the event says why; the step's row closes as failed.
-    pub async fn mark_retry(&self, lease: &Lease, step: Step, retry: &Retry) -> Result<(), StoreError> {
-        let reason = format!("retry in {:.1}s after {}: {}", retry.after.as_secs_f64(), retry.error_code, retry.error);
-        let rows: i64 = sqlx::query_scalar(
-            "with prev as (
-                 select state, lease_worker, attempt from jobs
-                 where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
-                 for update
-             ), upd as (
-                 update jobs j set state = $3, attempt = j.attempt + 1,
-                     run_after = now() + make_interval(secs => $4), updated_at = now(),
-                     lease_owner = null, lease_worker = null, lease_token = null, lease_expires_at = null,
-                     exit_code = coalesce($7, j.exit_code), error_code = $5, error = $6
-                 from prev where j.id = $1
-                 returning prev.state as from_state, prev.lease_worker as worker, prev.attempt as ended_attempt, j.attempt
-             ), ev as (
-                 insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
-                 select $1, from_state, $3, attempt, worker, $8 from upd
-             ), st as (
-                 update job_steps s set finished_at = now(), outcome = 'failed', error_code = $5, error = $6
-                 from upd where s.job_id = $1 and s.attempt = upd.ended_attempt and s.step = $9::job_step
-             )
-             select count(*) from upd",
-        )
-        .bind(lease.job_id)
-        .bind(lease.token)
-        .bind(retry.resume_at)
-        .bind(retry.after.as_secs_f64())
-        .bind(&retry.error_code)
-        .bind(&retry.error)
-        .bind(retry.exit_code)
-        .bind(reason)
-        .bind(step.as_str())
-        .fetch_one(&self.pool)
-        .await?;
-        fenced(rows)
-    }
+/// Stores outputs a step produced before it ends (the container id before the
+/// wait), so that a recovery can find what the step started.
+pub async fn record_outputs(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    outputs: &Outputs,
+    lease_ttl: Duration,
+) -> Result<(), StoreError> {
+    store_outputs(conn, lease, None, outputs, lease_ttl).await
+}
+
+/// A step that is not the last ended well: its outputs are stored and its row closed.
+pub async fn mark_step_succeeded(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    step: Step,
+    outputs: &Outputs,
+    lease_ttl: Duration,
+) -> Result<(), StoreError> {
+    store_outputs(conn, lease, Some(step), outputs, lease_ttl).await
+}
+
+/// Stores outputs and extends the lease; closes `ended`'s step row when given.
+async fn store_outputs(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    ended: Option<Step>,
+    outputs: &Outputs,
+    lease_ttl: Duration,
+) -> Result<(), StoreError> {
+    let rows: i64 = sqlx::query_scalar(
+        "with upd as (
+             update jobs set
+                 commit_sha = coalesce($3, commit_sha), image_id = coalesce($4, image_id),
+                 pushed_ref = coalesce($5, pushed_ref), container_id = coalesce($6, container_id),
+                 updated_at = now(), lease_expires_at = now() + make_interval(secs => $8)
+             where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
+             returning attempt
+         ), st as (
+             update job_steps s set finished_at = now(), outcome = 'succeeded'
+             from upd where s.job_id = $1 and s.attempt = upd.attempt and s.step = $7::job_step
+         )
+         select count(*) from upd",
+    )
+    .bind(lease.job_id)
+    .bind(lease.token)
+    .bind(&outputs.commit_sha)
+    .bind(&outputs.image_id)
+    .bind(&outputs.pushed_ref)
+    .bind(&outputs.container_id)
+    .bind(ended.map(Step::as_str))
+    .bind(lease_ttl.as_secs_f64())
+    .fetch_one(&mut *conn)
+    .await?;
+    fenced(rows)
+}
+
+/// The job ends (succeeded, failed or cancelled) while `step` ran: the job row
+/// takes its final state and gives up its lease, the event is appended and the
+/// step's row closed, all in one statement.
+pub async fn mark_finished(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    step: Step,
+    outputs: &Outputs,
+    finish: &Finish,
+) -> Result<(), StoreError> {
+    debug_assert!(finish.state.is_terminal());
+    let outcome = if finish.state == JobState::Succeeded { "succeeded" } else { "failed" };
+    let rows: i64 = sqlx::query_scalar(
+        "with prev as (
+             select state, lease_worker from jobs
+             where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
+             for update
+         ), upd as (
+             update jobs j set state = $3, finished_at = now(), updated_at = now(),
+                 lease_owner = null, lease_worker = null, lease_token = null, lease_expires_at = null,
+                 exit_code = coalesce($4, j.exit_code), error_code = $5, error = $6,
+                 commit_sha = coalesce($7, j.commit_sha), image_id = coalesce($8, j.image_id),
+                 pushed_ref = coalesce($9, j.pushed_ref), container_id = coalesce($10, j.container_id)
+             from prev where j.id = $1
+             returning prev.state as from_state, prev.lease_worker as worker, j.attempt, j.cancel_requested_at
+         ), ev as (
+             insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
+             select $1, from_state, $3, attempt, worker,
+                    case when $3 = 'cancelled' and cancel_requested_at is not null
+                         then format('cancelled: stopped %s s after the request',
+                                     round(extract(epoch from now() - cancel_requested_at)::numeric, 2))
+                         else $5 end
+             from upd
+         ), st as (
+             update job_steps s set finished_at = now(), outcome = $11, error_code = $5, error = $6
+             from upd where s.job_id = $1 and s.attempt = upd.attempt and s.step = $12::job_step
+         )
+         select count(*) from upd",
+    )
+    .bind(lease.job_id)
+    .bind(lease.token)
+    .bind(finish.state)
+    .bind(finish.exit_code)
+    .bind(&finish.error_code)
+    .bind(&finish.error)
+    .bind(&outputs.commit_sha)
+    .bind(&outputs.image_id)
+    .bind(&outputs.pushed_ref)
+    .bind(&outputs.container_id)
+    .bind(outcome)
+    .bind(step.as_str())
+    .fetch_one(&mut *conn)
+    .await?;
+    fenced(rows)
+}
+
+/// The attempt failed and will be tried again: the job gives up its lease and
+/// goes back to `retry.resume_at` with attempt + 1, runnable after
+/// `retry.after`; the event says why; the step's row closes as failed.
+pub async fn mark_retry(conn: &mut PgConnection, lease: &Lease, step: Step, retry: &Retry) -> Result<(), StoreError> {
+    let reason = format!("retry in {:.1}s after {}: {}", retry.after.as_secs_f64(), retry.error_code, retry.error);
+    let rows: i64 = sqlx::query_scalar(
+        "with prev as (
+             select state, lease_worker, attempt from jobs
+             where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
+             for update
+         ), upd as (
+             update jobs j set state = $3, attempt = j.attempt + 1,
+                 run_after = now() + make_interval(secs => $4), updated_at = now(),
+                 lease_owner = null, lease_worker = null, lease_token = null, lease_expires_at = null,
+                 exit_code = coalesce($7, j.exit_code), error_code = $5, error = $6
+             from prev where j.id = $1
+             returning prev.state as from_state, prev.lease_worker as worker, prev.attempt as ended_attempt, j.attempt
+         ), ev as (
+             insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
+             select $1, from_state, $3, attempt, worker, $8 from upd
+         ), st as (
+             update job_steps s set finished_at = now(), outcome = 'failed', error_code = $5, error = $6
+             from upd where s.job_id = $1 and s.attempt = upd.ended_attempt and s.step = $9::job_step
+         )
+         select count(*) from upd",
+    )
+    .bind(lease.job_id)
+    .bind(lease.token)
+    .bind(retry.resume_at)
+    .bind(retry.after.as_secs_f64())
+    .bind(&retry.error_code)
+    .bind(&retry.error)
+    .bind(retry.exit_code)
+    .bind(reason)
+    .bind(step.as_str())
+    .fetch_one(&mut *conn)
+    .await?;
+    fenced(rows)
 }

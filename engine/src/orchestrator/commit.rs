@@ -1,0 +1,249 @@
+//! Group commit of workers' reports.
+//!
+//! Every report (a step's start, outputs or end, a batch of log lines) is queued here.
+//! A few committer tasks each take whatever is queued (up to [`MAX_BATCH`]) and apply
+//! it in one transaction: one commit, so one wait for the disk, for many reports. A
+//! report is answered only after its transaction committed. When one statement of a
+//! batch fails for a reason other than a lost lease, the batch is rolled back and its
+//! reports are applied one transaction each, so that one bad report costs no other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use slipway_proto::v1::{self, step_report::Event};
+use slipway_steps::{ErrorCode, Step};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+
+use crate::job::{JobState, RetryDecision, RetryPolicy};
+use crate::store::{Finish, Lease, NewLogLine, Outputs, Retry, StoreError, leases, logs, read, transitions};
+
+/// Reports applied in one transaction at most.
+const MAX_BATCH: usize = 256;
+/// Committer tasks, each with its own connection and transaction.
+const COMMITTERS: usize = 4;
+
+/// A report to apply.
+pub(super) enum Report {
+    Step { lease: Lease, step: Step, event: Event, exit_code: Option<i64> },
+    Logs { lease: Lease, lines: Vec<NewLogLine> },
+}
+
+/// What a report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Applied {
+    /// Committed; the job goes on.
+    Continue,
+    /// Committed; the attempt is over (the job ended or will be retried), its slot free.
+    SlotFreed,
+    /// Nothing more may run for this attempt.
+    Stop,
+}
+
+type Work = (Report, oneshot::Sender<Result<Applied, StoreError>>);
+
+#[derive(Clone)]
+pub(super) struct Committer {
+    queue: mpsc::Sender<Work>,
+}
+
+/// What applying a report needs besides the connection.
+#[derive(Debug, Clone)]
+struct Rules {
+    lease_ttl: Duration,
+    default_policy: RetryPolicy,
+}
+
+impl Committer {
+    /// Starts the committer tasks; they stop when the last `Committer` is dropped.
+    pub fn start(pool: PgPool, lease_ttl: Duration, default_policy: RetryPolicy, wake: Arc<Notify>) -> Self {
+        let (queue, receiver) = mpsc::channel::<Work>(4 * MAX_BATCH);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let rules = Rules { lease_ttl, default_policy };
+        for _ in 0..COMMITTERS {
+            tokio::spawn(run(pool.clone(), receiver.clone(), rules.clone(), wake.clone()));
+        }
+        Committer { queue }
+    }
+
+    /// Applies a report; answers once it is committed.
+    pub async fn apply(&self, report: Report) -> Result<Applied, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        if self.queue.send((report, reply)).await.is_err() {
+            return Err(StoreError::Migrate("the committer stopped".into()));
+        }
+        answer.await.unwrap_or_else(|_| Err(StoreError::Migrate("the committer stopped".into())))
+    }
+}
+
+async fn run(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Work>>>, rules: Rules, wake: Arc<Notify>) {
+    loop {
+        // Take whatever is queued, waiting only for the first.
+        let batch = {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(work) => batch.push(work),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        let (reports, replies): (Vec<Report>, Vec<_>) = batch.into_iter().unzip();
+        let results = match commit_together(&pool, &reports, &rules).await {
+            Ok(results) => results,
+            Err(StoreError::Unavailable(e)) => {
+                tracing::warn!(error = %e, reports = reports.len(), "cannot commit reports: the database is unavailable");
+                reports.iter().map(|_| Err(StoreError::Unavailable(sqlx::Error::PoolClosed))).collect()
+            }
+            Err(e) => {
+                tracing::warn!(error = ?e, reports = reports.len(), "a batch of reports failed; committing them one by one");
+                let mut results = Vec::with_capacity(reports.len());
+                for report in &reports {
+                    results.push(commit_alone(&pool, report, &rules).await);
+                }
+                results
+            }
+        };
+        if results.iter().any(|r| matches!(r, Ok(Applied::SlotFreed | Applied::Stop))) {
+            wake.notify_one();
+        }
+        for (reply, result) in replies.into_iter().zip(results) {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Applies all reports in one transaction. A lost lease is a result, not a failure.
+async fn commit_together(
+    pool: &PgPool,
+    reports: &[Report],
+    rules: &Rules,
+) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut results = Vec::with_capacity(reports.len());
+    for report in reports {
+        match apply(&mut tx, report, rules).await {
+            Err(StoreError::LeaseLost) => results.push(Err(StoreError::LeaseLost)),
+            Err(e) => return Err(e),
+            Ok(applied) => results.push(Ok(applied)),
+        }
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+async fn commit_alone(pool: &PgPool, report: &Report, rules: &Rules) -> Result<Applied, StoreError> {
+    let mut tx = pool.begin().await?;
+    let applied = apply(&mut tx, report, rules).await;
+    match applied {
+        Ok(_) | Err(StoreError::LeaseLost) => tx.commit().await?,
+        Err(_) => tx.rollback().await?,
+    }
+    applied
+}
+
+async fn apply(conn: &mut PgConnection, report: &Report, rules: &Rules) -> Result<Applied, StoreError> {
+    match report {
+        Report::Logs { lease, lines } => logs::append_logs(conn, lease, lines).await.map(|()| Applied::Continue),
+        Report::Step { lease, step, event, exit_code } => {
+            apply_step(conn, lease, *step, event, *exit_code, rules).await
+        }
+    }
+}
+
+async fn apply_step(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    step: Step,
+    event: &Event,
+    exit_code: Option<i64>,
+    rules: &Rules,
+) -> Result<Applied, StoreError> {
+    match event {
+        Event::Started(_) => match transitions::mark_step_started(conn, lease, step, rules.lease_ttl).await {
+            Ok(()) => Ok(Applied::Continue),
+            Err(StoreError::LeaseLost) if leases::cancel_requested(conn, lease.job_id, lease.token).await? => {
+                let error = format!("cancelled by request before the {} step", step.as_str());
+                finish(conn, lease, step, JobState::Cancelled, None, ErrorCode::Cancelled.as_str(), &error).await?;
+                Ok(Applied::Stop)
+            }
+            Err(e) => Err(e),
+        },
+        Event::Progress(o) => {
+            transitions::record_outputs(conn, lease, &outputs(o), rules.lease_ttl).await.map(|()| Applied::Continue)
+        }
+        Event::Succeeded(o) if step == Step::Run => {
+            let finish = Finish { state: JobState::Succeeded, exit_code, error_code: None, error: None };
+            transitions::mark_finished(conn, lease, step, &outputs(o), &finish).await.map(|()| Applied::SlotFreed)
+        }
+        Event::Succeeded(o) => transitions::mark_step_succeeded(conn, lease, step, &outputs(o), rules.lease_ttl)
+            .await
+            .map(|()| Applied::Continue),
+        Event::Failed(failure) => failed(conn, lease, step, failure, exit_code).await.map(|()| Applied::SlotFreed),
+        Event::Released(_) => {
+            leases::hand_back(conn, lease.job_id, lease.token, &rules.default_policy).await?;
+            Ok(Applied::SlotFreed)
+        }
+    }
+}
+
+/// Retries the attempt when the job's policy allows, else ends the job.
+async fn failed(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    step: Step,
+    failure: &v1::StepFailure,
+    exit_code: Option<i64>,
+) -> Result<(), StoreError> {
+    if failure.code == ErrorCode::Cancelled.as_str() {
+        return finish(conn, lease, step, JobState::Cancelled, exit_code, &failure.code, &failure.message).await;
+    }
+    let job = read::job(conn, lease.job_id).await?;
+    let spec = &job.spec.0;
+    let retryable = failure.retryable || (failure.code == ErrorCode::ExitNonZero.as_str() && spec.run.retry_on_failure);
+    match spec.retry.decide(lease.attempt.max(1) as u32, retryable, jitter()) {
+        RetryDecision::RetryAfter(after) => {
+            // A pushed image runs again without a rebuild; anything earlier starts over.
+            let resume_at =
+                if step == Step::Run && job.pushed_ref.is_some() { JobState::Running } else { JobState::Queued };
+            tracing::info!(job.id = %lease.job_id, job.attempt = lease.attempt, error.code = %failure.code, ?after, "retrying");
+            let retry =
+                Retry { resume_at, after, exit_code, error_code: failure.code.clone(), error: failure.message.clone() };
+            transitions::mark_retry(conn, lease, step, &retry).await
+        }
+        RetryDecision::GiveUp => {
+            finish(conn, lease, step, JobState::Failed, exit_code, &failure.code, &failure.message).await
+        }
+    }
+}
+
+async fn finish(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    step: Step,
+    state: JobState,
+    exit_code: Option<i64>,
+    code: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    let finish = Finish { state, exit_code, error_code: Some(code.to_string()), error: Some(message.to_string()) };
+    transitions::mark_finished(conn, lease, step, &Outputs::default(), &finish).await
+}
+
+/// A number in `[0, 1)` to spread retries.
+fn jitter() -> f64 {
+    (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
+}
+
+fn outputs(o: &v1::StepOutputs) -> Outputs {
+    let some = |s: &String| (!s.is_empty()).then(|| s.clone());
+    Outputs {
+        commit_sha: some(&o.commit_sha),
+        image_id: some(&o.image_id),
+        pushed_ref: some(&o.pushed_ref),
+        container_id: some(&o.container_id),
+    }
+}
