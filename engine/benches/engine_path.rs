@@ -72,20 +72,26 @@ impl JobService for InstantWorker {
         let mut client = self.client(&request.report_to);
         let busy = self.busy.clone();
         tokio::spawn(async move {
-            for step in STEPS {
-                for event in [
-                    v1::step_report::Event::Started(v1::step_report::Started {}),
-                    v1::step_report::Event::Succeeded(v1::StepOutputs::default()),
-                ] {
-                    let exit_code =
-                        (step == v1::Step::Run && matches!(event, v1::step_report::Event::Succeeded(_))).then_some(0);
-                    let report =
-                        v1::StepReport { lease: Some(lease.clone()), step: step as i32, event: Some(event), exit_code };
-                    match client.report_step(report).await {
-                        Ok(ack) if ack.get_ref().accepted => {}
-                        Ok(_) => panic!("a report was refused"),
-                        Err(status) => panic!("a report failed: {status}"),
-                    }
+            // Like a real worker: the first step's start, then each step's end together
+            // with the next one's start, then the run's end.
+            let mut reports = vec![(STEPS[0], v1::step_report::Event::Started(v1::step_report::Started {}), None, 0)];
+            for (i, step) in STEPS.into_iter().enumerate() {
+                let next = STEPS.get(i + 1).map_or(0, |s| *s as i32);
+                let exit_code = (step == v1::Step::Run).then_some(0);
+                reports.push((step, v1::step_report::Event::Succeeded(v1::StepOutputs::default()), exit_code, next));
+            }
+            for (step, event, exit_code, then_start) in reports {
+                let report = v1::StepReport {
+                    lease: Some(lease.clone()),
+                    step: step as i32,
+                    event: Some(event),
+                    exit_code,
+                    then_start,
+                };
+                match client.report_step(report).await {
+                    Ok(ack) if ack.get_ref().accepted => {}
+                    Ok(_) => panic!("a report was refused"),
+                    Err(status) => panic!("a report failed: {status}"),
                 }
             }
             busy.fetch_sub(1, Ordering::SeqCst);

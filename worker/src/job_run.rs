@@ -75,37 +75,53 @@ async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
     let logs = LogSink::new(lines_tx, job.first_step);
     let mut outputs = job.outputs.clone();
     let mut step = job.first_step;
-    loop {
-        *job.current_step.lock().unwrap_or_else(|p| p.into_inner()) = step;
-        if !send(&reporter, &job.lease, step, Event::Started(v1::step_report::Started {}), None).await {
-            break;
+    // Later steps are reported started together with the end of the one before.
+    if send(&reporter, &job.lease, step, Event::Started(v1::step_report::Started {}), None, None).await {
+        loop {
+            *job.current_step.lock().unwrap_or_else(|p| p.into_inner()) = step;
+            match run_step(state, &job, folder, &logs, &stop, &reporter, &mut outputs, step).await {
+                Some(next) => step = next,
+                None => break,
+            }
         }
+    }
+    reporter.close().await;
+}
+
+/// Runs one step and reports its end; returns the next step if the job goes on.
+#[allow(clippy::too_many_arguments)]
+async fn run_step(
+    state: &WorkerState,
+    job: &JobRun,
+    folder: &Path,
+    logs: &LogSink,
+    stop: &CancellationToken,
+    reporter: &Reporter,
+    outputs: &mut v1::StepOutputs,
+    step: Step,
+) -> Option<Step> {
+    {
         let logs = logs.for_step(step);
         let result = match step {
-            Step::Clone => clone(&job, folder, &logs, &stop).await.map(|sha| outputs.commit_sha = sha),
-            Step::Build => build(state, &job, folder, &logs, &stop).await.map(|id| outputs.image_id = id),
-            Step::Push => push(state, &job, &logs, &stop).await.map(|r| outputs.pushed_ref = r),
+            Step::Clone => clone(job, folder, &logs, stop).await.map(|sha| outputs.commit_sha = sha),
+            Step::Build => build(state, job, folder, &logs, stop).await.map(|id| outputs.image_id = id),
+            Step::Push => push(state, job, &logs, stop).await.map(|r| outputs.pushed_ref = r),
             Step::Run => {
-                run_container(state, &job, &outputs, &reporter, &logs, &stop).await.map(|id| outputs.container_id = id)
+                run_container(state, job, outputs, reporter, &logs, stop).await.map(|id| outputs.container_id = id)
             }
         };
         match result {
             Ok(()) => {
                 let done = Event::Succeeded(outputs.clone());
                 let exit_code = (step == Step::Run).then_some(0);
-                if !send(&reporter, &job.lease, step, done, exit_code).await {
-                    break;
-                }
-                match step.next() {
-                    Some(next) => step = next,
-                    None => break,
-                }
+                let next = step.next();
+                send(reporter, &job.lease, step, done, exit_code, next).await.then_some(next).flatten()
             }
             Err(_) if job.hand_back.is_cancelled() && !job.cancel.is_cancelled() => {
                 // The worker is stopping: the job is not at fault; it runs again elsewhere.
                 tracing::info!(job.id = %job.lease.job_id, job.step = step.as_str(), "handing the job back on shutdown");
-                send(&reporter, &job.lease, step, Event::Released(v1::step_report::Released {}), None).await;
-                break;
+                send(reporter, &job.lease, step, Event::Released(v1::step_report::Released {}), None, None).await;
+                None
             }
             Err(e) => {
                 tracing::info!(job.id = %job.lease.job_id, job.step = step.as_str(), error.code = e.code.as_str(), "step failed");
@@ -114,18 +130,29 @@ async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
                     message: e.message.clone(),
                     retryable: e.retryable(),
                 };
-                send(&reporter, &job.lease, step, Event::Failed(failure), e.exit_code).await;
-                break;
+                send(reporter, &job.lease, step, Event::Failed(failure), e.exit_code, None).await;
+                None
             }
         }
     }
-    reporter.close().await;
 }
 
 /// Sends a report; `false` when the job must stop (lease gone or orchestrator unreachable).
-async fn send(reporter: &Reporter, lease: &v1::Lease, step: Step, event: Event, exit_code: Option<i64>) -> bool {
-    let report =
-        v1::StepReport { lease: Some(lease.clone()), step: step_to_wire(step) as i32, event: Some(event), exit_code };
+async fn send(
+    reporter: &Reporter,
+    lease: &v1::Lease,
+    step: Step,
+    event: Event,
+    exit_code: Option<i64>,
+    then_start: Option<Step>,
+) -> bool {
+    let report = v1::StepReport {
+        lease: Some(lease.clone()),
+        step: step_to_wire(step) as i32,
+        event: Some(event),
+        exit_code,
+        then_start: then_start.map_or(0, |s| step_to_wire(s) as i32),
+    };
     match reporter.send(report).await {
         Ok(true) => true,
         Ok(false) => {
@@ -219,7 +246,7 @@ async fn run_container(
         None => create_container(&state.docker, &request, logs).await?,
     };
     let progress = v1::StepOutputs { container_id: container_id.clone(), ..Default::default() };
-    if !send(reporter, &job.lease, Step::Run, Event::Progress(progress), None).await {
+    if !send(reporter, &job.lease, Step::Run, Event::Progress(progress), None, None).await {
         remove_container(&state.docker, &container_id).await?;
         return Err(StepError::new(ErrorCode::Cancelled, "the lease was lost before the container started"));
     }

@@ -25,7 +25,7 @@ const COMMITTERS: usize = 4;
 
 /// A report to apply.
 pub(super) enum Report {
-    Step { lease: Lease, step: Step, event: Event, exit_code: Option<i64> },
+    Step { lease: Lease, step: Step, event: Event, exit_code: Option<i64>, then_start: Option<Step> },
     Logs { lease: Lease, lines: Vec<NewLogLine> },
 }
 
@@ -148,8 +148,12 @@ async fn commit_alone(pool: &PgPool, report: &Report, rules: &Rules) -> Result<A
 async fn apply(conn: &mut PgConnection, report: &Report, rules: &Rules) -> Result<Applied, StoreError> {
     match report {
         Report::Logs { lease, lines } => logs::append_logs(conn, lease, lines).await.map(|()| Applied::Continue),
-        Report::Step { lease, step, event, exit_code } => {
-            apply_step(conn, lease, *step, event, *exit_code, rules).await
+        Report::Step { lease, step, event, exit_code, then_start } => {
+            let applied = apply_step(conn, lease, *step, event, *exit_code, rules).await?;
+            match then_start {
+                Some(next) if applied == Applied::Continue => start(conn, lease, *next, rules).await,
+                _ => Ok(applied),
+            }
         }
     }
 }
@@ -163,15 +167,7 @@ async fn apply_step(
     rules: &Rules,
 ) -> Result<Applied, StoreError> {
     match event {
-        Event::Started(_) => match transitions::mark_step_started(conn, lease, step, rules.lease_ttl).await {
-            Ok(()) => Ok(Applied::Continue),
-            Err(StoreError::LeaseLost) if leases::cancel_requested(conn, lease.job_id, lease.token).await? => {
-                let error = format!("cancelled by request before the {} step", step.as_str());
-                finish(conn, lease, step, JobState::Cancelled, None, ErrorCode::Cancelled.as_str(), &error).await?;
-                Ok(Applied::Stop)
-            }
-            Err(e) => Err(e),
-        },
+        Event::Started(_) => start(conn, lease, step, rules).await,
         Event::Progress(o) => {
             transitions::record_outputs(conn, lease, &outputs(o), rules.lease_ttl).await.map(|()| Applied::Continue)
         }
@@ -187,6 +183,20 @@ async fn apply_step(
             leases::hand_back(conn, lease.job_id, lease.token, &rules.default_policy).await?;
             Ok(Applied::SlotFreed)
         }
+    }
+}
+
+/// The job enters `step`, unless it is to be cancelled: then it ends `cancelled` and
+/// the worker is told to stop.
+async fn start(conn: &mut PgConnection, lease: &Lease, step: Step, rules: &Rules) -> Result<Applied, StoreError> {
+    match transitions::mark_step_started(conn, lease, step, rules.lease_ttl).await {
+        Ok(()) => Ok(Applied::Continue),
+        Err(StoreError::LeaseLost) if leases::cancel_requested(conn, lease.job_id, lease.token).await? => {
+            let error = format!("cancelled by request before the {} step", step.as_str());
+            finish(conn, lease, step, JobState::Cancelled, None, ErrorCode::Cancelled.as_str(), &error).await?;
+            Ok(Applied::Stop)
+        }
+        Err(e) => Err(e),
     }
 }
 

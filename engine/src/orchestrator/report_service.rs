@@ -50,7 +50,8 @@ impl ReportService for ReportHandler {
         let lease = lease_of(report.lease)?;
         let step = step_from_wire(report.step).ok_or_else(|| Status::invalid_argument("step is not a step"))?;
         let event = report.event.ok_or_else(|| Status::invalid_argument("event is required"))?;
-        let work = Report::Step { lease: lease.clone(), step, event, exit_code: report.exit_code };
+        let then_start = step_from_wire(report.then_start);
+        let work = Report::Step { lease: lease.clone(), step, event, exit_code: report.exit_code, then_start };
         self.answer(lease, work).await
     }
 
