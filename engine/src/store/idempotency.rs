@@ -27,27 +27,22 @@ impl Store {
         traceparent: Option<&str>,
         key: Option<&str>,
     ) -> Result<Submitted, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "with ins as (
+        const INSERT: &str = "with ins as (
                  insert into jobs (id, spec, traceparent) values ($1, $2, $3)
                  returning id, state, attempt
              ), ev as (
                  insert into job_events (job_id, from_state, to_state, attempt, reason)
                  select id, null, state, attempt, 'submitted' from ins
              )
-             select pg_notify($4, id::text) from ins",
-        )
-        .bind(id)
-        .bind(Json(spec))
-        .bind(traceparent)
-        .bind(QUEUED_CHANNEL)
-        .execute(&mut *tx)
-        .await?;
+             select pg_notify($4, id::text) from ins";
+        let insert = || sqlx::query(INSERT).bind(id).bind(Json(spec)).bind(traceparent).bind(QUEUED_CHANNEL);
         let Some(key) = key else {
-            tx.commit().await?;
+            // Without a key the submission is one statement, committed on its own.
+            insert().execute(&self.pool).await?;
             return Ok(Submitted::Created(id));
         };
+        let mut tx = self.pool.begin().await?;
+        insert().execute(&mut *tx).await?;
         let stored: Option<JobId> = sqlx::query_scalar(
             "insert into idempotency_keys (key, job_id) values ($1, $2) on conflict (key) do nothing returning job_id",
         )
