@@ -22,7 +22,12 @@ fn worker(name: &str, port: u16, work_dir: &std::path::Path) -> Slipway {
 }
 
 fn server(name: &str, db: &TestDb, ports: &Ports, workers: &[u16]) -> Slipway {
+    server_with(name, db, ports, workers, &[])
+}
+
+fn server_with(name: &str, db: &TestDb, ports: &Ports, workers: &[u16], extra: &[(&'static str, &str)]) -> Slipway {
     let mut env = ports.server_env();
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     env.insert("DATABASE_URL", db.url.clone());
     let urls: Vec<String> = workers.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
     env.insert("SLIPWAY_WORKERS", urls.join(","));
@@ -185,7 +190,7 @@ async fn cancel_works_in_every_state_even_with_the_worker_down() {
     let ports = Ports::new();
     let worker_port = free_port();
     let worker_process = worker("worker", worker_port, work.path());
-    let _server = server("orchestrator", &db, &ports, &[worker_port]);
+    let _server = server_with("orchestrator", &db, &ports, &[worker_port], &[("SLIPWAY_SWEEP_INTERVAL", "300ms")]);
     wait_healthy(&ports.api(), Duration::from_secs(30)).await;
     let api = ports.api();
 
@@ -222,7 +227,6 @@ async fn cancel_works_in_every_state_even_with_the_worker_down() {
     assert_eq!(job["state"], "cancelled", "{job}");
     let states: Vec<String> = events(&db, &orphan).await.into_iter().map(|e| e.0).collect();
     assert_eq!(states, ["queued", "cloning", "building", "pushing", "running", "cancelled"]);
-    let _ = std::process::Command::new("docker").args(["rm", "-f"]).args(containers_of(&orphan)).output();
 
     // Queued (no worker can take it): cancelled at once.
     let queued =
@@ -235,6 +239,16 @@ async fn cancel_works_in_every_state_even_with_the_worker_down() {
     // Finished: nothing to cancel.
     let (status, body) = cancel(&api, &queued).await;
     assert_eq!((status, body["error"]["code"].as_str()), (409, Some("already_finished")));
+
+    // The dead worker's container still runs; once the worker is back, the sweep
+    // removes it, since its job has ended.
+    assert_eq!(containers_of(&orphan).len(), 1);
+    let _back = worker("worker", worker_port, work.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !containers_of(&orphan).is_empty() {
+        assert!(Instant::now() < deadline, "the cancelled job's container is still there");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

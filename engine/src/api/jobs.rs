@@ -42,12 +42,12 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bod
     })?;
     let request = parse_job_request(&bytes)?;
     let spec = request.validate(&state.defaults).map_err(|e| ApiError::invalid(e.field, e.message))?;
-    let (id, status) = match store.submit(JobId::new(), &spec, None, key.as_deref()).await? {
-        Submitted::Created(id) => {
-            tracing::info!(job.id = %id, repo = %spec.repo, image = %spec.image, "job submitted");
-            (id, StatusCode::CREATED)
+    let (job, status) = match store.submit(JobId::new(), &spec, None, key.as_deref()).await? {
+        Submitted::Created(row) => {
+            tracing::info!(job.id = %row.id, repo = %spec.repo, image = %spec.image, "job submitted");
+            (JobView::new(*row, Some(Vec::new())), StatusCode::CREATED)
         }
-        Submitted::Existing(id) => (id, StatusCode::OK),
+        Submitted::Existing(id) => (JobView::new(store.job(id).await?, Some(store.steps(id).await?)), StatusCode::OK),
         Submitted::Conflict(id) => {
             return Err(ApiError {
                 field: Some("Idempotency-Key".into()),
@@ -59,8 +59,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bod
             });
         }
     };
-    let job = JobView::new(store.job(id).await?, Some(store.steps(id).await?));
-    let location = format!("/v1/jobs/{id}");
+    let location = format!("/v1/jobs/{}", job.id);
     Ok((status, [(header::LOCATION, location)], Json(job)).into_response())
 }
 

@@ -3,13 +3,14 @@
 
 use sqlx::types::Json;
 
-use super::{QUEUED_CHANNEL, Store, StoreError};
+use super::{JobRow, QUEUED_CHANNEL, Store, StoreError};
 use crate::job::{JobId, JobSpec};
 
 /// What a submission did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Submitted {
-    Created(JobId),
+    /// The job as it was stored.
+    Created(Box<JobRow>),
     /// The key was used before for the same spec: that job.
     Existing(JobId),
     /// The key was used before for another spec.
@@ -27,22 +28,26 @@ impl Store {
         traceparent: Option<&str>,
         key: Option<&str>,
     ) -> Result<Submitted, StoreError> {
-        const INSERT: &str = "with ins as (
+        const INSERT: &str = concat!(
+            "with ins as (
                  insert into jobs (id, spec, traceparent) values ($1, $2, $3)
-                 returning id, state, attempt
+                 returning *
              ), ev as (
                  insert into job_events (job_id, from_state, to_state, attempt, reason)
                  select id, null, state, attempt, 'submitted' from ins
              )
-             select pg_notify($4, id::text) from ins";
-        let insert = || sqlx::query(INSERT).bind(id).bind(Json(spec)).bind(traceparent).bind(QUEUED_CHANNEL);
+             select ",
+            job_columns!(),
+            ", pg_notify($4, id::text) from ins"
+        );
+        let insert =
+            || sqlx::query_as::<_, JobRow>(INSERT).bind(id).bind(Json(spec)).bind(traceparent).bind(QUEUED_CHANNEL);
         let Some(key) = key else {
             // Without a key the submission is one statement, committed on its own.
-            insert().execute(&self.pool).await?;
-            return Ok(Submitted::Created(id));
+            return Ok(Submitted::Created(Box::new(insert().fetch_one(&self.pool).await?)));
         };
         let mut tx = self.pool.begin().await?;
-        insert().execute(&mut *tx).await?;
+        let created = insert().fetch_one(&mut *tx).await?;
         let stored: Option<JobId> = sqlx::query_scalar(
             "insert into idempotency_keys (key, job_id) values ($1, $2) on conflict (key) do nothing returning job_id",
         )
@@ -52,7 +57,7 @@ impl Store {
         .await?;
         if stored.is_some() {
             tx.commit().await?;
-            return Ok(Submitted::Created(id));
+            return Ok(Submitted::Created(Box::new(created)));
         }
         // The key is taken: nothing of this request is kept.
         tx.rollback().await?;

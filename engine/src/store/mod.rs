@@ -7,12 +7,13 @@
 //! [`leases::hand_back`]) take a connection, so that the report service can commit
 //! many reports in one transaction.
 
+#[macro_use]
+pub mod read;
 mod claim;
 mod error;
 mod idempotency;
 pub mod leases;
 pub mod logs;
-pub mod read;
 mod sweep;
 pub mod transitions;
 

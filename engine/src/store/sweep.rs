@@ -27,7 +27,7 @@ impl Store {
     pub async fn expired_jobs(&self, retention: Duration, limit: i64) -> Result<Vec<ExpiredJob>, StoreError> {
         let jobs = sqlx::query_as::<_, ExpiredJob>(
             "select j.id, j.pushed_ref,
-                    exists (select 1 from jobs o
+                    j.pushed_ref is not null and exists (select 1 from jobs o
                             where o.pushed_ref = j.pushed_ref and o.id <> j.id
                               and (o.finished_at is null or o.finished_at >= now() - make_interval(secs => $1))
                     ) as image_shared
