@@ -451,3 +451,46 @@ async fn the_sweep_deletes_expired_jobs_their_images_and_leftovers_of_this_insta
     let _ = std::process::Command::new("docker").args(["rm", "-f", &theirs]).output();
     assert!(slipway.output().contains("sweep removed"), "the sweep reports its counts");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_worker_dies_while_running_reattaches_to_its_container() {
+    let db = TestDb::new().await;
+    let git = GitServer::start();
+    let app = app_repo(&git, "app");
+    let work = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let (first_port, second_port) = (free_port(), free_port());
+    let first = worker("worker-first", first_port, work.path());
+    let _server = server("orchestrator", &db, &ports, &[first_port, second_port]);
+    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+    let since = now_secs();
+
+    let body = json!({ "repo": app, "image": image("reattach"), "run": { "command": sleeping_command(5) } });
+    let id = submit(&ports.api(), &body).await["id"].as_str().unwrap().to_string();
+    wait_state(&ports.api(), &id, "running", LIMIT).await;
+    // The container is recorded before the worker waits on it.
+    let deadline = Instant::now() + LIMIT;
+    while get_job(&ports.api(), &id).await["container_id"].is_null() {
+        assert!(Instant::now() < deadline, "the container id was never stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.signal("KILL");
+    let _second = worker("worker-second", second_port, work.path());
+
+    let job = wait_finished(&ports.api(), &id, LIMIT).await;
+    assert_eq!((job["state"].as_str(), job["attempt"].as_i64()), (Some("succeeded"), Some(2)), "{job}");
+    assert_eq!(containers_created(&id, since), 1, "the second attempt ran no second container");
+    let second: Vec<String> =
+        sqlx::query_scalar("select step::text from job_steps where job_id = $1::uuid and attempt = 2")
+            .bind(&id)
+            .fetch_all(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(second, ["run"], "the second attempt resumed at the run, without a rebuild");
+    let lines = all_logs(&ports.api(), &id).await;
+    assert!(
+        lines.iter().any(|l| l["attempt"] == 2 && l["line"].as_str().is_some_and(|t| t.starts_with("re-attaching")))
+    );
+    assert!(lines.iter().any(|l| l["line"] == "finished"), "the container's end was seen");
+    assert!(containers_of(&id).is_empty());
+}
