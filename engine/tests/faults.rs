@@ -299,6 +299,13 @@ async fn retries_follow_the_policy_and_a_deadline_stops_a_container() {
     let lines = all_logs(&api, id).await;
     assert!(lines.iter().any(|l| l["line"] == "attempt 1") && lines.iter().any(|l| l["line"] == "attempt 2"));
 
+    let classes: Vec<(String, i64)> =
+        sqlx::query_as("select error_code, retries from retries_by_error_class order by error_code")
+            .fetch_all(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(classes, [("exit_nonzero".to_string(), 1), ("push_failed".to_string(), 2)]);
+
     let job = wait_finished(&api, slow["id"].as_str().unwrap(), LIMIT).await;
     assert_eq!((job["state"].as_str(), job["error"]["code"].as_str()), (Some("failed"), Some("timed_out")), "{job}");
     assert!(containers_of(slow["id"].as_str().unwrap()).is_empty());

@@ -67,6 +67,33 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
     let history = state_history(&db, &id).await;
     assert_eq!(history, ["queued", "cloning", "building", "pushing", "running", "succeeded"]);
 
+    // The views answer the usual questions.
+    let uuid: uuid::Uuid = id.parse().unwrap();
+    let transitions: i64 =
+        sqlx::query_scalar("select count(*) from job_history where job_id = $1 and time_in_previous_state is not null")
+            .bind(uuid)
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(transitions, 5);
+    let steps: Vec<(String, bool)> = sqlx::query_as(
+        "select step::text, duration > interval '0' from job_step_durations where job_id = $1 order by started_at",
+    )
+    .bind(uuid)
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(steps.len(), 4);
+    assert!(steps.iter().all(|(_, positive)| *positive));
+    let waited: bool = sqlx::query_scalar("select queue_wait >= interval '0' from job_queue_wait where job_id = $1")
+        .bind(uuid)
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    assert!(waited);
+    let stuck: i64 = sqlx::query_scalar("select count(*) from jobs_stuck").fetch_one(db.store.pool()).await.unwrap();
+    assert_eq!(stuck, 0);
+
     // The logs hold every step's output, in order, tagged with step and stream.
     let lines = all_logs(&ports.api(), &id).await;
     let position =
