@@ -157,7 +157,7 @@ async fn serve_orchestrator(
                 }),
         )
     };
-    let api = crate::api::AppState { store: store.clone(), defaults };
+    let api = crate::api::AppState::new(store.clone(), defaults, shutdown.clone());
     let http_task = tokio::spawn(crate::api::serve(http, api, shutdown.clone()));
     orchestrator::run(store, config, wake, shutdown).await;
     http_task.await.context("the http task panicked")??;

@@ -19,7 +19,7 @@ async fn start() -> Api {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let state = slipway_engine::api::AppState { store: db.store.clone(), defaults: Default::default() };
+    let state = slipway_engine::api::AppState::new(db.store.clone(), Default::default(), shutdown.clone());
     tokio::spawn(slipway_engine::api::serve(listener, state, shutdown.clone()));
     Api { db, base, _shutdown: shutdown.drop_guard() }
 }

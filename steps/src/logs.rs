@@ -46,6 +46,12 @@ impl LogSink {
         let _ = self.tx.send(self.make(stream, text.into())).await;
     }
 
+    /// A line produced at `at` (rather than now).
+    pub async fn line_at(&self, stream: LogStream, text: impl Into<String>, at: SystemTime) {
+        let line = LogLine { step: self.step, stream, text: text.into(), at };
+        let _ = self.tx.send(line).await;
+    }
+
     /// For steps that run on a blocking thread (git).
     pub fn blocking_line(&self, stream: LogStream, text: impl Into<String>) {
         let _ = self.tx.blocking_send(self.make(stream, text.into()));

@@ -180,8 +180,11 @@ async fn exit_code(docker: &Docker, container_id: &str) -> Result<i64, StepError
     }
 }
 
+/// Follows the container's output. The engine stamps each line with the time it
+/// read it from the container, which becomes the line's time (not the time this
+/// worker got around to it).
 async fn follow_output(docker: Docker, container_id: String, logs: LogSink) {
-    let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
+    let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).timestamps(true).build();
     let mut stream = docker.logs(&container_id, Some(options));
     let mut out = LineSplitter::default();
     let mut err = LineSplitter::default();
@@ -191,13 +194,30 @@ async fn follow_output(docker: Docker, container_id: String, logs: LogSink) {
             _ => (&mut out, LogStream::Stdout),
         };
         for line in splitter.push(&chunk.into_bytes()) {
-            logs.line(which, line).await;
+            let (at, text) = stamped(&line);
+            logs.line_at(which, text, at).await;
         }
     }
     for (splitter, which) in [(&mut out, LogStream::Stdout), (&mut err, LogStream::Stderr)] {
         if let Some(rest) = splitter.finish() {
-            logs.line(which, rest).await;
+            let (at, text) = stamped(&rest);
+            logs.line_at(which, text, at).await;
         }
+    }
+}
+
+/// Splits `2026-11-27T16:00:00.123456789Z text` into the time and the text; a line
+/// without a stamp keeps the time it is read.
+fn stamped(line: &str) -> (std::time::SystemTime, &str) {
+    match line.split_once(' ') {
+        Some((stamp, text)) => match chrono::DateTime::parse_from_rfc3339(stamp) {
+            Ok(at) => (at.into(), text),
+            Err(_) => (std::time::SystemTime::now(), line),
+        },
+        None => match chrono::DateTime::parse_from_rfc3339(line) {
+            Ok(at) => (at.into(), ""),
+            Err(_) => (std::time::SystemTime::now(), line),
+        },
     }
 }
 
@@ -215,5 +235,20 @@ pub async fn remove_container(docker: &Docker, container_id: &str) -> Result<(),
         Ok(()) => Ok(()),
         Err(e) if status_of(&e) == Some(404) => Ok(()),
         Err(e) => Err(engine_error(e, ErrorCode::RunFailed, "cannot remove the container")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stamped;
+
+    #[test]
+    fn engine_timestamps_become_the_line_time() {
+        let (at, text) = stamped("2026-11-27T16:00:00.123456789Z hello world");
+        assert_eq!(text, "hello world");
+        let at: chrono::DateTime<chrono::Utc> = at.into();
+        assert_eq!(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), "2026-11-27T16:00:00.123456Z");
+        assert_eq!(stamped("2026-11-27T16:00:00Z").1, "");
+        assert_eq!(stamped("no stamp here").1, "no stamp here");
     }
 }

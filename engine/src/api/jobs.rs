@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::views::{JobPage, JobView, LogPage};
-use super::{ApiError, AppState, MAX_BODY_BYTES};
+use super::{ApiError, AppState, MAX_BODY_BYTES, follow};
 use crate::job::{JobId, JobRequest, JobState};
 use crate::store::{CancelOutcome, Store, Submitted};
 
@@ -182,23 +182,47 @@ pub async fn list(
 }
 
 /// `GET /v1/jobs/{id}/logs?after=&limit=`: lines in the order they were produced.
+/// With `follow=true` (or `Accept: text/event-stream`): Server-Sent Events, from
+/// `Last-Event-ID` or `after`, until the job ends.
 pub async fn logs(
-    State(store): State<Store>,
+    State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<LogPage>, ApiError> {
+) -> Result<Response, ApiError> {
+    let store = &state.store;
     let id = job_id(&id)?;
-    let after = match params.get("after") {
+    for key in params.keys() {
+        if !matches!(key.as_str(), "after" | "limit" | "follow") {
+            return Err(ApiError::invalid(
+                key.clone(),
+                format!("unknown parameter `{key}`; use after, limit or follow"),
+            ));
+        }
+    }
+    let resume = headers.get("last-event-id").and_then(|v| v.to_str().ok()).map(String::from);
+    let after = match resume.as_ref().or(params.get("after")) {
         Some(a) => a.parse::<i64>().map_err(|_| ApiError::invalid("after", format!("`{a}` is not a line id")))?,
         None => 0,
     };
-    let limit = page_size(params.get("limit"), DEFAULT_LOG_PAGE, MAX_LOG_PAGE)?;
+    let wants_stream =
+        headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("text/event-stream"));
+    let follow = match params.get("follow").map(String::as_str) {
+        None => wants_stream,
+        Some("true") => true,
+        Some("false") => false,
+        Some(other) => return Err(ApiError::invalid("follow", format!("follow must be true or false, not `{other}`"))),
+    };
     // Read the state first: a job seen finished has all its lines stored already.
     let finished = store.job(id).await?.state.is_terminal();
+    if follow {
+        return Ok(follow::stream(store.clone(), state.changes.clone(), id, after).into_response());
+    }
+    let limit = page_size(params.get("limit"), DEFAULT_LOG_PAGE, MAX_LOG_PAGE)?;
     let lines = store.logs(id, after, limit).await?;
     let next_after = lines.last().map(|l| l.id).unwrap_or(after);
     let finished = finished && (lines.len() as i64) < limit;
-    Ok(Json(LogPage { lines, next_after, finished }))
+    Ok(Json(LogPage { lines, next_after, finished }).into_response())
 }
 
 fn page_size(raw: Option<&String>, default: i64, max: i64) -> Result<i64, ApiError> {

@@ -1,6 +1,7 @@
 //! The HTTP API (`/v1/jobs`): submit, follow, list, read logs.
 
 mod error;
+mod follow;
 mod jobs;
 mod views;
 
@@ -21,6 +22,15 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct AppState {
     pub store: Store,
     pub defaults: SubmitDefaults,
+    pub changes: follow::JobChanges,
+}
+
+impl AppState {
+    /// Starts listening for committed reports (for live logs) until `shutdown`.
+    pub fn new(store: Store, defaults: SubmitDefaults, shutdown: CancellationToken) -> Self {
+        let changes = follow::JobChanges::start(store.clone(), shutdown);
+        AppState { store, defaults, changes }
+    }
 }
 
 impl axum::extract::FromRef<AppState> for Store {

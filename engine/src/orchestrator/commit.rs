@@ -15,7 +15,7 @@ use slipway_steps::{ErrorCode, Step};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
-use crate::job::{JobState, RetryDecision, RetryPolicy};
+use crate::job::{JobId, JobState, RetryDecision, RetryPolicy};
 use crate::store::{Finish, Lease, NewLogLine, Outputs, Retry, StoreError, leases, logs, read, transitions};
 
 /// Reports applied in one transaction at most.
@@ -131,6 +131,9 @@ async fn commit_together(
             Ok(applied) => results.push(Ok(applied)),
         }
     }
+    let changed: Vec<JobId> =
+        reports.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(report, _)| report.job_id()).collect();
+    notify_changed(&mut tx, &changed).await?;
     tx.commit().await?;
     Ok(results)
 }
@@ -139,10 +142,35 @@ async fn commit_alone(pool: &PgPool, report: &Report, rules: &Rules) -> Result<A
     let mut tx = pool.begin().await?;
     let applied = apply(&mut tx, report, rules).await;
     match applied {
-        Ok(_) | Err(StoreError::LeaseLost) => tx.commit().await?,
+        Ok(_) => {
+            notify_changed(&mut tx, &[report.job_id()]).await?;
+            tx.commit().await?
+        }
+        Err(StoreError::LeaseLost) => tx.commit().await?,
         Err(_) => tx.rollback().await?,
     }
     applied
+}
+
+/// Tells followers (live logs) that these jobs have news, when the transaction commits.
+async fn notify_changed(conn: &mut PgConnection, jobs: &[JobId]) -> Result<(), StoreError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("select pg_notify($2, id::text) from (select distinct unnest($1::uuid[]) as id) as changed")
+        .bind(jobs)
+        .bind(crate::store::CHANGED_CHANNEL)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+impl Report {
+    fn job_id(&self) -> JobId {
+        match self {
+            Report::Step { lease, .. } | Report::Logs { lease, .. } => lease.job_id,
+        }
+    }
 }
 
 async fn apply(conn: &mut PgConnection, report: &Report, rules: &Rules) -> Result<Applied, StoreError> {

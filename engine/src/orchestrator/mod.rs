@@ -12,7 +12,6 @@
 
 mod commit;
 mod dispatch;
-mod listen;
 mod report_service;
 mod sweep;
 
@@ -47,7 +46,13 @@ pub struct OrchestratorConfig {
 
 /// Runs the dispatch loop and the `LISTEN` loop until `shutdown`.
 pub async fn run(store: Store, config: OrchestratorConfig, wake: Arc<Notify>, shutdown: CancellationToken) {
-    let listener = tokio::spawn(listen::run(store.clone(), wake.clone(), shutdown.clone()));
+    let listener = {
+        let (store, wake, shutdown) = (store.clone(), wake.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let channels = [crate::store::QUEUED_CHANNEL, crate::store::CANCEL_CHANNEL];
+            crate::store::listen(store, &channels, |_, _| wake.notify_one(), shutdown).await
+        })
+    };
     Dispatcher::new(store, config, wake).run(shutdown).await;
     let _ = listener.await;
 }

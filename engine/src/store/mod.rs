@@ -13,6 +13,7 @@ mod claim;
 mod error;
 mod idempotency;
 pub mod leases;
+mod listen;
 pub mod logs;
 mod sweep;
 pub mod transitions;
@@ -26,6 +27,7 @@ pub use claim::ClaimedJob;
 pub use error::StoreError;
 pub use idempotency::Submitted;
 pub use leases::{CancelOutcome, EndedLease, HeldLease, LeaseStatus};
+pub use listen::listen;
 pub use logs::{LogRow, NewLogLine};
 pub use read::{EventRow, JobRow, StepRow};
 pub use sweep::ExpiredJob;
@@ -36,6 +38,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// The channel a submission notifies, so that idle orchestrators wake at once.
 pub const QUEUED_CHANNEL: &str = "slipway_jobs";
+/// The channel a committed report notifies with its job id, so that live log
+/// followers read on at once.
+pub const CHANGED_CHANNEL: &str = "slipway_job_changes";
 /// The channel a cancel request notifies, so that the job's orchestrator tells its
 /// worker at once.
 pub const CANCEL_CHANNEL: &str = "slipway_cancels";

@@ -1,22 +1,29 @@
-//! Turns Postgres notifications (a job queued, a cancel requested) into wake-ups of
-//! the dispatch loop.
+//! Listening to Postgres notifications, with reconnects: the orchestrator wakes on
+//! them (a job queued, a cancel requested), live log followers read on (a report
+//! committed).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{CANCEL_CHANNEL, QUEUED_CHANNEL, Store};
+use super::Store;
 
-pub(super) async fn run(store: Store, wake: Arc<Notify>, shutdown: CancellationToken) {
+/// Calls `on_notification(channel, payload)` for each notification on `channels`
+/// until `shutdown`. After every (re)connection it is called once with an empty
+/// channel, since notifications sent while nobody listened are lost.
+pub async fn listen(
+    store: Store,
+    channels: &[&str],
+    on_notification: impl Fn(&str, &str),
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
     // Reconnects with backoff whenever the listening connection is lost.
     loop {
         let listener = async {
             let mut listener = PgListener::connect_with(store.pool()).await?;
-            listener.listen_all([QUEUED_CHANNEL, CANCEL_CHANNEL]).await?;
+            listener.listen_all(channels.iter().copied()).await?;
             Ok::<_, sqlx::Error>(listener)
         };
         let mut listener = tokio::select! {
@@ -24,7 +31,7 @@ pub(super) async fn run(store: Store, wake: Arc<Notify>, shutdown: CancellationT
             l = listener => match l {
                 Ok(l) => l,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for new jobs; retrying");
+                    tracing::warn!(error = %e, "cannot listen for notifications; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
@@ -35,15 +42,14 @@ pub(super) async fn run(store: Store, wake: Arc<Notify>, shutdown: CancellationT
             },
         };
         backoff = Duration::from_millis(100);
-        // Notifications sent while we were not listening are lost: look once.
-        wake.notify_one();
+        on_notification("", "");
         loop {
             tokio::select! {
                 // Shutdown: stop listening.
                 _ = shutdown.cancelled() => return,
-                // A job was queued or a cancel requested: wake the dispatcher.
+                // A notification: pass it on.
                 n = listener.recv() => match n {
-                    Ok(_) => wake.notify_one(),
+                    Ok(n) => on_notification(n.channel(), n.payload()),
                     Err(e) => {
                         tracing::warn!(error = %e, "lost the notification connection");
                         break;
