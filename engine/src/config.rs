@@ -60,6 +60,9 @@ pub struct ServerArgs {
     /// Longest a container may run; the deadline of jobs that give none.
     #[arg(long, env = "SLIPWAY_MAX_RUN_TIME", default_value = "24h", value_parser = duration)]
     pub max_run_time: Duration,
+    /// Bytes of log lines kept per job; past it, one marker line and nothing more.
+    #[arg(long, env = "SLIPWAY_MAX_LOG_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_log_bytes: u64,
     /// How long finished jobs are kept (with their events, logs and pushed images).
     #[arg(long, env = "SLIPWAY_RETENTION", default_value = "30days", value_parser = duration)]
     pub retention: Duration,

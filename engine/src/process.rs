@@ -143,7 +143,8 @@ async fn serve_orchestrator(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<ReportServiceServer<ReportHandler>>().await;
-    let reports = orchestrator::report_handler(&store, args.worker_timeout, defaults.retry, wake.clone());
+    let reports =
+        orchestrator::report_handler(&store, args.worker_timeout, defaults.retry, args.max_log_bytes, wake.clone());
     let grpc_stop = CancellationToken::new();
     let grpc_task = {
         let stop = grpc_stop.clone();

@@ -350,3 +350,38 @@ async fn live_logs_arrive_while_the_container_runs_and_resume_without_gap_or_rep
         delays_ms.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_log_past_its_limit_keeps_a_marker_and_drops_the_rest() {
+    let db = TestDb::new().await;
+    let git = GitServer::start();
+    let repo = app_repo(&git, "app");
+    let work_dir = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let mut env = ports.server_env();
+    env.extend(ports.worker_env(work_dir.path()));
+    env.insert("DATABASE_URL", db.url.clone());
+    env.insert("SLIPWAY_MAX_LOG_BYTES", "6000".into());
+    let _slipway = Slipway::spawn("standalone", &["standalone"], &env);
+    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+
+    let script = "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done";
+    let body = json!({
+        "repo": repo,
+        "image": format!("{}/limit/app:{}", open_registry(), unique("t")),
+        "run": { "command": ["/bin/busybox", "sh", "-c", script] },
+    });
+    let id = submit(&ports.api(), &body).await["id"].as_str().unwrap().to_string();
+    let job = wait_finished(&ports.api(), &id, JOB_LIMIT).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+
+    let lines = all_logs(&ports.api(), &id).await;
+    let markers: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["line"].as_str().unwrap().contains("reached its limit of 6000 bytes")).collect();
+    assert_eq!(markers.len(), 1, "one marker");
+    assert_eq!(lines.last().unwrap(), markers[0], "nothing after the marker");
+    let kept: usize = lines[..lines.len() - 1].iter().map(|l| l["line"].as_str().unwrap().len()).sum();
+    assert!(kept <= 6000, "{kept} bytes kept");
+    assert!(lines.iter().any(|l| l["line"] == "line 0"));
+    assert!(!lines.iter().any(|l| l["line"] == "line 1999"));
+}

@@ -52,14 +52,21 @@ pub(super) struct Committer {
 struct Rules {
     lease_ttl: Duration,
     default_policy: RetryPolicy,
+    max_log_bytes: i64,
 }
 
 impl Committer {
     /// Starts the committer tasks; they stop when the last `Committer` is dropped.
-    pub fn start(pool: PgPool, lease_ttl: Duration, default_policy: RetryPolicy, wake: Arc<Notify>) -> Self {
+    pub fn start(
+        pool: PgPool,
+        lease_ttl: Duration,
+        default_policy: RetryPolicy,
+        max_log_bytes: i64,
+        wake: Arc<Notify>,
+    ) -> Self {
         let (queue, receiver) = mpsc::channel::<Work>(4 * MAX_BATCH);
         let receiver = Arc::new(Mutex::new(receiver));
-        let rules = Rules { lease_ttl, default_policy };
+        let rules = Rules { lease_ttl, default_policy, max_log_bytes };
         for _ in 0..COMMITTERS {
             tokio::spawn(run(pool.clone(), receiver.clone(), rules.clone(), wake.clone()));
         }
@@ -123,12 +130,16 @@ async fn commit_together(
     rules: &Rules,
 ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
     let mut tx = pool.begin().await?;
-    let mut results = Vec::with_capacity(reports.len());
-    for report in reports {
-        match apply(&mut tx, report, rules).await {
-            Err(StoreError::LeaseLost) => results.push(Err(StoreError::LeaseLost)),
+    // Rows are locked in job id order, as the heartbeat locks them, so that two
+    // transactions never wait on each other in a circle.
+    let mut order: Vec<usize> = (0..reports.len()).collect();
+    order.sort_by_key(|&i| reports[i].job_id());
+    let mut results: Vec<Result<Applied, StoreError>> = reports.iter().map(|_| Ok(Applied::Continue)).collect();
+    for i in order {
+        match apply(&mut tx, &reports[i], rules).await {
+            Err(StoreError::LeaseLost) => results[i] = Err(StoreError::LeaseLost),
             Err(e) => return Err(e),
-            Ok(applied) => results.push(Ok(applied)),
+            Ok(applied) => results[i] = Ok(applied),
         }
     }
     let changed: Vec<JobId> =
@@ -175,7 +186,9 @@ impl Report {
 
 async fn apply(conn: &mut PgConnection, report: &Report, rules: &Rules) -> Result<Applied, StoreError> {
     match report {
-        Report::Logs { lease, lines } => logs::append_logs(conn, lease, lines).await.map(|()| Applied::Continue),
+        Report::Logs { lease, lines } => {
+            logs::append_logs(conn, lease, lines, rules.max_log_bytes).await.map(|()| Applied::Continue)
+        }
         Report::Step { lease, step, event, exit_code, then_start } => {
             let applied = apply_step(conn, lease, *step, event, *exit_code, rules).await?;
             match then_start {

@@ -62,7 +62,9 @@ pub fn report_handler(
     store: &Store,
     lease_ttl: Duration,
     default_policy: crate::job::RetryPolicy,
+    max_log_bytes: u64,
     wake: Arc<Notify>,
 ) -> ReportHandler {
-    ReportHandler::new(commit::Committer::start(store.pool().clone(), lease_ttl, default_policy, wake))
+    let max_log_bytes = i64::try_from(max_log_bytes).unwrap_or(i64::MAX);
+    ReportHandler::new(commit::Committer::start(store.pool().clone(), lease_ttl, default_policy, max_log_bytes, wake))
 }

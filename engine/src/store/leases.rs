@@ -109,8 +109,11 @@ impl Store {
         if held.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<JobId> = held.iter().map(|h| h.job_id).collect();
-        let tokens: Vec<Uuid> = held.iter().map(|h| h.token).collect();
+        // In job id order, as the report committer locks rows.
+        let mut sorted = held.to_vec();
+        sorted.sort_by_key(|h| h.job_id);
+        let ids: Vec<JobId> = sorted.iter().map(|h| h.job_id).collect();
+        let tokens: Vec<Uuid> = sorted.iter().map(|h| h.token).collect();
         let current: Vec<(JobId, bool)> = sqlx::query_as(
             "update jobs j set lease_expires_at = now() + make_interval(secs => $3), lease_owner = $4
              from unnest($1::uuid[], $2::uuid[]) as l(id, token)

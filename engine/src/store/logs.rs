@@ -47,22 +47,42 @@ impl Store {
 }
 
 /// Appends a batch of lines of the leased attempt; nothing is stored when the
-/// lease is no longer current.
-pub async fn append_logs(conn: &mut sqlx::PgConnection, lease: &Lease, lines: &[NewLogLine]) -> Result<(), StoreError> {
+/// lease is no longer current. A job stores at most `max_bytes` of lines: the line
+/// that would cross the limit is replaced by one marker line saying so, and every
+/// later line is dropped.
+pub async fn append_logs(
+    conn: &mut sqlx::PgConnection,
+    lease: &Lease,
+    lines: &[NewLogLine],
+    max_bytes: i64,
+) -> Result<(), StoreError> {
     if lines.is_empty() {
         return Ok(());
     }
-    let steps: Vec<&str> = lines.iter().map(|l| l.step.as_str()).collect();
-    let streams: Vec<&str> = lines.iter().map(|l| l.stream).collect();
-    let ats: Vec<DateTime<Utc>> = lines.iter().map(|l| l.at).collect();
+    let used: Option<i64> =
+        sqlx::query_scalar("select log_bytes from jobs where id = $1 and lease_token = $2 for update")
+            .bind(lease.job_id)
+            .bind(lease.token)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let used = used.ok_or(StoreError::LeaseLost)?;
+    let (kept, total) = within_limit(lines, used, max_bytes);
+    if kept.is_empty() {
+        return Ok(());
+    }
+    let steps: Vec<&str> = kept.iter().map(|l| l.step.as_str()).collect();
+    let streams: Vec<&str> = kept.iter().map(|l| l.stream).collect();
+    let ats: Vec<DateTime<Utc>> = kept.iter().map(|l| l.at).collect();
     // Postgres text cannot hold NUL.
-    let texts: Vec<String> = lines.iter().map(|l| l.line.replace('\0', "\u{FFFD}")).collect();
-    let rows = sqlx::query(
-        "insert into job_logs (job_id, attempt, step, stream, at, line)
-         select $1, $2, s::job_step, st, a, l
-         from unnest($3::text[], $4::text[], $5::timestamptz[], $6::text[]) with ordinality as t(s, st, a, l, n)
-         where exists (select 1 from jobs where id = $1 and lease_token = $7)
-         order by n",
+    let texts: Vec<String> = kept.iter().map(|l| l.line.replace('\0', "\u{FFFD}")).collect();
+    sqlx::query(
+        "with ins as (
+             insert into job_logs (job_id, attempt, step, stream, at, line)
+             select $1, $2, s::job_step, st, a, l
+             from unnest($3::text[], $4::text[], $5::timestamptz[], $6::text[]) with ordinality as t(s, st, a, l, n)
+             order by n
+         )
+         update jobs set log_bytes = $7 where id = $1",
     )
     .bind(lease.job_id)
     .bind(lease.attempt)
@@ -70,9 +90,62 @@ pub async fn append_logs(conn: &mut sqlx::PgConnection, lease: &Lease, lines: &[
     .bind(&streams)
     .bind(&ats)
     .bind(&texts)
-    .bind(lease.token)
+    .bind(total)
     .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if rows == 0 { Err(StoreError::LeaseLost) } else { Ok(()) }
+    .await?;
+    Ok(())
+}
+
+/// The lines of a batch that fit under `max_bytes` given `used`, with the marker
+/// line when the batch crosses the limit, and the new byte count (past the limit
+/// once the marker is written, so that it is written once).
+fn within_limit(lines: &[NewLogLine], used: i64, max_bytes: i64) -> (Vec<NewLogLine>, i64) {
+    let mut kept = Vec::new();
+    let mut total = used;
+    for line in lines {
+        let size = line.line.len() as i64;
+        if total + size > max_bytes {
+            if total <= max_bytes {
+                kept.push(NewLogLine {
+                    step: line.step,
+                    stream: "system",
+                    at: line.at,
+                    line: format!(
+                        "[slipway] this job's log reached its limit of {max_bytes} bytes; later lines are dropped"
+                    ),
+                });
+                total = max_bytes + 1;
+            }
+            break;
+        }
+        total += size;
+        kept.push(line.clone());
+    }
+    (kept, total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str) -> NewLogLine {
+        NewLogLine { step: Step::Run, stream: "stdout", at: Utc::now(), line: text.into() }
+    }
+
+    #[test]
+    fn keeps_lines_up_to_the_limit_then_one_marker_then_nothing() {
+        let batch = vec![line("aaaa"), line("bbbb"), line("cccc")];
+        let (kept, total) = within_limit(&batch, 0, 100);
+        assert_eq!((kept.len(), total), (3, 12));
+
+        let (kept, total) = within_limit(&batch, 0, 9);
+        let texts: Vec<&str> = kept.iter().map(|l| l.line.as_str()).collect();
+        assert_eq!(&texts[..2], ["aaaa", "bbbb"]);
+        assert!(texts[2].contains("limit of 9 bytes"));
+        assert_eq!((kept[2].stream, total), ("system", 10));
+
+        let (kept, total) = within_limit(&batch, total, 9);
+        assert!(kept.is_empty());
+        assert_eq!(total, 10);
+    }
 }
