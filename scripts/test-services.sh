@@ -3,7 +3,8 @@
 # to call again.
 #
 # Exports DATABASE_URL (a superuser, so that each database test gets a fresh
-# database), SLIPWAY_TEST_REGISTRY and SLIPWAY_TEST_BUSYBOX.
+# database), SLIPWAY_TEST_REGISTRY and SLIPWAY_TEST_BUSYBOX. Prometheus is installed
+# for the tests to start their own.
 
 SLIPWAY_TEST_PG_PORT="${SLIPWAY_TEST_PG_PORT:-55432}"
 SLIPWAY_TEST_REGISTRY="${SLIPWAY_TEST_REGISTRY:-127.0.0.1:5000}"
@@ -16,6 +17,7 @@ ensure_packages() {
     dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
     [ -x /usr/lib/git-core/git-daemon ] || command -v git-daemon >/dev/null || missing+=(git)
     command -v curl >/dev/null || missing+=(curl)
+    command -v prometheus >/dev/null || missing+=(prometheus)
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" != 0 ]; then
         echo "missing packages: ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2

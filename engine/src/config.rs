@@ -86,6 +86,10 @@ pub struct WorkerArgs {
     /// Folder for clones, one folder per job attempt [default: <tmp>/slipway].
     #[arg(long, env = "SLIPWAY_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
+    /// Address of the worker's `/metrics` [default for `slipway worker`:
+    /// 0.0.0.0:9464; `standalone` serves metrics on its HTTP API instead].
+    #[arg(long, env = "SLIPWAY_WORKER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// How long a stopping worker lets running jobs finish before it hands them back.
     #[arg(long, env = "SLIPWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = duration)]
     pub shutdown_grace: Duration,
@@ -214,6 +218,7 @@ impl WorkerArgs {
             registry_credentials: credentials,
             builder: self.builder,
             shutdown_grace: self.shutdown_grace,
+            metrics_addr: self.metrics_addr,
         }
     }
 }

@@ -53,7 +53,9 @@ pub async fn server(
 pub async fn worker(args: WorkerArgs, registry: RegistryArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     args.validate()?;
     registry.validate()?;
-    let worker = BoundWorker::bind(args.worker_config(args.worker_addr, &registry)).await?;
+    let mut config = args.worker_config(args.worker_addr, &registry);
+    config.metrics_addr = Some(args.metrics_addr.unwrap_or_else(|| ([0, 0, 0, 0], 9464).into()));
+    let worker = BoundWorker::bind(config).await?;
     worker.serve(shutdown).await?;
     Ok(())
 }
@@ -86,7 +88,9 @@ pub async fn standalone(
     };
     let result = async {
         let store = open_store(&url).await?;
-        let bound = BoundWorker::bind(worker.worker_config(worker.worker_addr, &registry)).await?;
+        let mut config = worker.worker_config(worker.worker_addr, &registry);
+        config.metrics_addr = None;
+        let bound = BoundWorker::bind(config).await?;
         let local_worker = local_url(bound.local_addr());
         let worker_task = tokio::spawn(bound.serve(shutdown.clone()));
         // The report service stays up until the worker has drained and reported.

@@ -17,6 +17,7 @@ fn worker(name: &str, port: u16, work_dir: &std::path::Path) -> Slipway {
         ("SLIPWAY_WORKER_ADDR", format!("127.0.0.1:{port}")),
         ("SLIPWAY_WORKER_ID", name.to_string()),
         ("SLIPWAY_WORK_DIR", work_dir.display().to_string()),
+        ("SLIPWAY_WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
     ]);
     Slipway::spawn(name, &["worker"], &env)
 }
@@ -325,6 +326,7 @@ async fn a_worker_stopped_with_sigterm_hands_its_job_back_within_the_grace_perio
             ("SLIPWAY_WORKER_ID", "worker-first".to_string()),
             ("SLIPWAY_WORK_DIR", work.path().display().to_string()),
             ("SLIPWAY_SHUTDOWN_GRACE", "1s".to_string()),
+            ("SLIPWAY_WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
         ]);
         Slipway::spawn("worker-first", &["worker"], &env)
     };

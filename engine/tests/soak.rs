@@ -44,6 +44,7 @@ impl Cluster {
             ("SLIPWAY_WORKER_ID", format!("soak-worker-{i}")),
             ("SLIPWAY_WORK_DIR", self.work.path().display().to_string()),
             ("SLIPWAY_WORKER_SLOTS", "3".to_string()),
+            ("SLIPWAY_WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
         ]);
         Slipway::spawn(&format!("worker-{i}"), &["worker"], &env)
     }

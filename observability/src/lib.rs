@@ -3,6 +3,7 @@
 //! queries can rely on them.
 
 pub mod fields;
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;

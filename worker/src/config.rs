@@ -23,6 +23,9 @@ pub struct WorkerConfig {
     pub builder: Option<Builder>,
     /// How long a stopping worker lets running jobs finish before handing them back.
     pub shutdown_grace: Duration,
+    /// Where to serve `/metrics` over HTTP; `None`: not served (in `standalone` the
+    /// server's `/metrics` covers the process).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl WorkerConfig {

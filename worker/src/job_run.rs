@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use slipway_observability::metrics;
 use slipway_proto::convert::step_to_wire;
 use slipway_proto::v1::{self, step_report::Event};
 use slipway_steps::build::{BuildRequest, build_image};
@@ -102,6 +103,7 @@ async fn run_step(
 ) -> Option<Step> {
     {
         let logs = logs.for_step(step);
+        let started = std::time::Instant::now();
         let result = match step {
             Step::Clone => clone(job, folder, &logs, stop).await.map(|sha| outputs.commit_sha = sha),
             Step::Build => build(state, job, folder, &logs, stop).await.map(|id| outputs.image_id = id),
@@ -110,6 +112,12 @@ async fn run_step(
                 run_container(state, job, outputs, reporter, &logs, stop).await.map(|id| outputs.container_id = id)
             }
         };
+        let outcome = match &result {
+            Ok(()) => "succeeded",
+            Err(e) if e.code == ErrorCode::Cancelled => "cancelled",
+            Err(_) => "failed",
+        };
+        metrics::STEP_DURATION.observe(&[step.as_str(), outcome], started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
                 let done = Event::Succeeded(outputs.clone());

@@ -88,6 +88,10 @@ impl BoundWorker {
                     .serve_with_incoming_shutdown(incoming, async move { close.cancelled().await }),
             )
         };
+        if let Some(addr) = state.config.metrics_addr {
+            serve_metrics(addr, close.clone()).await?;
+        }
+        state.record_slots(0);
         shutdown.cancelled().await;
         tracing::info!(grace = ?state.config.shutdown_grace, "worker stopping: running jobs may finish");
         state.wait_idle(state.config.shutdown_grace).await;
@@ -97,6 +101,25 @@ impl BoundWorker {
         server.await.map_err(|e| WorkerError::Join(e.to_string()))??;
         Ok(())
     }
+}
+
+/// Serves `GET /metrics` on `addr` until `close`.
+async fn serve_metrics(addr: std::net::SocketAddr, close: CancellationToken) -> Result<(), WorkerError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| WorkerError::Listen { addr, source })?;
+    tracing::info!(%addr, "worker metrics listening");
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            ([("content-type", "text/plain; version=0.0.4")], slipway_observability::metrics::render())
+        }),
+    );
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router).with_graceful_shutdown(async move { close.cancelled().await });
+        if let Err(e) = served.await {
+            tracing::warn!(error = %e, "the metrics server failed");
+        }
+    });
+    Ok(())
 }
 
 /// Empties (or creates) the worker's jobs folder.

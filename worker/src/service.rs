@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use slipway_observability::metrics;
 use slipway_proto::convert::{step_from_wire, step_to_wire};
 use slipway_proto::v1::leftover::Kind;
 use slipway_proto::v1::{self, job_service_server::JobService};
@@ -73,12 +74,20 @@ impl WorkerState {
         self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Publishes the slot gauges.
+    pub fn record_slots(&self, busy: usize) {
+        let id = self.config.worker_id.as_str();
+        metrics::WORKER_SLOTS.set(&[id, "total"], f64::from(self.config.slots));
+        metrics::WORKER_SLOTS.set(&[id, "busy"], busy as f64);
+    }
+
     /// Forgets a job whose run ended.
     pub fn finished(&self, job_id: &str, lease_token: &str) {
         let mut running = self.running();
         if running.get(job_id).is_some_and(|j| j.lease.lease_token == lease_token) {
             running.remove(job_id);
         }
+        self.record_slots(running.len());
         if running.is_empty() {
             self.idle.notify_waiters();
         }
@@ -167,6 +176,7 @@ impl JobService for Worker {
                 hand_back: hand_back.clone(),
             };
             running.insert(lease.job_id.clone(), job);
+            self.state.record_slots(running.len());
         }
         tracing::info!(job.id = %lease.job_id, job.attempt = lease.attempt, job.step = first_step.as_str(), "job admitted");
         let run = JobRun {

@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use super::views::{JobPage, JobView, LogPage};
 use super::{ApiError, AppState, MAX_BODY_BYTES, follow};
 use crate::job::{JobId, JobRequest, JobState};
+use slipway_observability::metrics;
+
 use crate::store::{CancelOutcome, Store, Submitted};
 
 const DEFAULT_PAGE: i64 = 50;
@@ -45,6 +47,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bod
     let (job, status) = match store.submit(JobId::new(), &spec, None, key.as_deref()).await? {
         Submitted::Created(row) => {
             tracing::info!(job.id = %row.id, repo = %spec.repo, image = %spec.image, "job submitted");
+            metrics::JOBS_SUBMITTED.inc(&[]);
             (JobView::new(*row, Some(Vec::new())), StatusCode::CREATED)
         }
         Submitted::Existing(id) => (JobView::new(store.job(id).await?, Some(store.steps(id).await?)), StatusCode::OK),
@@ -83,7 +86,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 pub async fn cancel(State(store): State<Store>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
     let status = match store.request_cancel(id).await? {
-        CancelOutcome::Cancelled => StatusCode::OK,
+        CancelOutcome::Cancelled => {
+            metrics::JOBS_FINISHED.inc(&[JobState::Cancelled.as_str()]);
+            StatusCode::OK
+        }
         CancelOutcome::Requested => StatusCode::ACCEPTED,
         CancelOutcome::AlreadyFinished(state) => {
             return Err(ApiError::new(

@@ -3,6 +3,7 @@
 mod error;
 mod follow;
 mod jobs;
+mod metrics;
 mod views;
 
 use axum::Router;
@@ -46,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/cancel", axum::routing::post(jobs::cancel))
         .route("/v1/jobs/{id}/logs", get(jobs::logs))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics::metrics_text))
         .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(state)
 }

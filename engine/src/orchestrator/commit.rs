@@ -30,14 +30,45 @@ pub(super) enum Report {
 }
 
 /// What a report did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum Applied {
-    /// Committed; the job goes on.
-    Continue,
-    /// Committed; the attempt is over (the job ended or will be retried), its slot free.
-    SlotFreed,
-    /// Nothing more may run for this attempt.
-    Stop,
+    /// Committed; the job goes on. `queue_wait`: the job's first step just started
+    /// after waiting this many seconds.
+    Continue { queue_wait: Option<f64> },
+    /// Committed; the job ended in this state.
+    Finished(JobState),
+    /// Committed; the attempt failed with this code and the job will run again.
+    Retried(String),
+    /// Committed; the worker gave the job back.
+    HandedBack,
+    /// Committed; the job was to be cancelled and ended so: nothing more may run.
+    Stopped,
+}
+
+impl Applied {
+    const GOES_ON: Applied = Applied::Continue { queue_wait: None };
+
+    /// Whether the worker may go on with the job.
+    pub fn accepted(&self) -> bool {
+        !matches!(self, Applied::Stopped)
+    }
+
+    /// Whether the attempt is over, its worker slot free.
+    fn frees_slot(&self) -> bool {
+        !matches!(self, Applied::Continue { .. })
+    }
+
+    /// Counts what was committed.
+    fn record(&self) {
+        use slipway_observability::metrics as m;
+        match self {
+            Applied::Continue { queue_wait: Some(waited) } => m::QUEUE_WAIT.observe(&[], *waited),
+            Applied::Continue { queue_wait: None } | Applied::HandedBack => {}
+            Applied::Finished(state) => m::JOBS_FINISHED.inc(&[state.as_str()]),
+            Applied::Stopped => m::JOBS_FINISHED.inc(&[JobState::Cancelled.as_str()]),
+            Applied::Retried(code) => m::RETRIES.inc(&[code]),
+        }
+    }
 }
 
 type Work = (Report, oneshot::Sender<Result<Applied, StoreError>>);
@@ -114,7 +145,10 @@ async fn run(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Work>>>, rules: Ru
                 results
             }
         };
-        if results.iter().any(|r| matches!(r, Ok(Applied::SlotFreed | Applied::Stop))) {
+        for applied in results.iter().flatten() {
+            applied.record();
+        }
+        if results.iter().flatten().any(Applied::frees_slot) {
             wake.notify_one();
         }
         for (reply, result) in replies.into_iter().zip(results) {
@@ -134,7 +168,7 @@ async fn commit_together(
     // transactions never wait on each other in a circle.
     let mut order: Vec<usize> = (0..reports.len()).collect();
     order.sort_by_key(|&i| reports[i].job_id());
-    let mut results: Vec<Result<Applied, StoreError>> = reports.iter().map(|_| Ok(Applied::Continue)).collect();
+    let mut results: Vec<Result<Applied, StoreError>> = reports.iter().map(|_| Ok(Applied::GOES_ON)).collect();
     for i in order {
         match apply(&mut tx, &reports[i], rules).await {
             Err(StoreError::LeaseLost) => results[i] = Err(StoreError::LeaseLost),
@@ -187,12 +221,12 @@ impl Report {
 async fn apply(conn: &mut PgConnection, report: &Report, rules: &Rules) -> Result<Applied, StoreError> {
     match report {
         Report::Logs { lease, lines } => {
-            logs::append_logs(conn, lease, lines, rules.max_log_bytes).await.map(|()| Applied::Continue)
+            logs::append_logs(conn, lease, lines, rules.max_log_bytes).await.map(|()| Applied::GOES_ON)
         }
         Report::Step { lease, step, event, exit_code, then_start } => {
             let applied = apply_step(conn, lease, *step, event, *exit_code, rules).await?;
             match then_start {
-                Some(next) if applied == Applied::Continue => start(conn, lease, *next, rules).await,
+                Some(next) if applied == Applied::GOES_ON => start(conn, lease, *next, rules).await,
                 _ => Ok(applied),
             }
         }
@@ -210,19 +244,21 @@ async fn apply_step(
     match event {
         Event::Started(_) => start(conn, lease, step, rules).await,
         Event::Progress(o) => {
-            transitions::record_outputs(conn, lease, &outputs(o), rules.lease_ttl).await.map(|()| Applied::Continue)
+            transitions::record_outputs(conn, lease, &outputs(o), rules.lease_ttl).await.map(|()| Applied::GOES_ON)
         }
         Event::Succeeded(o) if step == Step::Run => {
             let finish = Finish { state: JobState::Succeeded, exit_code, error_code: None, error: None };
-            transitions::mark_finished(conn, lease, step, &outputs(o), &finish).await.map(|()| Applied::SlotFreed)
+            transitions::mark_finished(conn, lease, step, &outputs(o), &finish)
+                .await
+                .map(|()| Applied::Finished(JobState::Succeeded))
         }
         Event::Succeeded(o) => transitions::mark_step_succeeded(conn, lease, step, &outputs(o), rules.lease_ttl)
             .await
-            .map(|()| Applied::Continue),
-        Event::Failed(failure) => failed(conn, lease, step, failure, exit_code).await.map(|()| Applied::SlotFreed),
+            .map(|()| Applied::GOES_ON),
+        Event::Failed(failure) => failed(conn, lease, step, failure, exit_code).await,
         Event::Released(_) => {
             leases::hand_back(conn, lease.job_id, lease.token, &rules.default_policy).await?;
-            Ok(Applied::SlotFreed)
+            Ok(Applied::HandedBack)
         }
     }
 }
@@ -231,11 +267,11 @@ async fn apply_step(
 /// the worker is told to stop.
 async fn start(conn: &mut PgConnection, lease: &Lease, step: Step, rules: &Rules) -> Result<Applied, StoreError> {
     match transitions::mark_step_started(conn, lease, step, rules.lease_ttl).await {
-        Ok(()) => Ok(Applied::Continue),
+        Ok(queue_wait) => Ok(Applied::Continue { queue_wait }),
         Err(StoreError::LeaseLost) if leases::cancel_requested(conn, lease.job_id, lease.token).await? => {
             let error = format!("cancelled by request before the {} step", step.as_str());
             finish(conn, lease, step, JobState::Cancelled, None, ErrorCode::Cancelled.as_str(), &error).await?;
-            Ok(Applied::Stop)
+            Ok(Applied::Stopped)
         }
         Err(e) => Err(e),
     }
@@ -248,9 +284,10 @@ async fn failed(
     step: Step,
     failure: &v1::StepFailure,
     exit_code: Option<i64>,
-) -> Result<(), StoreError> {
+) -> Result<Applied, StoreError> {
     if failure.code == ErrorCode::Cancelled.as_str() {
-        return finish(conn, lease, step, JobState::Cancelled, exit_code, &failure.code, &failure.message).await;
+        finish(conn, lease, step, JobState::Cancelled, exit_code, &failure.code, &failure.message).await?;
+        return Ok(Applied::Finished(JobState::Cancelled));
     }
     let job = read::job(conn, lease.job_id).await?;
     let spec = &job.spec.0;
@@ -263,10 +300,12 @@ async fn failed(
             tracing::info!(job.id = %lease.job_id, job.attempt = lease.attempt, error.code = %failure.code, ?after, "retrying");
             let retry =
                 Retry { resume_at, after, exit_code, error_code: failure.code.clone(), error: failure.message.clone() };
-            transitions::mark_retry(conn, lease, step, &retry).await
+            transitions::mark_retry(conn, lease, step, &retry).await?;
+            Ok(Applied::Retried(failure.code.clone()))
         }
         RetryDecision::GiveUp => {
-            finish(conn, lease, step, JobState::Failed, exit_code, &failure.code, &failure.message).await
+            finish(conn, lease, step, JobState::Failed, exit_code, &failure.code, &failure.message).await?;
+            Ok(Applied::Finished(JobState::Failed))
         }
     }
 }

@@ -105,6 +105,10 @@ impl Dispatcher {
         self.claim_and_start().await?;
         let ended = self.store.expire_leases(&self.config.default_policy).await?;
         for lease in &ended {
+            slipway_observability::metrics::LEASE_EXPIRIES.inc(&[lease.to_state.as_str()]);
+            if lease.to_state.is_terminal() {
+                slipway_observability::metrics::JOBS_FINISHED.inc(&[lease.to_state.as_str()]);
+            }
             tracing::warn!(
                 job.id = %lease.id, job.attempt = lease.attempt, worker.id = ?lease.worker,
                 from = lease.from_state.as_str(), to = lease.to_state.as_str(),

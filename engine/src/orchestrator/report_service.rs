@@ -10,7 +10,7 @@ use slipway_proto::v1::{self, report_service_server::ReportService};
 use slipway_steps::Step;
 use tonic::{Request, Response, Status};
 
-use super::commit::{Applied, Committer, Report};
+use super::commit::{Committer, Report};
 use crate::store::{Lease, NewLogLine, StoreError};
 
 pub struct ReportHandler {
@@ -26,8 +26,7 @@ impl ReportHandler {
         let job_id = lease.job_id;
         let attempt = lease.attempt;
         match self.committer.apply(report).await {
-            Ok(Applied::Continue | Applied::SlotFreed) => Ok(Response::new(v1::ReportAck { accepted: true })),
-            Ok(Applied::Stop) => Ok(Response::new(v1::ReportAck { accepted: false })),
+            Ok(applied) => Ok(Response::new(v1::ReportAck { accepted: applied.accepted() })),
             // A lost lease is an answer; an unreachable database asks the worker to try
             // again; anything else is an internal error, logged here once.
             Err(StoreError::LeaseLost) => {

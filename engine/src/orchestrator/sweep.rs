@@ -32,6 +32,22 @@ pub struct SweepCounts {
     pub engine_images: u64,
 }
 
+impl SweepCounts {
+    fn record(&self) {
+        let deletions = &slipway_observability::metrics::SWEEP_DELETIONS;
+        for (kind, n) in [
+            ("jobs", self.jobs),
+            ("registry_images", self.registry_images),
+            ("containers", self.containers),
+            ("engine_images", self.engine_images),
+        ] {
+            if n > 0 {
+                deletions.add(&[kind], n as f64);
+            }
+        }
+    }
+}
+
 pub struct Sweeper {
     store: Store,
     registry: RegistryClient,
@@ -68,13 +84,16 @@ impl Sweeper {
             }
             match self.sweep().await {
                 Ok(c) if c == SweepCounts::default() => {}
-                Ok(c) => tracing::info!(
-                    jobs = c.jobs,
-                    registry_images = c.registry_images,
-                    containers = c.containers,
-                    engine_images = c.engine_images,
-                    "sweep removed"
-                ),
+                Ok(c) => {
+                    c.record();
+                    tracing::info!(
+                        jobs = c.jobs,
+                        registry_images = c.registry_images,
+                        containers = c.containers,
+                        engine_images = c.engine_images,
+                        "sweep removed"
+                    )
+                }
                 Err(e) => tracing::warn!(error = %e, "sweep failed"),
             }
         }

@@ -96,6 +96,28 @@ impl Store {
         Ok(rows)
     }
 
+    /// Unfinished jobs by state (every unfinished state, zero included), and the age
+    /// in seconds of the oldest job waiting to be claimed (0 when none waits).
+    pub async fn queue_stats(&self) -> Result<(Vec<(JobState, i64)>, f64), StoreError> {
+        let counts: Vec<(JobState, i64)> = sqlx::query_as(
+            "select s.state, count(j.id)
+             from unnest(enum_range(null::job_state)) as s(state)
+             left join jobs j on j.state = s.state
+             where s.state not in ('succeeded', 'failed', 'cancelled')
+             group by s.state order by s.state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let oldest: f64 = sqlx::query_scalar(
+            "select coalesce(extract(epoch from now() - min(run_after))::double precision, 0)
+             from jobs where lease_token is null and state not in ('succeeded', 'failed', 'cancelled')
+               and run_after <= now()",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((counts, oldest))
+    }
+
     /// The job's history, oldest first.
     pub async fn events(&self, id: JobId) -> Result<Vec<EventRow>, StoreError> {
         let rows = sqlx::query_as::<_, EventRow>(

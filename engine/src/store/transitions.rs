@@ -59,9 +59,9 @@ pub async fn mark_step_started(
     lease: &Lease,
     step: Step,
     lease_ttl: Duration,
-) -> Result<(), StoreError> {
+) -> Result<Option<f64>, StoreError> {
     let to = state_of_step(step);
-    let rows: i64 = sqlx::query_scalar(
+    let (rows, waited): (i64, Option<f64>) = sqlx::query_as(
         "with prev as (
              select state, lease_worker from jobs
              where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
@@ -71,7 +71,8 @@ pub async fn mark_step_started(
              update jobs j set state = $3, updated_at = now(),
                  lease_expires_at = now() + make_interval(secs => $5)
              from prev where j.id = $1
-             returning prev.state as from_state, prev.lease_worker as worker, j.attempt
+             returning prev.state as from_state, prev.lease_worker as worker, j.attempt,
+                       extract(epoch from now() - j.created_at)::double precision as waited
          ), ev as (
              insert into job_events (job_id, from_state, to_state, attempt, worker)
              select $1, from_state, $3, attempt, worker from upd
@@ -82,7 +83,7 @@ pub async fn mark_step_started(
              set started_at = now(), finished_at = null, outcome = null,
                  error_code = null, error = null, worker = excluded.worker
          )
-         select count(*) from upd",
+         select count(*), max(waited) filter (where from_state = 'queued' and attempt = 1) from upd",
     )
     .bind(lease.job_id)
     .bind(lease.token)
@@ -91,7 +92,7 @@ pub async fn mark_step_started(
     .bind(lease_ttl.as_secs_f64())
     .fetch_one(&mut *conn)
     .await?;
-    fenced(rows)
+    fenced(rows).map(|()| waited)
 }
 
 /// Stores outputs a step produced before it ends (the container id before the

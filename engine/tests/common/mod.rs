@@ -277,6 +277,7 @@ impl Ports {
         BTreeMap::from([
             ("SLIPWAY_WORKER_ADDR", format!("127.0.0.1:{}", self.worker)),
             ("SLIPWAY_WORK_DIR", work_dir.display().to_string()),
+            ("SLIPWAY_WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
         ])
     }
 }
