@@ -254,17 +254,8 @@ async fn cancel_works_in_every_state_even_with_the_worker_down() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retries_follow_the_policy_and_a_deadline_stops_a_container() {
-    let db = TestDb::new().await;
-    let git = GitServer::start();
-    let app = app_repo(&git, "app");
-    let work = tempfile::tempdir().unwrap();
-    let ports = Ports::new();
-    let mut env = ports.server_env();
-    env.extend(ports.worker_env(work.path()));
-    env.insert("DATABASE_URL", db.url.clone());
-    env.insert("SLIPWAY_WORKER_SLOTS", "3".into());
-    let _slipway = Slipway::spawn("standalone", &["standalone"], &env);
-    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+    let standalone = Standalone::start(&[("SLIPWAY_WORKER_SLOTS", "3")]).await;
+    let (db, app, ports) = (&standalone.db, &standalone.repo, &standalone.ports);
     let api = ports.api();
     let fast_retry = json!({ "max_attempts": 3, "initial_backoff_ms": 100, "max_backoff_ms": 200 });
 
@@ -283,7 +274,7 @@ async fn retries_follow_the_policy_and_a_deadline_stops_a_container() {
     let job = wait_finished(&api, pushing["id"].as_str().unwrap(), LIMIT).await;
     assert_eq!((job["state"].as_str(), job["attempt"].as_i64()), (Some("failed"), Some(3)), "{job}");
     assert_eq!(job["error"]["code"], "push_failed");
-    let events = events(&db, pushing["id"].as_str().unwrap()).await;
+    let events = events(db, pushing["id"].as_str().unwrap()).await;
     let retries = events.iter().filter(|e| e.3.as_deref().is_some_and(|r| r.starts_with("retry in"))).count();
     assert_eq!(retries, 2, "{events:?}");
 
@@ -389,18 +380,8 @@ async fn every_job_of_a_batch_completes_across_a_postgres_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sweep_deletes_expired_jobs_their_images_and_leftovers_of_this_installation_only() {
-    let db = TestDb::new().await;
-    let git = GitServer::start();
-    let app = app_repo(&git, "app");
-    let work = tempfile::tempdir().unwrap();
-    let ports = Ports::new();
-    let mut env = ports.server_env();
-    env.extend(ports.worker_env(work.path()));
-    env.insert("DATABASE_URL", db.url.clone());
-    env.insert("SLIPWAY_RETENTION", "3s".into());
-    env.insert("SLIPWAY_SWEEP_INTERVAL", "500ms".into());
-    let slipway = Slipway::spawn("standalone", &["standalone"], &env);
-    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+    let standalone = Standalone::start(&[("SLIPWAY_RETENTION", "3s"), ("SLIPWAY_SWEEP_INTERVAL", "500ms")]).await;
+    let (db, app, ports, slipway) = (&standalone.db, &standalone.repo, &standalone.ports, &standalone.process);
 
     let registry = open_registry();
     let id = submit(&ports.api(), &json!({ "repo": app, "image": format!("{registry}/faults/sweep:{}", unique("t")) }))

@@ -57,16 +57,8 @@ impl Drop for Prometheus {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_the_job_counters_and_the_dashboard_asks_only_for_exposed_metrics() {
-    let db = TestDb::new().await;
-    let git = GitServer::start();
-    let repo = app_repo(&git, "app");
-    let work_dir = tempfile::tempdir().unwrap();
-    let ports = Ports::new();
-    let mut env = ports.server_env();
-    env.extend(ports.worker_env(work_dir.path()));
-    env.insert("DATABASE_URL", db.url.clone());
-    let _slipway = Slipway::spawn("standalone", &["standalone"], &env);
-    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+    let standalone = Standalone::start(&[]).await;
+    let (repo, ports) = (&standalone.repo, &standalone.ports);
     let prometheus = Prometheus::scraping(ports.http);
 
     let image = format!("{}/metrics/app:{}", open_registry(), unique("t"));

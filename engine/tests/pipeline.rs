@@ -281,16 +281,8 @@ async fn standalone_without_database_url_starts_a_private_postgres() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn live_logs_arrive_while_the_container_runs_and_resume_without_gap_or_repeat() {
-    let db = TestDb::new().await;
-    let git = GitServer::start();
-    let repo = app_repo(&git, "app");
-    let work_dir = tempfile::tempdir().unwrap();
-    let ports = Ports::new();
-    let mut env = ports.server_env();
-    env.extend(ports.worker_env(work_dir.path()));
-    env.insert("DATABASE_URL", db.url.clone());
-    let _slipway = Slipway::spawn("standalone", &["standalone"], &env);
-    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+    let standalone = Standalone::start(&[]).await;
+    let (repo, ports) = (&standalone.repo, &standalone.ports);
 
     let script =
         "echo one; sleep 2; i=0; while [ $i -lt 200 ]; do echo tick $i; i=$((i+1)); usleep 10000; done; echo two";
@@ -353,17 +345,8 @@ async fn live_logs_arrive_while_the_container_runs_and_resume_without_gap_or_rep
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_log_past_its_limit_keeps_a_marker_and_drops_the_rest() {
-    let db = TestDb::new().await;
-    let git = GitServer::start();
-    let repo = app_repo(&git, "app");
-    let work_dir = tempfile::tempdir().unwrap();
-    let ports = Ports::new();
-    let mut env = ports.server_env();
-    env.extend(ports.worker_env(work_dir.path()));
-    env.insert("DATABASE_URL", db.url.clone());
-    env.insert("SLIPWAY_MAX_LOG_BYTES", "6000".into());
-    let _slipway = Slipway::spawn("standalone", &["standalone"], &env);
-    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+    let standalone = Standalone::start(&[("SLIPWAY_MAX_LOG_BYTES", "6000")]).await;
+    let (repo, ports) = (&standalone.repo, &standalone.ports);
 
     let script = "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done";
     let body = json!({

@@ -549,3 +549,36 @@ impl SseReader {
         }
     }
 }
+
+/// A `standalone` process on a fresh database, with an app repository to build.
+pub struct Standalone {
+    pub db: TestDb,
+    pub git: GitServer,
+    /// The URL of a repository whose image prints `hello $GREETING`.
+    pub repo: String,
+    pub work: tempfile::TempDir,
+    pub ports: Ports,
+    pub process: Slipway,
+}
+
+impl Standalone {
+    /// Starts one with these extra settings and waits until its API answers.
+    pub async fn start(extra: &[(&'static str, &str)]) -> Self {
+        let db = TestDb::new().await;
+        let git = GitServer::start();
+        let repo = app_repo(&git, "app");
+        let work = tempfile::tempdir().unwrap();
+        let ports = Ports::new();
+        let mut env = ports.server_env();
+        env.extend(ports.worker_env(work.path()));
+        env.insert("DATABASE_URL", db.url.clone());
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        let process = Slipway::spawn("standalone", &["standalone"], &env);
+        wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+        Standalone { db, git, repo, work, ports, process }
+    }
+
+    pub fn api(&self) -> String {
+        self.ports.api()
+    }
+}
