@@ -1,4 +1,5 @@
-//! The command-line client of the HTTP API: `submit`, `get`, `list`, `logs`.
+//! The command-line client of the HTTP API: `submit`, `get`, `list`, `logs`,
+//! `cancel`.
 //! Data goes to standard output (JSON, or log lines as text); progress and errors
 //! to standard error.
 
@@ -113,6 +114,23 @@ pub async fn submit(api: &ApiArgs, args: SubmitArgs) -> anyhow::Result<i32> {
 pub async fn get(api: &ApiArgs, id: &str) -> anyhow::Result<()> {
     print(&call(client().get(format!("{}/v1/jobs/{id}", api.api))).await?);
     Ok(())
+}
+
+/// `slipway cancel ID`: prints the job; with `wait`, until it has ended.
+pub async fn cancel(api: &ApiArgs, id: &str, wait: bool) -> anyhow::Result<()> {
+    let job = call(client().post(format!("{}/v1/jobs/{id}/cancel", api.api))).await?;
+    if !wait {
+        print(&job);
+        return Ok(());
+    }
+    loop {
+        let job = call(client().get(format!("{}/v1/jobs/{id}", api.api))).await?;
+        if matches!(job["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            print(&job);
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `slipway list`

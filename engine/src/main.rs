@@ -77,6 +77,15 @@ enum Command {
         #[arg(long)]
         limit: Option<u32>,
     },
+    /// Cancels a job.
+    Cancel {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+        /// Wait until the job has ended and print it.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Prints a job's log lines.
     Logs {
         #[command(flatten)]
@@ -126,6 +135,7 @@ async fn main() {
         Command::Get { api, id } => cli::get(&api, &id).await.map(|()| 0),
         Command::List { api, state, limit } => cli::list(&api, state, limit).await.map(|()| 0),
         Command::Logs { api, id, follow } => cli::logs(&api, &id, follow).await,
+        Command::Cancel { api, id, wait } => cli::cancel(&api, &id, wait).await.map(|()| 0),
     };
     match result {
         Ok(code) => std::process::exit(code),

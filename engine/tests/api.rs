@@ -189,3 +189,34 @@ async fn an_idempotency_key_returns_the_same_job_and_refuses_another_body() {
     assert_eq!(post(valid(), "another-key").await.status(), 201);
     assert_eq!(job_count(&api).await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_submits_lists_gets_and_cancels() {
+    let api = start().await;
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .args(args)
+            .env("SLIPWAY_API", &api.base)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (code, out, err) =
+        cli(&["submit", "--repo", "git://127.0.0.1:9418/app.git", "--image", "127.0.0.1:5000/cli/app:1", "-e", "A=b"]);
+    assert_eq!(code, Some(0), "{err}");
+    let job: Value = serde_json::from_str(&out).unwrap();
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(job["spec"]["env"]["A"], "b");
+
+    let (_, out, _) = cli(&["list", "--state", "queued"]);
+    let page: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(page["jobs"][0]["id"], id);
+    let (code, out, _) = cli(&["cancel", id, "--wait"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["state"], "cancelled");
+
+    // Bad input is reported with the field, and the exit code says so.
+    let (code, _, err) = cli(&["submit", "--repo", "file:///etc", "--image", "x"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("field `repo`"), "{err}");
+}
