@@ -119,7 +119,14 @@ fn shutdown_on_signals() -> CancellationToken {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    let _telemetry = slipway_observability::init(&slipway_observability::Config::default());
+    let service_name = match &cli.command {
+        Command::Server { .. } => "slipway-server",
+        Command::Worker { .. } => "slipway-worker",
+        Command::Standalone { .. } => "slipway",
+        _ => "slipway-cli",
+    };
+    let config = slipway_observability::Config { service_name: service_name.into(), ..Default::default() };
+    let telemetry = slipway_observability::init(&config);
     let result: anyhow::Result<i32> = match cli.command {
         Command::Server { db, server, registry } => {
             process::server(db, server, registry, shutdown_on_signals()).await.map(|()| 0)
@@ -137,6 +144,8 @@ async fn main() {
         Command::Logs { api, id, follow } => cli::logs(&api, &id, follow).await,
         Command::Cancel { api, id, wait } => cli::cancel(&api, &id, wait).await.map(|()| 0),
     };
+    // Flush the spans still buffered before exiting.
+    drop(telemetry);
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {

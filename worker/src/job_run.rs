@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slipway_observability::metrics;
+use slipway_observability::{fields, metrics, trace};
 use slipway_proto::convert::step_to_wire;
 use slipway_proto::v1::{self, step_report::Event};
 use slipway_steps::build::{BuildRequest, build_image};
@@ -17,6 +17,7 @@ use slipway_steps::run::{RunRequest, create_container, find_container, remove_co
 use slipway_steps::{ErrorCode, LogSink, Step, StepError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::reporter::Reporter;
 use crate::service::WorkerState;
@@ -32,6 +33,8 @@ pub(crate) struct JobRun {
     pub first_step: Step,
     pub report_to: String,
     pub instance_id: String,
+    /// The orchestrator's dispatch span, parent of this run's spans.
+    pub traceparent: String,
     pub current_step: Arc<Mutex<Step>>,
     /// Cancelled when the job is to end `cancelled`.
     pub cancel: CancellationToken,
@@ -44,7 +47,9 @@ pub(crate) async fn run(state: Arc<WorkerState>, job: JobRun) {
     let job_id = job.lease.job_id.clone();
     let token = job.lease.lease_token.clone();
     let folder = state.config.jobs_dir().join(format!("job-{}-{}", job_id, job.lease.attempt));
-    run_steps(&state, job, &folder).await;
+    let span = tracing::info_span!("worker.job", job.id = %job_id, job.attempt = job.lease.attempt);
+    trace::set_parent(&span, &job.traceparent);
+    run_steps(&state, job, &folder).instrument(span).await;
     if let Err(e) = tokio::fs::remove_dir_all(&folder).await
         && e.kind() != std::io::ErrorKind::NotFound
     {
@@ -104,14 +109,37 @@ async fn run_step(
     {
         let logs = logs.for_step(step);
         let started = std::time::Instant::now();
-        let result = match step {
-            Step::Clone => clone(job, folder, &logs, stop).await.map(|sha| outputs.commit_sha = sha),
-            Step::Build => build(state, job, folder, &logs, stop).await.map(|id| outputs.image_id = id),
-            Step::Push => push(state, job, &logs, stop).await.map(|r| outputs.pushed_ref = r),
-            Step::Run => {
-                run_container(state, job, outputs, reporter, &logs, stop).await.map(|id| outputs.container_id = id)
+        let span = tracing::info_span!("step", job.step = step.as_str(), job.id = %job.lease.job_id);
+        let result = async {
+            match step {
+                Step::Clone => clone(job, folder, &logs, stop)
+                    .instrument(tracing::info_span!("git.fetch"))
+                    .await
+                    .map(|sha| outputs.commit_sha = sha),
+                Step::Build => build(state, job, folder, &logs, stop)
+                    .instrument(tracing::info_span!("docker.build"))
+                    .await
+                    .map(|id| outputs.image_id = id),
+                Step::Push => {
+                    let span = tracing::info_span!("docker.push");
+                    let pushed = push(state, job, &logs, stop).instrument(span.clone()).await;
+                    if let Ok(pushed) = &pushed
+                        && let Some((_, digest)) = pushed.split_once('@')
+                    {
+                        trace::set_attribute(&span, fields::IMAGE_DIGEST, digest.to_string());
+                    }
+                    pushed.map(|r| outputs.pushed_ref = r)
+                }
+                Step::Run => {
+                    run_container(state, job, outputs, reporter, &logs, stop).await.map(|id| outputs.container_id = id)
+                }
             }
-        };
+        }
+        .instrument(span.clone())
+        .await;
+        if let Err(e) = &result {
+            trace::mark_error(&span, &format!("{}: {}", e.code, e.message));
+        }
         let outcome = match &result {
             Ok(()) => "succeeded",
             Err(e) if e.code == ErrorCode::Cancelled => "cancelled",
@@ -154,6 +182,7 @@ async fn send(
     exit_code: Option<i64>,
     then_start: Option<Step>,
 ) -> bool {
+    let traceparent = trace::traceparent_of(&tracing::Span::current());
     let report = v1::StepReport {
         lease: Some(lease.clone()),
         step: step_to_wire(step) as i32,
@@ -161,7 +190,7 @@ async fn send(
         exit_code,
         then_start: then_start.map_or(0, |s| step_to_wire(s) as i32),
     };
-    match reporter.send(report).await {
+    match reporter.send(report, traceparent).await {
         Ok(true) => true,
         Ok(false) => {
             tracing::warn!(job.id = %lease.job_id, job.step = step.as_str(), "the lease is gone; stopping the job");
@@ -233,6 +262,10 @@ async fn run_container(
     stop: &CancellationToken,
 ) -> Result<String, StepError> {
     let mut env: HashMap<String, String> = job.spec.env.clone().into_iter().collect();
+    // An instrumented application continues the job's trace.
+    if let Some(traceparent) = trace::traceparent_of(&tracing::Span::current()) {
+        env.insert("TRACEPARENT".into(), traceparent);
+    }
     env.insert("SLIPWAY_JOB_ID".into(), job.lease.job_id.clone());
     env.insert("SLIPWAY_ATTEMPT".into(), job.lease.attempt.to_string());
     let request = RunRequest {
@@ -251,7 +284,9 @@ async fn run_container(
     };
     let container_id = match existing {
         Some(id) => id,
-        None => create_container(&state.docker, &request, logs).await?,
+        None => {
+            create_container(&state.docker, &request, logs).instrument(tracing::info_span!("container.create")).await?
+        }
     };
     let progress = v1::StepOutputs { container_id: container_id.clone(), ..Default::default() };
     if !send(reporter, &job.lease, Step::Run, Event::Progress(progress), None, None).await {
@@ -259,7 +294,8 @@ async fn run_container(
         return Err(StepError::new(ErrorCode::Cancelled, "the lease was lost before the container started"));
     }
     let timeout = (job.spec.timeout_seconds > 0).then(|| Duration::from_secs(job.spec.timeout_seconds));
-    let exit = wait_container(&state.docker, &container_id, timeout, logs, stop).await;
+    let wait = tracing::info_span!("container.wait", container.id = %container_id);
+    let exit = wait_container(&state.docker, &container_id, timeout, logs, stop).instrument(wait).await;
     if let Err(e) = remove_container(&state.docker, &container_id).await {
         tracing::warn!(job.id = %job.lease.job_id, error = %e, "cannot remove the container");
     }

@@ -36,7 +36,7 @@ pub(crate) enum ReportError {
     Unreachable(Duration),
 }
 
-type Pending = (v1::StepReport, oneshot::Sender<Result<bool, ReportError>>);
+type Pending = (v1::StepReport, Option<String>, oneshot::Sender<Result<bool, ReportError>>);
 
 pub(crate) struct Reporter {
     reports: mpsc::Sender<Pending>,
@@ -61,9 +61,10 @@ impl Reporter {
 
     /// Sends a report after every line written before it. `Ok(false)`: the lease is
     /// no longer current and the job must stop.
-    pub async fn send(&self, report: v1::StepReport) -> Result<bool, ReportError> {
+    /// `traceparent`: the span the report belongs to, sent in the call's metadata.
+    pub async fn send(&self, report: v1::StepReport, traceparent: Option<String>) -> Result<bool, ReportError> {
         let (tx, rx) = oneshot::channel();
-        if self.reports.send((report, tx)).await.is_err() {
+        if self.reports.send((report, traceparent, tx)).await.is_err() {
             return Err(ReportError::Unreachable(Duration::ZERO));
         }
         rx.await.unwrap_or(Err(ReportError::Unreachable(Duration::ZERO)))
@@ -164,10 +165,16 @@ async fn pump(
             biased;
             // A step report: first every line written before it.
             pending = reports.recv() => match pending {
-                Some((report, reply)) => {
+                Some((report, traceparent, reply)) => {
                     drain(&mut lines, &mut batch);
                     flush(&mut link, &lease, &mut batch).await;
-                    let result = link.call(|mut c| { let r = report.clone(); async move { c.report_step(r).await } }).await;
+                    let result = link.call(|mut c| {
+                        let mut request = tonic::Request::new(report.clone());
+                        if let Some(value) = traceparent.as_deref().and_then(|t| t.parse().ok()) {
+                            request.metadata_mut().insert("traceparent", value);
+                        }
+                        async move { c.report_step(request).await }
+                    }).await;
                     let _ = reply.send(result.map(|ack| ack.accepted));
                 }
                 None => break,

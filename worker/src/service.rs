@@ -143,7 +143,10 @@ impl Worker {
 #[tonic::async_trait]
 impl JobService for Worker {
     async fn start_job(&self, request: Request<v1::StartJobRequest>) -> Result<Response<v1::StartJobResponse>, Status> {
+        // The caller's trace context, from the call's metadata (the field is the fallback).
+        let traceparent = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).map(String::from);
         let request = request.into_inner();
+        let traceparent = traceparent.unwrap_or_else(|| request.traceparent.clone());
         let lease = request.lease.clone().ok_or_else(|| Status::invalid_argument("lease is required"))?;
         let spec = request.spec.clone().ok_or_else(|| Status::invalid_argument("spec is required"))?;
         let first_step =
@@ -186,6 +189,7 @@ impl JobService for Worker {
             first_step,
             report_to: request.report_to,
             instance_id: request.instance_id,
+            traceparent,
             current_step: step,
             cancel,
             hand_back,

@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use super::views::{JobPage, JobView, LogPage};
 use super::{ApiError, AppState, MAX_BODY_BYTES, follow};
 use crate::job::{JobId, JobRequest, JobState};
-use slipway_observability::metrics;
+use slipway_observability::{metrics, trace};
+use tracing::Instrument;
 
 use crate::store::{CancelOutcome, Store, Submitted};
 
@@ -44,7 +45,12 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bod
     })?;
     let request = parse_job_request(&bytes)?;
     let spec = request.validate(&state.defaults).map_err(|e| ApiError::invalid(e.field, e.message))?;
-    let (job, status) = match store.submit(JobId::new(), &spec, None, key.as_deref()).await? {
+    let id = JobId::new();
+    // The job's trace begins here; its context is stored with the job.
+    let span = tracing::info_span!("job.submit", job.id = %id);
+    let traceparent = trace::traceparent_of(&span).unwrap_or_else(trace::random_traceparent);
+    let submitted = store.submit(id, &spec, Some(&traceparent), key.as_deref()).instrument(span).await?;
+    let (job, status) = match submitted {
         Submitted::Created(row) => {
             tracing::info!(job.id = %row.id, repo = %spec.repo, image = %spec.image, "job submitted");
             metrics::JOBS_SUBMITTED.inc(&[]);

@@ -7,11 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use slipway_observability::trace;
 use slipway_proto::convert::step_to_wire;
 use slipway_proto::v1::{self, job_service_client::JobServiceClient};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
 
 use super::OrchestratorConfig;
 use crate::job::first_step_of;
@@ -206,10 +208,21 @@ impl Dispatcher {
 
     async fn start(&mut self, worker: usize, job: ClaimedJob) -> Result<(), StoreError> {
         let first_step = first_step_of(job.state, job.pushed_ref.as_deref());
-        let request = start_request(&job, first_step, &self.config);
+        let span = tracing::info_span!(
+            "orchestrator.dispatch",
+            job.id = %job.id, job.attempt = job.attempt, job.step = first_step.as_str()
+        );
+        let traceparent = job.traceparent.clone().unwrap_or_default();
+        trace::set_parent(&span, &traceparent);
+        // The worker's spans are children of this one.
+        let traceparent = trace::traceparent_of(&span).unwrap_or(traceparent);
+        let mut request = tonic::Request::new(start_request(&job, first_step, &self.config, &traceparent));
+        if let Ok(value) = traceparent.parse() {
+            request.metadata_mut().insert("traceparent", value);
+        }
         let worker = &mut self.workers[worker];
         worker.free = worker.free.saturating_sub(1);
-        match worker.client.start_job(request).await {
+        match worker.client.start_job(request).instrument(span).await {
             Ok(_) => {
                 tracing::info!(job.id = %job.id, job.attempt = job.attempt, worker.url = %worker.url, job.step = first_step.as_str(), "job started");
                 Ok(())
@@ -228,6 +241,7 @@ fn start_request(
     job: &ClaimedJob,
     first_step: slipway_steps::Step,
     config: &OrchestratorConfig,
+    traceparent: &str,
 ) -> v1::StartJobRequest {
     let spec = &job.spec.0;
     v1::StartJobRequest {
@@ -255,7 +269,7 @@ fn start_request(
         }),
         first_step: step_to_wire(first_step) as i32,
         report_to: config.report_url.clone(),
-        traceparent: job.traceparent.clone().unwrap_or_default(),
+        traceparent: traceparent.to_string(),
         instance_id: config.instance_id.clone(),
     }
 }

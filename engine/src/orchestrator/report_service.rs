@@ -5,10 +5,12 @@
 //! job's policy or ends the job; a job asked to cancel starts no further step.
 
 use chrono::{DateTime, Utc};
+use slipway_observability::trace;
 use slipway_proto::convert::{step_from_wire, stream_name};
 use slipway_proto::v1::{self, report_service_server::ReportService};
 use slipway_steps::Step;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::commit::{Committer, Report};
 use crate::store::{Lease, NewLogLine, StoreError};
@@ -45,13 +47,16 @@ impl ReportHandler {
 #[tonic::async_trait]
 impl ReportService for ReportHandler {
     async fn report_step(&self, request: Request<v1::StepReport>) -> Result<Response<v1::ReportAck>, Status> {
+        let traceparent = traceparent_in(&request);
         let report = request.into_inner();
         let lease = lease_of(report.lease)?;
         let step = step_from_wire(report.step).ok_or_else(|| Status::invalid_argument("step is not a step"))?;
         let event = report.event.ok_or_else(|| Status::invalid_argument("event is required"))?;
         let then_start = step_from_wire(report.then_start);
+        let span = tracing::info_span!("orchestrator.commit", job.id = %lease.job_id, job.step = step.as_str());
+        trace::set_parent(&span, &traceparent);
         let work = Report::Step { lease: lease.clone(), step, event, exit_code: report.exit_code, then_start };
-        self.answer(lease, work).await
+        self.answer(lease, work).instrument(span).await
     }
 
     async fn append_logs(&self, request: Request<v1::LogBatch>) -> Result<Response<v1::ReportAck>, Status> {
@@ -69,6 +74,11 @@ impl ReportService for ReportHandler {
             .collect();
         self.answer(lease.clone(), Report::Logs { lease, lines }).await
     }
+}
+
+/// The `traceparent` a worker sent in the call's metadata.
+fn traceparent_in<T>(request: &Request<T>) -> String {
+    request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
 
 fn lease_of(lease: Option<v1::Lease>) -> Result<Lease, Status> {
