@@ -170,6 +170,30 @@ async fn a_job_is_one_trace_across_the_server_and_the_worker() {
     assert_eq!(by_name("docker.push")[0].attributes.get("image.digest").map(String::as_str), Some(digest));
     assert!(by_name("orchestrator.commit").iter().all(|s| s.service == "test-server"));
 
+    // A failed step marks its span as an error.
+    let body = json!({
+        "repo": repo,
+        "image": format!("{}/traces/app:{}", open_registry(), unique("t")),
+        "run": { "command": ["/bin/busybox", "sh", "-c", "exit 3"] },
+    });
+    let failed = submit(&ports.api(), &body).await["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_finished(&ports.api(), &failed, Duration::from_secs(120)).await["state"], "failed");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let spans = receiver.spans.lock().unwrap().clone();
+        let failed_run = spans.iter().find(|s| {
+            s.name == "step"
+                && s.attributes.get("job.id") == Some(&failed)
+                && s.attributes.get("job.step").map(String::as_str) == Some("run")
+        });
+        if let Some(span) = failed_run {
+            assert!(span.error, "{span:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the failed run's span never arrived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // The container got the trace context of its step.
     let lines = all_logs(&ports.api(), &id).await;
     let printed = lines.iter().find_map(|l| l["line"].as_str()?.strip_prefix("traceparent=")).unwrap().to_string();
