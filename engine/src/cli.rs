@@ -174,32 +174,73 @@ fn print_lines(lines: &[Value]) {
     }
 }
 
-/// Prints state changes and log lines until the job ends; 0 when it succeeded.
+/// Prints the job's log lines as they come (Server-Sent Events, resumed from the
+/// last line seen if the connection drops) and a header when a step begins, until
+/// the job ends; 0 when it succeeded.
 async fn follow(api: &ApiArgs, id: &str) -> anyhow::Result<i32> {
-    let mut after = 0;
-    let mut last_state = String::new();
+    let streaming = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
+    let mut last_id: Option<String> = None;
+    let mut step = String::new();
     loop {
-        let page = call(client().get(format!("{}/v1/jobs/{id}/logs?after={after}", api.api))).await?;
-        let lines = page["lines"].as_array().cloned().unwrap_or_default();
-        print_lines(&lines);
-        after = page["next_after"].as_i64().unwrap_or(after);
-        if page["finished"].as_bool() == Some(true) {
-            let job = call(client().get(format!("{}/v1/jobs/{id}", api.api))).await?;
-            let state = job["state"].as_str().unwrap_or("?");
-            eprintln!("job {id} {state}");
-            if let Some(message) = job["error"]["message"].as_str() {
-                eprintln!("{message}");
+        let mut request =
+            streaming.get(format!("{}/v1/jobs/{id}/logs?follow=true", api.api)).header("Accept", "text/event-stream");
+        if let Some(last) = &last_id {
+            request = request.header("Last-Event-ID", last);
+        }
+        let mut response = request.send().await.context("cannot reach the Slipway API (is it running? see --api)")?;
+        if !response.status().is_success() {
+            let body: Value = response.json().await.unwrap_or_default();
+            bail!("{}", body["error"]["message"].as_str().unwrap_or("the API refused to stream the logs"));
+        }
+        let mut buffer = String::new();
+        // Reads events until the stream ends; a dropped connection is resumed.
+        while let Ok(Some(chunk)) = response.chunk().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let (mut event, mut data, mut event_id) = ("message", String::new(), None);
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = if v.trim() == "end" {
+                            "end"
+                        } else if v.trim() == "line" {
+                            "line"
+                        } else {
+                            "other"
+                        };
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        event_id = Some(v.trim().to_string());
+                    }
+                }
+                match event {
+                    "line" => {
+                        let line: Value = serde_json::from_str(&data).unwrap_or_default();
+                        let this_step = line["step"].as_str().unwrap_or("?");
+                        if this_step != step {
+                            step = this_step.to_string();
+                            eprintln!("--- {step}");
+                        }
+                        print_lines(std::slice::from_ref(&line));
+                        last_id = event_id.or(last_id);
+                    }
+                    "end" => return finished(api, id).await,
+                    _ => {}
+                }
             }
-            return Ok(if state == "succeeded" { 0 } else { 1 });
         }
-        let job = call(client().get(format!("{}/v1/jobs/{id}", api.api))).await?;
-        let state = job["state"].as_str().unwrap_or("?").to_string();
-        if state != last_state {
-            eprintln!("job {id}: {state}");
-            last_state = state;
-        }
-        if lines.is_empty() {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Prints how the job ended; 0 when it succeeded.
+async fn finished(api: &ApiArgs, id: &str) -> anyhow::Result<i32> {
+    let job = call(client().get(format!("{}/v1/jobs/{id}", api.api))).await?;
+    let state = job["state"].as_str().unwrap_or("?");
+    eprintln!("job {id} {state}");
+    if let Some(message) = job["error"]["message"].as_str() {
+        eprintln!("{message}");
+    }
+    Ok(if state == "succeeded" { 0 } else { 1 })
 }

@@ -368,3 +368,29 @@ async fn a_job_log_past_its_limit_keeps_a_marker_and_drops_the_rest() {
     assert!(lines.iter().any(|l| l["line"] == "line 0"));
     assert!(!lines.iter().any(|l| l["line"] == "line 1999"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_follow_streams_the_logs_and_exits_with_the_outcome() {
+    let standalone = Standalone::start(&[]).await;
+    let (repo, api) = (standalone.repo.clone(), standalone.api());
+    let follow = move |command: &'static str| {
+        let image = format!("{}/follow/app:{}", open_registry(), unique("t"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+            .args(["submit", "--repo", &repo, "--image", &image, "-e", "GREETING=cli", "--follow"])
+            .args(["--", "/bin/busybox", "sh", "-c", command])
+            .env("SLIPWAY_API", &api)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let again = follow.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || follow("echo hello $GREETING")).await.unwrap();
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("[run stdout] hello cli"), "{out}");
+    assert!(out.contains("[clone system]") && out.contains("[build system]"), "{out}");
+    assert!(err.contains("--- run") && err.contains("succeeded"), "{err}");
+
+    let (code, _, err) = tokio::task::spawn_blocking(move || again("exit 4")).await.unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("failed") && err.contains("exited with code 4"), "{err}");
+}
