@@ -10,6 +10,7 @@
 
 mod buildkit;
 mod classic;
+mod ignore;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -183,27 +184,26 @@ impl<'a> BuildLog<'a> {
     }
 }
 
-/// Tars `context` (without `.git`) and returns it with the Dockerfile's path inside it.
+/// Tars `context` (without `.git` and what its `.dockerignore` leaves out) and
+/// returns it with the Dockerfile's path inside it. The Dockerfile and the
+/// `.dockerignore` are always sent, as the engine's own client does.
 fn pack_context(context: &Path, dockerfile: &Path) -> Result<(Vec<u8>, String), StepError> {
     let fail = |e: std::io::Error| {
         StepError::new(ErrorCode::Internal, format!("cannot pack the build context: {e}")).with_source(e)
     };
+    let ignore = match std::fs::read_to_string(context.join(".dockerignore")) {
+        Ok(text) => ignore::DockerIgnore::parse(&text),
+        Err(_) => ignore::DockerIgnore::default(),
+    };
+    let inside: Option<PathBuf> = dockerfile.strip_prefix(context).ok().map(Path::to_path_buf);
+    let keep: Vec<String> =
+        [Some(".dockerignore".to_string()), inside.as_ref().map(|p| p.to_string_lossy().into_owned())]
+            .into_iter()
+            .flatten()
+            .collect();
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
-    for entry in std::fs::read_dir(context).map_err(fail)? {
-        let entry = entry.map_err(fail)?;
-        let name = entry.file_name();
-        if name == ".git" {
-            continue;
-        }
-        let path = entry.path();
-        if entry.file_type().map_err(fail)?.is_dir() {
-            tar.append_dir_all(&name, &path).map_err(fail)?;
-        } else {
-            tar.append_path_with_name(&path, &name).map_err(fail)?;
-        }
-    }
-    let inside: Option<PathBuf> = dockerfile.strip_prefix(context).ok().map(Path::to_path_buf);
+    add_folder(&mut tar, context, "", &ignore, &keep).map_err(fail)?;
     let name = match inside {
         Some(relative) => relative.to_string_lossy().into_owned(),
         None => {
@@ -213,6 +213,40 @@ fn pack_context(context: &Path, dockerfile: &Path) -> Result<(Vec<u8>, String), 
     };
     let bytes = tar.into_inner().map_err(fail)?;
     Ok((bytes, name))
+}
+
+/// Adds the entries of `folder` (at `prefix` in the tar), in name order.
+fn add_folder(
+    tar: &mut tar::Builder<Vec<u8>>,
+    folder: &Path,
+    prefix: &str,
+    ignore: &ignore::DockerIgnore,
+    keep: &[String],
+) -> std::io::Result<()> {
+    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(folder)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
+        if prefix.is_empty() && name == ".git" {
+            continue;
+        }
+        let kept = keep.iter().any(|k| *k == path || k.starts_with(&format!("{path}/")));
+        let excluded = ignore.excludes(&path) && !kept;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            if excluded && !ignore.has_exceptions() {
+                continue;
+            }
+            if !excluded {
+                tar.append_dir(&path, entry.path())?;
+            }
+            add_folder(tar, &entry.path(), &path, ignore, keep)?;
+        } else if !excluded {
+            tar.append_path_with_name(entry.path(), &path)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -248,10 +282,25 @@ mod tests {
 
         let (tar, name) = pack_context(&app, &repo.path().join("Dockerfile")).unwrap();
         assert_eq!(name, OUTSIDE_DOCKERFILE);
-        assert_eq!(names(&tar), vec![OUTSIDE_DOCKERFILE, "src/", "src/main.txt"]);
+        assert_eq!(names(&tar), vec![OUTSIDE_DOCKERFILE, "src", "src/main.txt"]);
 
         std::fs::write(app.join("Dockerfile"), "FROM scratch").unwrap();
         let (_, name) = pack_context(&app, &app.join("Dockerfile")).unwrap();
         assert_eq!(name, "Dockerfile");
+    }
+
+    #[test]
+    fn leaves_out_what_dockerignore_says_but_never_the_dockerfile() {
+        let app = tempfile::tempdir().unwrap();
+        let root = app.path();
+        std::fs::create_dir_all(root.join("target/debug")).unwrap();
+        std::fs::create_dir_all(root.join("src")).unwrap();
+        std::fs::write(root.join("target/debug/big"), "x").unwrap();
+        std::fs::write(root.join("src/main.rs"), "x").unwrap();
+        std::fs::write(root.join("src/notes.log"), "x").unwrap();
+        std::fs::write(root.join("Dockerfile"), "FROM scratch").unwrap();
+        std::fs::write(root.join(".dockerignore"), "target\n**/*.log\nDockerfile\n").unwrap();
+        let (tar, _) = pack_context(root, &root.join("Dockerfile")).unwrap();
+        assert_eq!(names(&tar), vec![".dockerignore", "Dockerfile", "src", "src/main.rs"]);
     }
 }
