@@ -176,8 +176,12 @@ async fn commit_together(
             Ok(applied) => results[i] = Ok(applied),
         }
     }
-    let changed: Vec<JobId> =
-        reports.iter().zip(&results).filter(|(_, r)| r.is_ok()).map(|(report, _)| report.job_id()).collect();
+    let changed: Vec<JobId> = reports
+        .iter()
+        .zip(&results)
+        .filter(|(report, result)| followers_care(report, result))
+        .map(|(report, _)| report.job_id())
+        .collect();
     notify_changed(&mut tx, &changed).await?;
     tx.commit().await?;
     Ok(results)
@@ -188,13 +192,22 @@ async fn commit_alone(pool: &PgPool, report: &Report, rules: &Rules) -> Result<A
     let applied = apply(&mut tx, report, rules).await;
     match applied {
         Ok(_) => {
-            notify_changed(&mut tx, &[report.job_id()]).await?;
+            if followers_care(report, &applied) {
+                notify_changed(&mut tx, &[report.job_id()]).await?;
+            }
             tx.commit().await?
         }
         Err(StoreError::LeaseLost) => tx.commit().await?,
         Err(_) => tx.rollback().await?,
     }
     applied
+}
+
+/// Whether live log followers need to hear of this report: new lines, or the end of
+/// the job (their stream ends then). Other reports are not announced, since every
+/// notification costs the database work at commit.
+fn followers_care(report: &Report, result: &Result<Applied, StoreError>) -> bool {
+    matches!(report, Report::Logs { .. }) || matches!(result, Ok(Applied::Finished(_) | Applied::Stopped))
 }
 
 /// Tells followers (live logs) that these jobs have news, when the transaction commits.
