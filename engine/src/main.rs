@@ -116,8 +116,14 @@ fn shutdown_on_signals() -> CancellationToken {
     token
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    // Before any thread exists: libgit2's timeouts are process globals.
+    slipway_steps::clone::configure_timeouts();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("the async runtime starts");
+    runtime.block_on(run());
+}
+
+async fn run() {
     let cli = Cli::parse();
     let service_name = match &cli.command {
         Command::Server { .. } => "slipway-server",

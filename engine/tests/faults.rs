@@ -484,3 +484,31 @@ async fn a_job_whose_worker_dies_while_running_reattaches_to_its_container() {
     assert!(lines.iter().any(|l| l["line"] == "finished"), "the container's end was seen");
     assert!(containers_of(&id).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_cloning_from_a_stalled_remote_is_cancelled_at_once() {
+    // A git server that accepts connections and never answers.
+    let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = stalled.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = stalled.accept().await {
+            held.push(socket);
+        }
+    });
+    let standalone = Standalone::start(&[]).await;
+    let api = standalone.api();
+    let body = json!({ "repo": format!("git://127.0.0.1:{port}/stalled"), "image": image("stalled") });
+    let id = submit(&api, &body).await["id"].as_str().unwrap().to_string();
+    wait_state(&api, &id, "cloning", LIMIT).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let asked = Instant::now();
+    assert_eq!(cancel(&api, &id).await.0, 202);
+    let job = wait_finished(&api, &id, Duration::from_secs(10)).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    let states: Vec<String> = events(&standalone.db, &id).await.into_iter().map(|e| e.0).collect();
+    assert_eq!(states, ["queued", "cloning", "cancelled"]);
+    eprintln!("a clone hanging on its remote was cancelled in {:?}", asked.elapsed());
+    assert!(job_folders(standalone.work.path()).is_empty());
+}

@@ -17,6 +17,24 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
+/// How long libgit2 waits to connect to a remote, and for any byte from it.
+const CONNECT_TIMEOUT_MS: i32 = 15_000;
+const READ_TIMEOUT_MS: i32 = 120_000;
+
+/// Bounds how long a clone can hang on a remote that stops answering, so that a
+/// stalled server cannot hold a worker thread forever. Call it once, before the
+/// process starts any thread: it sets libgit2 globals.
+#[allow(unsafe_code)]
+pub fn configure_timeouts() {
+    // SAFETY: libgit2 requires these globals to be set before other threads run
+    // (its options are unsynchronized); the binary calls this first thing in
+    // `main`, before the async runtime starts its threads.
+    unsafe {
+        let _ = git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS);
+        let _ = git2::opts::set_server_timeout_in_milliseconds(READ_TIMEOUT_MS);
+    }
+}
+
 /// What to fetch.
 #[derive(Debug, Clone)]
 pub struct CloneRequest {

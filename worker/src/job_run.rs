@@ -213,10 +213,14 @@ async fn clone(job: &JobRun, folder: &Path, logs: &LogSink, stop: &CancellationT
     if dest.exists() {
         tokio::fs::remove_dir_all(&dest).await.map_err(|e| internal("cannot clear the clone folder", e))?;
     }
-    let (logs, stop) = (logs.clone(), stop.clone());
-    tokio::task::spawn_blocking(move || clone_repo(&request, &dest, &logs, &stop))
-        .await
-        .map_err(|e| StepError::new(ErrorCode::Internal, format!("the clone panicked: {e}")))?
+    let (logs, cancel) = (logs.clone(), stop.clone());
+    let fetch = tokio::task::spawn_blocking(move || clone_repo(&request, &dest, &logs, &cancel));
+    tokio::select! {
+        done = fetch => done.map_err(|e| StepError::new(ErrorCode::Internal, format!("the clone panicked: {e}")))?,
+        // libgit2 sees a cancel only between transfers; a remote that stalls must not
+        // hold the job: the fetch thread is left to end on libgit2's timeout.
+        _ = stop.cancelled() => Err(StepError::cancelled()),
+    }
 }
 
 async fn build(
