@@ -63,9 +63,16 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
         job["steps"].as_array().unwrap().iter().all(|s| s["outcome"] == "succeeded" && !s["finished_at"].is_null())
     );
 
-    // The story in SQL, in order.
+    // The story in SQL, in order, and the same over HTTP.
     let history = state_history(&db, &id).await;
     assert_eq!(history, ["queued", "cloning", "building", "pushing", "running", "succeeded"]);
+    let events: serde_json::Value =
+        http().get(format!("{}/v1/jobs/{id}/events", ports.api())).send().await.unwrap().json().await.unwrap();
+    let over_http: Vec<&str> =
+        events["events"].as_array().unwrap().iter().map(|e| e["to_state"].as_str().unwrap()).collect();
+    assert_eq!(over_http, history);
+    assert_eq!(events["events"][1]["from_state"], "queued");
+    assert_eq!(events["events"][1]["worker"], "worker-e2e");
 
     // The views answer the usual questions.
     let uuid: uuid::Uuid = id.parse().unwrap();

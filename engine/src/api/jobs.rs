@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::views::{JobPage, JobView, LogPage};
+use super::views::{EventPage, JobPage, JobView, LogPage};
 use super::{ApiError, AppState, MAX_BODY_BYTES, follow};
 use crate::job::{JobId, JobRequest, JobState};
 use slipway_observability::{metrics, trace};
@@ -163,6 +163,13 @@ pub async fn get(State(store): State<Store>, Path(id): Path<String>) -> Result<J
     let row = store.job(id).await?;
     let steps = store.steps(id).await?;
     Ok(Json(JobView::new(row, Some(steps))))
+}
+
+/// `GET /v1/jobs/{id}/events`: the job's history, one entry per transition, oldest first.
+pub async fn events(State(store): State<Store>, Path(id): Path<String>) -> Result<Json<EventPage>, ApiError> {
+    let id = job_id(&id)?;
+    store.job(id).await?;
+    Ok(Json(EventPage { events: store.events(id).await? }))
 }
 
 /// `GET /v1/jobs?state=&limit=&cursor=`: newest first.

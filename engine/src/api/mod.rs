@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs", get(jobs::list).post(jobs::submit))
         .route("/v1/jobs/{id}", get(jobs::get))
         .route("/v1/jobs/{id}/cancel", axum::routing::post(jobs::cancel))
+        .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/jobs/{id}/logs", get(jobs::logs))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics::metrics_text))

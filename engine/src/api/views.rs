@@ -77,3 +77,8 @@ pub struct LogPage {
     /// Whether the job has ended (no further lines will come).
     pub finished: bool,
 }
+
+#[derive(Debug, Serialize)]
+pub struct EventPage {
+    pub events: Vec<crate::store::EventRow>,
+}
