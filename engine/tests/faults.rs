@@ -13,12 +13,17 @@ use serde_json::json;
 const LIMIT: Duration = Duration::from_secs(120);
 
 fn worker(name: &str, port: u16, work_dir: &std::path::Path) -> Slipway {
-    let env = BTreeMap::from([
+    worker_with(name, port, work_dir, &[])
+}
+
+fn worker_with(name: &str, port: u16, work_dir: &std::path::Path, extra: &[(&'static str, &str)]) -> Slipway {
+    let mut env = BTreeMap::from([
         ("SLIPWAY_WORKER_ADDR", format!("127.0.0.1:{port}")),
         ("SLIPWAY_WORKER_ID", name.to_string()),
         ("SLIPWAY_WORK_DIR", work_dir.display().to_string()),
         ("SLIPWAY_WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
     ]);
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     Slipway::spawn(name, &["worker"], &env)
 }
 
@@ -40,47 +45,64 @@ fn image(name: &str) -> String {
     format!("{}/faults/{name}:{}", open_registry(), unique("t"))
 }
 
-/// A job in its slow build on the first of two workers; the second is not started.
-struct BuildingOnFirst {
+/// A server with two workers configured, of which only the first runs; the test
+/// starts the second when it has done something to the first.
+struct FirstOfTwo {
     db: TestDb,
-    _git: GitServer,
+    git: GitServer,
     work: tempfile::TempDir,
     ports: Ports,
     second_port: u16,
     first: Slipway,
     _server: Slipway,
-    id: String,
 }
 
-async fn building_on_first_worker(build_seconds: u32, name: &str) -> BuildingOnFirst {
+async fn first_of_two_workers(first_settings: &[(&'static str, &str)]) -> FirstOfTwo {
     let db = TestDb::new().await;
     let git = GitServer::start();
-    let repo = slow_build_repo(&git, "slow", build_seconds);
     let work = tempfile::tempdir().unwrap();
     let ports = Ports::new();
     let (first_port, second_port) = (free_port(), free_port());
-    let first = worker("worker-first", first_port, work.path());
+    let first = worker_with("worker-first", first_port, work.path(), first_settings);
     let server = server("orchestrator", &db, &ports, &[first_port, second_port]);
     wait_healthy(&ports.api(), Duration::from_secs(30)).await;
-    let job = submit(&ports.api(), &json!({ "repo": repo, "image": image(name) })).await;
-    let id = job["id"].as_str().unwrap().to_string();
-    wait_state(&ports.api(), &id, "building", LIMIT).await;
-    BuildingOnFirst { db, _git: git, work, ports, second_port, first, _server: server, id }
+    FirstOfTwo { db, git, work, ports, second_port, first, _server: server }
+}
+
+impl FirstOfTwo {
+    fn start_second(&self) -> Slipway {
+        worker("worker-second", self.second_port, self.work.path())
+    }
+
+    /// Submits `body` and waits until the job is in `state`; returns its id.
+    async fn job_in(&self, body: serde_json::Value, state: &str) -> String {
+        let id = submit(&self.ports.api(), &body).await["id"].as_str().unwrap().to_string();
+        wait_state(&self.ports.api(), &id, state, LIMIT).await;
+        id
+    }
+}
+
+/// A job in its slow build on the first of two workers.
+async fn building_on_first_worker(build_seconds: u32, name: &str) -> (FirstOfTwo, String) {
+    let setup = first_of_two_workers(&[]).await;
+    let repo = slow_build_repo(&setup.git, "slow", build_seconds);
+    let id = setup.job_in(json!({ "repo": repo, "image": image(name) }), "building").await;
+    (setup, id)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_worker_is_killed_while_building_succeeds_on_another_worker() {
-    let BuildingOnFirst { db, work, ports, second_port, first, id, _server, _git } =
-        building_on_first_worker(4, "killed").await;
-    first.signal("KILL");
+    let (setup, id) = building_on_first_worker(4, "killed").await;
+    let (db, ports) = (&setup.db, &setup.ports);
+    setup.first.signal("KILL");
     let killed_at: chrono::DateTime<chrono::Utc> =
         sqlx::query_scalar("select now()").fetch_one(db.store.pool()).await.unwrap();
-    let _second = worker("worker-second", second_port, work.path());
+    let _second = setup.start_second();
 
     let job = wait_finished(&ports.api(), &id, LIMIT).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["attempt"], 2);
-    let events = events(&db, &id).await;
+    let events = events(db, &id).await;
     let expiry = events.iter().position(|e| e.3.as_deref().is_some_and(|r| r.starts_with("lease_expired")));
     let expiry = expiry.unwrap_or_else(|| panic!("no lease expiry in {events:?}"));
     assert_eq!((events[expiry].0.as_str(), events[expiry].1), ("queued", 2), "{events:?}");
@@ -138,10 +160,10 @@ async fn a_job_whose_orchestrator_is_killed_while_running_is_finished_by_another
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_worker_that_comes_back_cannot_overwrite_the_newer_attempt() {
-    let BuildingOnFirst { db, work, ports, second_port, first, id, _server, _git } =
-        building_on_first_worker(3, "paused").await;
+    let (setup, id) = building_on_first_worker(3, "paused").await;
+    let (db, ports, first) = (&setup.db, &setup.ports, &setup.first);
     first.signal("STOP");
-    let _second = worker("worker-second", second_port, work.path());
+    let _second = setup.start_second();
     // The second worker takes the job over after the lease expires.
     let deadline = Instant::now() + LIMIT;
     loop {
@@ -157,7 +179,7 @@ async fn a_paused_worker_that_comes_back_cannot_overwrite_the_newer_attempt() {
     let job = wait_finished(&ports.api(), &id, LIMIT).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["attempt"], 2);
-    let events = events(&db, &id).await;
+    let events = events(db, &id).await;
     let expiry = events.iter().position(|e| e.3.as_deref().is_some_and(|r| r.starts_with("lease_expired"))).unwrap();
     assert!(
         events[expiry + 1..].iter().all(|e| e.2.as_deref() != Some("worker-first")),
@@ -305,37 +327,20 @@ async fn retries_follow_the_policy_and_a_deadline_stops_a_container() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_stopped_with_sigterm_hands_its_job_back_within_the_grace_period() {
-    let db = TestDb::new().await;
-    let git = GitServer::start();
-    let app = app_repo(&git, "app");
-    let work = tempfile::tempdir().unwrap();
-    let ports = Ports::new();
-    let (first_port, second_port) = (free_port(), free_port());
-    let mut first = {
-        let env = BTreeMap::from([
-            ("SLIPWAY_WORKER_ADDR", format!("127.0.0.1:{first_port}")),
-            ("SLIPWAY_WORKER_ID", "worker-first".to_string()),
-            ("SLIPWAY_WORK_DIR", work.path().display().to_string()),
-            ("SLIPWAY_SHUTDOWN_GRACE", "1s".to_string()),
-            ("SLIPWAY_WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
-        ]);
-        Slipway::spawn("worker-first", &["worker"], &env)
-    };
-    let _server = server("orchestrator", &db, &ports, &[first_port, second_port]);
-    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
-
+    let mut setup = first_of_two_workers(&[("SLIPWAY_SHUTDOWN_GRACE", "1s")]).await;
+    let app = app_repo(&setup.git, "app");
     let body = json!({ "repo": app, "image": image("handed"), "run": { "command": sleeping_command(3) } });
-    let id = submit(&ports.api(), &body).await["id"].as_str().unwrap().to_string();
-    wait_state(&ports.api(), &id, "running", LIMIT).await;
+    let id = setup.job_in(body, "running").await;
     let stopping = Instant::now();
-    let status = first.terminate(Duration::from_secs(20)).expect("the worker exits after its grace period");
+    let status = setup.first.terminate(Duration::from_secs(20)).expect("the worker exits after its grace period");
     assert!(status.success(), "{status:?}");
     eprintln!("the worker stopped in {:?}", stopping.elapsed());
-    let _second = worker("worker-second", second_port, work.path());
+    let _second = setup.start_second();
+    let (db, ports, work) = (&setup.db, &setup.ports, &setup.work);
 
     let job = wait_finished(&ports.api(), &id, LIMIT).await;
     assert_eq!((job["state"].as_str(), job["attempt"].as_i64()), (Some("succeeded"), Some(2)), "{job}");
-    let events = events(&db, &id).await;
+    let events = events(db, &id).await;
     let handed = events.iter().find(|e| e.3.as_deref().is_some_and(|r| r.starts_with("handed_back")));
     let handed = handed.unwrap_or_else(|| panic!("no hand-back in {events:?}"));
     assert_eq!((handed.0.as_str(), handed.2.as_deref()), ("running", Some("worker-first")));
@@ -444,28 +449,20 @@ async fn the_sweep_deletes_expired_jobs_their_images_and_leftovers_of_this_insta
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_whose_worker_dies_while_running_reattaches_to_its_container() {
-    let db = TestDb::new().await;
-    let git = GitServer::start();
-    let app = app_repo(&git, "app");
-    let work = tempfile::tempdir().unwrap();
-    let ports = Ports::new();
-    let (first_port, second_port) = (free_port(), free_port());
-    let first = worker("worker-first", first_port, work.path());
-    let _server = server("orchestrator", &db, &ports, &[first_port, second_port]);
-    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+    let setup = first_of_two_workers(&[]).await;
+    let (db, ports) = (&setup.db, &setup.ports);
+    let app = app_repo(&setup.git, "app");
     let since = now_secs();
-
     let body = json!({ "repo": app, "image": image("reattach"), "run": { "command": sleeping_command(5) } });
-    let id = submit(&ports.api(), &body).await["id"].as_str().unwrap().to_string();
-    wait_state(&ports.api(), &id, "running", LIMIT).await;
+    let id = setup.job_in(body, "running").await;
     // The container is recorded before the worker waits on it.
     let deadline = Instant::now() + LIMIT;
     while get_job(&ports.api(), &id).await["container_id"].is_null() {
         assert!(Instant::now() < deadline, "the container id was never stored");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    first.signal("KILL");
-    let _second = worker("worker-second", second_port, work.path());
+    setup.first.signal("KILL");
+    let _second = setup.start_second();
 
     let job = wait_finished(&ports.api(), &id, LIMIT).await;
     assert_eq!((job["state"].as_str(), job["attempt"].as_i64()), (Some("succeeded"), Some(2)), "{job}");
