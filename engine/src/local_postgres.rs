@@ -115,7 +115,7 @@ impl LocalPostgres {
             .await
             .map_err(fail)?;
         if !exists {
-            sqlx::query(concat!("create database ", "slipway")).execute(&mut conn).await.map_err(fail)?;
+            sqlx::query("create database slipway").execute(&mut conn).await.map_err(fail)?;
         }
         Ok(())
     }

@@ -108,9 +108,9 @@ impl Committer {
     pub async fn apply(&self, report: Report) -> Result<Applied, StoreError> {
         let (reply, answer) = oneshot::channel();
         if self.queue.send((report, reply)).await.is_err() {
-            return Err(StoreError::Migrate("the committer stopped".into()));
+            return Err(StoreError::CommitterStopped);
         }
-        answer.await.unwrap_or_else(|_| Err(StoreError::Migrate("the committer stopped".into())))
+        answer.await.unwrap_or(Err(StoreError::CommitterStopped))
     }
 }
 

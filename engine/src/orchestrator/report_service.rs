@@ -36,6 +36,7 @@ impl ReportHandler {
                 Ok(Response::new(v1::ReportAck { accepted: false }))
             }
             Err(StoreError::Unavailable(_)) => Err(Status::unavailable("the database is unavailable")),
+            Err(StoreError::CommitterStopped) => Err(Status::unavailable("the orchestrator is stopping")),
             Err(e) => {
                 tracing::error!(job.id = %job_id, error = ?e, "cannot commit a report");
                 Err(Status::internal("cannot commit the report"))

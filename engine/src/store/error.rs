@@ -14,6 +14,9 @@ pub enum StoreError {
     Unavailable(#[source] sqlx::Error),
     #[error("migrations failed: {0}")]
     Migrate(String),
+    /// The report committer has stopped (the process is shutting down).
+    #[error("the report committer has stopped")]
+    CommitterStopped,
     #[error("database error")]
     Database(#[source] sqlx::Error),
 }

@@ -51,10 +51,6 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(pool: PgPool) -> Self {
-        Store { pool }
-    }
-
     /// Connects to `url`, waiting up to `patience` for Postgres to accept connections.
     pub async fn connect(url: &str, patience: Duration) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(StoreError::from)?;
