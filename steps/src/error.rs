@@ -22,6 +22,15 @@ pub enum ErrorCode {
     ExitNonZero,
     TimedOut,
     Cancelled,
+    /// AWS did not answer, throttled or failed on its side.
+    AwsUnavailable,
+    /// ECS stopped the task for reasons of its own (it never started, the image could
+    /// not be pulled, a Spot interruption, …).
+    InfrastructureStop,
+    /// The task was stopped from outside Slipway.
+    TaskStopped,
+    /// The job asks for a runtime this worker is not configured for.
+    RuntimeUnavailable,
     Internal,
 }
 
@@ -43,6 +52,10 @@ impl ErrorCode {
             ErrorCode::ExitNonZero => "exit_nonzero",
             ErrorCode::TimedOut => "timed_out",
             ErrorCode::Cancelled => "cancelled",
+            ErrorCode::AwsUnavailable => "aws_unavailable",
+            ErrorCode::InfrastructureStop => "infrastructure_stop",
+            ErrorCode::TaskStopped => "task_stopped",
+            ErrorCode::RuntimeUnavailable => "runtime_unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -50,7 +63,15 @@ impl ErrorCode {
     /// Whether another attempt of the same step could succeed without anyone
     /// changing the job or the repository.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorCode::CloneFailed | ErrorCode::EngineUnavailable | ErrorCode::PushFailed)
+        matches!(
+            self,
+            ErrorCode::CloneFailed
+                | ErrorCode::EngineUnavailable
+                | ErrorCode::PushFailed
+                | ErrorCode::AwsUnavailable
+                | ErrorCode::InfrastructureStop
+                | ErrorCode::RuntimeUnavailable
+        )
     }
 }
 

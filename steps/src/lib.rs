@@ -5,6 +5,7 @@
 //! returns its outputs or a [`StepError`] that says whether trying again could help.
 //! Nothing here knows about Postgres or gRPC.
 
+pub mod aws;
 pub mod build;
 pub mod clone;
 pub mod docker;

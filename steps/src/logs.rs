@@ -22,6 +22,9 @@ pub struct LogLine {
     pub stream: LogStream,
     pub text: String,
     pub at: SystemTime,
+    /// Where the source is read up to once this line is stored (a CloudWatch
+    /// forward token): stored with the line, so that a later reader resumes after it.
+    pub cursor: Option<String>,
 }
 
 /// The write end of a job's log, bound to one step.
@@ -48,7 +51,13 @@ impl LogSink {
 
     /// A line produced at `at` (rather than now).
     pub async fn line_at(&self, stream: LogStream, text: impl Into<String>, at: SystemTime) {
-        let line = LogLine { step: self.step, stream, text: text.into(), at };
+        let line = LogLine { step: self.step, stream, text: text.into(), at, cursor: None };
+        let _ = self.tx.send(line).await;
+    }
+
+    /// A line produced at `at`, after which the source is read up to `cursor`.
+    pub async fn line_with_cursor(&self, stream: LogStream, text: impl Into<String>, at: SystemTime, cursor: String) {
+        let line = LogLine { step: self.step, stream, text: text.into(), at, cursor: Some(cursor) };
         let _ = self.tx.send(line).await;
     }
 
@@ -58,7 +67,7 @@ impl LogSink {
     }
 
     fn make(&self, stream: LogStream, text: String) -> LogLine {
-        LogLine { step: self.step, stream, text, at: SystemTime::now() }
+        LogLine { step: self.step, stream, text, at: SystemTime::now(), cursor: None }
     }
 }
 

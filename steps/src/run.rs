@@ -38,6 +38,9 @@ pub struct RunRequest {
     pub env: HashMap<String, String>,
     /// Empty: the image's own command.
     pub command: Vec<String>,
+    /// Fargate CPU units and memory in MiB (ECS only).
+    pub cpu: u32,
+    pub memory: u32,
 }
 
 /// The container name of one attempt of one job.

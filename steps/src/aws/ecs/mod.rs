@@ -1,0 +1,78 @@
+//! ECS Fargate: a job's run as a task.
+//!
+//! A task definition per distinct image and size ([`definition`]), launched with
+//! `RunTask` under a client token derived from job and attempt so that a repeated
+//! call never starts a second task ([`task`]), watched with `DescribeTasks` until it
+//! stops and its stop classified ([`stop`]), its output read from CloudWatch Logs
+//! with the forward token handed on to be stored ([`logs`]).
+
+pub mod definition;
+pub mod logs;
+pub mod stop;
+pub mod task;
+
+use std::time::Duration;
+
+use super::AwsConfig;
+
+/// The one container of every task Slipway defines.
+pub const CONTAINER_NAME: &str = "app";
+/// Tags on every task, naming what it belongs to.
+pub const JOB_TAG: &str = "slipway.job_id";
+pub const ATTEMPT_TAG: &str = "slipway.attempt";
+pub const INSTANCE_TAG: &str = "slipway.instance";
+
+/// Where and how tasks run.
+#[derive(Debug, Clone)]
+pub struct EcsSettings {
+    pub cluster: String,
+    /// awsvpc subnets; private ones, with a NAT gateway or VPC endpoints to reach ECR
+    /// and CloudWatch Logs.
+    pub subnets: Vec<String>,
+    pub security_groups: Vec<String>,
+    pub assign_public_ip: bool,
+    /// The role ECS uses to pull the image and write logs.
+    pub execution_role_arn: Option<String>,
+    /// The role the job's code runs as.
+    pub task_role_arn: Option<String>,
+    pub log_group: String,
+    pub log_stream_prefix: String,
+    /// `None`: the region of the AWS configuration.
+    pub region: Option<String>,
+    /// `DescribeTasks` is called after `poll_min`, then ever less often up to `poll_max`.
+    pub poll_min: Duration,
+    pub poll_max: Duration,
+}
+
+/// ECS and CloudWatch Logs clients bound to the settings' region.
+pub struct Ecs {
+    pub(crate) ecs: aws_sdk_ecs::Client,
+    pub(crate) logs: aws_sdk_cloudwatchlogs::Client,
+    pub(crate) settings: EcsSettings,
+    pub(crate) region: String,
+    pub(crate) definitions: tokio::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl Ecs {
+    pub fn new(config: &AwsConfig, settings: EcsSettings) -> Self {
+        let sdk = config.sdk_for(settings.region.as_deref());
+        let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into());
+        Ecs {
+            ecs: aws_sdk_ecs::Client::new(&sdk),
+            logs: aws_sdk_cloudwatchlogs::Client::new(&sdk),
+            settings,
+            region,
+            definitions: Default::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &EcsSettings {
+        &self.settings
+    }
+
+    /// The CloudWatch stream the awslogs driver writes a task's output to.
+    pub fn log_stream_of(&self, task_arn: &str) -> String {
+        let task_id = task_arn.rsplit('/').next().unwrap_or(task_arn);
+        format!("{}/{CONTAINER_NAME}/{task_id}", self.settings.log_stream_prefix)
+    }
+}

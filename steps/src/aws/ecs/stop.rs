@@ -1,0 +1,56 @@
+//! Why a task stopped, and what that means for the job.
+//!
+//! ECS says it in three places: the task's `stopCode`, its `stoppedReason`, and the
+//! essential container's exit code and reason. A stop caused by the infrastructure
+//! (the task never started, the image could not be pulled, the network could not be
+//! set up, a Spot interruption, the scheduler's own stop) says nothing about the
+//! job and is retryable; an exit of the essential container is the job's outcome.
+
+use crate::{ErrorCode, StepError};
+
+/// The parts of a stopped task that decide its outcome.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoppedTask<'a> {
+    pub exit_code: Option<i64>,
+    pub stop_code: Option<&'a str>,
+    pub stopped_reason: Option<&'a str>,
+    pub container_reason: Option<&'a str>,
+}
+
+/// Stop codes of stops the job had no part in.
+const INFRASTRUCTURE_STOP_CODES: [&str; 4] =
+    ["TaskFailedToStart", "SpotInterruption", "ServiceSchedulerInitiated", "TerminationNotice"];
+
+/// Reasons (task's or container's) that name an infrastructure failure.
+const INFRASTRUCTURE_REASONS: [&str; 6] = [
+    "CannotPullContainerError",
+    "ResourceInitializationError",
+    "CannotStartContainerError",
+    "CannotCreateVolumeError",
+    "Spot interruption",
+    "Host EC2",
+];
+
+/// The exit code of a task that ran to its end, or the error that ends the attempt.
+pub fn classify(task: &StoppedTask<'_>) -> Result<i64, StepError> {
+    let reasons: Vec<&str> = [task.stop_code, task.stopped_reason, task.container_reason].into_iter().flatten().collect();
+    let said = reasons.join(": ");
+    let infrastructure = task.stop_code.is_some_and(|c| INFRASTRUCTURE_STOP_CODES.contains(&c))
+        || reasons.iter().any(|r| INFRASTRUCTURE_REASONS.iter().any(|known| r.contains(known)));
+    if infrastructure {
+        return Err(StepError::new(ErrorCode::InfrastructureStop, format!("the task was stopped by ECS: {said}")));
+    }
+    match (task.exit_code, task.stop_code) {
+        // Stopped from outside (the console, another tool): not the job's own end.
+        (_, Some("UserInitiated")) => {
+            Err(StepError::new(ErrorCode::TaskStopped, format!("the task was stopped outside Slipway: {said}")))
+        }
+        (Some(0), _) => Ok(0),
+        (Some(code), _) => Err(StepError {
+            exit_code: Some(code),
+            ..StepError::new(ErrorCode::ExitNonZero, format!("the task's container exited with code {code}: {said}"))
+        }),
+        // Stopped with no exit code and no known cause, such as an out-of-memory kill.
+        (None, _) => Err(StepError::new(ErrorCode::RunFailed, format!("the task stopped without an exit code: {said}"))),
+    }
+}

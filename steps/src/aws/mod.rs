@@ -1,0 +1,76 @@
+//! Amazon's side of the steps: ECR for images, ECS Fargate for runs, CloudWatch Logs
+//! for their output.
+//!
+//! Credentials and region come from the standard AWS chain (environment, profile,
+//! instance or task role); `AWS_ENDPOINT_URL` points every client elsewhere, which is
+//! how an emulator is reached. One [`AwsConfig`] is loaded per process and clients are
+//! made from it per region, since an ECR image names its own region.
+//!
+//! Every call to AWS is spelled `ecr.<operation>()`, `ecs.<operation>()` or
+//! `logs.<operation>()` on a client bound to one of those names: the policy documents
+//! in `iam/` are checked against those calls.
+
+pub mod ecr;
+pub mod ecs;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+use crate::{ErrorCode, StepError};
+
+/// Every SDK's error, with the raw HTTP response.
+type SdkError<E> = aws_sdk_ecs::error::SdkError<E, aws_sdk_ecs::config::http::HttpResponse>;
+
+/// The process's AWS configuration, loaded once from the standard chain.
+#[derive(Clone, Debug)]
+pub struct AwsConfig {
+    sdk: SdkConfig,
+}
+
+impl AwsConfig {
+    pub async fn load() -> Self {
+        AwsConfig { sdk: aws_config::defaults(BehaviorVersion::latest()).load().await }
+    }
+
+    /// The configuration as loaded, for another region when one is named.
+    pub fn sdk_for(&self, region: Option<&str>) -> SdkConfig {
+        match region {
+            Some(region) => self.sdk.to_builder().region(Region::new(region.to_string())).build(),
+            None => self.sdk.clone(),
+        }
+    }
+
+    /// The region the chain resolved, if any.
+    pub fn region(&self) -> Option<String> {
+        self.sdk.region().map(|r| r.to_string())
+    }
+}
+
+/// An AWS error as a step error: the service's own code and message, with
+/// throttling and server-side faults retryable.
+pub(crate) fn aws_error<E>(err: SdkError<E>, code: ErrorCode, what: &str) -> StepError
+where
+    E: aws_sdk_ecs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let (detail, transient) = match &err {
+        SdkError::ServiceError(e) => {
+            let service = e.err();
+            let name = service.code().unwrap_or("unknown");
+            let transient = name.contains("Throttl") || name == "ServerException" || e.raw().status().is_server_error();
+            (format!("{name}: {}", service.message().unwrap_or_default()), transient)
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            (aws_sdk_ecs::error::DisplayErrorContext(&err).to_string(), true)
+        }
+        _ => (aws_sdk_ecs::error::DisplayErrorContext(&err).to_string(), false),
+    };
+    let code = if transient { ErrorCode::AwsUnavailable } else { code };
+    StepError::new(code, format!("{what}: {detail}"))
+}
+
+/// The service's error code, for the cases a caller handles itself.
+pub(crate) fn service_code<E>(err: &SdkError<E>) -> Option<&str>
+where
+    E: aws_sdk_ecs::error::ProvideErrorMetadata,
+{
+    err.as_service_error().and_then(|e| e.code())
+}
