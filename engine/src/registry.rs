@@ -1,11 +1,15 @@
 //! Deleting pushed images from OCI registries (the distribution API), for the TTL
-//! sweep. Registries on loopback are spoken to over http, others over https.
+//! sweep; ECR images through ECR's own `BatchDeleteImage`, with the AWS chain's
+//! credentials. Registries on loopback are spoken to over http, others over https.
 //! Credentials are sent as basic auth; a registry that answers with a bearer
 //! challenge (`WWW-Authenticate: Bearer realm=…`) gets a token from its realm first.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
+use slipway_steps::aws::AwsConfig;
+use slipway_steps::aws::ecr::{Ecr, EcrRegistry, RepositorySettings};
 use slipway_steps::image_ref::ImageRef;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,16 +33,34 @@ pub enum Deletion {
     NotAllowed,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RegistryClient {
     http: reqwest::Client,
     credentials: Option<(String, String)>,
+    /// ECR, reached through its API (`BatchDeleteImage`), made at the first ECR image.
+    ecr: Arc<tokio::sync::OnceCell<Ecr>>,
 }
 
 impl RegistryClient {
     pub fn new(credentials: Option<(String, String)>) -> Self {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("an http client builds");
-        RegistryClient { http, credentials }
+        RegistryClient { http, credentials, ecr: Default::default() }
+    }
+
+    async fn delete_from_ecr(
+        &self,
+        registry: &EcrRegistry,
+        path: &str,
+        digest: &str,
+    ) -> Result<Deletion, RegistryError> {
+        let ecr =
+            self.ecr.get_or_init(|| async { Ecr::new(AwsConfig::load().await, RepositorySettings::default()) }).await;
+        match ecr.delete_image(registry, path, digest).await {
+            Ok(true) => Ok(Deletion::Deleted),
+            Ok(false) => Ok(Deletion::AlreadyGone),
+            Err(e) if e.retryable() => Err(RegistryError::Unavailable(e.message)),
+            Err(e) => Err(RegistryError::Refused(e.message)),
+        }
     }
 
     /// Deletes the manifest `name@sha256:…` names.
@@ -47,6 +69,9 @@ impl RegistryClient {
         let (name, digest) = pushed_ref.split_once('@').ok_or_else(bad)?;
         let image: ImageRef = name.parse().map_err(|_| bad())?;
         let host = image.registry.clone().unwrap_or_else(|| "registry-1.docker.io".to_string());
+        if let Some(registry) = EcrRegistry::parse(&host) {
+            return self.delete_from_ecr(&registry, &image.path, digest).await;
+        }
         let path = if image.registry.is_none() && !image.path.contains('/') {
             format!("library/{}", image.path)
         } else {

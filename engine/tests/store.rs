@@ -67,14 +67,14 @@ async fn a_report_with_a_stale_token_changes_nothing() {
     assert!(matches!(err, StoreError::LeaseLost), "{err:?}");
     let line = NewLogLine { step: Step::Clone, stream: "system", at: chrono::Utc::now(), line: "x".into() };
     assert!(matches!(
-        logs::append_logs(conn, &stale, std::slice::from_ref(&line), 1 << 20).await,
+        logs::append_logs(conn, &stale, std::slice::from_ref(&line), None, 1 << 20).await,
         Err(StoreError::LeaseLost)
     ));
     assert!(db.store.logs(id, 0, 10).await.unwrap().is_empty());
     assert_eq!(db.store.job(id).await.unwrap().state, JobState::Queued);
 
     transitions::mark_step_started(conn, &lease, Step::Clone, TTL).await.unwrap();
-    logs::append_logs(conn, &lease, &[line], 1 << 20).await.unwrap();
+    logs::append_logs(conn, &lease, &[line], None, 1 << 20).await.unwrap();
     let outputs = Outputs { commit_sha: Some("abc".into()), ..Default::default() };
     transitions::mark_step_succeeded(conn, &lease, Step::Clone, &outputs, TTL).await.unwrap();
     let finish = Finish {

@@ -12,8 +12,20 @@ use crate::{ErrorCode, StepError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Leftover {
-    Container { id: String, job_id: String },
-    Image { id: String, job_id: String },
+    Container {
+        id: String,
+        job_id: String,
+    },
+    Image {
+        id: String,
+        job_id: String,
+    },
+    /// An ECS task (its ARN), listed by [`crate::aws::ecs::Ecs::leftover_tasks`].
+    Task {
+        id: String,
+        job_id: String,
+        past_deadline: bool,
+    },
 }
 
 /// Every container and image on the engine labelled with a job of installation
@@ -39,9 +51,10 @@ pub async fn list(docker: &Docker, instance_id: &str) -> Result<Vec<Leftover>, S
     Ok(found)
 }
 
-/// Removes one leftover; one already gone counts as removed.
+/// Removes one leftover from the engine; one already gone counts as removed.
 pub async fn remove(docker: &Docker, leftover: &Leftover) -> Result<(), StepError> {
     match leftover {
+        Leftover::Task { .. } => Err(StepError::new(ErrorCode::Internal, "an ECS task is stopped through ECS")),
         Leftover::Container { id, .. } => remove_container(docker, id).await,
         Leftover::Image { id, .. } => {
             let options = RemoveImageOptionsBuilder::default().force(true).build();

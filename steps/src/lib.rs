@@ -16,6 +16,7 @@ pub mod logs;
 pub mod paths;
 pub mod push;
 pub mod run;
+pub mod runtime;
 
 pub use error::{ErrorCode, StepError};
 pub use logs::{LogLine, LogSink, LogStream};

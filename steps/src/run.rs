@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::docker::{ATTEMPT_LABEL, INSTANCE_LABEL, JOB_LABEL, engine_error, status_of, stream_error};
 use crate::logs::LineSplitter;
+use crate::runtime::{RunEnd, Runtime, Watch};
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
 /// How long a container gets between SIGTERM and SIGKILL when Slipway stops it.
@@ -41,6 +42,8 @@ pub struct RunRequest {
     /// Fargate CPU units and memory in MiB (ECS only).
     pub cpu: u32,
     pub memory: u32,
+    /// The run's deadline, from its start.
+    pub timeout: Option<Duration>,
 }
 
 /// The container name of one attempt of one job.
@@ -253,5 +256,34 @@ mod tests {
         assert_eq!(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), "2026-11-27T16:00:00.123456Z");
         assert_eq!(stamped("2026-11-27T16:00:00Z").1, "");
         assert_eq!(stamped("no stamp here").1, "no stamp here");
+    }
+}
+
+/// The local Docker engine as a [`Runtime`]: one container per attempt.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    pub docker: Docker,
+}
+
+impl Runtime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn launch(&self, request: &RunRequest, logs: &LogSink) -> Result<String, StepError> {
+        create_container(&self.docker, request, logs).await
+    }
+
+    /// The engine itself is the record: the job's newest labelled container.
+    async fn find(&self, job_id: &str, _stored: Option<&str>, logs: &LogSink) -> Result<Option<String>, StepError> {
+        find_container(&self.docker, job_id, logs).await
+    }
+
+    async fn wait(&self, handle: &str, watch: &Watch<'_>) -> Result<RunEnd, StepError> {
+        wait_container(&self.docker, handle, watch.timeout, watch.logs, watch.cancel).await.map(RunEnd::exited)
+    }
+
+    async fn clean_up(&self, handle: &str) -> Result<(), StepError> {
+        remove_container(&self.docker, handle).await
     }
 }

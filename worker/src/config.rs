@@ -1,10 +1,14 @@
 //! What a worker needs to know: where to listen, who it is, how much it may run at
-//! once, where to put clones, and the registry credentials for pushes.
+//! once, where to put clones, the registry credentials for pushes, the labels it
+//! offers, and where its `ecs` runs go.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use slipway_steps::aws::ecr::RepositorySettings;
+use slipway_steps::aws::ecs::EcsSettings;
 use slipway_steps::build::Builder;
 use slipway_steps::push::RegistryCredentials;
 
@@ -26,6 +30,12 @@ pub struct WorkerConfig {
     /// Where to serve `/metrics` over HTTP; `None`: not served (in `standalone` the
     /// server's `/metrics` covers the process).
     pub metrics_addr: Option<SocketAddr>,
+    /// What the worker offers to jobs that require labels.
+    pub labels: BTreeMap<String, String>,
+    /// Where `ecs` runs go; `None`: the worker takes no `ecs` jobs.
+    pub ecs: Option<EcsSettings>,
+    /// How ECR repositories the worker creates are set up.
+    pub ecr: RepositorySettings,
 }
 
 impl WorkerConfig {

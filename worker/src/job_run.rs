@@ -9,12 +9,14 @@ use std::time::Duration;
 use slipway_observability::{fields, metrics, trace};
 use slipway_proto::convert::step_to_wire;
 use slipway_proto::v1::{self, step_report::Event};
+use slipway_steps::aws::ecr::EcrRegistry;
 use slipway_steps::build::{BuildRequest, build_image};
 use slipway_steps::clone::{CloneRequest, clone_repo};
 use slipway_steps::image_ref::ImageRef;
 use slipway_steps::push::push_image;
-use slipway_steps::run::{RunRequest, create_container, find_container, remove_container, wait_container};
-use slipway_steps::{ErrorCode, LogSink, Step, StepError};
+use slipway_steps::run::{DockerRuntime, RunRequest};
+use slipway_steps::runtime::{Runtime, RuntimeKind, Watch};
+use slipway_steps::{ErrorCode, LogSink, LogStream, Step, StepError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -131,7 +133,11 @@ async fn run_step(
                     pushed.map(|r| outputs.pushed_ref = r)
                 }
                 Step::Run => {
-                    run_container(state, job, outputs, reporter, &logs, stop).await.map(|id| outputs.container_id = id)
+                    let ran = run_container(state, job, outputs, reporter, &logs, stop).await;
+                    ran.map(|handle| match job.spec.runtime.parse() {
+                        Ok(RuntimeKind::Ecs) => outputs.task_arn = handle,
+                        _ => outputs.container_id = handle,
+                    })
                 }
             }
         }
@@ -253,12 +259,45 @@ async fn push(
         .image
         .parse()
         .map_err(|why| StepError::new(ErrorCode::Internal, format!("image `{}` {why}", job.spec.image)))?;
-    push_image(&state.docker, &image, state.config.registry_credentials.as_ref(), logs, stop).await
+    // ECR: a token for the registry and the repository made if missing; any other
+    // registry: the configured credentials.
+    let ecr_registry = image.registry.as_deref().and_then(EcrRegistry::parse);
+    let credentials = match &ecr_registry {
+        Some(registry) => {
+            let ecr = state.ecr().await;
+            if ecr.ensure_repository(registry, &image.path).await? {
+                logs.line(LogStream::System, format!("created ECR repository {}", image.path)).await;
+            }
+            Some(ecr.credentials(registry).await?)
+        }
+        None => state.config.registry_credentials.clone(),
+    };
+    push_image(&state.docker, &image, credentials.as_ref(), logs, stop).await
 }
 
-/// Creates the container, reports its id before waiting on it, waits, removes it.
+/// Runs the pushed image on the job's runtime.
 async fn run_container(
     state: &WorkerState,
+    job: &JobRun,
+    outputs: &v1::StepOutputs,
+    reporter: &Reporter,
+    logs: &LogSink,
+    stop: &CancellationToken,
+) -> Result<String, StepError> {
+    let runtime: RuntimeKind = job.spec.runtime.parse().unwrap_or_default();
+    match runtime {
+        RuntimeKind::Docker => {
+            let docker = DockerRuntime { docker: state.docker.clone() };
+            run_on(&docker, job, outputs, reporter, logs, stop).await
+        }
+        RuntimeKind::Ecs => run_on(state.ecs().await?, job, outputs, reporter, logs, stop).await,
+    }
+}
+
+/// Launches the run (or re-attaches to the one an earlier attempt left), reports
+/// its handle before waiting on it, waits, reports how it stopped, cleans up.
+async fn run_on<R: Runtime>(
+    runtime: &R,
     job: &JobRun,
     outputs: &v1::StepOutputs,
     reporter: &Reporter,
@@ -279,37 +318,54 @@ async fn run_container(
         image: non_empty(&outputs.pushed_ref).unwrap_or_else(|| job.spec.image.clone()),
         env,
         command: job.spec.command.clone(),
+        cpu: job.spec.cpu,
+        memory: job.spec.memory,
+        timeout: (job.spec.timeout_seconds > 0).then(|| Duration::from_secs(job.spec.timeout_seconds)),
     };
-    // A run that resumes finds the container an earlier attempt started, if it is
-    // still on this engine, instead of starting a second one.
-    let existing = match job.first_step {
-        Step::Run => find_container(&state.docker, &request.job_id, logs).await?,
-        _ => None,
+    let is_ecs = runtime.name() == RuntimeKind::Ecs.as_str();
+    // A run that resumes finds what an earlier attempt started, if it is still
+    // there, instead of starting a second one.
+    let (existing, log_cursor) = match job.first_step {
+        Step::Run => {
+            let stored = if is_ecs { non_empty(&outputs.task_arn) } else { non_empty(&outputs.container_id) };
+            let found = runtime.find(&request.job_id, stored.as_deref(), logs).await?;
+            // The stored position belongs to the stored run only.
+            let cursor = (found.is_some() && found == stored).then(|| non_empty(&outputs.log_cursor)).flatten();
+            (found, cursor)
+        }
+        _ => (None, None),
     };
-    let container_id = match existing {
-        Some(id) => id,
-        None => {
-            create_container(&state.docker, &request, logs).instrument(tracing::info_span!("container.create")).await?
+    let handle = match existing {
+        Some(handle) => handle,
+        None => runtime.launch(&request, logs).instrument(tracing::info_span!("container.create")).await?,
+    };
+    let handle_outputs = |o: v1::StepOutputs| {
+        if is_ecs {
+            v1::StepOutputs { task_arn: handle.clone(), ..o }
+        } else {
+            v1::StepOutputs { container_id: handle.clone(), ..o }
         }
     };
-    let progress = v1::StepOutputs { container_id: container_id.clone(), ..Default::default() };
-    if !send(reporter, &job.lease, Step::Run, Event::Progress(progress), None, None).await {
-        remove_container(&state.docker, &container_id).await?;
-        return Err(StepError::new(ErrorCode::Cancelled, "the lease was lost before the container started"));
+    if !send(reporter, &job.lease, Step::Run, Event::Progress(handle_outputs(Default::default())), None, None).await {
+        runtime.clean_up(&handle).await?;
+        return Err(StepError::new(ErrorCode::Cancelled, "the lease was lost before the run started"));
     }
-    let timeout = (job.spec.timeout_seconds > 0).then(|| Duration::from_secs(job.spec.timeout_seconds));
-    let wait = tracing::info_span!("container.wait", container.id = %container_id);
-    let exit = wait_container(&state.docker, &container_id, timeout, logs, stop).instrument(wait).await;
-    if let Err(e) = remove_container(&state.docker, &container_id).await {
-        tracing::warn!(job.id = %job.lease.job_id, error = %e, "cannot remove the container");
+    let watch = Watch { job_id: &job.lease.job_id, timeout: request.timeout, log_cursor, logs, cancel: stop };
+    let wait = tracing::info_span!("container.wait", container.id = %handle);
+    let ended = runtime.wait(&handle, &watch).instrument(wait).await;
+    if let Err(e) = runtime.clean_up(&handle).await {
+        tracing::warn!(job.id = %job.lease.job_id, error = %e, "cannot clean up after the run");
     }
-    match exit? {
-        0 => Ok(container_id),
-        code => Err(StepError {
-            exit_code: Some(code),
-            ..StepError::new(ErrorCode::ExitNonZero, format!("the container exited with code {code}"))
-        }),
+    let ended = ended?;
+    if ended.stop_code.is_some() || ended.stopped_reason.is_some() {
+        let stopped = v1::StepOutputs {
+            stop_code: ended.stop_code.clone().unwrap_or_default(),
+            stopped_reason: ended.stopped_reason.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        send(reporter, &job.lease, Step::Run, Event::Progress(stopped), None, None).await;
     }
+    ended.outcome().map(|_| handle)
 }
 
 fn checkout_dir(folder: &Path) -> PathBuf {

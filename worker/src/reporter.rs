@@ -209,6 +209,7 @@ fn to_wire(line: LogLine) -> v1::LogLine {
         stream: stream_to_wire(line.stream) as i32,
         text: line.text,
         at_micros,
+        cursor: line.cursor.unwrap_or_default(),
     }
 }
 

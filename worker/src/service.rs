@@ -8,10 +8,14 @@ use slipway_observability::metrics;
 use slipway_proto::convert::{step_from_wire, step_to_wire};
 use slipway_proto::v1::leftover::Kind;
 use slipway_proto::v1::{self, job_service_server::JobService};
+use slipway_steps::aws::AwsConfig;
+use slipway_steps::aws::ecr::Ecr;
+use slipway_steps::aws::ecs::{Ecs, PAST_DEADLINE, STOP_REASON_PREFIX};
 use slipway_steps::build::{Builder, detect_builder};
 use slipway_steps::docker::Docker;
 use slipway_steps::leftovers::{self, Leftover};
-use slipway_steps::{Step, StepError};
+use slipway_steps::runtime::RuntimeKind;
+use slipway_steps::{ErrorCode, Step, StepError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -35,6 +39,10 @@ pub(crate) struct WorkerState {
     pub docker: Docker,
     /// The builder, decided at the first build (the engine may be down at start).
     builder: tokio::sync::OnceCell<Builder>,
+    /// AWS clients, made at the first job that needs them.
+    aws: tokio::sync::OnceCell<AwsConfig>,
+    ecs: tokio::sync::OnceCell<Ecs>,
+    ecr: tokio::sync::OnceCell<Ecr>,
     running: Mutex<HashMap<String, RunningJob>>,
     idle: Notify,
     /// ReportService URLs of the orchestrators that pinged lately, newest first:
@@ -48,6 +56,9 @@ impl WorkerState {
             config,
             docker,
             builder: tokio::sync::OnceCell::new(),
+            aws: tokio::sync::OnceCell::new(),
+            ecs: tokio::sync::OnceCell::new(),
+            ecr: tokio::sync::OnceCell::new(),
             running: Mutex::new(HashMap::new()),
             idle: Notify::new(),
             orchestrators: Arc::new(Mutex::new(Vec::new())),
@@ -68,6 +79,33 @@ impl WorkerState {
             })
             .await?;
         Ok(*builder)
+    }
+
+    async fn aws(&self) -> &AwsConfig {
+        self.aws.get_or_init(AwsConfig::load).await
+    }
+
+    /// ECS, when the worker is configured for it.
+    pub async fn ecs(&self) -> Result<&Ecs, StepError> {
+        let Some(settings) = &self.config.ecs else {
+            return Err(StepError::new(ErrorCode::RuntimeUnavailable, "this worker has no ECS cluster configured"));
+        };
+        let aws = self.aws().await;
+        Ok(self.ecs.get_or_init(|| async { Ecs::new(aws, settings.clone()) }).await)
+    }
+
+    pub async fn ecr(&self) -> &Ecr {
+        let aws = self.aws().await;
+        self.ecr.get_or_init(|| async { Ecr::new(aws.clone(), self.config.ecr.clone()) }).await
+    }
+
+    /// The runtimes this worker can run jobs on.
+    pub fn runtimes(&self) -> Vec<String> {
+        let mut runtimes = vec![RuntimeKind::Docker.as_str().to_string()];
+        if self.config.ecs.is_some() {
+            runtimes.push(RuntimeKind::Ecs.as_str().to_string());
+        }
+        runtimes
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, RunningJob>> {
@@ -237,6 +275,8 @@ impl JobService for Worker {
             slots_total: self.state.config.slots,
             slots_busy: running.len() as u32,
             running: running.values().map(|j| j.lease.clone()).collect(),
+            labels: self.state.config.labels.clone().into_iter().collect(),
+            runtimes: self.state.runtimes(),
         }))
     }
 
@@ -248,16 +288,29 @@ impl JobService for Worker {
         if instance_id.is_empty() {
             return Err(Status::invalid_argument("instance_id is required"));
         }
-        let found =
+        let mut found =
             leftovers::list(&self.state.docker, &instance_id).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        if self.state.config.ecs.is_some() {
+            let ecs = self.state.ecs().await.map_err(|e| Status::unavailable(e.to_string()))?;
+            found.extend(ecs.leftover_tasks(&instance_id).await.map_err(|e| Status::unavailable(e.to_string()))?);
+        }
         let running: Vec<String> = self.state.running().keys().cloned().collect();
         let leftovers = found
             .into_iter()
             .map(|l| match l {
-                Leftover::Container { id, job_id } => v1::Leftover { kind: Kind::Container as i32, id, job_id },
-                Leftover::Image { id, job_id } => v1::Leftover { kind: Kind::Image as i32, id, job_id },
+                Leftover::Container { id, job_id } => {
+                    v1::Leftover { kind: Kind::Container as i32, id, job_id, past_deadline: false }
+                }
+                Leftover::Image { id, job_id } => {
+                    v1::Leftover { kind: Kind::Image as i32, id, job_id, past_deadline: false }
+                }
+                Leftover::Task { id, job_id, past_deadline } => {
+                    v1::Leftover { kind: Kind::Task as i32, id, job_id, past_deadline }
+                }
             })
-            .filter(|l| !running.contains(&l.job_id))
+            // A task past its deadline goes even when its job runs here (after a
+            // re-attach, the watch's own timer started late).
+            .filter(|l| !running.contains(&l.job_id) || l.past_deadline)
             .collect();
         Ok(Response::new(v1::ListLeftoversResponse { leftovers }))
     }
@@ -268,15 +321,26 @@ impl JobService for Worker {
     ) -> Result<Response<v1::RemoveLeftoversResponse>, Status> {
         let mut removed = 0;
         for l in request.into_inner().leftovers {
-            if self.state.running().contains_key(&l.job_id) {
+            if self.state.running().contains_key(&l.job_id) && !l.past_deadline {
                 continue;
             }
             let leftover = match Kind::try_from(l.kind) {
                 Ok(Kind::Container) => Leftover::Container { id: l.id, job_id: l.job_id },
                 Ok(Kind::Image) => Leftover::Image { id: l.id, job_id: l.job_id },
+                Ok(Kind::Task) => Leftover::Task { id: l.id, job_id: l.job_id, past_deadline: l.past_deadline },
                 _ => continue,
             };
-            match leftovers::remove(&self.state.docker, &leftover).await {
+            let result = match &leftover {
+                Leftover::Task { id, job_id, past_deadline } => match self.state.ecs().await {
+                    Ok(ecs) => {
+                        let why = if *past_deadline { PAST_DEADLINE } else { "is finished or gone" };
+                        ecs.stop(id, &format!("{STOP_REASON_PREFIX}job {job_id} {why}")).await
+                    }
+                    Err(e) => Err(e),
+                },
+                other => leftovers::remove(&self.state.docker, other).await,
+            };
+            match result {
                 Ok(()) => removed += 1,
                 Err(e) => tracing::warn!(?leftover, error = %e, "cannot remove a leftover"),
             }

@@ -22,11 +22,21 @@ pub struct JobView {
     /// `name@sha256:…` once pushed.
     pub pushed_ref: Option<String>,
     pub container_id: Option<String>,
+    /// The ECS task of an `ecs` run, and how ECS said it stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskView>,
     pub exit_code: Option<i64>,
     pub error: Option<ErrorView>,
     /// Every step of every attempt; absent in lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<StepRow>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TaskView {
+    pub arn: String,
+    pub stop_code: Option<String>,
+    pub stopped_reason: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -55,6 +65,11 @@ impl JobView {
             image_id: row.image_id,
             pushed_ref: row.pushed_ref,
             container_id: row.container_id,
+            task: row.task_arn.map(|arn| TaskView {
+                arn,
+                stop_code: row.stop_code,
+                stopped_reason: row.stopped_reason,
+            }),
             exit_code: row.exit_code,
             error,
             steps,

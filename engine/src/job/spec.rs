@@ -12,6 +12,7 @@ use slipway_steps::image_ref::ImageRef;
 
 use super::RetryPolicy;
 use slipway_steps::paths::is_confined;
+use slipway_steps::runtime::{FARGATE_CPU, RuntimeKind, fargate_memory_allowed};
 
 /// The longest `run.timeout_seconds` a server allows by default (one day).
 pub const MAX_TIMEOUT_SECONDS: u64 = 86_400;
@@ -27,11 +28,17 @@ pub struct SubmitDefaults {
     /// The longest `run.timeout_seconds` accepted, and the deadline of jobs that
     /// give none.
     pub max_timeout_seconds: u64,
+    /// The runtime of jobs that name none.
+    pub runtime: RuntimeKind,
 }
 
 impl Default for SubmitDefaults {
     fn default() -> Self {
-        SubmitDefaults { retry: RetryPolicy::default(), max_timeout_seconds: MAX_TIMEOUT_SECONDS }
+        SubmitDefaults {
+            retry: RetryPolicy::default(),
+            max_timeout_seconds: MAX_TIMEOUT_SECONDS,
+            runtime: RuntimeKind::Docker,
+        }
     }
 }
 
@@ -49,6 +56,7 @@ pub struct JobRequest {
     pub env: Option<BTreeMap<String, String>>,
     pub run: Option<RunRequest>,
     pub retry: Option<RetryRequest>,
+    pub requires: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -58,6 +66,11 @@ pub struct RunRequest {
     pub timeout_seconds: Option<u64>,
     /// Retry a container that exits non-zero (by default such a job fails at once).
     pub retry_on_failure: Option<bool>,
+    /// `docker` or `ecs`.
+    pub runtime: Option<String>,
+    /// Fargate CPU units and memory in MiB (`ecs` only).
+    pub cpu: Option<u32>,
+    pub memory: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -83,6 +96,9 @@ pub struct JobSpec {
     pub run: RunSpec,
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Labels a worker must offer to run the job (`region = eu-west-1`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requires: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -93,6 +109,13 @@ pub struct RunSpec {
     pub timeout_seconds: Option<u64>,
     #[serde(default)]
     pub retry_on_failure: bool,
+    #[serde(default)]
+    pub runtime: RuntimeKind,
+    /// Fargate CPU units and memory in MiB; set for `ecs` runs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u32>,
 }
 
 /// The field at fault and what is wrong with it.
@@ -161,6 +184,23 @@ impl JobRequest {
             ));
         }
         let retry = check_retry(self.retry.unwrap_or_default(), defaults.retry)?;
+        let runtime = match &run.runtime {
+            Some(name) => name.parse::<RuntimeKind>().map_err(|why| FieldError::new("run.runtime", why))?,
+            None => defaults.runtime,
+        };
+        let (cpu, memory) = check_size(runtime, run.cpu, run.memory)?;
+        let requires = self.requires.unwrap_or_default();
+        for (key, value) in &requires {
+            let valid = |s: &str| {
+                !s.is_empty() && s.len() <= 63 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            };
+            if !valid(key) || !valid(value) {
+                return Err(FieldError::new(
+                    format!("requires.{key}"),
+                    "a label and its value must be 1 to 63 letters, digits, `-`, `_`, `.` or `/`",
+                ));
+            }
+        }
         Ok(JobSpec {
             repo,
             git_ref: self.git_ref,
@@ -173,10 +213,42 @@ impl JobRequest {
                 command: run.command,
                 timeout_seconds: Some(run.timeout_seconds.unwrap_or(max)),
                 retry_on_failure: run.retry_on_failure.unwrap_or(false),
+                runtime,
+                cpu,
+                memory,
             },
             retry,
+            requires,
         })
     }
+}
+
+/// Fargate's size for `ecs` runs (a quarter vCPU and 512 MiB unless given), among
+/// the pairs Fargate allows; no size for `docker` runs.
+fn check_size(
+    runtime: RuntimeKind,
+    cpu: Option<u32>,
+    memory: Option<u32>,
+) -> Result<(Option<u32>, Option<u32>), FieldError> {
+    if runtime == RuntimeKind::Docker {
+        if cpu.is_some() || memory.is_some() {
+            let field = if cpu.is_some() { "run.cpu" } else { "run.memory" };
+            return Err(FieldError::new(field, format!("{field} applies to `ecs` runs only")));
+        }
+        return Ok((None, None));
+    }
+    let cpu = cpu.unwrap_or(256);
+    if !FARGATE_CPU.contains(&cpu) {
+        return Err(FieldError::new("run.cpu", format!("run.cpu must be one of Fargate's sizes: {FARGATE_CPU:?}")));
+    }
+    let memory = memory.unwrap_or(if cpu == 256 { 512 } else { cpu * 2 });
+    if !fargate_memory_allowed(cpu, memory) {
+        return Err(FieldError::new(
+            "run.memory",
+            format!("Fargate does not offer {memory} MiB with {cpu} CPU units; see the allowed CPU and memory pairs"),
+        ));
+    }
+    Ok((Some(cpu), Some(memory)))
 }
 
 fn check_retry(request: RetryRequest, defaults: RetryPolicy) -> Result<RetryPolicy, FieldError> {
@@ -330,5 +402,27 @@ mod tests {
         assert_eq!(field_of(JobRequest { retry: Some(retry), ..request() }), "retry.max_attempts");
         let retry = RetryRequest { initial_backoff_ms: Some(10), max_backoff_ms: Some(5), ..Default::default() };
         assert_eq!(field_of(JobRequest { retry: Some(retry), ..request() }), "retry.initial_backoff_ms");
+        let run = RunRequest { runtime: Some("lambda".into()), ..Default::default() };
+        assert_eq!(field_of(JobRequest { run: Some(run), ..request() }), "run.runtime");
+        let requires = BTreeMap::from([("region".to_string(), "eu west".to_string())]);
+        assert_eq!(field_of(JobRequest { requires: Some(requires), ..request() }), "requires.region");
+    }
+
+    #[test]
+    fn fargate_sizes_are_checked() {
+        let ecs = |cpu, memory| RunRequest { runtime: Some("ecs".into()), cpu, memory, ..Default::default() };
+        let spec = JobRequest { run: Some(ecs(None, None)), ..request() }.validate(&SubmitDefaults::default()).unwrap();
+        assert_eq!((spec.run.runtime, spec.run.cpu, spec.run.memory), (RuntimeKind::Ecs, Some(256), Some(512)));
+        let spec =
+            JobRequest { run: Some(ecs(Some(1024), None)), ..request() }.validate(&SubmitDefaults::default()).unwrap();
+        assert_eq!(spec.run.memory, Some(2048));
+        let e = JobRequest { run: Some(ecs(Some(256), Some(4096))), ..request() }
+            .validate(&SubmitDefaults::default())
+            .unwrap_err();
+        assert_eq!(e.field, "run.memory");
+        assert!(e.message.contains("4096 MiB with 256 CPU units"), "{}", e.message);
+        assert_eq!(field_of(JobRequest { run: Some(ecs(Some(300), None)), ..request() }), "run.cpu");
+        let docker = RunRequest { cpu: Some(256), ..Default::default() };
+        assert_eq!(field_of(JobRequest { run: Some(docker), ..request() }), "run.cpu");
     }
 }

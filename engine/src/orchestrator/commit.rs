@@ -26,7 +26,7 @@ const COMMITTERS: usize = 4;
 /// A report to apply.
 pub(super) enum Report {
     Step { lease: Lease, step: Step, event: Event, exit_code: Option<i64>, then_start: Option<Step> },
-    Logs { lease: Lease, lines: Vec<NewLogLine> },
+    Logs { lease: Lease, lines: Vec<NewLogLine>, cursor: Option<String> },
 }
 
 /// What a report did.
@@ -233,8 +233,10 @@ impl Report {
 
 async fn apply(conn: &mut PgConnection, report: &Report, rules: &Rules) -> Result<Applied, StoreError> {
     match report {
-        Report::Logs { lease, lines } => {
-            logs::append_logs(conn, lease, lines, rules.max_log_bytes).await.map(|()| Applied::GOES_ON)
+        Report::Logs { lease, lines, cursor } => {
+            logs::append_logs(conn, lease, lines, cursor.as_deref(), rules.max_log_bytes)
+                .await
+                .map(|()| Applied::GOES_ON)
         }
         Report::Step { lease, step, event, exit_code, then_start } => {
             let applied = apply_step(conn, lease, *step, event, *exit_code, rules).await?;
@@ -348,5 +350,8 @@ fn outputs(o: &v1::StepOutputs) -> Outputs {
         image_id: some(&o.image_id),
         pushed_ref: some(&o.pushed_ref),
         container_id: some(&o.container_id),
+        task_arn: some(&o.task_arn),
+        stop_code: some(&o.stop_code),
+        stopped_reason: some(&o.stopped_reason),
     }
 }

@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use super::OrchestratorConfig;
 use crate::job::first_step_of;
-use crate::store::{ClaimedJob, HeldLease, LeaseStatus, Store, StoreError};
+use crate::store::{ClaimedJob, HeldLease, LeaseStatus, Store, StoreError, WorkerOffer};
 
 /// How long a call to a worker may take before the worker counts as unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,6 +32,8 @@ struct WorkerClient {
     /// Free slots as of the last ping, less the jobs started since: a wake-up claims
     /// against this without asking the worker again.
     free: u32,
+    /// The labels and runtimes it offers, from its last answer.
+    offer: WorkerOffer,
 }
 
 pub struct Dispatcher {
@@ -55,6 +57,7 @@ impl Dispatcher {
                         unreachable: false,
                         id: None,
                         free: 0,
+                        offer: WorkerOffer::default(),
                     })
                 }
                 Err(e) => {
@@ -130,7 +133,9 @@ impl Dispatcher {
             if free == 0 || self.workers[i].unreachable {
                 continue;
             }
-            let claimed = self.store.claim(&self.config.owner, &worker_id, free, self.config.worker_timeout).await?;
+            let offer = &self.workers[i].offer;
+            let claimed =
+                self.store.claim(&self.config.owner, &worker_id, offer, free, self.config.worker_timeout).await?;
             for job in claimed {
                 self.start(i, job).await?;
             }
@@ -165,6 +170,10 @@ impl Dispatcher {
                     worker.unreachable = false;
                     worker.id = Some(ping.worker_id.clone());
                     worker.free = ping.slots_total.saturating_sub(ping.slots_busy);
+                    worker.offer = WorkerOffer {
+                        labels: ping.labels.clone().into_iter().collect(),
+                        runtimes: ping.runtimes.clone(),
+                    };
                     Some(ping)
                 }
                 Err(error) => {
@@ -260,12 +269,18 @@ fn start_request(
             env: spec.env.clone().into_iter().collect(),
             command: spec.run.command.clone().unwrap_or_default(),
             timeout_seconds: spec.run.timeout_seconds.unwrap_or_default(),
+            runtime: spec.run.runtime.as_str().to_string(),
+            cpu: spec.run.cpu.unwrap_or_default(),
+            memory: spec.run.memory.unwrap_or_default(),
         }),
         outputs: Some(v1::StepOutputs {
             commit_sha: job.commit_sha.clone().unwrap_or_default(),
             image_id: job.image_id.clone().unwrap_or_default(),
             pushed_ref: job.pushed_ref.clone().unwrap_or_default(),
             container_id: job.container_id.clone().unwrap_or_default(),
+            task_arn: job.task_arn.clone().unwrap_or_default(),
+            log_cursor: job.log_cursor.clone().unwrap_or_default(),
+            ..Default::default()
         }),
         first_step: step_to_wire(first_step) as i32,
         report_to: config.report_url.clone(),

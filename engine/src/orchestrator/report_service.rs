@@ -63,6 +63,8 @@ impl ReportService for ReportHandler {
     async fn append_logs(&self, request: Request<v1::LogBatch>) -> Result<Response<v1::ReportAck>, Status> {
         let batch = request.into_inner();
         let lease = lease_of(batch.lease)?;
+        // The last position given covers every line before it.
+        let cursor = batch.lines.iter().rev().find(|l| !l.cursor.is_empty()).map(|l| l.cursor.clone());
         let lines: Vec<NewLogLine> = batch
             .lines
             .into_iter()
@@ -73,7 +75,7 @@ impl ReportService for ReportHandler {
                 line: l.text,
             })
             .collect();
-        self.answer(lease.clone(), Report::Logs { lease, lines }).await
+        self.answer(lease.clone(), Report::Logs { lease, lines, cursor }).await
     }
 }
 

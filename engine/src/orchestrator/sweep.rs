@@ -30,6 +30,8 @@ pub struct SweepCounts {
     pub registry_images: u64,
     pub containers: u64,
     pub engine_images: u64,
+    /// ECS tasks stopped.
+    pub tasks: u64,
 }
 
 impl SweepCounts {
@@ -40,6 +42,7 @@ impl SweepCounts {
             ("registry_images", self.registry_images),
             ("containers", self.containers),
             ("engine_images", self.engine_images),
+            ("tasks", self.tasks),
         ] {
             if n > 0 {
                 deletions.add(&[kind], n as f64);
@@ -91,6 +94,7 @@ impl Sweeper {
                         registry_images = c.registry_images,
                         containers = c.containers,
                         engine_images = c.engine_images,
+                        tasks = c.tasks,
                         "sweep removed"
                     )
                 }
@@ -168,6 +172,8 @@ impl Sweeper {
                 let job = l.job_id.parse::<JobId>().ok().and_then(|id| ended.get(&id).copied());
                 match Kind::try_from(l.kind) {
                     Ok(Kind::Container) => job.unwrap_or(true),
+                    // Tasks also once past their deadline, whoever watches them.
+                    Ok(Kind::Task) => job.unwrap_or(true) || l.past_deadline,
                     Ok(Kind::Image) => job.is_none(),
                     _ => false,
                 }
@@ -178,12 +184,14 @@ impl Sweeper {
             return Ok(());
         }
         let containers = doomed.iter().filter(|l| l.kind == Kind::Container as i32).count() as u64;
-        let images = doomed.len() as u64 - containers;
+        let tasks = doomed.iter().filter(|l| l.kind == Kind::Task as i32).count() as u64;
+        let images = doomed.len() as u64 - containers - tasks;
         match client.remove_leftovers(v1::RemoveLeftoversRequest { leftovers: doomed }).await {
             Ok(r) => {
                 let removed = u64::from(r.into_inner().removed);
                 counts.containers += containers.min(removed);
                 counts.engine_images += images.min(removed.saturating_sub(containers));
+                counts.tasks += tasks.min(removed.saturating_sub(containers + images));
             }
             Err(status) => tracing::warn!(worker.url = %url, error = %status.message(), "cannot remove leftovers"),
         }

@@ -25,15 +25,26 @@ pub struct ClaimedJob {
     pub image_id: Option<String>,
     pub pushed_ref: Option<String>,
     pub container_id: Option<String>,
+    pub task_arn: Option<String>,
+    pub log_cursor: Option<String>,
+}
+
+/// What a worker offers: a job runs there only if the worker has every label the
+/// job requires and the runtime it names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkerOffer {
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub runtimes: Vec<String>,
 }
 
 impl Store {
-    /// Leases up to `limit` runnable jobs, oldest first, to `worker` on behalf of
-    /// orchestrator `owner`.
+    /// Leases up to `limit` runnable jobs that `offer` satisfies, oldest first, to
+    /// `worker` on behalf of orchestrator `owner`.
     pub async fn claim(
         &self,
         owner: &str,
         worker: &str,
+        offer: &WorkerOffer,
         limit: u32,
         lease_ttl: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
@@ -46,6 +57,8 @@ impl Store {
                  where lease_token is null
                    and state not in ('succeeded', 'failed', 'cancelled')
                    and run_after <= now()
+                   and coalesce(spec->'requires', '{}') <@ $5::jsonb
+                   and coalesce(spec->'run'->>'runtime', 'docker') = any($6::text[])
                  order by run_after, id
                  limit $1
                  for update skip locked
@@ -56,12 +69,14 @@ impl Store {
              from runnable
              where j.id = runnable.id
              returning j.id, j.state, j.attempt, j.lease_token, j.spec, j.traceparent,
-                       j.commit_sha, j.image_id, j.pushed_ref, j.container_id",
+                       j.commit_sha, j.image_id, j.pushed_ref, j.container_id, j.task_arn, j.log_cursor",
         )
         .bind(i64::from(limit))
         .bind(owner)
         .bind(worker)
         .bind(lease_ttl.as_secs_f64())
+        .bind(Json(&offer.labels))
+        .bind(&offer.runtimes)
         .fetch_all(&self.pool)
         .await?;
         Ok(jobs)

@@ -46,17 +46,19 @@ impl Store {
     }
 }
 
-/// Appends a batch of lines of the leased attempt; nothing is stored when the
-/// lease is no longer current. A job stores at most `max_bytes` of lines: the line
+/// Appends a batch of lines of the leased attempt, and the position their source
+/// is read up to (`cursor`), in one statement; nothing is stored when the lease is
+/// no longer current. A job stores at most `max_bytes` of lines: the line
 /// that would cross the limit is replaced by one marker line saying so, and every
 /// later line is dropped.
 pub async fn append_logs(
     conn: &mut sqlx::PgConnection,
     lease: &Lease,
     lines: &[NewLogLine],
+    cursor: Option<&str>,
     max_bytes: i64,
 ) -> Result<(), StoreError> {
-    if lines.is_empty() {
+    if lines.is_empty() && cursor.is_none() {
         return Ok(());
     }
     let used: Option<i64> =
@@ -67,9 +69,6 @@ pub async fn append_logs(
             .await?;
     let used = used.ok_or(StoreError::LeaseLost)?;
     let (kept, total) = within_limit(lines, used, max_bytes);
-    if kept.is_empty() {
-        return Ok(());
-    }
     let steps: Vec<&str> = kept.iter().map(|l| l.step.as_str()).collect();
     let streams: Vec<&str> = kept.iter().map(|l| l.stream).collect();
     let ats: Vec<DateTime<Utc>> = kept.iter().map(|l| l.at).collect();
@@ -82,7 +81,7 @@ pub async fn append_logs(
              from unnest($3::text[], $4::text[], $5::timestamptz[], $6::text[]) with ordinality as t(s, st, a, l, n)
              order by n
          )
-         update jobs set log_bytes = $7 where id = $1",
+         update jobs set log_bytes = $7, log_cursor = coalesce($8, log_cursor) where id = $1",
     )
     .bind(lease.job_id)
     .bind(lease.attempt)
@@ -91,6 +90,7 @@ pub async fn append_logs(
     .bind(&ats)
     .bind(&texts)
     .bind(total)
+    .bind(cursor)
     .execute(&mut *conn)
     .await?;
     Ok(())

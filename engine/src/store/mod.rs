@@ -23,7 +23,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-pub use claim::ClaimedJob;
+pub use claim::{ClaimedJob, WorkerOffer};
 pub use error::StoreError;
 pub use idempotency::Submitted;
 pub use leases::{CancelOutcome, EndedLease, HeldLease, LeaseStatus};

@@ -21,6 +21,9 @@ pub struct JobRow {
     pub image_id: Option<String>,
     pub pushed_ref: Option<String>,
     pub container_id: Option<String>,
+    pub task_arn: Option<String>,
+    pub stop_code: Option<String>,
+    pub stopped_reason: Option<String>,
     pub exit_code: Option<i64>,
     pub error_code: Option<String>,
     pub error: Option<String>,
@@ -53,7 +56,8 @@ pub struct EventRow {
 macro_rules! job_columns {
     () => {
         "id, state, attempt, spec, created_at, updated_at, finished_at, lease_worker,
-         commit_sha, image_id, pushed_ref, container_id, exit_code, error_code, error"
+         commit_sha, image_id, pushed_ref, container_id, task_arn, stop_code, stopped_reason,
+         exit_code, error_code, error"
     };
 }
 

@@ -26,6 +26,9 @@ pub struct Outputs {
     pub image_id: Option<String>,
     pub pushed_ref: Option<String>,
     pub container_id: Option<String>,
+    pub task_arn: Option<String>,
+    pub stop_code: Option<String>,
+    pub stopped_reason: Option<String>,
 }
 
 /// A failed attempt to be tried again.
@@ -130,6 +133,8 @@ async fn store_outputs(
              update jobs set
                  commit_sha = coalesce($3, commit_sha), image_id = coalesce($4, image_id),
                  pushed_ref = coalesce($5, pushed_ref), container_id = coalesce($6, container_id),
+                 task_arn = coalesce($9, task_arn), stop_code = coalesce($10, stop_code),
+                 stopped_reason = coalesce($11, stopped_reason),
                  updated_at = now(), lease_expires_at = now() + make_interval(secs => $8)
              where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
              returning attempt
@@ -147,6 +152,9 @@ async fn store_outputs(
     .bind(&outputs.container_id)
     .bind(ended.map(Step::as_str))
     .bind(lease_ttl.as_secs_f64())
+    .bind(&outputs.task_arn)
+    .bind(&outputs.stop_code)
+    .bind(&outputs.stopped_reason)
     .fetch_one(&mut *conn)
     .await?;
     fenced(rows)
@@ -174,7 +182,9 @@ pub async fn mark_finished(
                  lease_owner = null, lease_worker = null, lease_token = null, lease_expires_at = null,
                  exit_code = coalesce($4, j.exit_code), error_code = $5, error = $6,
                  commit_sha = coalesce($7, j.commit_sha), image_id = coalesce($8, j.image_id),
-                 pushed_ref = coalesce($9, j.pushed_ref), container_id = coalesce($10, j.container_id)
+                 pushed_ref = coalesce($9, j.pushed_ref), container_id = coalesce($10, j.container_id),
+                 task_arn = coalesce($13, j.task_arn), stop_code = coalesce($14, j.stop_code),
+                 stopped_reason = coalesce($15, j.stopped_reason)
              from prev where j.id = $1
              returning prev.state as from_state, prev.lease_worker as worker, j.attempt, j.cancel_requested_at
          ), ev as (
@@ -203,6 +213,9 @@ pub async fn mark_finished(
     .bind(&outputs.container_id)
     .bind(outcome)
     .bind(step.as_str())
+    .bind(&outputs.task_arn)
+    .bind(&outputs.stop_code)
+    .bind(&outputs.stopped_reason)
     .fetch_one(&mut *conn)
     .await?;
     fenced(rows)
@@ -210,7 +223,8 @@ pub async fn mark_finished(
 
 /// The attempt failed and will be tried again: the job gives up its lease and
 /// goes back to `retry.resume_at` with attempt + 1, runnable after
-/// `retry.after`; the event says why; the step's row closes as failed.
+/// `retry.after`; the event says why; the step's row closes as failed. The ended
+/// run's task is forgotten, so that the next attempt starts its own.
 pub async fn mark_retry(conn: &mut PgConnection, lease: &Lease, step: Step, retry: &Retry) -> Result<(), StoreError> {
     let reason = format!("retry in {:.1}s after {}: {}", retry.after.as_secs_f64(), retry.error_code, retry.error);
     let rows: i64 = sqlx::query_scalar(
@@ -222,7 +236,8 @@ pub async fn mark_retry(conn: &mut PgConnection, lease: &Lease, step: Step, retr
              update jobs j set state = $3, attempt = j.attempt + 1,
                  run_after = now() + make_interval(secs => $4), updated_at = now(),
                  lease_owner = null, lease_worker = null, lease_token = null, lease_expires_at = null,
-                 exit_code = coalesce($7, j.exit_code), error_code = $5, error = $6
+                 exit_code = coalesce($7, j.exit_code), error_code = $5, error = $6,
+                 task_arn = null, log_cursor = null
              from prev where j.id = $1
              returning prev.state as from_state, prev.lease_worker as worker, prev.attempt as ended_attempt, j.attempt
          ), ev as (

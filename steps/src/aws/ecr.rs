@@ -102,7 +102,8 @@ impl Ecr {
             .first()
             .ok_or_else(|| StepError::new(ErrorCode::AuthRefused, "ECR returned no authorization data"))?;
         let credentials = decode_token(data.authorization_token().unwrap_or_default())?;
-        let expires_at = data.expires_at().and_then(|t| SystemTime::try_from(*t).ok()).unwrap_or(SystemTime::UNIX_EPOCH);
+        let expires_at =
+            data.expires_at().and_then(|t| SystemTime::try_from(*t).ok()).unwrap_or(SystemTime::UNIX_EPOCH);
         if SystemTime::now() + REFRESH_BEFORE < expires_at {
             tokens.insert(registry.clone(), CachedToken { credentials: credentials.clone(), expires_at });
         } else {
@@ -115,7 +116,8 @@ impl Ecr {
     /// and scan-on-push. Returns whether it was created.
     pub async fn ensure_repository(&self, registry: &EcrRegistry, repository: &str) -> Result<bool, StepError> {
         let ecr = self.client(registry);
-        let found = ecr.describe_repositories().registry_id(&registry.account).repository_names(repository).send().await;
+        let found =
+            ecr.describe_repositories().registry_id(&registry.account).repository_names(repository).send().await;
         match found {
             Ok(_) => return Ok(false),
             Err(e) if service_code(&e) == Some("RepositoryNotFoundException") => {}
@@ -137,13 +139,20 @@ impl Ecr {
             Ok(_) => Ok(true),
             // Another worker made it in between.
             Err(e) if service_code(&e) == Some("RepositoryAlreadyExistsException") => Ok(false),
-            Err(e) => Err(aws_error(e, ErrorCode::PushRefused, &format!("cannot create the ECR repository {repository}"))),
+            Err(e) => {
+                Err(aws_error(e, ErrorCode::PushRefused, &format!("cannot create the ECR repository {repository}")))
+            }
         }
     }
 
     /// Deletes one image by digest; an image or repository already gone counts as
     /// deleted. Returns whether ECR still had it.
-    pub async fn delete_image(&self, registry: &EcrRegistry, repository: &str, digest: &str) -> Result<bool, StepError> {
+    pub async fn delete_image(
+        &self,
+        registry: &EcrRegistry,
+        repository: &str,
+        digest: &str,
+    ) -> Result<bool, StepError> {
         let ecr = self.client(registry);
         let answer = ecr
             .batch_delete_image()
@@ -154,9 +163,9 @@ impl Ecr {
             .await;
         match answer {
             Ok(answer) => {
-                if let Some(failure) = answer.failures().iter().find(|f| {
-                    f.failure_code().is_none_or(|c| c.as_str() != "ImageNotFound")
-                }) {
+                if let Some(failure) =
+                    answer.failures().iter().find(|f| f.failure_code().is_none_or(|c| c.as_str() != "ImageNotFound"))
+                {
                     return Err(StepError::new(
                         ErrorCode::PushRefused,
                         format!(
@@ -175,7 +184,8 @@ impl Ecr {
 
 /// `base64("AWS:<password>")` into a user name and password.
 fn decode_token(token: &str) -> Result<RegistryCredentials, StepError> {
-    let bad = || StepError::new(ErrorCode::AuthRefused, "ECR returned an authorization token that is not user:password");
+    let bad =
+        || StepError::new(ErrorCode::AuthRefused, "ECR returned an authorization token that is not user:password");
     let decoded = base64::engine::general_purpose::STANDARD.decode(token).map_err(|_| bad())?;
     let text = String::from_utf8(decoded).map_err(|_| bad())?;
     let (username, password) = text.split_once(':').ok_or_else(bad)?;

@@ -6,9 +6,7 @@
 //! definition is found by `DescribeTaskDefinition` (or this process's cache) and
 //! never registered again, so revisions do not pile up.
 
-use aws_sdk_ecs::types::{
-    Compatibility, ContainerDefinition, LogConfiguration, LogDriver, NetworkMode, Tag,
-};
+use aws_sdk_ecs::types::{Compatibility, ContainerDefinition, LogConfiguration, LogDriver, NetworkMode, Tag};
 use sha2::{Digest, Sha256};
 
 use super::{CONTAINER_NAME, Ecs, INSTANCE_TAG};

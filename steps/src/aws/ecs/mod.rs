@@ -21,6 +21,12 @@ pub const CONTAINER_NAME: &str = "app";
 pub const JOB_TAG: &str = "slipway.job_id";
 pub const ATTEMPT_TAG: &str = "slipway.attempt";
 pub const INSTANCE_TAG: &str = "slipway.instance";
+/// Unix time (seconds) past which the task is stopped, whoever watches it.
+pub const DEADLINE_TAG: &str = "slipway.deadline";
+/// How a stop reason Slipway gives begins; what follows says why.
+pub const STOP_REASON_PREFIX: &str = "slipway: ";
+/// A stop reason's words for a task stopped past its deadline.
+pub const PAST_DEADLINE: &str = "ran past its deadline";
 
 /// Where and how tasks run.
 #[derive(Debug, Clone)]
@@ -74,5 +80,49 @@ impl Ecs {
     pub fn log_stream_of(&self, task_arn: &str) -> String {
         let task_id = task_arn.rsplit('/').next().unwrap_or(task_arn);
         format!("{}/{CONTAINER_NAME}/{task_id}", self.settings.log_stream_prefix)
+    }
+}
+
+impl crate::runtime::Runtime for Ecs {
+    fn name(&self) -> &'static str {
+        "ecs"
+    }
+
+    async fn launch(
+        &self,
+        request: &crate::run::RunRequest,
+        logs: &crate::LogSink,
+    ) -> Result<String, crate::StepError> {
+        Ecs::launch(self, request, logs).await
+    }
+
+    async fn find(
+        &self,
+        job_id: &str,
+        stored: Option<&str>,
+        logs: &crate::LogSink,
+    ) -> Result<Option<String>, crate::StepError> {
+        Ecs::find(self, job_id, stored, logs).await
+    }
+
+    async fn wait(
+        &self,
+        handle: &str,
+        watch: &crate::runtime::Watch<'_>,
+    ) -> Result<crate::runtime::RunEnd, crate::StepError> {
+        let cursor = match watch.log_cursor.as_deref().map(str::parse::<logs::LogCursor>) {
+            Some(Ok(cursor)) => cursor,
+            Some(Err(why)) => {
+                tracing::warn!(job.id = watch.job_id, error = %why, "reading the task's log from its start");
+                logs::LogCursor::default()
+            }
+            None => logs::LogCursor::default(),
+        };
+        Ecs::wait(self, watch.job_id, handle, watch.timeout, cursor, watch.logs, watch.cancel).await
+    }
+
+    /// A stopped task needs nothing removed; ECS forgets it by itself.
+    async fn clean_up(&self, _handle: &str) -> Result<(), crate::StepError> {
+        Ok(())
     }
 }

@@ -33,12 +33,19 @@ const INFRASTRUCTURE_REASONS: [&str; 6] = [
 
 /// The exit code of a task that ran to its end, or the error that ends the attempt.
 pub fn classify(task: &StoppedTask<'_>) -> Result<i64, StepError> {
-    let reasons: Vec<&str> = [task.stop_code, task.stopped_reason, task.container_reason].into_iter().flatten().collect();
+    let reasons: Vec<&str> =
+        [task.stop_code, task.stopped_reason, task.container_reason].into_iter().flatten().collect();
     let said = reasons.join(": ");
     let infrastructure = task.stop_code.is_some_and(|c| INFRASTRUCTURE_STOP_CODES.contains(&c))
         || reasons.iter().any(|r| INFRASTRUCTURE_REASONS.iter().any(|known| r.contains(known)));
     if infrastructure {
         return Err(StepError::new(ErrorCode::InfrastructureStop, format!("the task was stopped by ECS: {said}")));
+    }
+    // Slipway's own stops: a sweeper stopped a task past its deadline.
+    if let Some(ours) = task.stopped_reason.and_then(|r| r.strip_prefix(super::STOP_REASON_PREFIX))
+        && ours.contains(super::PAST_DEADLINE)
+    {
+        return Err(StepError::new(ErrorCode::TimedOut, format!("the task was stopped: {ours}")));
     }
     match (task.exit_code, task.stop_code) {
         // Stopped from outside (the console, another tool): not the job's own end.
@@ -48,9 +55,15 @@ pub fn classify(task: &StoppedTask<'_>) -> Result<i64, StepError> {
         (Some(0), _) => Ok(0),
         (Some(code), _) => Err(StepError {
             exit_code: Some(code),
-            ..StepError::new(ErrorCode::ExitNonZero, format!("the task's container exited with code {code}: {said}"))
+            ..StepError::new(ErrorCode::ExitNonZero, format!("the container exited with code {code}{}", detail(&said)))
         }),
         // Stopped with no exit code and no known cause, such as an out-of-memory kill.
-        (None, _) => Err(StepError::new(ErrorCode::RunFailed, format!("the task stopped without an exit code: {said}"))),
+        (None, _) => {
+            Err(StepError::new(ErrorCode::RunFailed, format!("the run stopped without an exit code{}", detail(&said))))
+        }
     }
+}
+
+fn detail(said: &str) -> String {
+    if said.is_empty() { String::new() } else { format!(" ({said})") }
 }

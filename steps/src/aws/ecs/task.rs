@@ -1,7 +1,7 @@
 //! One job's task: launched once per attempt, found again after a crash, watched
 //! until it stops, stopped on cancel or deadline.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_ecs::types::{
     AssignPublicIp, AwsVpcConfiguration, ContainerOverride, DesiredStatus, KeyValuePair, LaunchType,
@@ -11,22 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::definition::DefinitionInput;
 use super::logs::LogCursor;
-use super::stop::{StoppedTask, classify};
-use super::{ATTEMPT_TAG, CONTAINER_NAME, Ecs, INSTANCE_TAG, JOB_TAG};
+use super::{ATTEMPT_TAG, CONTAINER_NAME, DEADLINE_TAG, Ecs, INSTANCE_TAG, JOB_TAG, PAST_DEADLINE, STOP_REASON_PREFIX};
 use crate::aws::aws_error;
 use crate::run::RunRequest;
+use crate::runtime::RunEnd;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
-
-/// How a watched task ended.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskEnd {
-    /// The essential container's exit code, when it has one.
-    pub exit_code: Option<i64>,
-    pub stop_code: Option<String>,
-    pub stopped_reason: Option<String>,
-    /// The essential container's own reason, such as `OutOfMemoryError: …`.
-    pub container_reason: Option<String>,
-}
 
 /// The idempotency token of one attempt's `RunTask`.
 pub fn client_token(job_id: &str, attempt: u32) -> String {
@@ -55,6 +44,18 @@ impl Ecs {
             .set_environment(Some(environment))
             .build();
         let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+        let mut tags = vec![
+            tag(JOB_TAG, &request.job_id),
+            tag(ATTEMPT_TAG, &request.attempt.to_string()),
+            tag(INSTANCE_TAG, &request.instance_id),
+        ];
+        if let Some(timeout) = request.timeout {
+            let at = SystemTime::now() + timeout;
+            tags.push(tag(
+                DEADLINE_TAG,
+                &at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs().to_string(),
+            ));
+        }
         let ecs = &self.ecs;
         let answer = ecs
             .run_task()
@@ -66,9 +67,7 @@ impl Ecs {
             .started_by(&request.job_id)
             .network_configuration(NetworkConfiguration::builder().awsvpc_configuration(vpc).build())
             .overrides(TaskOverride::builder().container_overrides(container).build())
-            .tags(tag(JOB_TAG, &request.job_id))
-            .tags(tag(ATTEMPT_TAG, &request.attempt.to_string()))
-            .tags(tag(INSTANCE_TAG, &request.instance_id))
+            .set_tags(Some(tags))
             .send()
             .await
             .map_err(|e| aws_error(e, ErrorCode::RunFailed, "ECS refused to run the task"))?;
@@ -89,11 +88,11 @@ impl Ecs {
     /// The task to re-attach to: the stored one if ECS still knows it, else a task
     /// still running that an attempt started for this job before its ARN was stored.
     pub async fn find(&self, job_id: &str, stored: Option<&str>, logs: &LogSink) -> Result<Option<String>, StepError> {
-        if let Some(arn) = stored {
-            if self.describe(arn).await?.is_some() {
-                logs.line(LogStream::System, format!("re-attaching to task {arn}")).await;
-                return Ok(Some(arn.to_string()));
-            }
+        if let Some(arn) = stored
+            && self.describe(arn).await?.is_some()
+        {
+            logs.line(LogStream::System, format!("re-attaching to task {arn}")).await;
+            return Ok(Some(arn.to_string()));
         }
         let ecs = &self.ecs;
         let listed = ecs
@@ -146,7 +145,7 @@ impl Ecs {
         log_cursor: LogCursor,
         logs: &LogSink,
         cancel: &CancellationToken,
-    ) -> Result<TaskEnd, StepError> {
+    ) -> Result<RunEnd, StepError> {
         let follow_stop = CancellationToken::new();
         let follower = self.follow_logs(task_arn, log_cursor, logs.clone(), follow_stop.clone());
         let watch = async {
@@ -162,11 +161,12 @@ impl Ecs {
                 }
                 _ = deadline => {
                     let secs = timeout.map(|t| t.as_secs()).unwrap_or_default();
-                    self.stop(task_arn, &format!("slipway: job {job_id} ran longer than {secs} s")).await?;
+                    let reason = format!("{STOP_REASON_PREFIX}job {job_id} {PAST_DEADLINE} ({secs} s)");
+                    self.stop(task_arn, &reason).await?;
                     Err(StepError::new(ErrorCode::TimedOut, format!("the task ran longer than {secs} s and was stopped")))
                 }
                 _ = cancel.cancelled() => {
-                    self.stop(task_arn, &format!("slipway: job {job_id} cancelled")).await?;
+                    self.stop(task_arn, &format!("{STOP_REASON_PREFIX}job {job_id} cancelled")).await?;
                     Err(StepError::cancelled())
                 }
             }
@@ -184,7 +184,7 @@ impl Ecs {
     }
 
     /// Describes the task with growing pauses until it is STOPPED.
-    async fn until_stopped(&self, task_arn: &str) -> Result<TaskEnd, StepError> {
+    async fn until_stopped(&self, task_arn: &str) -> Result<RunEnd, StepError> {
         let s = &self.settings;
         let mut pause = s.poll_min;
         let mut last_status = String::new();
@@ -208,9 +208,9 @@ impl Ecs {
 }
 
 /// What the stopped task says about its end.
-pub fn task_end(task: &Task) -> TaskEnd {
+pub fn task_end(task: &Task) -> RunEnd {
     let essential = task.containers().iter().find(|c| c.name() == Some(CONTAINER_NAME)).or(task.containers().first());
-    TaskEnd {
+    RunEnd {
         exit_code: essential.and_then(|c| c.exit_code()).map(i64::from),
         stop_code: task.stop_code().map(|c| c.as_str().to_string()),
         stopped_reason: task.stopped_reason().filter(|r| !r.is_empty()).map(str::to_string),
@@ -218,14 +218,48 @@ pub fn task_end(task: &Task) -> TaskEnd {
     }
 }
 
-impl TaskEnd {
-    /// The exit code of a task that ran to its end, or why it did not.
-    pub fn outcome(&self) -> Result<i64, StepError> {
-        classify(&StoppedTask {
-            exit_code: self.exit_code,
-            stop_code: self.stop_code.as_deref(),
-            stopped_reason: self.stopped_reason.as_deref(),
-            container_reason: self.container_reason.as_deref(),
-        })
+impl Ecs {
+    /// Running tasks of the cluster tagged with installation `instance_id`.
+    pub async fn leftover_tasks(&self, instance_id: &str) -> Result<Vec<crate::leftovers::Leftover>, StepError> {
+        let ecs = &self.ecs;
+        let mut arns = Vec::new();
+        let mut pages = ecs
+            .list_tasks()
+            .cluster(&self.settings.cluster)
+            .desired_status(DesiredStatus::Running)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(e, ErrorCode::Internal, "cannot list the cluster's tasks"))?;
+            arns.extend(page.task_arns().iter().cloned());
+        }
+        let mut found = Vec::new();
+        // DescribeTasks takes at most 100 tasks a call.
+        for chunk in arns.chunks(100) {
+            let described = ecs
+                .describe_tasks()
+                .cluster(&self.settings.cluster)
+                .set_tasks(Some(chunk.to_vec()))
+                .include(TaskField::Tags)
+                .send()
+                .await
+                .map_err(|e| aws_error(e, ErrorCode::Internal, "cannot describe the cluster's tasks"))?;
+            for task in described.tasks() {
+                let tag = |key: &str| task.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value());
+                if tag(INSTANCE_TAG) == Some(instance_id)
+                    && let (Some(job_id), Some(arn)) = (tag(JOB_TAG), task.task_arn())
+                {
+                    let past_deadline = tag(DEADLINE_TAG)
+                        .and_then(|t| t.parse::<u64>().ok())
+                        .is_some_and(|at| SystemTime::UNIX_EPOCH + Duration::from_secs(at) < SystemTime::now());
+                    found.push(crate::leftovers::Leftover::Task {
+                        id: arn.to_string(),
+                        job_id: job_id.to_string(),
+                        past_deadline,
+                    });
+                }
+            }
+        }
+        Ok(found)
     }
 }

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use clap::Args;
 
+mod aws;
+pub use aws::AwsArgs;
+
 fn duration(raw: &str) -> Result<Duration, String> {
     humantime::parse_duration(raw).map_err(|e| format!("`{raw}` is not a duration such as 500ms or 2s: {e}"))
 }
@@ -57,6 +60,9 @@ pub struct ServerArgs {
     /// Longest wait between attempts unless a job says otherwise.
     #[arg(long, env = "SLIPWAY_RETRY_MAX_BACKOFF", default_value = "60s", value_parser = duration)]
     pub retry_max_backoff: Duration,
+    /// The runtime of jobs that name none in `run.runtime`: `docker` or `ecs`.
+    #[arg(long, env = "SLIPWAY_DEFAULT_RUNTIME", default_value = "docker")]
+    pub default_runtime: slipway_steps::runtime::RuntimeKind,
     /// Longest a container may run; the deadline of jobs that give none.
     #[arg(long, env = "SLIPWAY_MAX_RUN_TIME", default_value = "24h", value_parser = duration)]
     pub max_run_time: Duration,
@@ -97,6 +103,12 @@ pub struct WorkerArgs {
     /// offers it].
     #[arg(long, env = "SLIPWAY_BUILDER")]
     pub builder: Option<slipway_steps::build::Builder>,
+    /// Labels this worker offers (`region=eu-west-1,arch=arm64`): jobs that require
+    /// labels run only on workers offering all of them.
+    #[arg(long, env = "SLIPWAY_WORKER_LABELS", value_delimiter = ',', value_parser = aws::label)]
+    pub labels: Vec<(String, String)>,
+    #[command(flatten)]
+    pub aws: AwsArgs,
 }
 
 /// Registry credentials: workers push with them, servers delete swept images with them.
@@ -186,6 +198,7 @@ impl ServerArgs {
                 max_backoff_ms: self.retry_max_backoff.as_millis() as u64,
             },
             max_timeout_seconds: self.max_run_time.as_secs(),
+            runtime: self.default_runtime,
         }
     }
 
@@ -203,7 +216,7 @@ impl WorkerArgs {
         if self.slots == 0 {
             return Err(bad("SLIPWAY_WORKER_SLOTS", "must be at least 1"));
         }
-        Ok(())
+        self.aws.validate()
     }
 
     pub fn worker_config(&self, listen: SocketAddr, registry: &RegistryArgs) -> slipway_worker::WorkerConfig {
@@ -219,6 +232,9 @@ impl WorkerArgs {
             builder: self.builder,
             shutdown_grace: self.shutdown_grace,
             metrics_addr: self.metrics_addr,
+            labels: self.labels.iter().cloned().collect(),
+            ecs: self.aws.ecs(),
+            ecr: self.aws.ecr(),
         }
     }
 }

@@ -1,0 +1,147 @@
+//! Where a job's run happens, behind one trait: the local Docker engine
+//! ([`crate::run::DockerRuntime`]) or ECS Fargate ([`crate::aws::ecs::Ecs`]).
+//!
+//! Every runtime does the same four things: launch the attempt's run so that a
+//! repeated launch finds the first instead of starting a second, find a run an
+//! earlier attempt left so that a recovered job re-attaches to it, wait for its end
+//! while its output streams to the job's log, and clean up after it.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::aws::ecs::stop::{StoppedTask, classify};
+use crate::run::RunRequest;
+use crate::{LogSink, StepError};
+
+/// What waiting on a run is given.
+#[derive(Debug, Clone)]
+pub struct Watch<'a> {
+    pub job_id: &'a str,
+    /// Past this the run is stopped and the step fails `timed_out`.
+    pub timeout: Option<Duration>,
+    /// Where an earlier attempt stopped reading the run's output, when the runtime
+    /// can resume there.
+    pub log_cursor: Option<String>,
+    pub logs: &'a LogSink,
+    pub cancel: &'a CancellationToken,
+}
+
+/// How a run ended, as its runtime tells it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunEnd {
+    /// The (essential) container's exit code, when it has one.
+    pub exit_code: Option<i64>,
+    /// ECS's `stopCode` and `stoppedReason`.
+    pub stop_code: Option<String>,
+    pub stopped_reason: Option<String>,
+    /// The container's own reason, such as `OutOfMemoryError: …`.
+    pub container_reason: Option<String>,
+}
+
+impl RunEnd {
+    pub fn exited(code: i64) -> Self {
+        RunEnd { exit_code: Some(code), ..Default::default() }
+    }
+
+    /// The exit code of a run that went to its end, or why it did not.
+    pub fn outcome(&self) -> Result<i64, StepError> {
+        classify(&StoppedTask {
+            exit_code: self.exit_code,
+            stop_code: self.stop_code.as_deref(),
+            stopped_reason: self.stopped_reason.as_deref(),
+            container_reason: self.container_reason.as_deref(),
+        })
+    }
+}
+
+pub trait Runtime: Send + Sync {
+    /// `docker` or `ecs`, as a job's `run.runtime` names it.
+    fn name(&self) -> &'static str;
+
+    /// Starts the attempt's run, or finds the one this attempt already started;
+    /// returns its handle (container id, task ARN).
+    fn launch(&self, request: &RunRequest, logs: &LogSink) -> impl Future<Output = Result<String, StepError>> + Send;
+
+    /// The run an earlier attempt of the job left, if it is there to re-attach to;
+    /// `stored` is the handle stored with the job.
+    fn find(
+        &self,
+        job_id: &str,
+        stored: Option<&str>,
+        logs: &LogSink,
+    ) -> impl Future<Output = Result<Option<String>, StepError>> + Send;
+
+    /// Waits for the run to end, following its output; stops it past the timeout or
+    /// on cancel.
+    fn wait(&self, handle: &str, watch: &Watch<'_>) -> impl Future<Output = Result<RunEnd, StepError>> + Send;
+
+    /// Frees what the run left behind.
+    fn clean_up(&self, handle: &str) -> impl Future<Output = Result<(), StepError>> + Send;
+}
+
+/// The runtimes a job may name in `run.runtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    #[default]
+    Docker,
+    Ecs,
+}
+
+impl RuntimeKind {
+    pub const ALL: [RuntimeKind; 2] = [RuntimeKind::Docker, RuntimeKind::Ecs];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Docker => "docker",
+            RuntimeKind::Ecs => "ecs",
+        }
+    }
+}
+
+impl std::str::FromStr for RuntimeKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        RuntimeKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown runtime `{s}`; use `docker` or `ecs`"))
+    }
+}
+
+/// Fargate's allowed CPU units and, for each, the memory sizes in MiB it allows.
+pub fn fargate_memory_allowed(cpu: u32, memory: u32) -> bool {
+    let gib = |n: u32| n * 1024;
+    match cpu {
+        256 => [512, 1024, 2048].contains(&memory),
+        512 => (gib(1)..=gib(4)).contains(&memory) && memory.is_multiple_of(1024),
+        1024 => (gib(2)..=gib(8)).contains(&memory) && memory.is_multiple_of(1024),
+        2048 => (gib(4)..=gib(16)).contains(&memory) && memory.is_multiple_of(1024),
+        4096 => (gib(8)..=gib(30)).contains(&memory) && memory.is_multiple_of(1024),
+        8192 => (gib(16)..=gib(60)).contains(&memory) && memory.is_multiple_of(gib(4)),
+        16384 => (gib(32)..=gib(120)).contains(&memory) && memory.is_multiple_of(gib(8)),
+        _ => false,
+    }
+}
+
+/// The CPU values Fargate allows, for messages.
+pub const FARGATE_CPU: [u32; 7] = [256, 512, 1024, 2048, 4096, 8192, 16384];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fargate_sizes() {
+        assert!(fargate_memory_allowed(256, 512));
+        assert!(!fargate_memory_allowed(256, 4096));
+        assert!(fargate_memory_allowed(1024, 3072));
+        assert!(!fargate_memory_allowed(1024, 3000));
+        assert!(fargate_memory_allowed(8192, 20480));
+        assert!(!fargate_memory_allowed(8192, 18432));
+        assert!(!fargate_memory_allowed(300, 512));
+    }
+}
