@@ -7,6 +7,10 @@
 # for the tests to start their own.
 
 SLIPWAY_TEST_PG_PORT="${SLIPWAY_TEST_PG_PORT:-55432}"
+# moto, the AWS emulator the ECS, ECR and CloudWatch tests start (one server per
+# test, so that no test sees another's tasks), in a virtualenv of its own.
+SLIPWAY_MOTO_VENV="${SLIPWAY_MOTO_VENV:-/opt/slipway-moto}"
+SLIPWAY_MOTO_VERSION="5.2.5"
 SLIPWAY_TEST_REGISTRY="${SLIPWAY_TEST_REGISTRY:-127.0.0.1:5000}"
 
 # Debian packages the tests use, by the file each provides.
@@ -26,6 +30,20 @@ ensure_packages() {
     echo "installing ${missing[*]}" >&2
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# Installs moto's server from PyPI unless it is there; exports its path.
+ensure_moto() {
+    local server="$SLIPWAY_MOTO_VENV/bin/moto_server"
+    if [ ! -x "$server" ] || ! "$SLIPWAY_MOTO_VENV/bin/pip" show moto 2>/dev/null | grep -q "^Version: $SLIPWAY_MOTO_VERSION$"; then
+        echo "installing moto $SLIPWAY_MOTO_VERSION into $SLIPWAY_MOTO_VENV" >&2
+        python3 -m venv "$SLIPWAY_MOTO_VENV" 2>/dev/null || {
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            python3 -m venv "$SLIPWAY_MOTO_VENV"
+        }
+        "$SLIPWAY_MOTO_VENV/bin/pip" install -q "moto[server]==$SLIPWAY_MOTO_VERSION"
+    fi
+    export SLIPWAY_TEST_MOTO_SERVER="$server"
 }
 
 pg_bin() {

@@ -113,6 +113,8 @@ impl JobService for InstantWorker {
             slots_total: self.slots,
             slots_busy: self.busy.load(Ordering::SeqCst),
             running: Vec::new(),
+            labels: Default::default(),
+            runtimes: vec!["docker".into()],
         }))
     }
 

@@ -17,6 +17,8 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up: the size of a variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// HTTP API, orchestrator loops and the report service workers report to.
     Server {

@@ -14,13 +14,15 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use slipway_engine::store::Store;
 
+pub mod moto;
+
 pub const BUSYBOX_DOCKERFILE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"sh\", \"-c\", \"echo hello $GREETING; echo done >&2\"]\n";
 /// `s3cret`, hashed for the registry's htpasswd.
 pub const REGISTRY_USER: &str = "slipway";
 pub const REGISTRY_PASSWORD: &str = "s3cret";
 const REGISTRY_HTPASSWD: &str = "slipway:$2b$12$cyOMsDjcyhjEc/A.uk9VsuUEf3vzCueXlyxtCtnuu4.0Q1lCpI5ye";
 
-fn env(name: &str) -> String {
+pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests through scripts/test"))
 }
 

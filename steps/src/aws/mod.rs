@@ -31,6 +31,11 @@ impl AwsConfig {
         AwsConfig { sdk: aws_config::defaults(BehaviorVersion::latest()).load().await }
     }
 
+    /// A configuration made elsewhere (an emulator's endpoint, fixed credentials).
+    pub fn from_sdk(sdk: SdkConfig) -> Self {
+        AwsConfig { sdk }
+    }
+
     /// The configuration as loaded, for another region when one is named.
     pub fn sdk_for(&self, region: Option<&str>) -> SdkConfig {
         match region {
