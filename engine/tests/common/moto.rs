@@ -63,14 +63,22 @@ impl Moto {
         ])
     }
 
-    /// A VPC with DNS host names and a subnet in it (RunTask needs both); the
-    /// subnet's id.
-    pub async fn subnet(&self) -> String {
+    /// A VPC with DNS host names, a subnet and a security group in it (moto's
+    /// RunTask needs all three); the subnet's and the group's ids.
+    pub async fn network(&self) -> (String, String) {
         let vpc = self.ec2(&[("Action", "CreateVpc"), ("CidrBlock", "10.0.0.0/16")]).await;
         let vpc_id = between(&vpc, "<vpcId>", "</vpcId>");
         self.ec2(&[("Action", "ModifyVpcAttribute"), ("VpcId", &vpc_id), ("EnableDnsHostnames.Value", "true")]).await;
         let subnet = self.ec2(&[("Action", "CreateSubnet"), ("VpcId", &vpc_id), ("CidrBlock", "10.0.1.0/24")]).await;
-        between(&subnet, "<subnetId>", "</subnetId>")
+        let group = self
+            .ec2(&[
+                ("Action", "CreateSecurityGroup"),
+                ("VpcId", &vpc_id),
+                ("GroupName", "slipway-tasks"),
+                ("GroupDescription", "Slipway tasks"),
+            ])
+            .await;
+        (between(&subnet, "<subnetId>", "</subnetId>"), between(&group, "<groupId>", "</groupId>"))
     }
 
     /// EC2's query API, which the tests need only to make a network.
@@ -91,20 +99,21 @@ impl Moto {
         response.text().await.unwrap()
     }
 
-    /// The cluster and log group a worker's settings name, and the subnet.
-    pub async fn ecs_ready(&self) -> String {
+    /// The cluster and log group a worker's settings name, and the network.
+    pub async fn ecs_ready(&self) -> (String, String) {
         let sdk = self.sdk().await;
         aws_sdk_ecs::Client::new(&sdk).create_cluster().cluster_name(CLUSTER).send().await.unwrap();
         aws_sdk_cloudwatchlogs::Client::new(&sdk).create_log_group().log_group_name(LOG_GROUP).send().await.unwrap();
-        self.subnet().await
+        self.network().await
     }
 
     /// A worker's settings for runs on this server's ECS.
-    pub fn worker_env(&self, subnet: &str) -> BTreeMap<&'static str, String> {
+    pub fn worker_env(&self, (subnet, group): &(String, String)) -> BTreeMap<&'static str, String> {
         let mut env = self.process_env();
         env.extend([
             ("SLIPWAY_ECS_CLUSTER", CLUSTER.to_string()),
             ("SLIPWAY_ECS_SUBNETS", subnet.to_string()),
+            ("SLIPWAY_ECS_SECURITY_GROUPS", group.to_string()),
             ("SLIPWAY_ECS_LOG_GROUP", LOG_GROUP.to_string()),
             ("SLIPWAY_ECS_LOG_STREAM_PREFIX", LOG_PREFIX.to_string()),
             ("SLIPWAY_ECS_EXECUTION_ROLE_ARN", format!("arn:aws:iam::{ACCOUNT}:role/slipway-task-execution")),

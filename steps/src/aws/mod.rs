@@ -63,9 +63,12 @@ where
             let transient = name.contains("Throttl") || name == "ServerException" || e.raw().status().is_server_error();
             (format!("{name}: {}", service.message().unwrap_or_default()), transient)
         }
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            (aws_sdk_ecs::error::DisplayErrorContext(&err).to_string(), true)
-        }
+        SdkError::ResponseError(e) => (format!("AWS answered HTTP {} that could not be read", e.raw().status()), true),
+        SdkError::TimeoutError(_) => ("no answer in time".to_string(), true),
+        SdkError::DispatchFailure(e) => {
+            let why = e.as_connector_error().map_or_else(|| "unknown".to_string(), |c| c.to_string());
+            (format!("cannot reach AWS: {why}"), true)
+        },
         _ => (aws_sdk_ecs::error::DisplayErrorContext(&err).to_string(), false),
     };
     let code = if transient { ErrorCode::AwsUnavailable } else { code };
