@@ -290,7 +290,9 @@ async fn run_tagged_task(setup: &EcsSetup, instance: &str, job_id: &str, deadlin
         .task_definition(definition.task_definition().unwrap().task_definition_arn().unwrap())
         .network_configuration(
             NetworkConfiguration::builder()
-                .awsvpc_configuration(AwsVpcConfiguration::builder().subnets(subnet).security_groups(group).build().unwrap())
+                .awsvpc_configuration(
+                    AwsVpcConfiguration::builder().subnets(subnet).security_groups(group).build().unwrap(),
+                )
                 .build(),
         )
         .set_tags(Some(tags))

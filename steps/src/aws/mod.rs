@@ -7,8 +7,8 @@
 //! made from it per region, since an ECR image names its own region.
 //!
 //! Every call to AWS is spelled `ecr.<operation>()`, `ecs.<operation>()` or
-//! `logs.<operation>()` on a client bound to one of those names: the policy documents
-//! in `iam/` are checked against those calls.
+//! `cloudwatch.<operation>()` on a client bound to one of those names: the policy
+//! documents in `iam/` are checked against those calls (`engine/tests/iam.rs`).
 
 pub mod ecr;
 pub mod ecs;
@@ -68,7 +68,7 @@ where
         SdkError::DispatchFailure(e) => {
             let why = e.as_connector_error().map_or_else(|| "unknown".to_string(), |c| c.to_string());
             (format!("cannot reach AWS: {why}"), true)
-        },
+        }
         _ => (aws_sdk_ecs::error::DisplayErrorContext(&err).to_string(), false),
     };
     let code = if transient { ErrorCode::AwsUnavailable } else { code };

@@ -44,8 +44,8 @@ impl Ecs {
     pub async fn read_new(&self, stream: &str, cursor: &mut LogCursor, sink: &LogSink) -> Result<usize, StepError> {
         let mut read = 0;
         loop {
-            let logs = &self.logs;
-            let page = logs
+            let cloudwatch = &self.cloudwatch;
+            let page = cloudwatch
                 .get_log_events()
                 .log_group_name(&self.settings.log_group)
                 .log_stream_name(stream)

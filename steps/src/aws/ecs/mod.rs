@@ -53,7 +53,7 @@ pub struct EcsSettings {
 /// ECS and CloudWatch Logs clients bound to the settings' region.
 pub struct Ecs {
     pub(crate) ecs: aws_sdk_ecs::Client,
-    pub(crate) logs: aws_sdk_cloudwatchlogs::Client,
+    pub(crate) cloudwatch: aws_sdk_cloudwatchlogs::Client,
     pub(crate) settings: EcsSettings,
     pub(crate) region: String,
     pub(crate) definitions: tokio::sync::Mutex<std::collections::HashMap<String, String>>,
@@ -65,7 +65,7 @@ impl Ecs {
         let region = sdk.region().map(|r| r.to_string()).unwrap_or_else(|| "us-east-1".into());
         Ecs {
             ecs: aws_sdk_ecs::Client::new(&sdk),
-            logs: aws_sdk_cloudwatchlogs::Client::new(&sdk),
+            cloudwatch: aws_sdk_cloudwatchlogs::Client::new(&sdk),
             settings,
             region,
             definitions: Default::default(),
