@@ -155,7 +155,8 @@ fn settings() -> EcsSettings {
 #[tokio::test(flavor = "multi_thread")]
 async fn stopped_tasks_are_classified_from_what_ecs_answers() {
     // (recorded DescribeTasks answer, the outcome: exit code, or error code and whether retryable)
-    let cases: [(&str, Result<i64, (ErrorCode, bool)>); 9] = [
+    type Outcome = Result<i64, (ErrorCode, bool)>;
+    let cases: [(&str, Outcome); 9] = [
         ("describe_tasks_exit_0", Ok(0)),
         ("describe_tasks_exit_3", Err((ErrorCode::ExitNonZero, false))),
         ("describe_tasks_cannot_pull", Err((ErrorCode::InfrastructureStop, true))),

@@ -178,7 +178,7 @@ async fn a_fargate_tasks_log_streams_resumes_after_a_worker_crash_and_cancel_sto
         .collect();
     assert_eq!(lines, ["line one", "line two", "line three", "line four", "line five"], "no gap, no repeat");
     let listed = setup.ecs.list_tasks().cluster(CLUSTER).started_by(&id).send().await.unwrap();
-    assert_eq!(listed.task_arns(), [arn.clone()], "exactly one task for the job");
+    assert_eq!(listed.task_arns(), std::slice::from_ref(&arn), "exactly one task for the job");
 
     let (status, _) = cancel(&api, &id).await;
     assert_eq!(status, 202);
