@@ -71,6 +71,16 @@ async fn bad_requests_get_a_json_error_naming_the_field_and_write_nothing() {
         (with("env", json!({ "A": 1 })), 400, "invalid_field", Some("env.A")),
         (with("run", json!({ "timeout_seconds": 0 })), 400, "invalid_field", Some("run.timeout_seconds")),
         (with("run", json!({ "cmd": ["x"] })), 400, "invalid_field", Some("run.cmd")),
+        (with("run", json!({ "runtime": "lambda" })), 400, "invalid_field", Some("run.runtime")),
+        (
+            with("run", json!({ "runtime": "ecs", "cpu": 256, "memory": 4096 })),
+            400,
+            "invalid_field",
+            Some("run.memory"),
+        ),
+        (with("run", json!({ "runtime": "ecs", "cpu": 100 })), 400, "invalid_field", Some("run.cpu")),
+        (with("run", json!({ "memory": 512 })), 400, "invalid_field", Some("run.memory")),
+        (with("requires", json!({ "region": "" })), 400, "invalid_field", Some("requires.region")),
     ];
     for (body, status, code, field) in cases {
         let (got, error) = post_raw(&api, serde_json::to_vec(&body).unwrap(), "application/json").await;

@@ -127,6 +127,21 @@ pub fn fargate_memory_allowed(cpu: u32, memory: u32) -> bool {
     }
 }
 
+/// The memory sizes Fargate allows with `cpu`, in words.
+pub fn fargate_memory_choices(cpu: u32) -> String {
+    match cpu {
+        256 => "512, 1024 or 2048 MiB".into(),
+        512 | 1024 | 2048 | 4096 => {
+            let low = if cpu == 512 { 1024 } else { cpu * 2 };
+            let high = if cpu == 4096 { 30720 } else { cpu * 8 };
+            format!("{low} to {high} MiB in steps of 1024")
+        }
+        8192 => "16384 to 61440 MiB in steps of 4096".into(),
+        16384 => "32768 to 122880 MiB in steps of 8192".into(),
+        _ => "no memory size (not a Fargate CPU size)".into(),
+    }
+}
+
 /// The CPU values Fargate allows, for messages.
 pub const FARGATE_CPU: [u32; 7] = [256, 512, 1024, 2048, 4096, 8192, 16384];
 
@@ -143,5 +158,11 @@ mod tests {
         assert!(fargate_memory_allowed(8192, 20480));
         assert!(!fargate_memory_allowed(8192, 18432));
         assert!(!fargate_memory_allowed(300, 512));
+        // The words agree with the check at both ends of each range.
+        assert_eq!(fargate_memory_choices(1024), "2048 to 8192 MiB in steps of 1024");
+        assert!(fargate_memory_allowed(1024, 2048) && fargate_memory_allowed(1024, 8192));
+        assert_eq!(fargate_memory_choices(512), "1024 to 4096 MiB in steps of 1024");
+        assert_eq!(fargate_memory_choices(4096), "8192 to 30720 MiB in steps of 1024");
+        assert!(fargate_memory_allowed(4096, 30720) && !fargate_memory_allowed(4096, 31744));
     }
 }

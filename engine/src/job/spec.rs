@@ -12,7 +12,7 @@ use slipway_steps::image_ref::ImageRef;
 
 use super::RetryPolicy;
 use slipway_steps::paths::is_confined;
-use slipway_steps::runtime::{FARGATE_CPU, RuntimeKind, fargate_memory_allowed};
+use slipway_steps::runtime::{FARGATE_CPU, RuntimeKind, fargate_memory_allowed, fargate_memory_choices};
 
 /// The longest `run.timeout_seconds` a server allows by default (one day).
 pub const MAX_TIMEOUT_SECONDS: u64 = 86_400;
@@ -245,7 +245,10 @@ fn check_size(
     if !fargate_memory_allowed(cpu, memory) {
         return Err(FieldError::new(
             "run.memory",
-            format!("Fargate does not offer {memory} MiB with {cpu} CPU units; see the allowed CPU and memory pairs"),
+            format!(
+                "Fargate does not offer {memory} MiB with {cpu} CPU units; with {cpu} it offers {}",
+                fargate_memory_choices(cpu)
+            ),
         ));
     }
     Ok((Some(cpu), Some(memory)))
