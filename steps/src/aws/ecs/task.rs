@@ -17,6 +17,9 @@ use crate::run::RunRequest;
 use crate::runtime::RunEnd;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
+/// Consecutive failed `DescribeTasks` calls a watch rides out.
+const MAX_DESCRIBE_FAILURES: u32 = 5;
+
 /// The idempotency token of one attempt's `RunTask`.
 pub fn client_token(job_id: &str, attempt: u32) -> String {
     format!("{job_id}-{attempt}")
@@ -188,9 +191,22 @@ impl Ecs {
         let s = &self.settings;
         let mut pause = s.poll_min;
         let mut last_status = String::new();
+        let mut failures = 0;
         loop {
             tokio::time::sleep(pause).await;
-            let Some(task) = self.describe(task_arn).await? else {
+            // A throttled or failed call is asked again, a few times, before the
+            // attempt gives up (and is retried, re-attaching to the same task).
+            let described = match self.describe(task_arn).await {
+                Err(e) if e.retryable() && failures < MAX_DESCRIBE_FAILURES => {
+                    failures += 1;
+                    tracing::warn!(task.arn = task_arn, error = %e, "describing the task failed; asking again");
+                    pause = (pause * 2).min(s.poll_max);
+                    continue;
+                }
+                other => other?,
+            };
+            failures = 0;
+            let Some(task) = described else {
                 return Err(StepError::new(
                     ErrorCode::InfrastructureStop,
                     format!("ECS no longer knows task {task_arn}"),
