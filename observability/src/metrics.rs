@@ -117,7 +117,7 @@ pub static LEASE_EXPIRIES: Counter = Counter::new(
 );
 pub static SWEEP_DELETIONS: Counter = Counter::new(
     "slipway_sweep_deletions_total",
-    "What the TTL sweep removed: jobs, registry_images, containers, engine_images.",
+    "What the TTL sweep removed: jobs, registry_images, containers, engine_images, tasks.",
     &["kind"],
 );
 pub static QUEUE_WAIT: Histogram = Histogram::new(
