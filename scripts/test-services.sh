@@ -35,7 +35,9 @@ ensure_packages() {
 # Installs moto's server from PyPI unless it is there; exports its path.
 ensure_moto() {
     local server="$SLIPWAY_MOTO_VENV/bin/moto_server"
-    if [ ! -x "$server" ] || ! "$SLIPWAY_MOTO_VENV/bin/pip" show moto 2>/dev/null | grep -q "^Version: $SLIPWAY_MOTO_VERSION$"; then
+    local installed=""
+    [ -x "$server" ] && installed="$("$SLIPWAY_MOTO_VENV/bin/pip" show moto 2>/dev/null || true)"
+    if ! grep -qx "Version: $SLIPWAY_MOTO_VERSION" <<<"$installed"; then
         echo "installing moto $SLIPWAY_MOTO_VERSION into $SLIPWAY_MOTO_VENV" >&2
         python3 -m venv "$SLIPWAY_MOTO_VENV" 2>/dev/null || {
             apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
