@@ -301,3 +301,19 @@ async fn run_tagged_task(setup: &EcsSetup, instance: &str, job_id: &str, deadlin
         .unwrap();
     run.tasks()[0].task_arn().unwrap().to_string()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fargate_task_past_its_timeout_is_stopped_and_the_job_times_out() {
+    let setup = EcsSetup::start(true, &[]).await;
+    let api = setup.ports.api();
+    let id = setup.submit_ecs(json!({ "timeout_seconds": 2 })).await;
+    let arn = setup.stored_task_arn(&id).await;
+    let job = wait_finished(&api, &id, JOB_LIMIT).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "timed_out", "{job}");
+    assert_eq!(job["attempt"], 1, "a deadline is not retried: {job}");
+    let task = setup.task(&arn).await;
+    assert_eq!(task.last_status(), Some("STOPPED"));
+    let reason = task.stopped_reason().unwrap_or_default();
+    assert!(reason.contains(&id) && reason.contains("past its deadline"), "{reason}");
+}

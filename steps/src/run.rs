@@ -140,7 +140,16 @@ pub async fn wait_container(
         .inspect_container(container_id, None)
         .await
         .map_err(|e| engine_error(e, ErrorCode::RunFailed, "cannot inspect the container"))?;
-    let status = inspected.state.and_then(|s| s.status);
+    let state = inspected.state.unwrap_or_default();
+    let status = state.status;
+    // A container found again after a crash keeps the deadline it started with.
+    let timeout = match (status, timeout, state.started_at.as_deref().map(chrono::DateTime::parse_from_rfc3339)) {
+        (Some(ContainerStateStatusEnum::RUNNING), Some(t), Some(Ok(started))) => {
+            let ran = (chrono::Utc::now() - started.with_timezone(&chrono::Utc)).to_std().unwrap_or_default();
+            Some(t.saturating_sub(ran))
+        }
+        _ => timeout,
+    };
     if status == Some(ContainerStateStatusEnum::CREATED) {
         docker
             .start_container(container_id, None)

@@ -149,11 +149,17 @@ impl Ecs {
         logs: &LogSink,
         cancel: &CancellationToken,
     ) -> Result<RunEnd, StepError> {
+        // The deadline the task was launched with holds after a re-attach too.
+        let until = match self.describe(task_arn).await? {
+            Some(task) => deadline_of(&task),
+            None => None,
+        };
+        let left = until.map(|at| at.duration_since(SystemTime::now()).unwrap_or_default());
         let follow_stop = CancellationToken::new();
         let follower = self.follow_logs(task_arn, log_cursor, logs.clone(), follow_stop.clone());
         let watch = async {
             let deadline = async {
-                match timeout {
+                match left.or(timeout) {
                     Some(t) => tokio::time::sleep(t).await,
                     None => std::future::pending().await,
                 }
@@ -221,6 +227,13 @@ impl Ecs {
             last_status = status;
         }
     }
+}
+
+/// The `slipway.deadline` the task was tagged with at launch.
+fn deadline_of(task: &Task) -> Option<SystemTime> {
+    let tag = task.tags().iter().find(|t| t.key() == Some(DEADLINE_TAG))?;
+    let secs: u64 = tag.value()?.parse().ok()?;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 /// What the stopped task says about its end.
