@@ -43,6 +43,18 @@ pub struct SubmitArgs {
     /// Seconds the container may run.
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// Where to run: `docker` (the worker's engine) or `ecs` (Fargate) [default: the server's].
+    #[arg(long)]
+    pub runtime: Option<String>,
+    /// Fargate CPU units (`ecs` only).
+    #[arg(long)]
+    pub cpu: Option<u32>,
+    /// Fargate memory in MiB (`ecs` only).
+    #[arg(long)]
+    pub memory: Option<u32>,
+    /// A label KEY=VALUE the worker must offer, such as region=eu-west-1 (repeatable).
+    #[arg(long = "require", value_parser = key_value)]
+    pub requires: Vec<(String, String)>,
     /// Wait for the job, print its logs, and exit with its outcome.
     #[arg(long, short = 'f')]
     pub follow: bool,
@@ -84,11 +96,10 @@ pub async fn submit(api: &ApiArgs, args: SubmitArgs) -> anyhow::Result<i32> {
             body[key] = json!(value);
         }
     }
-    if !args.build_args.is_empty() {
-        body["build_args"] = json!(args.build_args.into_iter().collect::<std::collections::BTreeMap<_, _>>());
-    }
-    if !args.env.is_empty() {
-        body["env"] = json!(args.env.into_iter().collect::<std::collections::BTreeMap<_, _>>());
+    for (key, pairs) in [("build_args", args.build_args), ("env", args.env), ("requires", args.requires)] {
+        if !pairs.is_empty() {
+            body[key] = json!(pairs.into_iter().collect::<std::collections::BTreeMap<_, _>>());
+        }
     }
     let mut run = json!({});
     if !args.command.is_empty() {
@@ -96,6 +107,14 @@ pub async fn submit(api: &ApiArgs, args: SubmitArgs) -> anyhow::Result<i32> {
     }
     if let Some(t) = args.timeout {
         run["timeout_seconds"] = json!(t);
+    }
+    if let Some(runtime) = args.runtime {
+        run["runtime"] = json!(runtime);
+    }
+    for (key, value) in [("cpu", args.cpu), ("memory", args.memory)] {
+        if let Some(value) = value {
+            run[key] = json!(value);
+        }
     }
     if run.as_object().is_some_and(|o| !o.is_empty()) {
         body["run"] = run;

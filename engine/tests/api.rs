@@ -229,4 +229,17 @@ async fn the_cli_submits_lists_gets_and_cancels() {
     let (code, _, err) = cli(&["submit", "--repo", "file:///etc", "--image", "x"]);
     assert_eq!(code, Some(1));
     assert!(err.contains("field `repo`"), "{err}");
+
+    // An ECS job for a region's pool; a size Fargate does not offer is named.
+    let ecs = ["submit", "--repo", "git://127.0.0.1:9418/app.git", "--image", "127.0.0.1:5000/cli/app:1"];
+    let (code, out, err) =
+        cli(&[&ecs[..], &["--runtime", "ecs", "--cpu", "1024", "--require", "region=eu-west-1"]].concat());
+    assert_eq!(code, Some(0), "{err}");
+    let job: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["spec"]["run"]["runtime"], "ecs");
+    assert_eq!((job["spec"]["run"]["cpu"].as_u64(), job["spec"]["run"]["memory"].as_u64()), (Some(1024), Some(2048)));
+    assert_eq!(job["spec"]["requires"]["region"], "eu-west-1");
+    let (code, _, err) = cli(&[&ecs[..], &["--runtime", "ecs", "--cpu", "256", "--memory", "4096"]].concat());
+    assert_eq!(code, Some(1));
+    assert!(err.contains("field `run.memory`") && err.contains("512, 1024 or 2048 MiB"), "{err}");
 }
