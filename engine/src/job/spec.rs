@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use slipway_steps::image_ref::ImageRef;
 
 use super::RetryPolicy;
+use slipway_steps::aws::ecs::sizes::{FARGATE_CPU, fargate_memory_allowed, fargate_memory_choices};
 use slipway_steps::paths::is_confined;
-use slipway_steps::runtime::{FARGATE_CPU, RuntimeKind, fargate_memory_allowed, fargate_memory_choices};
+use slipway_steps::runtime::RuntimeKind;
 
 /// The longest `run.timeout_seconds` a server allows by default (one day).
 pub const MAX_TIMEOUT_SECONDS: u64 = 86_400;

@@ -7,7 +7,9 @@
 //! with the forward token handed on to be stored ([`logs`]).
 
 pub mod definition;
+mod leftovers;
 pub mod logs;
+pub mod sizes;
 pub mod stop;
 pub mod task;
 
