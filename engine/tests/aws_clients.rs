@@ -38,8 +38,12 @@ async fn ecr_gives_push_credentials_and_repositories_are_made_once_as_configured
     assert_eq!(ecr.tokens_fetched(), 2);
 
     assert!(ecr.ensure_repository(&registry, "team/app").await.unwrap(), "made the first time");
-    assert!(!ecr.ensure_repository(&registry, "team/app").await.unwrap(), "found the second time");
+    assert!(!ecr.ensure_repository(&registry, "team/app").await.unwrap(), "known the second time");
+    // A repository deleted behind Slipway's back is made again once a push to it failed.
     let client = aws_sdk_ecr::Client::new(&moto.sdk().await);
+    client.delete_repository().repository_name("team/app").send().await.unwrap();
+    ecr.forget_repository(&registry, "team/app").await;
+    assert!(ecr.ensure_repository(&registry, "team/app").await.unwrap(), "made again");
     let described = client.describe_repositories().repository_names("team/app").send().await.unwrap();
     let repository = &described.repositories()[0];
     assert_eq!(repository.image_tag_mutability().map(|m| m.as_str()), Some("IMMUTABLE"));

@@ -272,7 +272,11 @@ async fn push(
         }
         None => state.config.registry_credentials.clone(),
     };
-    push_image(&state.docker, &image, credentials.as_ref(), logs, stop).await
+    let pushed = push_image(&state.docker, &image, credentials.as_ref(), logs, stop).await;
+    if let (Err(_), Some(registry)) = (&pushed, &ecr_registry) {
+        state.ecr().await.forget_repository(registry, &image.path).await;
+    }
+    pushed
 }
 
 /// Runs the pushed image on the job's runtime.

@@ -5,7 +5,7 @@
 //! so it is cached per registry until [`REFRESH_BEFORE`] its expiry; a token that
 //! comes back already expired is used once and not kept.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_ecr::Client;
@@ -63,13 +63,15 @@ pub struct Ecr {
     config: AwsConfig,
     settings: RepositorySettings,
     tokens: Mutex<HashMap<EcrRegistry, CachedToken>>,
+    /// Repositories known to exist, so that a push asks ECR once per repository.
+    repositories: Mutex<HashSet<(EcrRegistry, String)>>,
     /// How many tokens were fetched from AWS (the rest came from the cache).
     fetched: std::sync::atomic::AtomicU64,
 }
 
 impl Ecr {
     pub fn new(config: AwsConfig, settings: RepositorySettings) -> Self {
-        Ecr { config, settings, tokens: Mutex::default(), fetched: Default::default() }
+        Ecr { config, settings, tokens: Mutex::default(), repositories: Mutex::default(), fetched: Default::default() }
     }
 
     fn client(&self, registry: &EcrRegistry) -> Client {
@@ -115,6 +117,21 @@ impl Ecr {
     /// Creates the repository unless it exists, with the configured tag mutability
     /// and scan-on-push. Returns whether it was created.
     pub async fn ensure_repository(&self, registry: &EcrRegistry, repository: &str) -> Result<bool, StepError> {
+        let key = (registry.clone(), repository.to_string());
+        if self.repositories.lock().await.contains(&key) {
+            return Ok(false);
+        }
+        let created = self.find_or_create_repository(registry, repository).await?;
+        self.repositories.lock().await.insert(key);
+        Ok(created)
+    }
+
+    /// Forgets that a repository exists (a push to it failed: it may be gone).
+    pub async fn forget_repository(&self, registry: &EcrRegistry, repository: &str) {
+        self.repositories.lock().await.remove(&(registry.clone(), repository.to_string()));
+    }
+
+    async fn find_or_create_repository(&self, registry: &EcrRegistry, repository: &str) -> Result<bool, StepError> {
         let ecr = self.client(registry);
         let found =
             ecr.describe_repositories().registry_id(&registry.account).repository_names(repository).send().await;

@@ -14,8 +14,11 @@ use super::Ecs;
 use crate::aws::{aws_error, service_code};
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
-/// How often a running task's stream is read.
+/// How often a running task's stream is read while it writes.
 pub const LOG_POLL: Duration = Duration::from_secs(1);
+/// The longest pause between reads of a quiet stream: `GetLogEvents` is limited per
+/// account and region (25 calls a second by default), and many tasks share that.
+pub const LOG_POLL_QUIET: Duration = Duration::from_secs(8);
 /// How long after the task stopped its last lines are waited for.
 const LAST_LINES_GRACE: Duration = Duration::from_secs(2);
 
@@ -25,16 +28,24 @@ impl Ecs {
     pub(crate) async fn follow_logs(&self, task_arn: &str, cursor: LogCursor, logs: LogSink, stop: CancellationToken) {
         let stream = self.log_stream_of(task_arn);
         let mut cursor = cursor;
+        let mut pause = LOG_POLL;
         loop {
             let stopping = stop.is_cancelled();
-            if let Err(e) = self.read_new(&stream, &mut cursor, &logs).await {
-                tracing::warn!(log.stream = %stream, error = %e, "cannot read the task's log");
-            }
+            // A stream that writes is read every second; a quiet or throttled one
+            // ever less often.
+            pause = match self.read_new(&stream, &mut cursor, &logs).await {
+                Ok(read) if read > 0 => LOG_POLL,
+                Ok(_) => (pause * 2).min(LOG_POLL_QUIET),
+                Err(e) => {
+                    tracing::warn!(log.stream = %stream, error = %e, "cannot read the task's log");
+                    (pause * 2).min(LOG_POLL_QUIET)
+                }
+            };
             if stopping {
                 return;
             }
             tokio::select! {
-                _ = tokio::time::sleep(LOG_POLL) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = stop.cancelled() => tokio::time::sleep(LAST_LINES_GRACE.min(self.settings.poll_max)).await,
             }
         }
