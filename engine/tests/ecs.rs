@@ -144,6 +144,10 @@ async fn an_ecs_job_is_built_pushed_and_run_as_a_fargate_task() {
     let definition = definition.task_definition().unwrap();
     assert_eq!((definition.cpu(), definition.memory()), (Some("512"), Some("1024")));
     assert_eq!(definition.network_mode().map(|m| m.as_str()), Some("awsvpc"));
+    // Built on this machine's engine, so run on Fargate's matching architecture.
+    let platform = definition.runtime_platform().expect("a runtime platform");
+    let expected = if cfg!(target_arch = "aarch64") { "ARM64" } else { "X86_64" };
+    assert_eq!(platform.cpu_architecture().map(|a| a.as_str()), Some(expected));
     let container = &definition.container_definitions()[0];
     assert!(pushed.contains(&container.image().unwrap().to_string()), "{container:?}");
     let log = container.log_configuration().unwrap();

@@ -44,6 +44,9 @@ pub struct RunRequest {
     pub memory: u32,
     /// The run's deadline, from its start.
     pub timeout: Option<Duration>,
+    /// The CPU architecture the image was built for, as the engine names it
+    /// (`x86_64`, `aarch64`); ECS tasks must ask Fargate for the same.
+    pub architecture: String,
 }
 
 /// The container name of one attempt of one job.

@@ -292,9 +292,13 @@ async fn run_container(
     match runtime {
         RuntimeKind::Docker => {
             let docker = DockerRuntime { docker: state.docker.clone() };
-            run_on(&docker, job, outputs, reporter, logs, stop).await
+            run_on(&docker, job, outputs, "", reporter, logs, stop).await
         }
-        RuntimeKind::Ecs => run_on(state.ecs().await?, job, outputs, reporter, logs, stop).await,
+        RuntimeKind::Ecs => {
+            // Images are built on this worker's engine, for its architecture.
+            let architecture = state.engine_architecture().await;
+            run_on(state.ecs().await?, job, outputs, &architecture, reporter, logs, stop).await
+        }
     }
 }
 
@@ -304,6 +308,7 @@ async fn run_on<R: Runtime>(
     runtime: &R,
     job: &JobRun,
     outputs: &v1::StepOutputs,
+    architecture: &str,
     reporter: &Reporter,
     logs: &LogSink,
     stop: &CancellationToken,
@@ -325,6 +330,7 @@ async fn run_on<R: Runtime>(
         cpu: job.spec.cpu,
         memory: job.spec.memory,
         timeout: (job.spec.timeout_seconds > 0).then(|| Duration::from_secs(job.spec.timeout_seconds)),
+        architecture: architecture.to_string(),
     };
     let is_ecs = runtime.name() == RuntimeKind::Ecs.as_str();
     // A run that resumes finds what an earlier attempt started, if it is still

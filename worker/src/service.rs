@@ -43,6 +43,8 @@ pub(crate) struct WorkerState {
     aws: tokio::sync::OnceCell<AwsConfig>,
     ecs: tokio::sync::OnceCell<Ecs>,
     ecr: tokio::sync::OnceCell<Ecr>,
+    /// The engine's CPU architecture, asked once.
+    architecture: tokio::sync::OnceCell<String>,
     running: Mutex<HashMap<String, RunningJob>>,
     idle: Notify,
     /// ReportService URLs of the orchestrators that pinged lately, newest first:
@@ -59,6 +61,7 @@ impl WorkerState {
             aws: tokio::sync::OnceCell::new(),
             ecs: tokio::sync::OnceCell::new(),
             ecr: tokio::sync::OnceCell::new(),
+            architecture: tokio::sync::OnceCell::new(),
             running: Mutex::new(HashMap::new()),
             idle: Notify::new(),
             orchestrators: Arc::new(Mutex::new(Vec::new())),
@@ -97,6 +100,24 @@ impl WorkerState {
     pub async fn ecr(&self) -> &Ecr {
         let aws = self.aws().await;
         self.ecr.get_or_init(|| async { Ecr::new(aws.clone(), self.config.ecr.clone()) }).await
+    }
+
+    /// The CPU architecture of the engine's images (`amd64`, `arm64`, …); this
+    /// process's when the engine does not say.
+    pub async fn engine_architecture(&self) -> String {
+        if let Some(known) = self.architecture.get() {
+            return known.clone();
+        }
+        match self.docker.version().await {
+            Ok(version) => {
+                let arch = version.arch.unwrap_or_else(|| std::env::consts::ARCH.to_string());
+                self.architecture.get_or_init(|| async { arch }).await.clone()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the engine's architecture is unknown; assuming this machine's");
+                std::env::consts::ARCH.to_string()
+            }
+        }
     }
 
     /// The runtimes this worker can run jobs on.

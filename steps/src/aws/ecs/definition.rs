@@ -6,7 +6,10 @@
 //! definition is found by `DescribeTaskDefinition` (or this process's cache) and
 //! never registered again, so revisions do not pile up.
 
-use aws_sdk_ecs::types::{Compatibility, ContainerDefinition, LogConfiguration, LogDriver, NetworkMode, Tag};
+use aws_sdk_ecs::types::{
+    Compatibility, ContainerDefinition, CpuArchitecture, LogConfiguration, LogDriver, NetworkMode, OsFamily,
+    RuntimePlatform, Tag,
+};
 use sha2::{Digest, Sha256};
 
 use super::{CONTAINER_NAME, Ecs, INSTANCE_TAG};
@@ -21,6 +24,19 @@ pub struct DefinitionInput {
     pub cpu: u32,
     /// MiB.
     pub memory: u32,
+    pub architecture: CpuArchitecture,
+}
+
+/// Fargate's name for an engine's architecture; Fargate runs no other.
+pub fn fargate_architecture(engine: &str) -> Result<CpuArchitecture, StepError> {
+    match engine {
+        "x86_64" | "amd64" => Ok(CpuArchitecture::X8664),
+        "aarch64" | "arm64" => Ok(CpuArchitecture::Arm64),
+        other => Err(StepError::new(
+            ErrorCode::RunFailed,
+            format!("the image is built for `{other}`; Fargate runs only x86_64 and arm64 images"),
+        )),
+    }
 }
 
 /// The definition's family: readable prefix from the image's repository, then the
@@ -32,6 +48,7 @@ pub fn family_of(input: &DefinitionInput, ecs: &Ecs) -> String {
         input.image.as_str(),
         &input.cpu.to_string(),
         &input.memory.to_string(),
+        input.architecture.as_str(),
         s.execution_role_arn.as_deref().unwrap_or_default(),
         s.task_role_arn.as_deref().unwrap_or_default(),
         &s.log_group,
@@ -106,6 +123,12 @@ impl Ecs {
             .memory(input.memory.to_string())
             .set_execution_role_arn(s.execution_role_arn.clone())
             .set_task_role_arn(s.task_role_arn.clone())
+            .runtime_platform(
+                RuntimePlatform::builder()
+                    .cpu_architecture(input.architecture.clone())
+                    .operating_system_family(OsFamily::Linux)
+                    .build(),
+            )
             .container_definitions(container)
             .tags(Tag::builder().key(INSTANCE_TAG).value(instance_id).build())
             .send()
@@ -116,5 +139,19 @@ impl Ecs {
             .and_then(|d| d.task_definition_arn())
             .map(str::to_string)
             .ok_or_else(|| StepError::new(ErrorCode::RunFailed, "ECS registered a task definition without an ARN"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_architectures_map_to_fargates() {
+        for (engine, fargate) in [("x86_64", "X86_64"), ("amd64", "X86_64"), ("aarch64", "ARM64"), ("arm64", "ARM64")] {
+            assert_eq!(fargate_architecture(engine).unwrap().as_str(), fargate, "{engine}");
+        }
+        let e = fargate_architecture("s390x").unwrap_err();
+        assert!(e.message.contains("s390x") && !e.retryable(), "{}", e.message);
     }
 }

@@ -9,7 +9,7 @@ use aws_sdk_ecs::types::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::definition::DefinitionInput;
+use super::definition::{DefinitionInput, fargate_architecture};
 use super::logs::LogCursor;
 use super::{ATTEMPT_TAG, CONTAINER_NAME, DEADLINE_TAG, Ecs, INSTANCE_TAG, JOB_TAG, PAST_DEADLINE, STOP_REASON_PREFIX};
 use crate::aws::aws_error;
@@ -29,7 +29,12 @@ impl Ecs {
     /// Launches the attempt's task on Fargate and returns its ARN. A retried call
     /// with the same job and attempt returns the task the first call started.
     pub async fn launch(&self, request: &RunRequest, logs: &LogSink) -> Result<String, StepError> {
-        let input = DefinitionInput { image: request.image.clone(), cpu: request.cpu, memory: request.memory };
+        let input = DefinitionInput {
+            image: request.image.clone(),
+            cpu: request.cpu,
+            memory: request.memory,
+            architecture: fargate_architecture(&request.architecture)?,
+        };
         let definition = self.task_definition(&input, &request.instance_id).await?;
         let s = &self.settings;
         let vpc = AwsVpcConfiguration::builder()
