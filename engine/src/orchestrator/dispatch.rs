@@ -18,6 +18,7 @@ use tracing::Instrument;
 use super::OrchestratorConfig;
 use crate::job::first_step_of;
 use crate::store::{ClaimedJob, HeldLease, LeaseStatus, Store, StoreError, WorkerOffer};
+use slipway_steps::runtime::RuntimeKind;
 
 /// How long a call to a worker may take before the worker counts as unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -172,7 +173,12 @@ impl Dispatcher {
                     worker.free = ping.slots_total.saturating_sub(ping.slots_busy);
                     worker.offer = WorkerOffer {
                         labels: ping.labels.clone().into_iter().collect(),
-                        runtimes: ping.runtimes.clone(),
+                        // A worker from before runtimes were announced runs Docker only.
+                        runtimes: if ping.runtimes.is_empty() {
+                            vec![RuntimeKind::Docker.as_str().to_string()]
+                        } else {
+                            ping.runtimes.clone()
+                        },
                     };
                     Some(ping)
                 }
