@@ -7,6 +7,7 @@
 mod config;
 mod job_run;
 mod reporter;
+mod run_step;
 mod service;
 
 use std::sync::Arc;

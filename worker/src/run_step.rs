@@ -1,0 +1,116 @@
+//! The run step on the worker: the job's runtime chosen, the run launched or found
+//! again, its handle reported before the wait, its end reported and classified.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use slipway_observability::trace;
+use slipway_proto::v1::{self, step_report::Event};
+use slipway_steps::run::{DockerRuntime, RunRequest};
+use slipway_steps::runtime::{Runtime, RuntimeKind, Watch};
+use slipway_steps::{ErrorCode, LogSink, Step, StepError};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::job_run::{JobRun, non_empty, send};
+use crate::reporter::Reporter;
+use crate::service::WorkerState;
+
+/// Runs the pushed image on the job's runtime.
+pub(crate) async fn run_container(
+    state: &WorkerState,
+    job: &JobRun,
+    outputs: &v1::StepOutputs,
+    reporter: &Reporter,
+    logs: &LogSink,
+    stop: &CancellationToken,
+) -> Result<String, StepError> {
+    let runtime: RuntimeKind = job.spec.runtime.parse().unwrap_or_default();
+    match runtime {
+        RuntimeKind::Docker => {
+            let docker = DockerRuntime { docker: state.docker.clone() };
+            run_on(&docker, job, outputs, "", reporter, logs, stop).await
+        }
+        RuntimeKind::Ecs => {
+            // Images are built on this worker's engine, for its architecture.
+            let architecture = state.engine_architecture().await;
+            run_on(state.ecs().await?, job, outputs, &architecture, reporter, logs, stop).await
+        }
+    }
+}
+
+/// Launches the run (or re-attaches to the one an earlier attempt left), reports
+/// its handle before waiting on it, waits, reports how it stopped, cleans up.
+async fn run_on<R: Runtime>(
+    runtime: &R,
+    job: &JobRun,
+    outputs: &v1::StepOutputs,
+    architecture: &str,
+    reporter: &Reporter,
+    logs: &LogSink,
+    stop: &CancellationToken,
+) -> Result<String, StepError> {
+    let mut env: HashMap<String, String> = job.spec.env.clone().into_iter().collect();
+    // An instrumented application continues the job's trace.
+    if let Some(traceparent) = trace::traceparent_of(&tracing::Span::current()) {
+        env.insert("TRACEPARENT".into(), traceparent);
+    }
+    env.insert("SLIPWAY_JOB_ID".into(), job.lease.job_id.clone());
+    env.insert("SLIPWAY_ATTEMPT".into(), job.lease.attempt.to_string());
+    let request = RunRequest {
+        job_id: job.lease.job_id.clone(),
+        instance_id: job.instance_id.clone(),
+        attempt: job.lease.attempt,
+        image: non_empty(&outputs.pushed_ref).unwrap_or_else(|| job.spec.image.clone()),
+        env,
+        command: job.spec.command.clone(),
+        cpu: job.spec.cpu,
+        memory: job.spec.memory,
+        timeout: (job.spec.timeout_seconds > 0).then(|| Duration::from_secs(job.spec.timeout_seconds)),
+        architecture: architecture.to_string(),
+    };
+    let is_ecs = runtime.name() == RuntimeKind::Ecs.as_str();
+    // A run that resumes finds what an earlier attempt started, if it is still
+    // there, instead of starting a second one.
+    let (existing, log_cursor) = match job.first_step {
+        Step::Run => {
+            let stored = if is_ecs { non_empty(&outputs.task_arn) } else { non_empty(&outputs.container_id) };
+            let found = runtime.find(&request.job_id, stored.as_deref(), logs).await?;
+            // The stored position belongs to the stored run only.
+            let cursor = (found.is_some() && found == stored).then(|| non_empty(&outputs.log_cursor)).flatten();
+            (found, cursor)
+        }
+        _ => (None, None),
+    };
+    let handle = match existing {
+        Some(handle) => handle,
+        None => runtime.launch(&request, logs).instrument(tracing::info_span!("container.create")).await?,
+    };
+    let handle_outputs = |o: v1::StepOutputs| {
+        if is_ecs {
+            v1::StepOutputs { task_arn: handle.clone(), ..o }
+        } else {
+            v1::StepOutputs { container_id: handle.clone(), ..o }
+        }
+    };
+    if !send(reporter, &job.lease, Step::Run, Event::Progress(handle_outputs(Default::default())), None, None).await {
+        runtime.clean_up(&handle).await?;
+        return Err(StepError::new(ErrorCode::Cancelled, "the lease was lost before the run started"));
+    }
+    let watch = Watch { job_id: &job.lease.job_id, timeout: request.timeout, log_cursor, logs, cancel: stop };
+    let wait = tracing::info_span!("container.wait", container.id = %handle);
+    let ended = runtime.wait(&handle, &watch).instrument(wait).await;
+    if let Err(e) = runtime.clean_up(&handle).await {
+        tracing::warn!(job.id = %job.lease.job_id, error = %e, "cannot clean up after the run");
+    }
+    let ended = ended?;
+    if ended.stop_code.is_some() || ended.stopped_reason.is_some() {
+        let stopped = v1::StepOutputs {
+            stop_code: ended.stop_code.clone().unwrap_or_default(),
+            stopped_reason: ended.stopped_reason.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        send(reporter, &job.lease, Step::Run, Event::Progress(stopped), None, None).await;
+    }
+    ended.outcome().map(|_| handle)
+}
