@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_sdk_ecs::config::{Credentials, Region};
 use common::moto::{ACCOUNT, Moto, REGION};
@@ -98,7 +97,7 @@ impl Recorded {
     }
 
     async fn sdk(&self) -> aws_config::SdkConfig {
-        aws_config::defaults(BehaviorVersion::latest())
+        slipway_steps::aws::loader()
             .endpoint_url(&self.endpoint)
             .region(Region::new("eu-west-1"))
             .credentials_provider(Credentials::new("testing", "testing", None, None, "recorded"))

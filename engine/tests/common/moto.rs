@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_sdk_ecs::config::{Credentials, Region};
 
@@ -43,7 +42,7 @@ impl Moto {
     /// The SDK's configuration for this server: fixed credentials, no retries (a
     /// failure shows at once).
     pub async fn sdk(&self) -> aws_config::SdkConfig {
-        aws_config::defaults(BehaviorVersion::latest())
+        slipway_steps::aws::loader()
             .endpoint_url(&self.endpoint)
             .region(Region::new(REGION))
             .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))

@@ -28,7 +28,7 @@ pub struct AwsConfig {
 
 impl AwsConfig {
     pub async fn load() -> Self {
-        AwsConfig { sdk: aws_config::defaults(BehaviorVersion::latest()).load().await }
+        AwsConfig { sdk: loader().load().await }
     }
 
     /// A configuration made elsewhere (an emulator's endpoint, fixed credentials).
@@ -48,6 +48,19 @@ impl AwsConfig {
     pub fn region(&self) -> Option<String> {
         self.sdk.region().map(|r| r.to_string())
     }
+}
+
+/// The standard chain's loader, with Slipway's HTTPS client; tests add an endpoint,
+/// fixed credentials and so on before loading.
+pub fn loader() -> aws_config::ConfigLoader {
+    aws_config::defaults(BehaviorVersion::latest()).http_client(https_client())
+}
+
+/// rustls with ring, the platform's root certificates, and an http fallback for
+/// `http://` endpoints (an emulator on loopback).
+fn https_client() -> aws_sdk_ecs::config::SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
 }
 
 /// An AWS error as a step error: the service's own code and message, with
