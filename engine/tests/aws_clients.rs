@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use aws_config::retry::RetryConfig;
-use aws_sdk_ecs::config::{Credentials, Region};
 use common::moto::{ACCOUNT, Moto, REGION};
 use slipway_steps::ErrorCode;
 use slipway_steps::aws::AwsConfig;
@@ -97,13 +95,7 @@ impl Recorded {
     }
 
     async fn sdk(&self) -> aws_config::SdkConfig {
-        slipway_steps::aws::loader()
-            .endpoint_url(&self.endpoint)
-            .region(Region::new("eu-west-1"))
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "recorded"))
-            .retry_config(RetryConfig::disabled())
-            .load()
-            .await
+        common::moto::sdk_at(&self.endpoint, "eu-west-1").await
     }
 }
 

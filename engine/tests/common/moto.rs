@@ -42,13 +42,7 @@ impl Moto {
     /// The SDK's configuration for this server: fixed credentials, no retries (a
     /// failure shows at once).
     pub async fn sdk(&self) -> aws_config::SdkConfig {
-        slipway_steps::aws::loader()
-            .endpoint_url(&self.endpoint)
-            .region(Region::new(REGION))
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
-            .retry_config(RetryConfig::disabled())
-            .load()
-            .await
+        sdk_at(&self.endpoint, REGION).await
     }
 
     /// The environment a `slipway` process needs to reach this server.
@@ -158,6 +152,18 @@ impl Moto {
         }
         put.send().await.unwrap();
     }
+}
+
+/// The SDK's configuration for an endpoint on loopback: fixed credentials, no
+/// retries (a failure shows at once).
+pub async fn sdk_at(endpoint: &str, region: &str) -> aws_config::SdkConfig {
+    slipway_steps::aws::loader()
+        .endpoint_url(endpoint)
+        .region(Region::new(region.to_string()))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+        .retry_config(RetryConfig::disabled())
+        .load()
+        .await
 }
 
 impl Drop for Moto {

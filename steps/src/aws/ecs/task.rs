@@ -96,12 +96,18 @@ impl Ecs {
     /// The task to re-attach to: the stored one if ECS still knows it, else a task
     /// still running that an attempt started for this job before its ARN was stored.
     pub async fn find(&self, job_id: &str, stored: Option<&str>, logs: &LogSink) -> Result<Option<String>, StepError> {
-        if let Some(arn) = stored
-            && self.describe(arn).await?.is_some()
-        {
+        let found = match stored {
+            Some(arn) if self.describe(arn).await?.is_some() => Some(arn.to_string()),
+            _ => self.running_task_of(job_id).await?,
+        };
+        if let Some(arn) = &found {
             logs.line(LogStream::System, format!("re-attaching to task {arn}")).await;
-            return Ok(Some(arn.to_string()));
         }
+        Ok(found)
+    }
+
+    /// A running task an attempt started for the job.
+    async fn running_task_of(&self, job_id: &str) -> Result<Option<String>, StepError> {
         let ecs = &self.ecs;
         let listed = ecs
             .list_tasks()
@@ -111,11 +117,7 @@ impl Ecs {
             .send()
             .await
             .map_err(|e| aws_error(e, ErrorCode::RunFailed, "cannot list the job's tasks"))?;
-        let found = listed.task_arns().first().cloned();
-        if let Some(arn) = &found {
-            logs.line(LogStream::System, format!("re-attaching to task {arn}")).await;
-        }
-        Ok(found)
+        Ok(listed.task_arns().first().cloned())
     }
 
     /// The task as ECS describes it now; `None` when ECS no longer knows it.
