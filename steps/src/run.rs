@@ -22,32 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::docker::{ATTEMPT_LABEL, INSTANCE_LABEL, JOB_LABEL, engine_error, status_of, stream_error};
 use crate::logs::LineSplitter;
-use crate::runtime::{RunEnd, Runtime, Watch};
+use crate::runtime::{RunEnd, RunRequest, Runtime, Watch};
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
 /// How long a container gets between SIGTERM and SIGKILL when Slipway stops it.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone)]
-pub struct RunRequest {
-    pub job_id: String,
-    /// The installation, for the `slipway.instance` label.
-    pub instance_id: String,
-    pub attempt: u32,
-    /// The image to run, best as `name@sha256:…`.
-    pub image: String,
-    pub env: HashMap<String, String>,
-    /// Empty: the image's own command.
-    pub command: Vec<String>,
-    /// Fargate CPU units and memory in MiB (ECS only).
-    pub cpu: u32,
-    pub memory: u32,
-    /// The run's deadline, from its start.
-    pub timeout: Option<Duration>,
-    /// The CPU architecture the image was built for, as the engine names it
-    /// (`x86_64`, `aarch64`); ECS tasks must ask Fargate for the same.
-    pub architecture: String,
-}
 
 /// The container name of one attempt of one job.
 pub fn container_name(job_id: &str, attempt: u32) -> String {

@@ -6,14 +6,36 @@
 //! earlier attempt left so that a recovered job re-attaches to it, wait for its end
 //! while its output streams to the job's log, and clean up after it.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::aws::ecs::stop::{StoppedTask, classify};
-use crate::run::RunRequest;
 use crate::{LogSink, StepError};
+
+/// What to run, for one attempt of one job.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub job_id: String,
+    /// The installation, for the `slipway.instance` label.
+    pub instance_id: String,
+    pub attempt: u32,
+    /// The image to run, best as `name@sha256:…`.
+    pub image: String,
+    pub env: HashMap<String, String>,
+    /// Empty: the image's own command.
+    pub command: Vec<String>,
+    /// Fargate CPU units and memory in MiB (ECS only).
+    pub cpu: u32,
+    pub memory: u32,
+    /// The run's deadline, from its start.
+    pub timeout: Option<Duration>,
+    /// The CPU architecture the image was built for, as the engine names it
+    /// (`x86_64`, `aarch64`); ECS tasks must ask Fargate for the same.
+    pub architecture: String,
+}
 
 /// What waiting on a run is given.
 #[derive(Debug, Clone)]

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use slipway_observability::trace;
 use slipway_proto::v1::{self, step_report::Event};
-use slipway_steps::run::{DockerRuntime, RunRequest};
-use slipway_steps::runtime::{Runtime, RuntimeKind, Watch};
+use slipway_steps::run::DockerRuntime;
+use slipway_steps::runtime::{RunRequest, Runtime, RuntimeKind, Watch};
 use slipway_steps::{ErrorCode, LogSink, Step, StepError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;

@@ -92,7 +92,7 @@ impl crate::runtime::Runtime for Ecs {
 
     async fn launch(
         &self,
-        request: &crate::run::RunRequest,
+        request: &crate::runtime::RunRequest,
         logs: &crate::LogSink,
     ) -> Result<String, crate::StepError> {
         Ecs::launch(self, request, logs).await

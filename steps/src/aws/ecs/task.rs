@@ -13,8 +13,8 @@ use super::definition::{DefinitionInput, fargate_architecture};
 use super::logs::LogCursor;
 use super::{ATTEMPT_TAG, CONTAINER_NAME, DEADLINE_TAG, Ecs, INSTANCE_TAG, JOB_TAG, PAST_DEADLINE, STOP_REASON_PREFIX};
 use crate::aws::aws_error;
-use crate::run::RunRequest;
 use crate::runtime::RunEnd;
+use crate::runtime::RunRequest;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
 /// Consecutive failed `DescribeTasks` calls a watch rides out.
