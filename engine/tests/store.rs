@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use common::TestDb;
 use slipway_engine::job::{JobId, JobRequest, JobState, RunRequest};
-use slipway_engine::store::{Finish, Lease, NewLogLine, Outputs, StoreError, WorkerOffer, logs, transitions};
+use slipway_engine::store::{
+    Finish, HeldLease, Lease, LeaseStatus, NewLogLine, Outputs, Retry, StoreError, WorkerOffer, leases, logs,
+    transitions,
+};
 use slipway_steps::Step;
 
 const TTL: Duration = Duration::from_secs(30);
@@ -92,10 +95,10 @@ async fn a_report_with_a_stale_token_changes_nothing() {
     let first = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
     db.store.release(id, first.lease_token).await.unwrap();
     let current = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
-    let stale = Lease { job_id: id, attempt: 1, token: first.lease_token };
+    let stale = Lease { job_id: id, attempt: 1, token: first.lease_token, worker: Some("w".into()) };
     let mut conn = db.store.pool().acquire().await.unwrap();
     let conn = &mut *conn;
-    let lease = Lease { job_id: id, attempt: 1, token: current.lease_token };
+    let lease = Lease { job_id: id, attempt: 1, token: current.lease_token, worker: Some("w".into()) };
 
     let err = transitions::mark_step_started(conn, &stale, Step::Clone, TTL).await.unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost), "{err:?}");
@@ -137,4 +140,204 @@ async fn a_report_with_a_stale_token_changes_nothing() {
         steps.iter().map(|s| (s.step.as_str(), s.outcome.as_deref())).collect::<Vec<_>>(),
         [("clone", Some("succeeded")), ("build", Some("failed"))]
     );
+}
+
+/// Every write a worker's report can cause, each fenced by the lease token.
+#[derive(Debug, Clone, Copy)]
+enum FencedWrite {
+    StepStarted,
+    Outputs,
+    StepSucceeded,
+    Finished,
+    Retry,
+    Logs,
+    Heartbeat,
+    Release,
+    CancelCheck,
+    HandBack,
+}
+
+const FENCED_WRITES: [FencedWrite; 10] = [
+    FencedWrite::StepStarted,
+    FencedWrite::Outputs,
+    FencedWrite::StepSucceeded,
+    FencedWrite::Finished,
+    FencedWrite::Retry,
+    FencedWrite::Logs,
+    FencedWrite::Heartbeat,
+    FencedWrite::Release,
+    FencedWrite::CancelCheck,
+    FencedWrite::HandBack,
+];
+
+/// Tries one write with `lease`; true when it was refused.
+async fn refused(db: &TestDb, write: FencedWrite, lease: &Lease) -> bool {
+    let mut conn = db.store.pool().acquire().await.unwrap();
+    let conn = &mut *conn;
+    let outputs =
+        Outputs { commit_sha: Some("stale-sha".into()), container_id: Some("stale".into()), ..Default::default() };
+    let lost = |r: Result<(), StoreError>| match r {
+        Err(StoreError::LeaseLost) => true,
+        Ok(()) => false,
+        Err(e) => panic!("{write:?}: {e:?}"),
+    };
+    match write {
+        FencedWrite::StepStarted => lost(transitions::mark_step_started(conn, lease, Step::Run, TTL).await.map(drop)),
+        FencedWrite::Outputs => lost(transitions::record_outputs(conn, lease, &outputs, TTL).await),
+        FencedWrite::StepSucceeded => {
+            lost(transitions::mark_step_succeeded(conn, lease, Step::Clone, &outputs, TTL).await)
+        }
+        FencedWrite::Finished => {
+            let finish = Finish { state: JobState::Succeeded, exit_code: Some(0), error_code: None, error: None };
+            lost(transitions::mark_finished(conn, lease, Step::Run, &outputs, &finish).await)
+        }
+        FencedWrite::Retry => {
+            let retry = Retry {
+                resume_at: JobState::Queued,
+                after: Duration::ZERO,
+                exit_code: None,
+                error_code: "stale".into(),
+                error: "stale".into(),
+            };
+            lost(transitions::mark_retry(conn, lease, Step::Clone, &retry).await)
+        }
+        FencedWrite::Logs => {
+            let line = NewLogLine { step: Step::Run, stream: "stdout", at: chrono::Utc::now(), line: "stale".into() };
+            lost(logs::append_logs(conn, lease, &[line], Some("stale-cursor"), 1 << 20).await)
+        }
+        FencedWrite::Heartbeat => {
+            let held = HeldLease { job_id: lease.job_id, token: lease.token };
+            let statuses = db.store.heartbeat("stale-owner", &[held], TTL).await.unwrap();
+            statuses == [(held, LeaseStatus::Stale)]
+        }
+        FencedWrite::Release => lost(db.store.release(lease.job_id, lease.token).await),
+        FencedWrite::CancelCheck => {
+            // A stale lease never learns of a cancel meant for the current attempt.
+            db.store.request_cancel(lease.job_id).await.unwrap();
+            !leases::cancel_requested(conn, lease.job_id, lease.token).await.unwrap()
+        }
+        FencedWrite::HandBack => {
+            leases::hand_back(conn, lease.job_id, lease.token, &Default::default()).await.unwrap().is_none()
+        }
+    }
+}
+
+/// Everything stored about a job, to compare before and after a refused write.
+async fn stored(db: &TestDb, id: JobId) -> String {
+    sqlx::query_scalar(
+        "select jsonb_build_object(
+             'job', (select to_jsonb(j) - 'cancel_requested_at' - 'updated_at' from jobs j where id = $1),
+             'events', (select jsonb_agg(e order by e.id) from job_events e where job_id = $1),
+             'steps', (select jsonb_agg(s order by s.attempt, s.step) from job_steps s where job_id = $1),
+             'logs', (select jsonb_agg(l order by l.id) from job_logs l where job_id = $1))::text",
+    )
+    .bind(id)
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap()
+}
+
+/// A job at attempt 2 on worker `w2`, cloning, whose attempt 1 (on `w1`) was handed
+/// back: returns the lease of attempt 1.
+async fn job_with_a_stale_attempt(db: &TestDb) -> (JobId, Lease) {
+    let id = queue(db, 1).await[0];
+    let first = db.store.claim("o", "w1", &docker(), 1, TTL).await.unwrap().remove(0);
+    let stale = Lease { job_id: id, attempt: 1, token: first.lease_token, worker: Some("w1".into()) };
+    let mut conn = db.store.pool().acquire().await.unwrap();
+    transitions::mark_step_started(&mut conn, &stale, Step::Clone, TTL).await.unwrap();
+    leases::hand_back(&mut conn, id, first.lease_token, &Default::default()).await.unwrap().unwrap();
+    let second = db.store.claim("o", "w2", &docker(), 1, TTL).await.unwrap().remove(0);
+    assert_eq!(second.attempt, 2);
+    let current = Lease { job_id: id, attempt: 2, token: second.lease_token, worker: Some("w2".into()) };
+    transitions::mark_step_started(&mut conn, &current, Step::Clone, TTL).await.unwrap();
+    (id, stale)
+}
+
+/// A job that failed on worker `w`, and the lease it held while it ran.
+async fn finished_job(db: &TestDb) -> (JobId, Lease) {
+    let id = queue(db, 1).await[0];
+    let claimed = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
+    let lease = Lease { job_id: id, attempt: 1, token: claimed.lease_token, worker: Some("w".into()) };
+    let mut conn = db.store.pool().acquire().await.unwrap();
+    transitions::mark_step_started(&mut conn, &lease, Step::Clone, TTL).await.unwrap();
+    let finish =
+        Finish { state: JobState::Failed, exit_code: None, error_code: Some("clone_failed".into()), error: None };
+    transitions::mark_finished(&mut conn, &lease, Step::Clone, &Outputs::default(), &finish).await.unwrap();
+    (id, lease)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_fenced_write_with_a_stale_token_is_refused_and_writes_nothing() {
+    let db = TestDb::new().await;
+    for write in FENCED_WRITES {
+        let (id, stale) = job_with_a_stale_attempt(&db).await;
+        let before = stored(&db, id).await;
+        assert!(refused(&db, write, &stale).await, "{write:?} with the token of attempt 1 was accepted");
+        assert_eq!(stored(&db, id).await, before, "{write:?} with a stale token changed the job");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_fenced_write_to_a_finished_job_is_refused_and_writes_nothing() {
+    let db = TestDb::new().await;
+    for write in FENCED_WRITES {
+        let (id, lease) = finished_job(&db).await;
+        let before = stored(&db, id).await;
+        assert!(refused(&db, write, &lease).await, "{write:?} to a finished job was accepted");
+        assert_eq!(stored(&db, id).await, before, "{write:?} changed a finished job");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_rows_name_the_attempt_and_worker_of_the_report() {
+    let db = TestDb::new().await;
+    let (id, _) = job_with_a_stale_attempt(&db).await;
+    let token = sqlx::query_scalar("select lease_token from jobs where id = $1")
+        .bind(id)
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    let lease = Lease { job_id: id, attempt: 2, token, worker: Some("w2-reporting".into()) };
+    let mut conn = db.store.pool().acquire().await.unwrap();
+    let line = NewLogLine { step: Step::Clone, stream: "stdout", at: chrono::Utc::now(), line: "hi".into() };
+    logs::append_logs(&mut conn, &lease, &[line], None, 1 << 20).await.unwrap();
+    transitions::mark_step_succeeded(&mut conn, &lease, Step::Clone, &Outputs::default(), TTL).await.unwrap();
+    let retry = Retry {
+        resume_at: JobState::Queued,
+        after: Duration::ZERO,
+        exit_code: None,
+        error_code: "build_unavailable".into(),
+        error: "down".into(),
+    };
+    transitions::mark_step_started(&mut conn, &lease, Step::Build, TTL).await.unwrap();
+    transitions::mark_retry(&mut conn, &lease, Step::Build, &retry).await.unwrap();
+
+    let events: Vec<(String, i32, Option<String>)> = sqlx::query_as(
+        "select to_state::text, attempt, worker from job_events where job_id = $1 and to_state <> 'queued' order by id",
+    )
+    .bind(id)
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    let w = |s: &str| Some(s.to_string());
+    assert_eq!(
+        events,
+        [("cloning".into(), 1, w("w1")), ("cloning".into(), 2, w("w2")), ("building".into(), 2, w("w2-reporting")),]
+    );
+    let retried: (i32, Option<String>) =
+        sqlx::query_as("select attempt, worker from job_events where job_id = $1 order by id desc limit 1")
+            .bind(id)
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(retried, (3, w("w2-reporting")), "the retry names the next attempt and the reporting worker");
+    let logged = db.store.logs(id, 0, 10).await.unwrap();
+    assert_eq!((logged[0].attempt, logged[0].worker.as_deref()), (2, Some("w2-reporting")));
+    let build: (i32, Option<String>) =
+        sqlx::query_as("select attempt, worker from job_steps where job_id = $1 and step = 'build'")
+            .bind(id)
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(build, (2, w("w2-reporting")));
 }

@@ -206,7 +206,9 @@ impl JobService for Worker {
         let traceparent = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).map(String::from);
         let request = request.into_inner();
         let traceparent = traceparent.unwrap_or_else(|| request.traceparent.clone());
-        let lease = request.lease.clone().ok_or_else(|| Status::invalid_argument("lease is required"))?;
+        let mut lease = request.lease.clone().ok_or_else(|| Status::invalid_argument("lease is required"))?;
+        // Every report names this worker, so that the history shows who wrote it.
+        lease.worker_id = self.state.config.worker_id.clone();
         let spec = request.spec.clone().ok_or_else(|| Status::invalid_argument("spec is required"))?;
         let first_step =
             step_from_wire(request.first_step).ok_or_else(|| Status::invalid_argument("first_step is not a step"))?;

@@ -90,5 +90,6 @@ fn lease_of(lease: Option<v1::Lease>) -> Result<Lease, Status> {
         job_id: lease.job_id.parse().map_err(|_| Status::invalid_argument("lease.job_id is not a job id"))?,
         attempt: lease.attempt as i32,
         token: lease.lease_token.parse().map_err(|_| Status::invalid_argument("lease.lease_token is not a token"))?,
+        worker: (!lease.worker_id.is_empty()).then_some(lease.worker_id),
     })
 }

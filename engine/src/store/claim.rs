@@ -83,17 +83,18 @@ impl Store {
     }
 
     /// Gives a lease back unused (the worker refused the job): the job is runnable
-    /// again at once, with the same attempt.
+    /// again at once, with the same attempt. A lease that is no longer the job's
+    /// current one is [`StoreError::LeaseLost`], and nothing changes.
     pub async fn release(&self, id: JobId, lease_token: Uuid) -> Result<(), StoreError> {
-        sqlx::query(
+        let released = sqlx::query(
             "update jobs set lease_owner = null, lease_worker = null, lease_token = null,
                  lease_expires_at = null, updated_at = now()
-             where id = $1 and lease_token = $2",
+             where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')",
         )
         .bind(id)
         .bind(lease_token)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        if released.rows_affected() == 0 { Err(StoreError::LeaseLost) } else { Ok(()) }
     }
 }

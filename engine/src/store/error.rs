@@ -9,6 +9,9 @@ pub enum StoreError {
     LeaseLost,
     #[error("no such job")]
     NotFound,
+    /// A job cannot end in a state that is not final.
+    #[error("a job cannot finish in state {}", .0.as_str())]
+    InvalidTransition(crate::job::JobState),
     /// Postgres could not be reached or dropped the connection; trying again may work.
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),

@@ -16,7 +16,7 @@ use super::{Store, StoreError};
 use crate::job::{JobId, JobState, RetryPolicy};
 
 /// A lease a worker says it holds.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeldLease {
     pub job_id: JobId,
     pub token: Uuid,
@@ -191,6 +191,22 @@ impl Store {
             (Some(_), Some(JobState::Cancelled)) => Ok(CancelOutcome::Cancelled),
             (Some(_), Some(_)) => Ok(CancelOutcome::Requested),
         }
+    }
+}
+
+impl Store {
+    /// The current leases of these jobs that are asked to cancel, with the worker
+    /// holding each: whom to tell at once.
+    pub async fn leases_to_cancel(&self, ids: &[JobId]) -> Result<Vec<(JobId, String, Uuid)>, StoreError> {
+        let leases = sqlx::query_as(
+            "select id, lease_worker, lease_token from jobs
+             where id = any($1) and cancel_requested_at is not null and lease_token is not null
+               and lease_worker is not null and state not in ('succeeded', 'failed', 'cancelled')",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(leases)
     }
 }
 

@@ -24,6 +24,8 @@ pub struct LogRow {
     /// Increases with every line stored: the position to resume after.
     pub id: i64,
     pub attempt: i32,
+    /// The worker that sent the line.
+    pub worker: Option<String>,
     pub step: String,
     pub stream: String,
     pub at: DateTime<Utc>,
@@ -34,7 +36,7 @@ impl Store {
     /// Up to `limit` lines of a job after line `after`, oldest first.
     pub async fn logs(&self, job_id: JobId, after: i64, limit: i64) -> Result<Vec<LogRow>, StoreError> {
         let rows = sqlx::query_as::<_, LogRow>(
-            "select id, attempt, step::text as step, stream, at, line from job_logs
+            "select id, attempt, worker, step::text as step, stream, at, line from job_logs
              where job_id = $1 and id > $2 order by id limit $3",
         )
         .bind(job_id)
@@ -76,8 +78,8 @@ pub async fn append_logs(
     let texts: Vec<String> = kept.iter().map(|l| l.line.replace('\0', "\u{FFFD}")).collect();
     sqlx::query(
         "with ins as (
-             insert into job_logs (job_id, attempt, step, stream, at, line)
-             select $1, $2, s::job_step, st, a, l
+             insert into job_logs (job_id, attempt, worker, step, stream, at, line)
+             select $1, $2, $9, s::job_step, st, a, l
              from unnest($3::text[], $4::text[], $5::timestamptz[], $6::text[]) with ordinality as t(s, st, a, l, n)
              order by n
          )
@@ -91,6 +93,7 @@ pub async fn append_logs(
     .bind(&texts)
     .bind(total)
     .bind(cursor)
+    .bind(&lease.worker)
     .execute(&mut *conn)
     .await?;
     Ok(())

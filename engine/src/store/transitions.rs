@@ -11,12 +11,17 @@ use sqlx::PgConnection;
 use super::StoreError;
 use crate::job::{JobId, JobState, state_of_step};
 
-/// The attempt a report speaks for.
+/// The attempt a report speaks for. The history rows a report writes record its
+/// `attempt` and `worker`, not the job row's: a write that slipped past a fence
+/// would show in the history as the stale attempt it came from.
 #[derive(Debug, Clone)]
 pub struct Lease {
     pub job_id: JobId,
     pub attempt: i32,
     pub token: Uuid,
+    /// The worker that sent the report; `None` from a worker that does not say,
+    /// whose rows then name the lease's worker.
+    pub worker: Option<String>,
 }
 
 /// Step outputs; `None` leaves a stored value as it is.
@@ -74,25 +79,27 @@ pub async fn mark_step_started(
              update jobs j set state = $3, updated_at = now(),
                  lease_expires_at = now() + make_interval(secs => $5)
              from prev where j.id = $1
-             returning prev.state as from_state, prev.lease_worker as worker, j.attempt,
+             returning prev.state as from_state, coalesce($7, prev.lease_worker) as worker,
                        extract(epoch from now() - j.created_at)::double precision as waited
          ), ev as (
              insert into job_events (job_id, from_state, to_state, attempt, worker)
-             select $1, from_state, $3, attempt, worker from upd
+             select $1, from_state, $3, $6, worker from upd
          ), st as (
              insert into job_steps (job_id, attempt, step, worker)
-             select $1, attempt, $4::job_step, worker from upd
+             select $1, $6, $4::job_step, worker from upd
              on conflict (job_id, attempt, step) do update
              set started_at = now(), finished_at = null, outcome = null,
                  error_code = null, error = null, worker = excluded.worker
          )
-         select count(*), max(waited) filter (where from_state = 'queued' and attempt = 1) from upd",
+         select count(*), max(waited) filter (where from_state = 'queued' and $6 = 1) from upd",
     )
     .bind(lease.job_id)
     .bind(lease.token)
     .bind(to)
     .bind(step.as_str())
     .bind(lease_ttl.as_secs_f64())
+    .bind(lease.attempt)
+    .bind(&lease.worker)
     .fetch_one(&mut *conn)
     .await?;
     fenced(rows).map(|()| waited)
@@ -137,10 +144,10 @@ async fn store_outputs(
                  stopped_reason = coalesce($11, stopped_reason),
                  updated_at = now(), lease_expires_at = now() + make_interval(secs => $8)
              where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
-             returning attempt
+             returning id
          ), st as (
              update job_steps s set finished_at = now(), outcome = 'succeeded'
-             from upd where s.job_id = $1 and s.attempt = upd.attempt and s.step = $7::job_step
+             from upd where s.job_id = $1 and s.attempt = $12 and s.step = $7::job_step
          )
          select count(*) from upd",
     )
@@ -155,6 +162,7 @@ async fn store_outputs(
     .bind(&outputs.task_arn)
     .bind(&outputs.stop_code)
     .bind(&outputs.stopped_reason)
+    .bind(lease.attempt)
     .fetch_one(&mut *conn)
     .await?;
     fenced(rows)
@@ -170,7 +178,9 @@ pub async fn mark_finished(
     outputs: &Outputs,
     finish: &Finish,
 ) -> Result<(), StoreError> {
-    debug_assert!(finish.state.is_terminal());
+    if !finish.state.is_terminal() {
+        return Err(StoreError::InvalidTransition(finish.state));
+    }
     let outcome = if finish.state == JobState::Succeeded { "succeeded" } else { "failed" };
     let rows: i64 = sqlx::query_scalar(
         "with prev as (
@@ -186,10 +196,10 @@ pub async fn mark_finished(
                  task_arn = coalesce($13, j.task_arn), stop_code = coalesce($14, j.stop_code),
                  stopped_reason = coalesce($15, j.stopped_reason)
              from prev where j.id = $1
-             returning prev.state as from_state, prev.lease_worker as worker, j.attempt, j.cancel_requested_at
+             returning prev.state as from_state, coalesce($17, prev.lease_worker) as worker, j.cancel_requested_at
          ), ev as (
              insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
-             select $1, from_state, $3, attempt, worker,
+             select $1, from_state, $3, $16, worker,
                     case when $3 = 'cancelled' and cancel_requested_at is not null
                          then format('cancelled: stopped %s s after the request',
                                      round(extract(epoch from now() - cancel_requested_at)::numeric, 2))
@@ -197,7 +207,7 @@ pub async fn mark_finished(
              from upd
          ), st as (
              update job_steps s set finished_at = now(), outcome = $11, error_code = $5, error = $6
-             from upd where s.job_id = $1 and s.attempt = upd.attempt and s.step = $12::job_step
+             from upd where s.job_id = $1 and s.attempt = $16 and s.step = $12::job_step
          )
          select count(*) from upd",
     )
@@ -216,6 +226,8 @@ pub async fn mark_finished(
     .bind(&outputs.task_arn)
     .bind(&outputs.stop_code)
     .bind(&outputs.stopped_reason)
+    .bind(lease.attempt)
+    .bind(&lease.worker)
     .fetch_one(&mut *conn)
     .await?;
     fenced(rows)
@@ -229,23 +241,23 @@ pub async fn mark_retry(conn: &mut PgConnection, lease: &Lease, step: Step, retr
     let reason = format!("retry in {:.1}s after {}: {}", retry.after.as_secs_f64(), retry.error_code, retry.error);
     let rows: i64 = sqlx::query_scalar(
         "with prev as (
-             select state, lease_worker, attempt from jobs
+             select state, lease_worker from jobs
              where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
              for update
          ), upd as (
-             update jobs j set state = $3, attempt = j.attempt + 1,
+             update jobs j set state = $3, attempt = $10 + 1,
                  run_after = now() + make_interval(secs => $4), updated_at = now(),
                  lease_owner = null, lease_worker = null, lease_token = null, lease_expires_at = null,
                  exit_code = coalesce($7, j.exit_code), error_code = $5, error = $6,
                  task_arn = null, log_cursor = null
              from prev where j.id = $1
-             returning prev.state as from_state, prev.lease_worker as worker, prev.attempt as ended_attempt, j.attempt
+             returning prev.state as from_state, coalesce($11, prev.lease_worker) as worker
          ), ev as (
              insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
-             select $1, from_state, $3, attempt, worker, $8 from upd
+             select $1, from_state, $3, $10 + 1, worker, $8 from upd
          ), st as (
              update job_steps s set finished_at = now(), outcome = 'failed', error_code = $5, error = $6
-             from upd where s.job_id = $1 and s.attempt = upd.ended_attempt and s.step = $9::job_step
+             from upd where s.job_id = $1 and s.attempt = $10 and s.step = $9::job_step
          )
          select count(*) from upd",
     )
@@ -258,6 +270,8 @@ pub async fn mark_retry(conn: &mut PgConnection, lease: &Lease, step: Step, retr
     .bind(retry.exit_code)
     .bind(reason)
     .bind(step.as_str())
+    .bind(lease.attempt)
+    .bind(&lease.worker)
     .fetch_one(&mut *conn)
     .await?;
     fenced(rows)
