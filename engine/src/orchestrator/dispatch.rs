@@ -10,13 +10,13 @@ use std::time::Duration;
 use slipway_observability::trace;
 use slipway_proto::convert::step_to_wire;
 use slipway_proto::v1::{self, job_service_client::JobServiceClient};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
 use super::OrchestratorConfig;
-use crate::job::first_step_of;
+use crate::job::{JobId, first_step_of};
 use crate::store::{ClaimedJob, HeldLease, LeaseStatus, Store, StoreError, WorkerOffer};
 use slipway_steps::runtime::RuntimeKind;
 
@@ -37,15 +37,31 @@ struct WorkerClient {
     offer: WorkerOffer,
 }
 
+impl WorkerClient {
+    /// Tells the worker to stop the attempt of `lease`.
+    async fn cancel(&mut self, lease: HeldLease, reason: &str) {
+        let request = v1::CancelRequest {
+            job_id: lease.job_id.to_string(),
+            reason: reason.to_string(),
+            lease_token: lease.token.to_string(),
+        };
+        if let Err(status) = self.client.cancel(request).await {
+            tracing::warn!(job.id = %lease.job_id, worker.url = %self.url, error = %status.message(), "cannot cancel on the worker");
+        }
+    }
+}
+
 pub struct Dispatcher {
     store: Store,
     config: OrchestratorConfig,
     wake: Arc<Notify>,
+    /// Jobs asked to cancel, as their notifications arrive.
+    cancelled: mpsc::Receiver<JobId>,
     workers: Vec<WorkerClient>,
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, config: OrchestratorConfig, wake: Arc<Notify>) -> Self {
+    pub fn new(store: Store, config: OrchestratorConfig, wake: Arc<Notify>, cancelled: mpsc::Receiver<JobId>) -> Self {
         let workers = config
             .workers
             .iter()
@@ -67,7 +83,7 @@ impl Dispatcher {
                 }
             })
             .collect();
-        Dispatcher { store, config, wake, workers }
+        Dispatcher { store, config, wake, cancelled, workers }
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -75,20 +91,37 @@ impl Dispatcher {
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let heartbeat_due = tokio::select! {
+            let result = tokio::select! {
                 // Shutdown: stop claiming.
                 _ = shutdown.cancelled() => break,
+                // A cancel was requested: tell the job's worker now.
+                Some(id) = self.cancelled.recv() => self.cancel_now(id).await,
                 // A job was queued, a cancel requested, or a slot freed.
-                _ = self.wake.notified() => false,
+                _ = self.wake.notified() => self.dispatch().await,
                 // Heartbeat: leases are extended and expired ones ended even when
                 // nothing else happens.
-                _ = heartbeat.tick() => true,
+                _ = heartbeat.tick() => self.heartbeat().await,
             };
-            let result = if heartbeat_due { self.heartbeat().await } else { self.dispatch().await };
             if let Err(e) = result {
                 tracing::warn!(error = %e, "dispatch round failed");
             }
         }
+    }
+
+    /// Tells the workers holding `first` and any other job asked to cancel since
+    /// to stop them. A worker this orchestrator does not know hears it from its
+    /// own orchestrator; any that misses it hears at the next heartbeat.
+    async fn cancel_now(&mut self, first: JobId) -> Result<(), StoreError> {
+        let mut ids = vec![first];
+        while let Ok(id) = self.cancelled.try_recv() {
+            ids.push(id);
+        }
+        for (job_id, worker_id, token) in self.store.leases_to_cancel(&ids).await? {
+            if let Some(worker) = self.workers.iter_mut().find(|w| w.id.as_deref() == Some(worker_id.as_str())) {
+                worker.cancel(HeldLease { job_id, token }, "cancelled by request").await;
+            }
+        }
+        Ok(())
     }
 
     /// On a wake-up: claim for the free slots known from the last ping, asking the
@@ -209,14 +242,7 @@ impl Dispatcher {
                 LeaseStatus::CancelRequested => "cancelled by request",
                 LeaseStatus::Stale => "the lease of this attempt is lost",
             };
-            let request = v1::CancelRequest {
-                job_id: lease.job_id.to_string(),
-                reason: reason.to_string(),
-                lease_token: lease.token.to_string(),
-            };
-            if let Err(status) = worker.client.cancel(request).await {
-                tracing::warn!(job.id = %lease.job_id, worker.url = %worker.url, error = %status.message(), "cannot cancel on the worker");
-            }
+            worker.cancel(lease, reason).await;
         }
         Ok(())
     }
@@ -246,7 +272,11 @@ impl Dispatcher {
                 // Whatever the reason, ask the worker again before the next claim for it.
                 worker.free = 0;
                 tracing::warn!(job.id = %job.id, worker.url = %worker.url, error = %status.message(), "worker refused the job; releasing it");
-                self.store.release(job.id, job.lease_token).await
+                match self.store.release(job.id, job.lease_token).await {
+                    // Ended meanwhile (cancelled): nothing to give back.
+                    Err(StoreError::LeaseLost) => Ok(()),
+                    other => other,
+                }
             }
         }
     }
@@ -264,6 +294,7 @@ fn start_request(
             job_id: job.id.to_string(),
             attempt: job.attempt as u32,
             lease_token: job.lease_token.to_string(),
+            worker_id: String::new(),
         }),
         spec: Some(v1::JobSpec {
             repo: spec.repo.clone(),

@@ -44,16 +44,30 @@ pub struct OrchestratorConfig {
     pub instance_id: String,
 }
 
+/// Cancel requests noted between two turns of the dispatch loop, at most; past
+/// that, the next heartbeat tells the workers.
+const PENDING_CANCELS: usize = 1024;
+
 /// Runs the dispatch loop and the `LISTEN` loop until `shutdown`.
 pub async fn run(store: Store, config: OrchestratorConfig, wake: Arc<Notify>, shutdown: CancellationToken) {
+    let (cancels, cancelled) = tokio::sync::mpsc::channel(PENDING_CANCELS);
     let listener = {
         let (store, wake, shutdown) = (store.clone(), wake.clone(), shutdown.clone());
         tokio::spawn(async move {
             let channels = [crate::store::QUEUED_CHANNEL, crate::store::CANCEL_CHANNEL];
-            crate::store::listen(store, &channels, |_, _| wake.notify_one(), shutdown).await
+            let on_notification = |channel: &str, payload: &str| {
+                // A cancel request goes to the job's worker now, not at the next heartbeat.
+                if channel == crate::store::CANCEL_CHANNEL
+                    && let Ok(id) = payload.parse()
+                {
+                    let _ = cancels.try_send(id);
+                }
+                wake.notify_one();
+            };
+            crate::store::listen(store, &channels, on_notification, shutdown).await
         })
     };
-    Dispatcher::new(store, config, wake).run(shutdown).await;
+    Dispatcher::new(store, config, wake, cancelled).run(shutdown).await;
     let _ = listener.await;
 }
 
