@@ -109,12 +109,14 @@ async fn pull(docker: &Docker, image: &str, logs: &LogSink) -> Result<(), StepEr
 }
 
 /// Starts the container unless it already ran, streams its stdout and stderr to
-/// `logs`, and returns its exit code. Past `timeout`, or on cancel, the container is
-/// stopped (SIGTERM, then SIGKILL after [`STOP_GRACE`]).
+/// `logs` (after the line stamped `after`, where an earlier attempt's stored log
+/// stopped), and returns its exit code. Past `timeout`, or on cancel, the container
+/// is stopped (SIGTERM, then SIGKILL after [`STOP_GRACE`]).
 pub async fn wait_container(
     docker: &Docker,
     container_id: &str,
     timeout: Option<Duration>,
+    after: Option<&str>,
     logs: &LogSink,
     cancel: &CancellationToken,
 ) -> Result<i64, StepError> {
@@ -138,7 +140,8 @@ pub async fn wait_container(
             .await
             .map_err(|e| engine_error(e, ErrorCode::RunFailed, "cannot start the container"))?;
     }
-    let follower = tokio::spawn(follow_output(docker.clone(), container_id.to_string(), logs.clone()));
+    let after = after.and_then(|a| chrono::DateTime::parse_from_rfc3339(a).ok());
+    let follower = tokio::spawn(follow_output(docker.clone(), container_id.to_string(), after, logs.clone()));
 
     let deadline = async {
         match timeout {
@@ -178,44 +181,54 @@ async fn exit_code(docker: &Docker, container_id: &str) -> Result<i64, StepError
 }
 
 /// Follows the container's output. The engine stamps each line with the time it
-/// read it from the container, which becomes the line's time (not the time this
-/// worker got around to it).
-async fn follow_output(docker: Docker, container_id: String, logs: LogSink) {
-    let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).timestamps(true).build();
-    let mut stream = docker.logs(&container_id, Some(options));
+/// read it from the container, in nanoseconds: that stamp becomes the line's time
+/// (not the time this worker got around to it) and its cursor, so that a worker
+/// re-attaching after a crash asks for the output from that second on and drops
+/// every line up to the stamp already stored: no line twice.
+async fn follow_output(
+    docker: Docker,
+    container_id: String,
+    after: Option<chrono::DateTime<chrono::FixedOffset>>,
+    logs: LogSink,
+) {
+    let mut options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).timestamps(true);
+    if let Some(after) = after {
+        options = options.since(i32::try_from(after.timestamp()).unwrap_or(0));
+    }
+    let mut stream = docker.logs(&container_id, Some(options.build()));
     let mut out = LineSplitter::default();
     let mut err = LineSplitter::default();
+    let emit = |which: LogStream, line: String| {
+        let logs = logs.clone();
+        async move {
+            match stamped(&line) {
+                Some((at, _, _)) if after.is_some_and(|after| at <= after) => {}
+                Some((at, stamp, text)) => logs.line_with_cursor(which, text, at.into(), stamp.to_string()).await,
+                None => logs.line(which, line).await,
+            }
+        }
+    };
     while let Some(Ok(chunk)) = stream.next().await {
         let (splitter, which) = match &chunk {
             LogOutput::StdErr { .. } => (&mut err, LogStream::Stderr),
             _ => (&mut out, LogStream::Stdout),
         };
         for line in splitter.push(&chunk.into_bytes()) {
-            let (at, text) = stamped(&line);
-            logs.line_at(which, text, at).await;
+            emit(which, line).await;
         }
     }
     for (splitter, which) in [(&mut out, LogStream::Stdout), (&mut err, LogStream::Stderr)] {
         if let Some(rest) = splitter.finish() {
-            let (at, text) = stamped(&rest);
-            logs.line_at(which, text, at).await;
+            emit(which, rest).await;
         }
     }
 }
 
-/// Splits `2026-11-27T16:00:00.123456789Z text` into the time and the text; a line
-/// without a stamp keeps the time it is read.
-fn stamped(line: &str) -> (std::time::SystemTime, &str) {
-    match line.split_once(' ') {
-        Some((stamp, text)) => match chrono::DateTime::parse_from_rfc3339(stamp) {
-            Ok(at) => (at.into(), text),
-            Err(_) => (std::time::SystemTime::now(), line),
-        },
-        None => match chrono::DateTime::parse_from_rfc3339(line) {
-            Ok(at) => (at.into(), ""),
-            Err(_) => (std::time::SystemTime::now(), line),
-        },
-    }
+/// Splits `2026-11-27T16:00:00.123456789Z text` into the time, the stamp and the
+/// text; `None` for a line without a stamp.
+fn stamped(line: &str) -> Option<(chrono::DateTime<chrono::FixedOffset>, &str, &str)> {
+    let (stamp, text) = line.split_once(' ').unwrap_or((line, ""));
+    chrono::DateTime::parse_from_rfc3339(stamp).ok().map(|at| (at, stamp, text))
 }
 
 async fn stop(docker: &Docker, container_id: &str) {
@@ -240,13 +253,12 @@ mod tests {
     use super::stamped;
 
     #[test]
-    fn engine_timestamps_become_the_line_time() {
-        let (at, text) = stamped("2026-11-27T16:00:00.123456789Z hello world");
-        assert_eq!(text, "hello world");
-        let at: chrono::DateTime<chrono::Utc> = at.into();
-        assert_eq!(at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true), "2026-11-27T16:00:00.123456Z");
-        assert_eq!(stamped("2026-11-27T16:00:00Z").1, "");
-        assert_eq!(stamped("no stamp here").1, "no stamp here");
+    fn engine_timestamps_become_the_line_time_and_cursor() {
+        let (at, stamp, text) = stamped("2026-11-27T16:00:00.123456789Z hello world").unwrap();
+        assert_eq!((stamp, text), ("2026-11-27T16:00:00.123456789Z", "hello world"));
+        assert_eq!(at.timestamp_subsec_nanos(), 123_456_789);
+        assert_eq!(stamped("2026-11-27T16:00:00Z").unwrap().2, "");
+        assert!(stamped("no stamp here").is_none());
     }
 }
 
@@ -271,7 +283,8 @@ impl Runtime for DockerRuntime {
     }
 
     async fn wait(&self, handle: &str, watch: &Watch<'_>) -> Result<RunEnd, StepError> {
-        wait_container(&self.docker, handle, watch.timeout, watch.logs, watch.cancel).await.map(RunEnd::exited)
+        let after = watch.log_cursor.as_deref();
+        wait_container(&self.docker, handle, watch.timeout, after, watch.logs, watch.cancel).await.map(RunEnd::exited)
     }
 
     async fn clean_up(&self, handle: &str) -> Result<(), StepError> {
