@@ -157,11 +157,16 @@ impl Moto {
 /// The SDK's configuration for an endpoint on loopback: fixed credentials, no
 /// retries (a failure shows at once).
 pub async fn sdk_at(endpoint: &str, region: &str) -> aws_config::SdkConfig {
+    sdk_retrying(endpoint, region, RetryConfig::disabled()).await
+}
+
+/// The same, with the SDK's retries as given.
+pub async fn sdk_retrying(endpoint: &str, region: &str, retry: RetryConfig) -> aws_config::SdkConfig {
     slipway_steps::aws::loader()
         .endpoint_url(endpoint)
         .region(Region::new(region.to_string()))
         .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-        .retry_config(RetryConfig::disabled())
+        .retry_config(retry)
         .load()
         .await
 }

@@ -21,6 +21,9 @@ pub struct StoppedTask<'a> {
 const INFRASTRUCTURE_STOP_CODES: [&str; 4] =
     ["TaskFailedToStart", "SpotInterruption", "ServiceSchedulerInitiated", "TerminationNotice"];
 
+/// How the essential container's reason begins when it was killed for its memory.
+const OUT_OF_MEMORY: &str = "OutOfMemoryError";
+
 /// Reasons (task's or container's) that name an infrastructure failure.
 const INFRASTRUCTURE_REASONS: [&str; 6] = [
     "CannotPullContainerError",
@@ -47,6 +50,15 @@ pub fn classify(task: &StoppedTask<'_>) -> Result<i64, StepError> {
     {
         return Err(StepError::new(ErrorCode::TimedOut, format!("the task was stopped: {ours}")));
     }
+    // Killed for using more memory than the task has (ECS reports exit 137 and an
+    // `OutOfMemoryError` reason): the job's own doing, and the same size would fail
+    // again, so not retried; the exit code is kept.
+    if task.container_reason.is_some_and(|r| r.starts_with(OUT_OF_MEMORY)) {
+        return Err(StepError {
+            exit_code: task.exit_code,
+            ..StepError::new(ErrorCode::RunFailed, format!("the container ran out of memory and was killed ({said})"))
+        });
+    }
     match (task.exit_code, task.stop_code) {
         // Stopped from outside (the console, another tool): not the job's own end.
         (_, Some("UserInitiated")) => {
@@ -57,7 +69,7 @@ pub fn classify(task: &StoppedTask<'_>) -> Result<i64, StepError> {
             exit_code: Some(code),
             ..StepError::new(ErrorCode::ExitNonZero, format!("the container exited with code {code}{}", detail(&said)))
         }),
-        // Stopped with no exit code and no known cause, such as an out-of-memory kill.
+        // Stopped with no exit code and no known cause.
         (None, _) => {
             Err(StepError::new(ErrorCode::RunFailed, format!("the run stopped without an exit code{}", detail(&said))))
         }
