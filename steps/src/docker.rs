@@ -7,13 +7,25 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{ErrorCode, StepError};
 
-/// Label put on every image and container Slipway makes, with the job id as value,
-/// so that they can be found again (re-attach, sweeps).
+/// Label put on every container Slipway makes, with the job id as value, so that
+/// it can be found again (re-attach, sweeps). Images do not carry it: a label is
+/// part of the image, so it would make every job's image (and ECS task definition)
+/// its own; an image is marked for its job by a tag instead ([`job_image_tag`]).
 pub const JOB_LABEL: &str = "slipway.job_id";
+/// The repository of the tags that mark images for jobs:
+/// `slipway-jobs/<installation>:<job id>`.
+pub const JOB_TAG_REPOSITORY: &str = "slipway-jobs";
 /// Label with the id of the Slipway installation that made an image or container.
 pub const INSTANCE_LABEL: &str = "slipway.instance";
 /// Label with the attempt that made a container.
 pub const ATTEMPT_LABEL: &str = "slipway.attempt";
+
+/// The repository and tag that mark an image as built for a job of an
+/// installation. Tags are not part of the image: jobs that build the same content
+/// share one image, each with its own tag, and the image goes with the last of them.
+pub fn job_image_tag(instance_id: &str, job_id: &str) -> (String, String) {
+    (format!("{JOB_TAG_REPOSITORY}/{instance_id}"), job_id.to_string())
+}
 
 /// Connects to the local engine (`DOCKER_HOST` or the default socket).
 pub fn connect() -> Result<Docker, StepError> {

@@ -1,12 +1,14 @@
-//! What Slipway left on an engine: containers and images labelled with a job id.
-//! Finding them is the engine's part; which of them may go is the orchestrator's
-//! (it knows which jobs are finished or gone).
+//! What Slipway left on an engine: containers labelled with a job id, and the tags
+//! that mark images for jobs (`slipway-jobs/<installation>:<job id>`). Finding them
+//! is the engine's part; which of them may go is the orchestrator's (it knows which
+//! jobs are finished or gone). An image shared by several jobs goes with its last
+//! job's tag.
 
 use std::collections::HashMap;
 
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
 
-use crate::docker::{Docker, INSTANCE_LABEL, JOB_LABEL, engine_error, status_of};
+use crate::docker::{Docker, INSTANCE_LABEL, JOB_LABEL, JOB_TAG_REPOSITORY, engine_error, job_image_tag, status_of};
 use crate::run::remove_container;
 use crate::{ErrorCode, StepError};
 
@@ -16,6 +18,7 @@ pub enum Leftover {
         id: String,
         job_id: String,
     },
+    /// A job's tag on an image (`id` is the tag).
     Image {
         id: String,
         job_id: String,
@@ -28,16 +31,18 @@ pub enum Leftover {
     },
 }
 
-/// Every container and image on the engine labelled with a job of installation
-/// `instance_id`.
+/// Every container labelled with a job of installation `instance_id`, and every
+/// image tag marking an image for one.
 pub async fn list(docker: &Docker, instance_id: &str) -> Result<Vec<Leftover>, StepError> {
     let filters = HashMap::from([("label", vec![JOB_LABEL.to_string(), format!("{INSTANCE_LABEL}={instance_id}")])]);
     let containers = docker
         .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
         .await
         .map_err(|e| engine_error(e, ErrorCode::Internal, "cannot list containers"))?;
+    let (repository, _) = job_image_tag(instance_id, "");
+    let tagged = HashMap::from([("reference", vec![repository.clone()])]);
     let images = docker
-        .list_images(Some(ListImagesOptionsBuilder::default().all(false).filters(&filters).build()))
+        .list_images(Some(ListImagesOptionsBuilder::default().all(false).filters(&tagged).build()))
         .await
         .map_err(|e| engine_error(e, ErrorCode::Internal, "cannot list images"))?;
     let job_of = |labels: Option<&HashMap<String, String>>| labels.and_then(|l| l.get(JOB_LABEL)).cloned();
@@ -45,9 +50,11 @@ pub async fn list(docker: &Docker, instance_id: &str) -> Result<Vec<Leftover>, S
         .into_iter()
         .filter_map(|c| Some(Leftover::Container { job_id: job_of(c.labels.as_ref())?, id: c.id? }))
         .collect();
-    found.extend(
-        images.into_iter().filter_map(|i| Some(Leftover::Image { job_id: job_of(Some(&i.labels))?, id: i.id })),
-    );
+    let prefix = format!("{repository}:");
+    found.extend(images.iter().flat_map(|i| &i.repo_tags).filter_map(|tag| {
+        let job_id = tag.strip_prefix(&prefix)?;
+        Some(Leftover::Image { id: tag.clone(), job_id: job_id.to_string() })
+    }));
     Ok(found)
 }
 
@@ -56,13 +63,32 @@ pub async fn remove(docker: &Docker, leftover: &Leftover) -> Result<(), StepErro
     match leftover {
         Leftover::Task { .. } => Err(StepError::new(ErrorCode::Internal, "an ECS task is stopped through ECS")),
         Leftover::Container { id, .. } => remove_container(docker, id).await,
-        Leftover::Image { id, .. } => {
-            let options = RemoveImageOptionsBuilder::default().force(true).build();
-            match docker.remove_image(id, Some(options), None).await {
-                Ok(_) => Ok(()),
-                Err(e) if status_of(&e) == Some(404) => Ok(()),
-                Err(e) => Err(engine_error(e, ErrorCode::Internal, "cannot remove the image")),
+        Leftover::Image { id: tag, .. } => {
+            let image = match docker.inspect_image(tag).await {
+                Ok(image) => image,
+                Err(e) if status_of(&e) == Some(404) => return Ok(()),
+                Err(e) => return Err(engine_error(e, ErrorCode::Internal, "cannot inspect the image")),
+            };
+            // The job's tag goes; the image goes with it when no other job's tag is
+            // left on it (the image's own name goes too: it was built for Slipway's jobs).
+            remove_image(docker, tag, false).await?;
+            let shared =
+                image.repo_tags.unwrap_or_default().iter().any(|t| t != tag && t.starts_with(JOB_TAG_REPOSITORY));
+            if let (false, Some(id)) = (shared, image.id) {
+                remove_image(docker, &id, true).await?;
             }
+            Ok(())
         }
+    }
+}
+
+/// Removes an image (or, given a tag and no `force`, only that tag); one already
+/// gone is fine.
+async fn remove_image(docker: &Docker, name: &str, force: bool) -> Result<(), StepError> {
+    let options = RemoveImageOptionsBuilder::default().force(force).build();
+    match docker.remove_image(name, Some(options), None).await {
+        Ok(_) => Ok(()),
+        Err(e) if status_of(&e) == Some(404) => Ok(()),
+        Err(e) => Err(engine_error(e, ErrorCode::Internal, "cannot remove the image")),
     }
 }

@@ -16,10 +16,10 @@ use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use bollard::Docker;
-use bollard::query_parameters::{BuildImageOptionsBuilder, BuilderVersion};
+use bollard::query_parameters::{BuildImageOptionsBuilder, BuilderVersion, TagImageOptionsBuilder};
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{INSTANCE_LABEL, JOB_LABEL, engine_error};
+use crate::docker::{INSTANCE_LABEL, engine_error, job_image_tag};
 use crate::paths::resolve_inside;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
@@ -68,10 +68,8 @@ pub async fn build_image(
     };
     logs.line(LogStream::System, format!("sending a build context of {} bytes to {name}", tar.len())).await;
 
-    let labels = HashMap::from([
-        (JOB_LABEL.to_string(), request.job_id.clone()),
-        (INSTANCE_LABEL.to_string(), request.instance_id.clone()),
-    ]);
+    // No job id among the labels: it would make every job's image its own.
+    let labels = HashMap::from([(INSTANCE_LABEL.to_string(), request.instance_id.clone())]);
     let options = BuildImageOptionsBuilder::default()
         .dockerfile(&dockerfile_in_tar)
         .t(&request.image)
@@ -92,16 +90,23 @@ pub async fn build_image(
             classic::follow(std::pin::pin!(docker.build_image(options.build(), None, body)), &mut log, cancel).await?
         }
     };
-    match image_id {
-        Some(id) => Ok(id),
+    let image_id = match image_id {
+        Some(id) => id,
         // Engines that do not send the id: ask for the tag.
         None => docker
             .inspect_image(&request.image)
             .await
             .map_err(|e| engine_error(e, ErrorCode::BuildFailed, "the built image cannot be found"))?
             .id
-            .ok_or_else(|| StepError::new(ErrorCode::BuildFailed, "the engine reported no image id")),
-    }
+            .ok_or_else(|| StepError::new(ErrorCode::BuildFailed, "the engine reported no image id"))?,
+    };
+    let (repo, tag) = job_image_tag(&request.instance_id, &request.job_id);
+    let options = TagImageOptionsBuilder::default().repo(&repo).tag(&tag).build();
+    docker
+        .tag_image(&image_id, Some(options))
+        .await
+        .map_err(|e| engine_error(e, ErrorCode::BuildFailed, "cannot tag the built image for its job"))?;
+    Ok(image_id)
 }
 
 /// Which builder runs the engine's builds.
