@@ -204,11 +204,7 @@ async fn an_idempotency_key_returns_the_same_job_and_refuses_another_body() {
 async fn the_cli_submits_lists_gets_and_cancels() {
     let api = start().await;
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
-            .args(args)
-            .env("SLIPWAY_API", &api.base)
-            .output()
-            .unwrap();
+        let out = slipway_command().args(args).env("SLIPWAY_API", &api.base).output().unwrap();
         (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
     };
     let (code, out, err) =

@@ -54,7 +54,7 @@ struct FirstOfTwo {
     ports: Ports,
     second_port: u16,
     first: Slipway,
-    _server: Slipway,
+    server: Slipway,
 }
 
 async fn first_of_two_workers(first_settings: &[(&'static str, &str)]) -> FirstOfTwo {
@@ -66,7 +66,7 @@ async fn first_of_two_workers(first_settings: &[(&'static str, &str)]) -> FirstO
     let first = worker_with("worker-first", first_port, work.path(), first_settings);
     let server = server("orchestrator", &db, &ports, &[first_port, second_port]);
     wait_healthy(&ports.api(), Duration::from_secs(30)).await;
-    FirstOfTwo { db, git, work, ports, second_port, first, _server: server }
+    FirstOfTwo { db, git, work, ports, second_port, first, server }
 }
 
 impl FirstOfTwo {
@@ -194,13 +194,21 @@ async fn a_paused_worker_that_comes_back_cannot_overwrite_the_newer_attempt() {
     .await
     .unwrap();
     assert!(last_old.unwrap_or(0) < first_new.expect("the second attempt logged"));
-    // The woken worker is told its attempt is over and lets go of it.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        first.output().contains("cancelling job") || first.output().contains("lease is gone"),
-        "{}",
-        first.output()
-    );
+    // The woken worker did try to write for its old attempt, and was refused.
+    let deadline = Instant::now() + LIMIT;
+    while !setup.server.output().lines().any(|l| l.contains("stale report refused") && l.contains(&id)) {
+        assert!(Instant::now() < deadline, "the paused worker never tried a write:\n{}", setup.server.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let still: i64 = sqlx::query_scalar(
+        "select count(*) from job_events where job_id = $1::uuid and worker = 'worker-first' and attempt > 1
+           and reason not like 'lease_expired%'",
+    )
+    .bind(&id)
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(still, 0, "nothing of the paused worker was stored for the newer attempt");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -329,12 +337,17 @@ async fn retries_follow_the_policy_and_a_deadline_stops_a_container() {
 async fn a_worker_stopped_with_sigterm_hands_its_job_back_within_the_grace_period() {
     let mut setup = first_of_two_workers(&[("SLIPWAY_SHUTDOWN_GRACE", "1s")]).await;
     let app = app_repo(&setup.git, "app");
-    let body = json!({ "repo": app, "image": image("handed"), "run": { "command": sleeping_command(3) } });
+    let body = json!({ "repo": app, "image": image("handed"), "run": { "command": sleeping_command(8) } });
     let id = setup.job_in(body, "running").await;
     let stopping = Instant::now();
     let status = setup.first.terminate(Duration::from_secs(20)).expect("the worker exits after its grace period");
     assert!(status.success(), "{status:?}");
-    eprintln!("the worker stopped in {:?}", stopping.elapsed());
+    let stopped = stopping.elapsed();
+    eprintln!("the worker stopped in {stopped:?}");
+    // It let the job run for its grace period, then handed it back long before the
+    // container's own end.
+    assert!(stopped >= Duration::from_secs(1), "the worker stopped before its grace period ended: {stopped:?}");
+    assert!(stopped < Duration::from_secs(8), "the worker waited for the job instead of handing it back: {stopped:?}");
     let _second = setup.start_second();
     let (db, ports, work) = (&setup.db, &setup.ports, &setup.work);
 
@@ -386,8 +399,11 @@ async fn every_job_of_a_batch_completes_across_a_postgres_restart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sweep_deletes_expired_jobs_their_images_and_leftovers_of_this_installation_only() {
     let standalone = Standalone::start(&[("SLIPWAY_RETENTION", "3s"), ("SLIPWAY_SWEEP_INTERVAL", "500ms")]).await;
-    let (db, app, ports, slipway) = (&standalone.db, &standalone.repo, &standalone.ports, &standalone.process);
+    let (db, ports, slipway) = (&standalone.db, &standalone.ports, &standalone.process);
 
+    // Content of its own, so that no other test's job shares the image.
+    let dockerfile = format!("{BUSYBOX_DOCKERFILE}LABEL test.unique={}\n", unique("u"));
+    let app = &standalone.git.repo("own", &[("Dockerfile", Entry::Text(&dockerfile)), ("busybox", Entry::Busybox)]);
     let registry = open_registry();
     let id = submit(&ports.api(), &json!({ "repo": app, "image": format!("{registry}/faults/sweep:{}", unique("t")) }))
         .await["id"]
@@ -412,6 +428,11 @@ async fn the_sweep_deletes_expired_jobs_their_images_and_leftovers_of_this_insta
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
+    let tagged = std::process::Command::new("docker")
+        .args(["image", "inspect", &format!("slipway-jobs/{instance}:{id}")])
+        .output()
+        .unwrap();
+    assert!(tagged.status.success(), "the image is tagged for its job");
     let ours = leftover(instance.to_string());
     let theirs = leftover(uuid::Uuid::new_v4().to_string());
 
@@ -455,10 +476,13 @@ async fn a_job_whose_worker_dies_while_running_reattaches_to_its_container() {
     let since = now_secs();
     let body = json!({ "repo": app, "image": image("reattach"), "run": { "command": sleeping_command(5) } });
     let id = setup.job_in(body, "running").await;
-    // The container is recorded before the worker waits on it.
+    // The container is recorded before the worker waits on it; its first line is
+    // stored before the worker dies.
     let deadline = Instant::now() + LIMIT;
-    while get_job(&ports.api(), &id).await["container_id"].is_null() {
-        assert!(Instant::now() < deadline, "the container id was never stored");
+    while get_job(&ports.api(), &id).await["container_id"].is_null()
+        || !all_logs(&ports.api(), &id).await.iter().any(|l| l["line"] == "started")
+    {
+        assert!(Instant::now() < deadline, "the container id or its first line was never stored");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     setup.first.signal("KILL");
@@ -479,6 +503,9 @@ async fn a_job_whose_worker_dies_while_running_reattaches_to_its_container() {
         lines.iter().any(|l| l["attempt"] == 2 && l["line"].as_str().is_some_and(|t| t.starts_with("re-attaching")))
     );
     assert!(lines.iter().any(|l| l["line"] == "finished"), "the container's end was seen");
+    let output: Vec<&str> =
+        lines.iter().filter(|l| l["stream"] == "stdout").filter_map(|l| l["line"].as_str()).collect();
+    assert_eq!(output, ["started", "finished"], "the re-attached output goes on where the stored log stopped");
     assert!(containers_of(&id).is_empty());
 }
 
@@ -508,4 +535,65 @@ async fn a_job_cloning_from_a_stalled_remote_is_cancelled_at_once() {
     assert_eq!(states, ["queued", "cloning", "cancelled"]);
     eprintln!("a clone hanging on its remote was cancelled in {:?}", asked.elapsed());
     assert!(job_folders(standalone.work.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_reaches_the_worker_at_once_not_at_the_next_heartbeat() {
+    // A heartbeat far longer than the test: only the cancel's notification can
+    // reach the worker in time.
+    let db = TestDb::new().await;
+    let git = GitServer::start();
+    let work = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let port = free_port();
+    let worker = worker("worker", port, work.path());
+    let slow = [("SLIPWAY_HEARTBEAT_INTERVAL", "60s"), ("SLIPWAY_WORKER_TIMEOUT", "120s")];
+    let _server = server_with("orchestrator", &db, &ports, &[port], &slow);
+    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+    let app = app_repo(&git, "app");
+    let body = json!({ "repo": app, "image": image("cancel-now"), "run": { "command": sleeping_command(300) } });
+    let id = submit(&ports.api(), &body).await["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + LIMIT;
+    while !all_logs(&ports.api(), &id).await.iter().any(|l| l["line"] == "started") {
+        assert!(Instant::now() < deadline, "the container never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let asked = chrono::Utc::now();
+    assert_eq!(cancel(&ports.api(), &id).await.0, 202);
+    let job = wait_finished(&ports.api(), &id, Duration::from_secs(30)).await;
+    assert_eq!(job["state"], "cancelled", "{job}");
+    let output = worker.output();
+    let heard = output
+        .lines()
+        .find(|l| l.contains("cancelling job"))
+        .and_then(|l| l.split_whitespace().find_map(|w| chrono::DateTime::parse_from_rfc3339(&strip_ansi(w)).ok()))
+        .unwrap_or_else(|| panic!("the worker never heard of the cancel:\n{output}"));
+    // From the moment the request was stored (the API's own clock is this machine's).
+    let requested: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select cancel_requested_at from jobs where id = $1::uuid")
+            .bind(&id)
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert!(requested >= asked - chrono::Duration::seconds(1));
+    let reached = (heard.with_timezone(&chrono::Utc) - requested).to_std().unwrap_or_default();
+    let reason = events(&db, &id).await.last().and_then(|e| e.3.clone()).unwrap_or_default();
+    eprintln!("a cancel reached the worker {reached:?} after the request; the job ended `{reason}`");
+    assert!(reached < Duration::from_secs(30), "the cancel waited for a heartbeat: {reached:?}");
+    assert!(containers_of(&id).is_empty());
+}
+
+/// A word of a log line without the terminal colour codes (`ESC [ … m`) in it.
+fn strip_ansi(word: &str) -> String {
+    let mut plain = String::new();
+    let mut chars = word.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }

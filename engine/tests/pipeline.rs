@@ -382,7 +382,7 @@ async fn submit_follow_streams_the_logs_and_exits_with_the_outcome() {
     let (repo, api) = (standalone.repo.clone(), standalone.api());
     let follow = move |command: &'static str| {
         let image = format!("{}/follow/app:{}", open_registry(), unique("t"));
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_slipway"))
+        let out = slipway_command()
             .args(["submit", "--repo", &repo, "--image", &image, "-e", "GREETING=cli", "--follow"])
             .args(["--", "/bin/busybox", "sh", "-c", command])
             .env("SLIPWAY_API", &api)

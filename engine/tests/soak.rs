@@ -2,6 +2,10 @@
 //! random. Every job must end, none may be lost, no attempt may write after a newer
 //! one began (fencing), and no clone folder or container may be left.
 //!
+//! Exactly-once is checked from the outside: the Docker engine's own event stream
+//! (`docker events`, read from the start of the soak) shows, per job, that no two of
+//! its containers were ever alive at once and that exactly one ran to a clean end.
+//!
 //! The default suite runs 20 jobs; `SLIPWAY_SOAK_JOBS=200 scripts/test -E
 //! 'test(soak)'` runs the long version.
 
@@ -75,6 +79,9 @@ async fn soak_jobs_survive_random_kills_of_workers_and_orchestrators() {
         worker_ports: [free_port(), free_port()],
         server_ports: [Ports::new(), Ports::new()],
     };
+    let instance: uuid::Uuid =
+        sqlx::query_scalar("select id from slipway_instance").fetch_one(db.store.pool()).await.unwrap();
+    let engine_events = EngineEvents::follow(&instance.to_string());
     let mut workers = [Some(cluster.spawn_worker(0)), Some(cluster.spawn_worker(1))];
     let mut servers = [Some(cluster.spawn_server(0)), Some(cluster.spawn_server(1))];
     let apis = [cluster.server_ports[0].api(), cluster.server_ports[1].api()];
@@ -94,10 +101,13 @@ async fn soak_jobs_survive_random_kills_of_workers_and_orchestrators() {
         ids.push(submit(&apis[i % 2], &body).await["id"].as_str().unwrap().to_string());
     }
 
-    // Kill one process at random every 2–4 s and start it again, until every job ended.
+    // Kill one process at random every 2–4 s and start it again, until every job
+    // ended. The first kill waits for a running container and takes its worker, so
+    // that every soak kills at least one worker in the middle of a run.
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60 + 6 * jobs as u64);
     let mut kills = 0;
+    let mut runs_hit = 0;
     loop {
         let finished: i64 =
             sqlx::query_scalar("select count(*) from jobs where state in ('succeeded', 'failed', 'cancelled')")
@@ -108,12 +118,17 @@ async fn soak_jobs_survive_random_kills_of_workers_and_orchestrators() {
             break;
         }
         assert!(Instant::now() < deadline, "only {finished} of {jobs} jobs ended in {:?}", started.elapsed());
-        tokio::time::sleep(Duration::from_millis(2000 + rng.below(2000))).await;
-        let victim = rng.below(4) as usize;
+        let victim = if kills == 0 {
+            running_worker(&db, deadline).await
+        } else {
+            tokio::time::sleep(Duration::from_millis(2000 + rng.below(2000))).await;
+            rng.below(4) as usize
+        };
         if victim < 2 {
             if let Some(w) = workers[victim].take() {
                 w.signal("KILL");
             }
+            runs_hit += running_on(&db, victim).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
             workers[victim] = Some(cluster.spawn_worker(victim));
         } else {
@@ -126,7 +141,11 @@ async fn soak_jobs_survive_random_kills_of_workers_and_orchestrators() {
         }
         kills += 1;
     }
-    eprintln!("soak: {jobs} jobs ended in {:?} with {kills} kills", started.elapsed());
+    eprintln!(
+        "soak: {jobs} jobs ended in {:?} with {kills} kills, {runs_hit} of them on a worker with a container running",
+        started.elapsed()
+    );
+    assert!(runs_hit >= 1, "no kill landed on a running job");
 
     let states: Vec<(String, i64)> =
         sqlx::query_as("select state::text, count(*) from jobs group by state order by state")
@@ -154,14 +173,29 @@ async fn soak_jobs_survive_random_kills_of_workers_and_orchestrators() {
             }
             let _ = state;
         }
-        let runs: i64 = sqlx::query_scalar(
-            "select count(*) from job_steps where job_id = $1::uuid and step = 'run' and outcome = 'succeeded'",
-        )
-        .bind(id)
-        .fetch_one(db.store.pool())
-        .await
-        .unwrap();
-        assert_eq!(runs, 1, "job {id} succeeded exactly once");
+        // Log rows too name the attempt that wrote them: no line of an attempt was
+        // stored after a line of a newer one.
+        let attempts: Vec<i32> = sqlx::query_scalar("select attempt from job_logs where job_id = $1::uuid order by id")
+            .bind(id)
+            .fetch_all(db.store.pool())
+            .await
+            .unwrap();
+        assert!(attempts.is_sorted(), "job {id}: a log line of an older attempt came after a newer one: {attempts:?}");
+        assert!(attempts.iter().all(|a| *a <= attempt), "job {id}: a log line of an attempt the history never saw");
+    }
+
+    // Exactly once, as the engine saw it.
+    let seen = engine_events.stop();
+    for id in &ids {
+        let lives = seen.lives_of(id);
+        for pair in lives.windows(2) {
+            assert!(
+                pair[0].died.is_some_and(|d| d <= pair[1].started),
+                "job {id}: two containers alive at once: {lives:?}"
+            );
+        }
+        let clean = lives.iter().filter(|l| l.exit_code == Some(0)).count();
+        assert_eq!(clean, 1, "job {id}: {clean} containers ran to a clean end: {lives:?}");
     }
 
     // Stop everything gracefully, then start each worker once: a worker clears what a
@@ -173,12 +207,126 @@ async fn soak_jobs_survive_random_kills_of_workers_and_orchestrators() {
     }
     for i in 0..2 {
         let mut w = cluster.spawn_worker(i);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Its clean-up runs before it serves.
+        wait_for_port(cluster.worker_ports[i], Duration::from_secs(30));
         w.terminate(Duration::from_secs(30));
     }
     let left = job_folders(cluster.work.path());
     assert!(left.is_empty(), "clone folders left: {left:?}");
     for id in &ids {
         assert!(containers_of(id).is_empty(), "a container of job {id} is left");
+    }
+}
+
+/// Waits for a job with a container running; returns the index of its worker.
+async fn running_worker(db: &TestDb, deadline: Instant) -> usize {
+    loop {
+        let worker: Option<String> = sqlx::query_scalar(
+            "select lease_worker from jobs where state = 'running' and container_id is not null
+               and lease_worker like 'soak-worker-%' limit 1",
+        )
+        .fetch_optional(db.store.pool())
+        .await
+        .unwrap()
+        .flatten();
+        if let Some(index) = worker.and_then(|w| w.strip_prefix("soak-worker-").and_then(|i| i.parse().ok())) {
+            return index;
+        }
+        assert!(Instant::now() < deadline, "no job ever reached a running container");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How many jobs had a container running under worker `i` as it was killed.
+async fn running_on(db: &TestDb, i: usize) -> usize {
+    let n: i64 = sqlx::query_scalar(
+        "select count(*) from jobs where state = 'running' and container_id is not null and lease_worker = $1",
+    )
+    .bind(format!("soak-worker-{i}"))
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    n as usize
+}
+
+/// One container's life, from the engine's events.
+#[derive(Debug, Clone)]
+struct Life {
+    container: String,
+    started: i128,
+    died: Option<i128>,
+    exit_code: Option<i64>,
+}
+
+/// The engine's container events for one installation, read as they happen by a
+/// `docker events` process (the engine keeps only its last few hundred events, so
+/// asking afterwards could miss some).
+struct EngineEvents {
+    child: std::process::Child,
+    out: tempfile::NamedTempFile,
+}
+
+struct SeenEvents {
+    /// (job id, container, action, time in ns, exit code)
+    events: Vec<(String, String, String, i128, Option<i64>)>,
+}
+
+impl EngineEvents {
+    fn follow(instance: &str) -> Self {
+        let out = tempfile::NamedTempFile::new().unwrap();
+        let format = r#"{{.TimeNano}} {{.Action}} {{.Actor.ID}} {{index .Actor.Attributes "slipway.job_id"}} {{index .Actor.Attributes "exitCode"}}"#;
+        let child = std::process::Command::new("docker")
+            .args(["events", "--filter", "type=container", "--filter", &format!("label=slipway.instance={instance}")])
+            .args(["--filter", "event=start", "--filter", "event=die", "--format", format])
+            .stdout(out.reopen().unwrap())
+            .spawn()
+            .expect("docker events starts");
+        EngineEvents { child, out }
+    }
+
+    fn stop(mut self) -> SeenEvents {
+        // Events still in flight reach the file before the process ends.
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = self.child.kill();
+        let status = self.child.wait().unwrap();
+        let text = std::fs::read_to_string(self.out.path()).unwrap();
+        assert!(!text.is_empty() || status.success(), "docker events failed: {status:?}");
+        let events = text
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.split_whitespace();
+                let at: i128 = parts.next()?.parse().ok()?;
+                let action = parts.next()?.to_string();
+                let container = parts.next()?.to_string();
+                let job = parts.next()?.to_string();
+                let exit_code = parts.next().and_then(|c| c.parse().ok());
+                Some((job, container, action, at, exit_code))
+            })
+            .collect();
+        SeenEvents { events }
+    }
+}
+
+impl SeenEvents {
+    /// The lives of a job's containers, in the order they started.
+    fn lives_of(&self, job: &str) -> Vec<Life> {
+        let mut lives: Vec<Life> = Vec::new();
+        for (j, container, action, at, exit_code) in &self.events {
+            if j != job {
+                continue;
+            }
+            match action.as_str() {
+                "start" => lives.push(Life { container: container.clone(), started: *at, died: None, exit_code: None }),
+                "die" => {
+                    if let Some(life) = lives.iter_mut().rev().find(|l| l.container == *container && l.died.is_none()) {
+                        life.died = Some(*at);
+                        life.exit_code = *exit_code;
+                    }
+                }
+                _ => {}
+            }
+        }
+        lives.sort_by_key(|l| l.started);
+        lives
     }
 }

@@ -181,6 +181,20 @@ pub fn open_registry() -> String {
     env("SLIPWAY_TEST_REGISTRY")
 }
 
+/// The `slipway` binary with a clean environment: nothing leaks in from the
+/// test's own (or the developer's) but what a process needs to find its tools and
+/// the Docker engine.
+pub fn slipway_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
+    command.env_clear();
+    for var in ["PATH", "HOME", "DOCKER_HOST", "TMPDIR"] {
+        if let Ok(value) = std::env::var(var) {
+            command.env(var, value);
+        }
+    }
+    command
+}
+
 /// A running `slipway` process; killed when dropped, its output shown if the test failed.
 pub struct Slipway {
     pub name: String,
@@ -194,12 +208,8 @@ impl Slipway {
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("out.log");
         let file = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
+        let mut command = slipway_command();
         command.args(args).stdout(file.try_clone().unwrap()).stderr(file).env("RUST_LOG", "info,sqlx=warn");
-        // Nothing leaks in from the test's own environment but what is given.
-        for var in ["DATABASE_URL", "SLIPWAY_WORKERS", "SLIPWAY_REGISTRY_USERNAME", "SLIPWAY_REGISTRY_PASSWORD"] {
-            command.env_remove(var);
-        }
         command.envs(envs);
         let child = command.spawn().expect("slipway starts");
         Slipway { name: name.to_string(), child, log, _log_dir: log_dir }
@@ -349,6 +359,7 @@ pub fn containers_of(job_id: &str) -> Vec<String> {
         .args(["ps", "-a", "-q", "--filter", &format!("label=slipway.job_id={job_id}")])
         .output()
         .unwrap();
+    assert!(out.status.success(), "docker ps failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().split_whitespace().map(String::from).collect()
 }
 
@@ -418,6 +429,7 @@ pub fn containers_created(job_id: &str, since: u64) -> usize {
         .args(["--filter", &format!("label=slipway.job_id={job_id}"), "--format", "{{.ID}}"])
         .output()
         .unwrap();
+    assert!(out.status.success(), "docker events failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().lines().filter(|l| !l.trim().is_empty()).count()
 }
 
