@@ -142,7 +142,7 @@ async fn soak_jobs_survive_random_kills_of_workers_and_orchestrators() {
         kills += 1;
     }
     eprintln!(
-        "soak: {jobs} jobs ended in {:?} with {kills} kills, {runs_hit} of them on a worker with a container running",
+        "soak: {jobs} jobs ended in {:?} with {kills} kills; {runs_hit} running container(s) lost their worker to a kill",
         started.elapsed()
     );
     assert!(runs_hit >= 1, "no kill landed on a running job");
