@@ -1,16 +1,22 @@
 //! Benchmark of the engine path: claim → dispatch over gRPC → report → fenced commit.
 //!
 //! A real `slipway server` process runs against a fresh database (default Postgres
-//! settings, fsync on). The workers are benchmark-only: they serve the real
-//! `JobService` over gRPC and, for every job they are given, report each of the four
-//! steps as started and finished at once — no clone, build or container — so that
-//! what is measured is the engine, not Docker. It prints:
+//! settings, fsync on) at its default log level. The workers are benchmark-only:
+//! they serve the real `JobService` over gRPC with a stated number of slots and, for
+//! every job they are given, report what a real worker reports — each step's start,
+//! about 20 log lines a step, the run's container id before its end, each step's
+//! end with the next one's start — with no clone, build or container in between, so
+//! that what is measured is the engine, not Docker. It prints:
 //!
-//! - throughput: complete jobs/s and transitions/s (six per job) for a backlog of
-//!   `BENCH_JOBS` jobs, with one and with two workers;
-//! - latency: submit → first step start (the worker receiving `StartJob`), p50 and
-//!   p99, at a fixed offered rate of `BENCH_RATE` jobs/s, beside the raw floor of a
-//!   LISTEN/NOTIFY + SKIP LOCKED queue measured in the same run (the statements of
+//! - throughput: complete jobs/s for a backlog of `BENCH_JOBS` jobs (queued before
+//!   the clock starts), with one worker of 2 slots (the default) and two workers of
+//!   `BENCH_SLOTS` slots each, and the same with a transaction per report
+//!   (`SLIPWAY_COMMIT_BATCH=1`); transitions/s counts the history rows written
+//!   inside the timed window (five a job: the `queued` row is written before);
+//! - latency: from `POST /v1/jobs` to the committed start of the job's first step
+//!   (the worker holding the answer to its report), p50 and p99, at a fixed offered
+//!   rate of `BENCH_RATE` jobs/s, beside the raw floor of a LISTEN/NOTIFY + SKIP
+//!   LOCKED queue measured in the same run (the statements of
 //!   `shared/bench/latency-floor/latency_floor.py`);
 //! - the size of the tables after the backlog, and after a sweep deleted it.
 //!
@@ -29,6 +35,8 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 const STEPS: [v1::Step; 4] = [v1::Step::Clone, v1::Step::Build, v1::Step::Push, v1::Step::Run];
+/// Log lines a benchmark job sends per step.
+const LINES_PER_STEP: usize = 20;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -38,13 +46,15 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A worker that completes every step the moment it starts.
+/// When the first step of a job was committed, as its worker learned it.
+type FirstSteps = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// A worker that runs every step at once, reporting like a real one.
 struct InstantWorker {
     id: String,
     slots: u32,
     busy: Arc<AtomicU32>,
-    /// Job id → when `StartJob` arrived.
-    arrivals: Arc<Mutex<HashMap<String, Instant>>>,
+    first_steps: FirstSteps,
     clients: Arc<Mutex<HashMap<String, ReportServiceClient<Channel>>>>,
 }
 
@@ -58,40 +68,79 @@ impl InstantWorker {
     }
 }
 
+/// What the worker sends for one job, in order.
+enum Send {
+    Step(v1::StepReport),
+    Logs(v1::LogBatch),
+}
+
+/// A real worker's reports for a job whose steps all succeed at once.
+fn reports_of(lease: &v1::Lease) -> Vec<Send> {
+    let report = |step: v1::Step, event, exit_code, then_start: i32| {
+        Send::Step(v1::StepReport { lease: Some(lease.clone()), step: step as i32, event: Some(event), exit_code, then_start })
+    };
+    let lines = |step: v1::Step| {
+        let at_micros = chrono::Utc::now().timestamp_micros();
+        let lines = (0..LINES_PER_STEP)
+            .map(|i| v1::LogLine {
+                step: step as i32,
+                stream: v1::Stream::Stdout as i32,
+                text: format!("{} output line {i} of a benchmark job, about as long as a build's", step.as_str_name()),
+                at_micros,
+                cursor: String::new(),
+            })
+            .collect();
+        Send::Logs(v1::LogBatch { lease: Some(lease.clone()), lines })
+    };
+    let mut sends = vec![report(STEPS[0], v1::step_report::Event::Started(v1::step_report::Started {}), None, 0)];
+    for (i, step) in STEPS.into_iter().enumerate() {
+        if step == v1::Step::Run {
+            // The container id, stored before the worker waits on the container.
+            let started = v1::StepOutputs { container_id: format!("c{}", lease.job_id), ..Default::default() };
+            sends.push(report(step, v1::step_report::Event::Progress(started), None, 0));
+        }
+        sends.push(lines(step));
+        let outputs = match step {
+            v1::Step::Clone => v1::StepOutputs { commit_sha: "0".repeat(40), ..Default::default() },
+            v1::Step::Build => v1::StepOutputs { image_id: format!("sha256:{}", "1".repeat(64)), ..Default::default() },
+            v1::Step::Push => v1::StepOutputs {
+                pushed_ref: format!("127.0.0.1:5000/bench/app@sha256:{}", "2".repeat(64)),
+                ..Default::default()
+            },
+            _ => v1::StepOutputs::default(),
+        };
+        let next = STEPS.get(i + 1).map_or(0, |s| *s as i32);
+        let exit_code = (step == v1::Step::Run).then_some(0);
+        sends.push(report(step, v1::step_report::Event::Succeeded(outputs), exit_code, next));
+    }
+    sends
+}
+
 #[tonic::async_trait]
 impl JobService for InstantWorker {
     async fn start_job(&self, request: Request<v1::StartJobRequest>) -> Result<Response<v1::StartJobResponse>, Status> {
-        let arrived = Instant::now();
         let request = request.into_inner();
-        let lease = request.lease.unwrap();
-        self.arrivals.lock().unwrap().insert(lease.job_id.clone(), arrived);
+        let mut lease = request.lease.unwrap();
+        lease.worker_id = self.id.clone();
         if self.busy.fetch_add(1, Ordering::SeqCst) >= self.slots {
             self.busy.fetch_sub(1, Ordering::SeqCst);
             return Err(Status::resource_exhausted("no free slot"));
         }
         let mut client = self.client(&request.report_to);
-        let busy = self.busy.clone();
+        let (busy, first_steps) = (self.busy.clone(), self.first_steps.clone());
         tokio::spawn(async move {
-            // Like a real worker: the first step's start, then each step's end together
-            // with the next one's start, then the run's end.
-            let mut reports = vec![(STEPS[0], v1::step_report::Event::Started(v1::step_report::Started {}), None, 0)];
-            for (i, step) in STEPS.into_iter().enumerate() {
-                let next = STEPS.get(i + 1).map_or(0, |s| *s as i32);
-                let exit_code = (step == v1::Step::Run).then_some(0);
-                reports.push((step, v1::step_report::Event::Succeeded(v1::StepOutputs::default()), exit_code, next));
-            }
-            for (step, event, exit_code, then_start) in reports {
-                let report = v1::StepReport {
-                    lease: Some(lease.clone()),
-                    step: step as i32,
-                    event: Some(event),
-                    exit_code,
-                    then_start,
+            for (i, send) in reports_of(&lease).into_iter().enumerate() {
+                let ack = match send {
+                    Send::Step(report) => client.report_step(report).await,
+                    Send::Logs(batch) => client.append_logs(batch).await,
                 };
-                match client.report_step(report).await {
+                match ack {
                     Ok(ack) if ack.get_ref().accepted => {}
                     Ok(_) => panic!("a report was refused"),
                     Err(status) => panic!("a report failed: {status}"),
+                }
+                if i == 0 {
+                    first_steps.lock().unwrap().insert(lease.job_id.clone(), Instant::now());
                 }
             }
             busy.fetch_sub(1, Ordering::SeqCst);
@@ -133,9 +182,10 @@ impl JobService for InstantWorker {
     }
 }
 
-/// Starts `count` instant workers; returns their URLs and their arrival records.
-async fn start_workers(count: usize, slots: u32) -> (Vec<String>, Arc<Mutex<HashMap<String, Instant>>>) {
-    let arrivals = Arc::new(Mutex::new(HashMap::new()));
+/// Starts `count` instant workers of `slots` slots; returns their URLs and when
+/// each job's first step was committed.
+async fn start_workers(count: usize, slots: u32) -> (Vec<String>, FirstSteps) {
+    let first_steps = Arc::new(Mutex::new(HashMap::new()));
     let mut urls = Vec::new();
     for i in 0..count {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -144,7 +194,7 @@ async fn start_workers(count: usize, slots: u32) -> (Vec<String>, Arc<Mutex<Hash
             id: format!("bench-worker-{i}"),
             slots,
             busy: Arc::new(AtomicU32::new(0)),
-            arrivals: arrivals.clone(),
+            first_steps: first_steps.clone(),
             clients: Arc::new(Mutex::new(HashMap::new())),
         };
         tokio::spawn(
@@ -153,7 +203,7 @@ async fn start_workers(count: usize, slots: u32) -> (Vec<String>, Arc<Mutex<Hash
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
     }
-    (urls, arrivals)
+    (urls, first_steps)
 }
 
 /// A fresh database; returns its URL and store.
@@ -166,26 +216,32 @@ async fn fresh_database(base: &str) -> (String, Store) {
     (url, store)
 }
 
-struct Server(Child);
+struct Server {
+    child: Child,
+    api: String,
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
+/// A `slipway server` at its default log level (its output is discarded).
 async fn start_server(url: &str, workers: &[String], extra: &[(&str, &str)]) -> Server {
     let http = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
         .arg("server")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", url)
         .env("SLIPWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
         .env("SLIPWAY_GRPC_ADDR", format!("127.0.0.1:{}", free_port()))
         .env("SLIPWAY_WORKERS", workers.join(","))
-        .env("RUST_LOG", "warn")
         .envs(extra.iter().copied())
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -193,7 +249,7 @@ async fn start_server(url: &str, workers: &[String], extra: &[(&str, &str)]) -> 
         assert!(Instant::now() < deadline, "the server did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Server(child)
+    Server { child, api: format!("http://127.0.0.1:{http}") }
 }
 
 const SPEC: &str = r#"{"repo":"git://127.0.0.1/app","ref":null,"dockerfile":"Dockerfile","context":".",
@@ -201,18 +257,18 @@ const SPEC: &str = r#"{"repo":"git://127.0.0.1/app","ref":null,"dockerfile":"Doc
     "run":{"command":null,"timeout_seconds":86400,"retry_on_failure":false},
     "retry":{"max_attempts":3,"initial_backoff_ms":1000,"max_backoff_ms":60000}}"#;
 
-/// Queues `n` jobs in one statement and notifies once.
+/// Queues `n` jobs in one statement, before the clock starts. Their `run_after`
+/// is in the future, so that no claim takes one before the clock starts; the
+/// notification that starts the run moves it.
 async fn queue_backlog(store: &Store, n: i64) {
     sqlx::query(
         "with ins as (
-             insert into jobs (id, spec)
-             select gen_random_uuid(), $2::jsonb from generate_series(1, $1)
+             insert into jobs (id, spec, run_after)
+             select gen_random_uuid(), $2::jsonb, now() + interval '1 day' from generate_series(1, $1)
              returning id, state, attempt
-         ), ev as (
-             insert into job_events (job_id, from_state, to_state, attempt, reason)
-             select id, null, state, attempt, 'submitted' from ins
          )
-         select pg_notify('slipway_jobs', 'backlog')",
+         insert into job_events (job_id, from_state, to_state, attempt, reason)
+         select id, null, state, attempt, 'submitted' from ins",
     )
     .bind(n)
     .bind(SPEC)
@@ -229,46 +285,69 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
 }
 
-async fn throughput(base: &str, workers: usize, jobs: i64) -> (Store, String) {
+/// Transitions written after the `queued` row of each job.
+async fn transitions(store: &Store) -> i64 {
+    sqlx::query_scalar("select count(*) from job_events where to_state <> 'queued'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+async fn throughput(base: &str, workers: usize, slots: u32, jobs: i64, extra: &[(&str, &str)]) -> (Store, String) {
     let (url, store) = fresh_database(base).await;
-    let (urls, _) = start_workers(workers, 256).await;
-    let _server = start_server(&url, &urls, &[]).await;
-    let started = Instant::now();
+    let (urls, _) = start_workers(workers, slots).await;
+    let _server = start_server(&url, &urls, extra).await;
     queue_backlog(&store, jobs).await;
+    let started = Instant::now();
+    sqlx::query("with due as (update jobs set run_after = now() returning id) select pg_notify('slipway_jobs', 'backlog')")
+        .execute(store.pool())
+        .await
+        .unwrap();
     while finished(&store).await < jobs {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let how = if extra.is_empty() { String::new() } else { format!(", {}", extra.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")) };
     println!(
-        "throughput, {workers} worker(s): {jobs} jobs in {elapsed:.2} s = {:.0} jobs/s, {:.0} transitions/s",
+        "throughput, {workers} worker(s) × {slots} slots{how}: {jobs} jobs in {elapsed:.2} s = {:.0} jobs/s, {:.0} transitions/s",
         jobs as f64 / elapsed,
-        6.0 * jobs as f64 / elapsed
+        transitions(&store).await as f64 / elapsed
     );
     (store, url)
 }
 
-async fn latency(base: &str, rate: u32, seconds: u32) {
+async fn latency(base: &str, rate: u32, seconds: u32, workers: usize, slots: u32) {
     let (url, store) = fresh_database(base).await;
-    let (urls, arrivals) = start_workers(1, 256).await;
-    let _server = start_server(&url, &urls, &[]).await;
-    let spec: slipway_engine::job::JobSpec = serde_json::from_str(SPEC).unwrap();
-    let mut submitted = HashMap::new();
+    let (urls, first_steps) = start_workers(workers, slots).await;
+    let server = start_server(&url, &urls, &[]).await;
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({ "repo": "git://127.0.0.1/app", "image": "127.0.0.1:5000/bench/app:1" });
+    let submitted = Arc::new(Mutex::new(HashMap::new()));
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    let mut posts = Vec::new();
     for _ in 0..rate * seconds {
         tick.tick().await;
-        let id = slipway_engine::job::JobId::new();
-        submitted.insert(id.to_string(), Instant::now());
-        store.submit(id, &spec, None, None).await.unwrap();
+        let (http, body, submitted, api) = (http.clone(), body.clone(), submitted.clone(), server.api.clone());
+        posts.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            let response = http.post(format!("{api}/v1/jobs")).json(&body).send().await.unwrap();
+            assert_eq!(response.status(), 201);
+            let job: serde_json::Value = response.json().await.unwrap();
+            submitted.lock().unwrap().insert(job["id"].as_str().unwrap().to_string(), sent);
+        }));
+    }
+    for post in posts {
+        post.await.unwrap();
     }
     while finished(&store).await < i64::from(rate * seconds) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let arrivals = arrivals.lock().unwrap();
+    let (submitted, first_steps) = (submitted.lock().unwrap(), first_steps.lock().unwrap());
     let mut ms: Vec<f64> =
-        submitted.iter().map(|(id, at)| (arrivals[id].duration_since(*at)).as_secs_f64() * 1000.0).collect();
+        submitted.iter().map(|(id, at)| (first_steps[id].duration_since(*at)).as_secs_f64() * 1000.0).collect();
     ms.sort_by(f64::total_cmp);
     println!(
-        "latency at {rate} jobs/s offered, submit → first step start: p50 {:.2} ms, p99 {:.2} ms ({} jobs)",
+        "latency at {rate} jobs/s offered ({workers} worker(s) × {slots} slots), POST /v1/jobs → first step committed: p50 {:.2} ms, p99 {:.2} ms ({} jobs)",
         percentile(&ms, 50.0),
         percentile(&ms, 99.0),
         ms.len()
@@ -349,12 +428,14 @@ async fn main() {
     let jobs: i64 = env_or("BENCH_JOBS", 5_000);
     let rate: u32 = env_or("BENCH_RATE", 100);
     let seconds: u32 = env_or("BENCH_SECONDS", 10);
+    let slots: u32 = env_or("BENCH_SLOTS", 16);
 
     latency_floor(&base, 200).await;
-    latency(&base, rate, seconds).await;
+    latency(&base, rate, seconds, 2, slots).await;
     latency_floor(&base, 200).await;
-    throughput(&base, 1, jobs).await;
-    let (store, url) = throughput(&base, 2, jobs).await;
+    throughput(&base, 1, 2, jobs, &[]).await;
+    throughput(&base, 2, slots, jobs, &[("SLIPWAY_COMMIT_BATCH", "1")]).await;
+    let (store, url) = throughput(&base, 2, slots, jobs, &[]).await;
 
     sqlx::query("analyze").execute(store.pool()).await.unwrap();
     table_sizes(&store, &format!("after {jobs} jobs")).await;

@@ -147,8 +147,13 @@ async fn serve_orchestrator(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<ReportServiceServer<ReportHandler>>().await;
-    let reports =
-        orchestrator::report_handler(&store, args.worker_timeout, defaults.retry, args.max_log_bytes, wake.clone());
+    let commits = orchestrator::CommitConfig {
+        lease_ttl: args.worker_timeout,
+        default_policy: defaults.retry,
+        max_log_bytes: args.max_log_bytes,
+        batch: usize::from(args.commit_batch),
+    };
+    let reports = orchestrator::report_handler(&store, commits, wake.clone());
     let grpc_stop = CancellationToken::new();
     let grpc_task = {
         let stop = grpc_stop.clone();

@@ -69,6 +69,10 @@ pub struct ServerArgs {
     /// Bytes of log lines kept per job; past it, one marker line and nothing more.
     #[arg(long, env = "SLIPWAY_MAX_LOG_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_log_bytes: u64,
+    /// Most workers' reports committed in one transaction (1: a transaction each).
+    #[arg(long, env = "SLIPWAY_COMMIT_BATCH", default_value_t = 256,
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub commit_batch: u16,
     /// How long finished jobs are kept (with their events, logs and pushed images).
     #[arg(long, env = "SLIPWAY_RETENTION", default_value = "30days", value_parser = duration)]
     pub retention: Duration,

@@ -1,7 +1,7 @@
 //! Group commit of workers' reports.
 //!
 //! Every report (a step's start, outputs or end, a batch of log lines) is queued here.
-//! A few committer tasks each take whatever is queued (up to [`MAX_BATCH`]) and apply
+//! A few committer tasks each take whatever is queued (up to `SLIPWAY_COMMIT_BATCH`) and apply
 //! it in one transaction: one commit, so one wait for the disk, for many reports. A
 //! report is answered only after its transaction committed. When one statement of a
 //! batch fails for a reason other than a lost lease, the batch is rolled back and its
@@ -18,8 +18,8 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use crate::job::{JobId, JobState, RetryDecision, RetryPolicy};
 use crate::store::{Finish, Lease, NewLogLine, Outputs, Retry, StoreError, leases, logs, read, transitions};
 
-/// Reports applied in one transaction at most.
-const MAX_BATCH: usize = 256;
+/// Reports waiting for a committer, at most.
+const QUEUED: usize = 1024;
 /// Committer tasks, each with its own connection and transaction.
 const COMMITTERS: usize = 4;
 
@@ -84,20 +84,21 @@ struct Rules {
     lease_ttl: Duration,
     default_policy: RetryPolicy,
     max_log_bytes: i64,
+    /// Reports applied in one transaction at most.
+    max_batch: usize,
 }
 
 impl Committer {
     /// Starts the committer tasks; they stop when the last `Committer` is dropped.
-    pub fn start(
-        pool: PgPool,
-        lease_ttl: Duration,
-        default_policy: RetryPolicy,
-        max_log_bytes: i64,
-        wake: Arc<Notify>,
-    ) -> Self {
-        let (queue, receiver) = mpsc::channel::<Work>(4 * MAX_BATCH);
+    pub fn start(pool: PgPool, config: super::CommitConfig, wake: Arc<Notify>) -> Self {
+        let (queue, receiver) = mpsc::channel::<Work>(QUEUED);
         let receiver = Arc::new(Mutex::new(receiver));
-        let rules = Rules { lease_ttl, default_policy, max_log_bytes };
+        let rules = Rules {
+            lease_ttl: config.lease_ttl,
+            default_policy: config.default_policy,
+            max_log_bytes: i64::try_from(config.max_log_bytes).unwrap_or(i64::MAX),
+            max_batch: config.batch.max(1),
+        };
         for _ in 0..COMMITTERS {
             tokio::spawn(run(pool.clone(), receiver.clone(), rules.clone(), wake.clone()));
         }
@@ -121,7 +122,7 @@ async fn run(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Work>>>, rules: Ru
             let mut receiver = receiver.lock().await;
             let Some(first) = receiver.recv().await else { return };
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+            while batch.len() < rules.max_batch {
                 match receiver.try_recv() {
                     Ok(work) => batch.push(work),
                     Err(_) => break,

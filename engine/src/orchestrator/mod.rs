@@ -71,14 +71,20 @@ pub async fn run(store: Store, config: OrchestratorConfig, wake: Arc<Notify>, sh
     let _ = listener.await;
 }
 
+/// How reports are committed.
+#[derive(Debug, Clone)]
+pub struct CommitConfig {
+    /// How long a lease lasts from a report of its worker.
+    pub lease_ttl: Duration,
+    /// The attempt limit of jobs whose spec predates retry policies.
+    pub default_policy: crate::job::RetryPolicy,
+    /// Bytes of log lines kept per job.
+    pub max_log_bytes: u64,
+    /// Most reports committed in one transaction.
+    pub batch: usize,
+}
+
 /// The report service, committing reports in groups through its own tasks.
-pub fn report_handler(
-    store: &Store,
-    lease_ttl: Duration,
-    default_policy: crate::job::RetryPolicy,
-    max_log_bytes: u64,
-    wake: Arc<Notify>,
-) -> ReportHandler {
-    let max_log_bytes = i64::try_from(max_log_bytes).unwrap_or(i64::MAX);
-    ReportHandler::new(commit::Committer::start(store.pool().clone(), lease_ttl, default_policy, max_log_bytes, wake))
+pub fn report_handler(store: &Store, config: CommitConfig, wake: Arc<Notify>) -> ReportHandler {
+    ReportHandler::new(commit::Committer::start(store.pool().clone(), config, wake))
 }
