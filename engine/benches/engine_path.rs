@@ -77,7 +77,13 @@ enum Send {
 /// A real worker's reports for a job whose steps all succeed at once.
 fn reports_of(lease: &v1::Lease) -> Vec<Send> {
     let report = |step: v1::Step, event, exit_code, then_start: i32| {
-        Send::Step(v1::StepReport { lease: Some(lease.clone()), step: step as i32, event: Some(event), exit_code, then_start })
+        Send::Step(v1::StepReport {
+            lease: Some(lease.clone()),
+            step: step as i32,
+            event: Some(event),
+            exit_code,
+            then_start,
+        })
     };
     let lines = |step: v1::Step| {
         let at_micros = chrono::Utc::now().timestamp_micros();
@@ -299,15 +305,21 @@ async fn throughput(base: &str, workers: usize, slots: u32, jobs: i64, extra: &[
     let _server = start_server(&url, &urls, extra).await;
     queue_backlog(&store, jobs).await;
     let started = Instant::now();
-    sqlx::query("with due as (update jobs set run_after = now() returning id) select pg_notify('slipway_jobs', 'backlog')")
-        .execute(store.pool())
-        .await
-        .unwrap();
+    sqlx::query(
+        "with due as (update jobs set run_after = now() returning id) select pg_notify('slipway_jobs', 'backlog')",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
     while finished(&store).await < jobs {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let how = if extra.is_empty() { String::new() } else { format!(", {}", extra.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")) };
+    let how = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(", {}", extra.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
+    };
     println!(
         "throughput, {workers} worker(s) × {slots} slots{how}: {jobs} jobs in {elapsed:.2} s = {:.0} jobs/s, {:.0} transitions/s",
         jobs as f64 / elapsed,

@@ -2,13 +2,11 @@
 //! token is cancelled: stop claiming, let running steps finish (bounded), close the
 //! servers.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use slipway_proto::v1::report_service_server::ReportServiceServer;
 use slipway_worker::BoundWorker;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DatabaseArgs, RegistryArgs, ServerArgs, WorkerArgs, local_url};
@@ -127,7 +125,7 @@ async fn serve_orchestrator(
         Some(url) => url.clone(),
         None => local_url(grpc_addr),
     };
-    let wake = Arc::new(Notify::new());
+    let wake = orchestrator::Wake::default();
     let defaults = args.submit_defaults();
     let instance_id = store.instance_id().await?;
     let workers: Vec<String> = local_workers.into_iter().chain(args.workers.iter().cloned()).collect();

@@ -519,10 +519,12 @@ async fn a_job_cloning_from_a_stalled_remote_is_cancelled_at_once() {
     // A git server that accepts connections and never answers.
     let stalled = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = stalled.local_addr().unwrap().port();
+    let (connected, mut clone_waits) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((socket, _)) = stalled.accept().await {
             held.push(socket);
+            let _ = connected.send(());
         }
     });
     let standalone = Standalone::start(&[]).await;
@@ -530,7 +532,8 @@ async fn a_job_cloning_from_a_stalled_remote_is_cancelled_at_once() {
     let body = json!({ "repo": format!("git://127.0.0.1:{port}/stalled"), "image": image("stalled") });
     let id = submit(&api, &body).await["id"].as_str().unwrap().to_string();
     wait_state(&api, &id, "cloning", LIMIT).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The clone is waiting on the remote.
+    tokio::time::timeout(LIMIT, clone_waits.recv()).await.expect("the clone never reached the remote");
 
     let asked = Instant::now();
     assert_eq!(cancel(&api, &id).await.0, 202);

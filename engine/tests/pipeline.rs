@@ -92,12 +92,19 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
     .unwrap();
     assert_eq!(steps.len(), 4);
     assert!(steps.iter().all(|(_, positive)| *positive));
-    let waited: bool = sqlx::query_scalar("select queue_wait >= interval '0' from job_queue_wait where job_id = $1")
-        .bind(uuid)
-        .fetch_one(db.store.pool())
-        .await
-        .unwrap();
-    assert!(waited);
+    // The queue wait is the time from the `queued` event to the `cloning` one.
+    let (waited, between): (sqlx::postgres::types::PgInterval, sqlx::postgres::types::PgInterval) = sqlx::query_as(
+        "select queue_wait,
+                (select max(at) filter (where to_state = 'cloning') - max(at) filter (where to_state = 'queued')
+                 from job_events where job_id = $1)
+         from job_queue_wait where job_id = $1",
+    )
+    .bind(uuid)
+    .fetch_one(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(waited, between);
+    assert!(waited.microseconds > 0, "{waited:?}");
     let stuck: i64 = sqlx::query_scalar("select count(*) from jobs_stuck").fetch_one(db.store.pool()).await.unwrap();
     assert_eq!(stuck, 0);
 

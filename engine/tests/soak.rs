@@ -81,7 +81,7 @@ async fn soak_jobs_survive_random_kills_of_workers_and_orchestrators() {
     };
     let instance: uuid::Uuid =
         sqlx::query_scalar("select id from slipway_instance").fetch_one(db.store.pool()).await.unwrap();
-    let engine_events = EngineEvents::follow(&instance.to_string());
+    let mut engine_events = EngineEvents::follow(&instance.to_string());
     let mut workers = [Some(cluster.spawn_worker(0)), Some(cluster.spawn_worker(1))];
     let mut servers = [Some(cluster.spawn_server(0)), Some(cluster.spawn_server(1))];
     let apis = [cluster.server_ports[0].api(), cluster.server_ports[1].api()];
@@ -184,7 +184,13 @@ async fn soak_jobs_survive_random_kills_of_workers_and_orchestrators() {
         assert!(attempts.iter().all(|a| *a <= attempt), "job {id}: a log line of an attempt the history never saw");
     }
 
-    // Exactly once, as the engine saw it.
+    // Exactly once, as the engine saw it (once every job's clean end has reached
+    // the event stream).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ids.iter().all(|id| engine_events.read().lives_of(id).iter().any(|l| l.exit_code == Some(0))) {
+        assert!(Instant::now() < deadline, "the engine's events never showed every job's end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let seen = engine_events.stop();
     for id in &ids {
         let lives = seen.lives_of(id);
@@ -284,13 +290,23 @@ impl EngineEvents {
         EngineEvents { child, out }
     }
 
+    /// The events seen so far.
+    fn read(&mut self) -> SeenEvents {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("docker events stopped: {status:?}");
+        }
+        Self::parse(self.out.path())
+    }
+
     fn stop(mut self) -> SeenEvents {
-        // Events still in flight reach the file before the process ends.
-        std::thread::sleep(Duration::from_millis(500));
+        let seen = self.read();
         let _ = self.child.kill();
-        let status = self.child.wait().unwrap();
-        let text = std::fs::read_to_string(self.out.path()).unwrap();
-        assert!(!text.is_empty() || status.success(), "docker events failed: {status:?}");
+        let _ = self.child.wait();
+        seen
+    }
+
+    fn parse(path: &std::path::Path) -> SeenEvents {
+        let text = std::fs::read_to_string(path).unwrap();
         let events = text
             .lines()
             .filter_map(|line| {

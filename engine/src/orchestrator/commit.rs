@@ -13,7 +13,7 @@ use std::time::Duration;
 use slipway_proto::v1::{self, step_report::Event};
 use slipway_steps::{ErrorCode, Step};
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::job::{JobId, JobState, RetryDecision, RetryPolicy};
 use crate::store::{Finish, Lease, NewLogLine, Outputs, Retry, StoreError, leases, logs, read, transitions};
@@ -90,7 +90,7 @@ struct Rules {
 
 impl Committer {
     /// Starts the committer tasks; they stop when the last `Committer` is dropped.
-    pub fn start(pool: PgPool, config: super::CommitConfig, wake: Arc<Notify>) -> Self {
+    pub fn start(pool: PgPool, config: super::CommitConfig, wake: super::Wake) -> Self {
         let (queue, receiver) = mpsc::channel::<Work>(QUEUED);
         let receiver = Arc::new(Mutex::new(receiver));
         let rules = Rules {
@@ -115,7 +115,7 @@ impl Committer {
     }
 }
 
-async fn run(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Work>>>, rules: Rules, wake: Arc<Notify>) {
+async fn run(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Work>>>, rules: Rules, wake: super::Wake) {
     loop {
         // Take whatever is queued, waiting only for the first.
         let batch = {
@@ -149,8 +149,10 @@ async fn run(pool: PgPool, receiver: Arc<Mutex<mpsc::Receiver<Work>>>, rules: Ru
         for applied in results.iter().flatten() {
             applied.record();
         }
-        if results.iter().flatten().any(Applied::frees_slot) {
-            wake.notify_one();
+        for (report, result) in reports.iter().zip(&results) {
+            if result.as_ref().is_ok_and(Applied::frees_slot) {
+                wake.slot_freed(report.worker());
+            }
         }
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
@@ -226,8 +228,17 @@ async fn notify_changed(conn: &mut PgConnection, jobs: &[JobId]) -> Result<(), S
 
 impl Report {
     fn job_id(&self) -> JobId {
+        self.lease().job_id
+    }
+
+    /// The worker that sent the report, when it said.
+    fn worker(&self) -> Option<&str> {
+        self.lease().worker.as_deref()
+    }
+
+    fn lease(&self) -> &Lease {
         match self {
-            Report::Step { lease, .. } | Report::Logs { lease, .. } => lease.job_id,
+            Report::Step { lease, .. } | Report::Logs { lease, .. } => lease,
         }
     }
 }

@@ -4,18 +4,17 @@
 //! slot freed): claim against the free slots the last ping reported, less the jobs
 //! started since, so that a new job starts without a round trip to the workers.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use slipway_observability::trace;
 use slipway_proto::convert::step_to_wire;
 use slipway_proto::v1::{self, job_service_client::JobServiceClient};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
-use super::OrchestratorConfig;
+use super::{OrchestratorConfig, Wake};
 use crate::job::{JobId, first_step_of};
 use crate::store::{ClaimedJob, HeldLease, LeaseStatus, Store, StoreError, WorkerOffer};
 use slipway_steps::runtime::RuntimeKind;
@@ -30,9 +29,12 @@ struct WorkerClient {
     unreachable: bool,
     /// The worker's id, from its last answer.
     id: Option<String>,
-    /// Free slots as of the last ping, less the jobs started since: a wake-up claims
-    /// against this without asking the worker again.
+    /// Free slots as of the last ping, less the jobs started since, plus the
+    /// attempts that ended since: a wake-up claims against this without asking the
+    /// worker again.
     free: u32,
+    /// The worker's slots, from its last answer.
+    slots: u32,
     /// The labels and runtimes it offers, from its last answer.
     offer: WorkerOffer,
 }
@@ -54,14 +56,14 @@ impl WorkerClient {
 pub struct Dispatcher {
     store: Store,
     config: OrchestratorConfig,
-    wake: Arc<Notify>,
+    wake: Wake,
     /// Jobs asked to cancel, as their notifications arrive.
     cancelled: mpsc::Receiver<JobId>,
     workers: Vec<WorkerClient>,
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, config: OrchestratorConfig, wake: Arc<Notify>, cancelled: mpsc::Receiver<JobId>) -> Self {
+    pub fn new(store: Store, config: OrchestratorConfig, wake: Wake, cancelled: mpsc::Receiver<JobId>) -> Self {
         let workers = config
             .workers
             .iter()
@@ -74,6 +76,7 @@ impl Dispatcher {
                         unreachable: false,
                         id: None,
                         free: 0,
+                        slots: 0,
                         offer: WorkerOffer::default(),
                     })
                 }
@@ -127,6 +130,11 @@ impl Dispatcher {
     /// On a wake-up: claim for the free slots known from the last ping, asking the
     /// workers again only when none is known to be free.
     async fn dispatch(&mut self) -> Result<(), StoreError> {
+        for (id, freed) in self.wake.take_freed() {
+            if let Some(worker) = self.workers.iter_mut().find(|w| w.id.as_deref() == Some(id.as_str())) {
+                worker.free = (worker.free + freed).min(worker.slots);
+            }
+        }
         if self.workers.iter().all(|w| w.free == 0) {
             self.ping_all().await;
         }
@@ -156,7 +164,7 @@ impl Dispatcher {
         }
         if !ended.is_empty() {
             // Their jobs may be runnable now.
-            self.wake.notify_one();
+            self.wake.notify();
         }
         Ok(())
     }
@@ -204,6 +212,7 @@ impl Dispatcher {
                     worker.unreachable = false;
                     worker.id = Some(ping.worker_id.clone());
                     worker.free = ping.slots_total.saturating_sub(ping.slots_busy);
+                    worker.slots = ping.slots_total;
                     worker.offer = WorkerOffer {
                         labels: ping.labels.clone().into_iter().collect(),
                         // A worker from before runtimes were announced runs Docker only.

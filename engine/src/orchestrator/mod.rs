@@ -8,21 +8,21 @@
 //! claim never takes more jobs than can start at once. Leases of jobs asked to
 //! cancel, or no longer current, are cancelled on the worker. Expired leases are
 //! ended in the same loop. New work and cancel requests wake the loop through
-//! Postgres `LISTEN`; a freed slot wakes it through the report service.
+//! Postgres `LISTEN`; a freed slot wakes it through the report service ([`Wake`]).
 
 mod commit;
 mod dispatch;
 mod report_service;
 mod sweep;
+mod wake;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 pub use dispatch::Dispatcher;
 pub use report_service::ReportHandler;
 pub use sweep::{SweepConfig, SweepCounts, Sweeper};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+pub use wake::Wake;
 
 use crate::store::Store;
 
@@ -49,7 +49,7 @@ pub struct OrchestratorConfig {
 const PENDING_CANCELS: usize = 1024;
 
 /// Runs the dispatch loop and the `LISTEN` loop until `shutdown`.
-pub async fn run(store: Store, config: OrchestratorConfig, wake: Arc<Notify>, shutdown: CancellationToken) {
+pub async fn run(store: Store, config: OrchestratorConfig, wake: Wake, shutdown: CancellationToken) {
     let (cancels, cancelled) = tokio::sync::mpsc::channel(PENDING_CANCELS);
     let listener = {
         let (store, wake, shutdown) = (store.clone(), wake.clone(), shutdown.clone());
@@ -62,7 +62,7 @@ pub async fn run(store: Store, config: OrchestratorConfig, wake: Arc<Notify>, sh
                 {
                     let _ = cancels.try_send(id);
                 }
-                wake.notify_one();
+                wake.notify();
             };
             crate::store::listen(store, &channels, on_notification, shutdown).await
         })
@@ -85,6 +85,6 @@ pub struct CommitConfig {
 }
 
 /// The report service, committing reports in groups through its own tasks.
-pub fn report_handler(store: &Store, config: CommitConfig, wake: Arc<Notify>) -> ReportHandler {
+pub fn report_handler(store: &Store, config: CommitConfig, wake: Wake) -> ReportHandler {
     ReportHandler::new(commit::Committer::start(store.pool().clone(), config, wake))
 }
