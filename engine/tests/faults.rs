@@ -511,7 +511,7 @@ async fn a_job_whose_worker_dies_while_running_reattaches_to_its_container() {
     let output: Vec<&str> =
         lines.iter().filter(|l| l["stream"] == "stdout").filter_map(|l| l["line"].as_str()).collect();
     assert_eq!(output, ["started", "finished"], "the re-attached output goes on where the stored log stopped");
-    assert!(containers_of(&id).is_empty());
+    wait_containers_gone(&id, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

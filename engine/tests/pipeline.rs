@@ -139,7 +139,7 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
     // Nothing is left behind: no clone folder, no container.
     let left = job_folders(work_dir.path());
     assert!(left.is_empty(), "the work folder still holds {left:?}");
-    assert!(containers_of(&id).is_empty());
+    wait_containers_gone(&id, Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

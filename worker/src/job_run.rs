@@ -156,7 +156,11 @@ async fn run_step(
                 let done = Event::Succeeded(outputs.clone());
                 let exit_code = (step == Step::Run).then_some(0);
                 let next = step.next();
-                send(reporter, &job.lease, step, done, exit_code, next).await.then_some(next).flatten()
+                let committed = send(reporter, &job.lease, step, done, exit_code, next).await;
+                if step == Step::Run && committed {
+                    crate::run_step::clean_up(state, job, outputs).await;
+                }
+                committed.then_some(next).flatten()
             }
             Err(_) if job.hand_back.is_cancelled() && !job.cancel.is_cancelled() => {
                 // The worker is stopping: the job is not at fault; it runs again elsewhere.

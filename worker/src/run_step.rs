@@ -40,7 +40,8 @@ pub(crate) async fn run_container(
 }
 
 /// Launches the run (or re-attaches to the one an earlier attempt left), reports
-/// its handle before waiting on it, waits, reports how it stopped, cleans up.
+/// its handle before waiting on it, waits, reports how it stopped; cleans up after
+/// a run that failed (one that went well is cleaned up once its end is committed).
 async fn run_on<R: Runtime>(
     runtime: &R,
     job: &JobRun,
@@ -100,11 +101,9 @@ async fn run_on<R: Runtime>(
     let watch = Watch { job_id: &job.lease.job_id, timeout: request.timeout, log_cursor, logs, cancel: stop };
     let wait = tracing::info_span!("container.wait", container.id = %handle);
     let ended = runtime.wait(&handle, &watch).instrument(wait).await;
-    if let Err(e) = runtime.clean_up(&handle).await {
-        tracing::warn!(job.id = %job.lease.job_id, error = %e, "cannot clean up after the run");
-    }
-    let ended = ended?;
-    if ended.stop_code.is_some() || ended.stopped_reason.is_some() {
+    if let Ok(ended) = &ended
+        && (ended.stop_code.is_some() || ended.stopped_reason.is_some())
+    {
         let stopped = v1::StepOutputs {
             stop_code: ended.stop_code.clone().unwrap_or_default(),
             stopped_reason: ended.stopped_reason.clone().unwrap_or_default(),
@@ -112,5 +111,33 @@ async fn run_on<R: Runtime>(
         };
         send(reporter, &job.lease, Step::Run, Event::Progress(stopped), None, None).await;
     }
-    ended.outcome().map(|_| handle)
+    match ended.and_then(|ended| ended.outcome()) {
+        // A run that went well stays until its end is committed ([`clean_up`]): were
+        // this worker to die first, the next attempt re-attaches to it and reads its
+        // end, instead of finding nothing and running the job a second time.
+        Ok(_) => Ok(handle),
+        Err(e) => {
+            clean_up_on(runtime, job, &handle).await;
+            Err(e)
+        }
+    }
+}
+
+/// Frees what a run that went well left, once its end is committed.
+pub(crate) async fn clean_up(state: &WorkerState, job: &JobRun, outputs: &v1::StepOutputs) {
+    match job.spec.runtime.parse().unwrap_or_default() {
+        RuntimeKind::Docker => {
+            clean_up_on(&DockerRuntime { docker: state.docker.clone() }, job, &outputs.container_id).await
+        }
+        RuntimeKind::Ecs => match state.ecs().await {
+            Ok(ecs) => clean_up_on(ecs, job, &outputs.task_arn).await,
+            Err(e) => tracing::warn!(job.id = %job.lease.job_id, error = %e, "cannot clean up after the run"),
+        },
+    }
+}
+
+async fn clean_up_on<R: Runtime>(runtime: &R, job: &JobRun, handle: &str) {
+    if let Err(e) = runtime.clean_up(handle).await {
+        tracing::warn!(job.id = %job.lease.job_id, error = %e, "cannot clean up after the run");
+    }
 }

@@ -363,6 +363,20 @@ pub fn containers_of(job_id: &str) -> Vec<String> {
     String::from_utf8(out.stdout).unwrap().split_whitespace().map(String::from).collect()
 }
 
+/// Waits until the engine has no container of the job left (a run that went well
+/// is removed just after its end is committed).
+pub async fn wait_containers_gone(job_id: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = containers_of(job_id);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "containers of job {job_id} left after {limit:?}: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
