@@ -2,15 +2,13 @@
 //! and against recorded ECS answers for what moto cannot produce (exit codes, stop
 //! codes, a task ECS no longer knows).
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::moto::{ACCOUNT, Moto, REGION};
 use aws_config::retry::RetryConfig;
 use aws_sdk_ecs::types::CpuArchitecture;
-use common::moto::{ACCOUNT, Moto, REGION};
 use serde_json::{Value, json};
 use slipway_steps::ErrorCode;
 use slipway_steps::aws::AwsConfig;
@@ -140,7 +138,7 @@ impl Recorded {
 
     /// The SDK's configuration for this server, with no retries.
     async fn sdk(&self) -> aws_config::SdkConfig {
-        common::moto::sdk_at(&self.endpoint, "eu-west-1").await
+        crate::common::moto::sdk_at(&self.endpoint, "eu-west-1").await
     }
 
     /// Fails the test if any call was not the one expected.
@@ -352,8 +350,10 @@ async fn a_retried_run_task_asks_ecs_with_the_same_client_token() {
         architecture: "x86_64".into(),
     };
     // The family is named by the definition's content, as the worker computes it.
-    let probe =
-        Ecs::new(&AwsConfig::from_sdk(common::moto::sdk_at("http://127.0.0.1:9", "eu-west-1").await), settings());
+    let probe = Ecs::new(
+        &AwsConfig::from_sdk(crate::common::moto::sdk_at("http://127.0.0.1:9", "eu-west-1").await),
+        settings(),
+    );
     let input = DefinitionInput { image, cpu: 512, memory: 1024, architecture: CpuArchitecture::X8664 };
     let family = family_of(&input, &probe);
     let definition_arn = format!("arn:aws:ecs:eu-west-1:123456789012:task-definition/{family}:1");
@@ -392,7 +392,7 @@ async fn a_retried_run_task_asks_ecs_with_the_same_client_token() {
     ])
     .await;
     let retrying = RetryConfig::standard().with_max_attempts(2).with_initial_backoff(Duration::from_millis(10));
-    let sdk = common::moto::sdk_retrying(&server.endpoint, "eu-west-1", retrying).await;
+    let sdk = crate::common::moto::sdk_retrying(&server.endpoint, "eu-west-1", retrying).await;
     let ecs = Ecs::new(&AwsConfig::from_sdk(sdk), settings());
     let (tx, _rx) = tokio::sync::mpsc::channel(64);
     let logs = LogSink::new(tx, Step::Run);

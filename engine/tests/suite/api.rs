@@ -1,11 +1,9 @@
 //! The HTTP API against a real Postgres: bad input is refused with a JSON error that
 //! names the field and writes nothing; jobs read back, page and filter.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 struct Api {

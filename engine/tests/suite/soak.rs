@@ -9,12 +9,10 @@
 //! The default suite runs 20 jobs; `SLIPWAY_SOAK_JOBS=200 scripts/test -E
 //! 'test(soak)'` runs the long version.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// A small PRNG (xorshift64*), seeded from the clock and printed, so a failing

@@ -2,13 +2,11 @@
 //! processes, a real clone, build and push to the local registry, and moto as ECS
 //! and CloudWatch Logs.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::moto::{CLUSTER, Moto};
-use common::*;
+use crate::common::moto::{CLUSTER, Moto};
+use crate::common::*;
 use serde_json::{Value, json};
 
 const JOB_LIMIT: Duration = Duration::from_secs(180);
@@ -241,7 +239,11 @@ async fn the_sweep_stops_tasks_of_gone_jobs_and_past_their_deadline_and_deletes_
     )
     .bind(expired)
     .bind(&spec)
-    .bind(format!("{}.dkr.ecr.{}.amazonaws.com/team/app@{digest}", common::moto::ACCOUNT, common::moto::REGION))
+    .bind(format!(
+        "{}.dkr.ecr.{}.amazonaws.com/team/app@{digest}",
+        crate::common::moto::ACCOUNT,
+        crate::common::moto::REGION
+    ))
     .execute(pool)
     .await
     .unwrap();

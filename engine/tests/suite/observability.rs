@@ -2,12 +2,10 @@
 //! and PromQL over its HTTP API returns the job counters after a run; the shipped
 //! Grafana dashboard asks only for metrics `/metrics` exposes.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 struct Prometheus {
@@ -92,7 +90,7 @@ async fn prometheus_scrapes_the_job_counters_and_the_dashboard_asks_only_for_exp
         .collect();
     names.sort();
     let dashboard: Value =
-        serde_json::from_str(include_str!("../../observability/grafana/slipway-dashboard.json")).unwrap();
+        serde_json::from_str(include_str!("../../../observability/grafana/slipway-dashboard.json")).unwrap();
     let mut asked = Vec::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {

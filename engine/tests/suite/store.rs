@@ -1,11 +1,9 @@
 //! The store's claim and fencing against a real Postgres.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::TestDb;
+use crate::common::TestDb;
 use slipway_engine::job::{JobId, JobRequest, JobState, RunRequest};
 use slipway_engine::store::{
     Finish, HeldLease, Lease, LeaseStatus, NewLogLine, Outputs, Retry, StoreError, WorkerOffer, leases, logs,

@@ -2,12 +2,10 @@
 //! paused workers, a killed orchestrator, cancels in every state, retries,
 //! deadlines. Test settings: heartbeat 200 ms, worker timeout 2 s.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(120);

@@ -1,11 +1,9 @@
 //! One job end to end with real parts: separate `slipway server` and `slipway
 //! worker` processes, Postgres, git daemon, the Docker engine and a registry.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const JOB_LIMIT: Duration = Duration::from_secs(180);

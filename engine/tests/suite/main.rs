@@ -1,0 +1,15 @@
+//! The engine's integration tests, in one binary (one link of the engine, not one
+//! per file). Each module is one concern; `common` holds the real parts they share.
+//! Run one module with `scripts/test -E 'test(/^store::/)'`.
+
+mod api;
+mod aws_clients;
+mod common;
+mod ecs;
+mod faults;
+mod iam;
+mod observability;
+mod pipeline;
+mod soak;
+mod store;
+mod traces;
