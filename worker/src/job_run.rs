@@ -13,14 +13,13 @@ use slipway_steps::build::{BuildRequest, build_image};
 use slipway_steps::clone::{CloneRequest, clone_repo};
 use slipway_steps::image_ref::ImageRef;
 use slipway_steps::push::push_image;
-use slipway_steps::runtime::RuntimeKind;
 use slipway_steps::{ErrorCode, LogSink, LogStream, Step, StepError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::reporter::Reporter;
-use crate::run_step::run_container;
+use crate::run_step::{clean_up, run_container};
 use crate::service::WorkerState;
 
 /// Lines a step may have written before the reporter sends them; a full buffer
@@ -34,6 +33,8 @@ pub(crate) struct JobRun {
     pub first_step: Step,
     pub report_to: String,
     pub instance_id: String,
+    /// The run starts afresh: the last attempt's run ended and was recorded.
+    pub fresh_run: bool,
     /// The orchestrator's dispatch span, parent of this run's spans.
     pub traceparent: String,
     pub current_step: Arc<Mutex<Step>>,
@@ -131,13 +132,7 @@ async fn run_step(
                     }
                     pushed.map(|r| outputs.pushed_ref = r)
                 }
-                Step::Run => {
-                    let ran = run_container(state, job, outputs, reporter, &logs, stop).await;
-                    ran.map(|handle| match job.spec.runtime.parse() {
-                        Ok(RuntimeKind::Ecs) => outputs.task_arn = handle,
-                        _ => outputs.container_id = handle,
-                    })
-                }
+                Step::Run => run_container(state, job, outputs, reporter, &logs, stop).await,
             }
         }
         .instrument(span.clone())
@@ -158,7 +153,7 @@ async fn run_step(
                 let next = step.next();
                 let committed = send(reporter, &job.lease, step, done, exit_code, next).await;
                 if step == Step::Run && committed {
-                    crate::run_step::clean_up(state, job, outputs).await;
+                    clean_up(state, job, outputs).await;
                 }
                 committed.then_some(next).flatten()
             }
@@ -175,7 +170,10 @@ async fn run_step(
                     message: e.message.clone(),
                     retryable: e.retryable(),
                 };
-                send(reporter, &job.lease, step, Event::Failed(failure), e.exit_code, None).await;
+                let committed = send(reporter, &job.lease, step, Event::Failed(failure), e.exit_code, None).await;
+                if step == Step::Run && committed {
+                    clean_up(state, job, outputs).await;
+                }
                 None
             }
         }

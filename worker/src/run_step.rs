@@ -16,15 +16,16 @@ use crate::job_run::{JobRun, non_empty, send};
 use crate::reporter::Reporter;
 use crate::service::WorkerState;
 
-/// Runs the pushed image on the job's runtime.
+/// Runs the pushed image on the job's runtime; the run's handle goes into `outputs`
+/// as soon as it is known.
 pub(crate) async fn run_container(
     state: &WorkerState,
     job: &JobRun,
-    outputs: &v1::StepOutputs,
+    outputs: &mut v1::StepOutputs,
     reporter: &Reporter,
     logs: &LogSink,
     stop: &CancellationToken,
-) -> Result<String, StepError> {
+) -> Result<(), StepError> {
     let runtime: RuntimeKind = job.spec.runtime.parse().unwrap_or_default();
     match runtime {
         RuntimeKind::Docker => {
@@ -40,17 +41,20 @@ pub(crate) async fn run_container(
 }
 
 /// Launches the run (or re-attaches to the one an earlier attempt left), reports
-/// its handle before waiting on it, waits, reports how it stopped; cleans up after
-/// a run that failed (one that went well is cleaned up once its end is committed).
+/// its handle before waiting on it, waits, reports how it stopped. A run stopped
+/// before its end (cancel, deadline, hand-back, ECS) is cleaned up here; one whose
+/// program ran to its end, well or not, stays until that end is committed
+/// ([`clean_up`]): were this worker to die first, the next attempt re-attaches to it
+/// and reads its end, instead of finding nothing and running the program again.
 async fn run_on<R: Runtime>(
     runtime: &R,
     job: &JobRun,
-    outputs: &v1::StepOutputs,
+    outputs: &mut v1::StepOutputs,
     architecture: &str,
     reporter: &Reporter,
     logs: &LogSink,
     stop: &CancellationToken,
-) -> Result<String, StepError> {
+) -> Result<(), StepError> {
     let mut env: HashMap<String, String> = job.spec.env.clone().into_iter().collect();
     // An instrumented application continues the job's trace.
     if let Some(traceparent) = trace::traceparent_of(&tracing::Span::current()) {
@@ -72,9 +76,9 @@ async fn run_on<R: Runtime>(
     };
     let is_ecs = runtime.name() == RuntimeKind::Ecs.as_str();
     // A run that resumes finds what an earlier attempt started, if it is still
-    // there, instead of starting a second one.
+    // there, instead of starting a second one; a retried run starts its own.
     let (existing, log_cursor) = match job.first_step {
-        Step::Run => {
+        Step::Run if !job.fresh_run => {
             let stored = if is_ecs { non_empty(&outputs.task_arn) } else { non_empty(&outputs.container_id) };
             let found = runtime.find(&request.job_id, stored.as_deref(), logs).await?;
             // The stored position belongs to the stored run only.
@@ -87,14 +91,14 @@ async fn run_on<R: Runtime>(
         Some(handle) => handle,
         None => runtime.launch(&request, logs).instrument(tracing::info_span!("container.create")).await?,
     };
-    let handle_outputs = |o: v1::StepOutputs| {
-        if is_ecs {
-            v1::StepOutputs { task_arn: handle.clone(), ..o }
-        } else {
-            v1::StepOutputs { container_id: handle.clone(), ..o }
-        }
+    let started = if is_ecs {
+        outputs.task_arn = handle.clone();
+        v1::StepOutputs { task_arn: handle.clone(), ..Default::default() }
+    } else {
+        outputs.container_id = handle.clone();
+        v1::StepOutputs { container_id: handle.clone(), ..Default::default() }
     };
-    if !send(reporter, &job.lease, Step::Run, Event::Progress(handle_outputs(Default::default())), None, None).await {
+    if !send(reporter, &job.lease, Step::Run, Event::Progress(started), None, None).await {
         runtime.clean_up(&handle).await?;
         return Err(StepError::new(ErrorCode::Cancelled, "the lease was lost before the run started"));
     }
@@ -112,10 +116,8 @@ async fn run_on<R: Runtime>(
         send(reporter, &job.lease, Step::Run, Event::Progress(stopped), None, None).await;
     }
     match ended.and_then(|ended| ended.outcome()) {
-        // A run that went well stays until its end is committed ([`clean_up`]): were
-        // this worker to die first, the next attempt re-attaches to it and reads its
-        // end, instead of finding nothing and running the job a second time.
-        Ok(_) => Ok(handle),
+        Ok(_) => Ok(()),
+        Err(e) if e.code == ErrorCode::ExitNonZero => Err(e),
         Err(e) => {
             clean_up_on(runtime, job, &handle).await;
             Err(e)
@@ -123,7 +125,7 @@ async fn run_on<R: Runtime>(
     }
 }
 
-/// Frees what a run that went well left, once its end is committed.
+/// Frees what a run left, once its end is committed (a second time is harmless).
 pub(crate) async fn clean_up(state: &WorkerState, job: &JobRun, outputs: &v1::StepOutputs) {
     match job.spec.runtime.parse().unwrap_or_default() {
         RuntimeKind::Docker => {

@@ -250,6 +250,7 @@ impl JobService for Worker {
             first_step,
             report_to: request.report_to,
             instance_id: request.instance_id,
+            fresh_run: request.fresh_run,
             traceparent,
             current_step: step,
             cancel,

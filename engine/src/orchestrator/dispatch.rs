@@ -332,5 +332,6 @@ fn start_request(
         report_to: config.report_url.clone(),
         traceparent: traceparent.to_string(),
         instance_id: config.instance_id.clone(),
+        fresh_run: job.fresh_run,
     }
 }

@@ -27,6 +27,9 @@ pub struct ClaimedJob {
     pub container_id: Option<String>,
     pub task_arn: Option<String>,
     pub log_cursor: Option<String>,
+    /// The last attempt's run ended with its end recorded (a retry): this attempt
+    /// runs afresh instead of re-attaching to what an earlier one left.
+    pub fresh_run: bool,
 }
 
 /// What a worker offers: a job runs there only if the worker has every label the
@@ -69,7 +72,11 @@ impl Store {
              from runnable
              where j.id = runnable.id
              returning j.id, j.state, j.attempt, j.lease_token, j.spec, j.traceparent,
-                       j.commit_sha, j.image_id, j.pushed_ref, j.container_id, j.task_arn, j.log_cursor",
+                       j.commit_sha, j.image_id, j.pushed_ref, j.container_id, j.task_arn, j.log_cursor,
+                       exists (select 1 from job_steps s
+                               where s.job_id = j.id and s.step = 'run' and s.attempt = j.attempt - 1
+                                 and s.outcome = 'failed' and s.error_code is distinct from 'lease_lost')
+                           as fresh_run",
         )
         .bind(i64::from(limit))
         .bind(owner)

@@ -339,3 +339,41 @@ async fn history_rows_name_the_attempt_and_worker_of_the_report() {
             .unwrap();
     assert_eq!(build, (2, w("w2-reporting")));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_run_starts_afresh_and_a_run_whose_lease_ended_is_resumed() {
+    let db = TestDb::new().await;
+    let id = queue(&db, 1).await[0];
+    let mut conn = db.store.pool().acquire().await.unwrap();
+    let lease_of = |claimed: &slipway_engine::store::ClaimedJob| Lease {
+        job_id: id,
+        attempt: claimed.attempt,
+        token: claimed.lease_token,
+        worker: Some("w".into()),
+    };
+    let first = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
+    assert!(!first.fresh_run);
+    let lease = lease_of(&first);
+    transitions::mark_step_started(&mut conn, &lease, Step::Run, TTL).await.unwrap();
+    let pushed = Outputs { pushed_ref: Some("127.0.0.1:5000/app@sha256:00".into()), ..Default::default() };
+    transitions::record_outputs(&mut conn, &lease, &pushed, TTL).await.unwrap();
+
+    // The run ended and its end was recorded: the retry runs afresh.
+    let retry = Retry {
+        resume_at: JobState::Running,
+        after: Duration::ZERO,
+        exit_code: Some(3),
+        error_code: "exit_nonzero".into(),
+        error: "the container exited with code 3".into(),
+    };
+    transitions::mark_retry(&mut conn, &lease, Step::Run, &retry).await.unwrap();
+    let second = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
+    assert_eq!((second.state, second.attempt, second.fresh_run), (JobState::Running, 2, true));
+
+    // Its worker went away mid-run: the next attempt re-attaches to what it left.
+    let lease = lease_of(&second);
+    transitions::mark_step_started(&mut conn, &lease, Step::Run, TTL).await.unwrap();
+    leases::hand_back(&mut conn, id, second.lease_token, &Default::default()).await.unwrap().unwrap();
+    let third = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
+    assert_eq!((third.state, third.attempt, third.fresh_run), (JobState::Running, 3, false));
+}
