@@ -1,13 +1,9 @@
 //! The engine: the job model and its state machine, the Postgres store, the
-//! orchestrator loops, the HTTP API, and the processes and CLI of the `slipway`
-//! binary.
+//! orchestrator loops (dispatch, report commits, sweeps) and the HTTP API. The
+//! `slipway` binary (crate `slipway/`) wires them into processes.
 
 pub mod api;
-pub mod cli;
-pub mod config;
 pub mod job;
-pub mod local_postgres;
 pub mod orchestrator;
-pub mod process;
 pub mod registry;
 pub mod store;

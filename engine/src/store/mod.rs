@@ -72,6 +72,13 @@ impl Store {
         }
     }
 
+    /// Connects, waiting up to `patience`, and applies the migrations.
+    pub async fn open(url: &str, patience: Duration) -> Result<Self, StoreError> {
+        let store = Store::connect(url, patience).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
     pub async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await.map_err(|e| StoreError::Migrate(e.to_string()))
     }

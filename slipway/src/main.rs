@@ -1,10 +1,15 @@
-//! The `slipway` binary: wiring only. Each subcommand's work lives in the engine's
-//! `process` (long-running processes) and `cli` (API client) modules.
+//! The `slipway` binary: wiring only. Each subcommand's work lives in `process`
+//! (long-running processes) and `client` (the HTTP API's command-line client);
+//! `config` turns flags and `SLIPWAY_*` variables into validated settings.
+
+mod client;
+mod config;
+mod local_postgres;
+mod process;
 
 use clap::{Parser, Subcommand};
-use slipway_engine::cli::{self, ApiArgs, SubmitArgs};
-use slipway_engine::config::{DatabaseArgs, RegistryArgs, ServerArgs, WorkerArgs};
-use slipway_engine::process;
+use client::{ApiArgs, SubmitArgs};
+use config::{DatabaseArgs, RegistryArgs, ServerArgs, WorkerArgs};
 use tokio_util::sync::CancellationToken;
 
 /// Slipway: a durable build-and-run engine. Jobs are cloned, built, pushed and run,
@@ -146,11 +151,11 @@ async fn run() {
             process::standalone(db, server, worker, registry, data_dir, shutdown_on_signals()).await.map(|()| 0)
         }
         Command::Migrate { db } => process::migrate(db).await.map(|()| 0),
-        Command::Submit { api, job } => cli::submit(&api, job).await,
-        Command::Get { api, id } => cli::get(&api, &id).await.map(|()| 0),
-        Command::List { api, state, limit } => cli::list(&api, state, limit).await.map(|()| 0),
-        Command::Logs { api, id, follow } => cli::logs(&api, &id, follow).await,
-        Command::Cancel { api, id, wait } => cli::cancel(&api, &id, wait).await.map(|()| 0),
+        Command::Submit { api, job } => client::submit(&api, job).await,
+        Command::Get { api, id } => client::get(&api, &id).await.map(|()| 0),
+        Command::List { api, state, limit } => client::list(&api, state, limit).await.map(|()| 0),
+        Command::Logs { api, id, follow } => client::logs(&api, &id, follow).await,
+        Command::Cancel { api, id, wait } => client::cancel(&api, &id, wait).await.map(|()| 0),
     };
     // Flush the spans still buffered before exiting.
     drop(telemetry);

@@ -218,7 +218,7 @@ async fn fresh_database(base: &str) -> (String, Store) {
     let mut admin = sqlx::PgConnection::connect(base).await.expect("connect to DATABASE_URL");
     sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut admin).await.unwrap();
     let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-    let store = slipway_engine::process::open_store(&url).await.unwrap();
+    let store = slipway_engine::store::Store::open(&url, std::time::Duration::from_secs(30)).await.unwrap();
     (url, store)
 }
 

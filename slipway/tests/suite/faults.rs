@@ -361,7 +361,7 @@ async fn a_worker_stopped_with_sigterm_hands_its_job_back_within_the_grace_perio
 #[tokio::test(flavor = "multi_thread")]
 async fn every_job_of_a_batch_completes_across_a_postgres_restart() {
     let postgres = PrivatePostgres::start();
-    let store = slipway_engine::process::open_store(&postgres.url()).await.unwrap();
+    let store = slipway_engine::store::Store::open(&postgres.url(), Duration::from_secs(30)).await.unwrap();
     let git = GitServer::start();
     let app = app_repo(&git, "app");
     let work = tempfile::tempdir().unwrap();

@@ -169,13 +169,16 @@ impl ServerArgs {
         if self.worker_timeout <= self.heartbeat_interval {
             return Err(bad("SLIPWAY_WORKER_TIMEOUT", "must be longer than SLIPWAY_HEARTBEAT_INTERVAL"));
         }
-        if !(1..=crate::job::MAX_ATTEMPTS).contains(&self.retry_max_attempts) {
-            return Err(bad("SLIPWAY_RETRY_MAX_ATTEMPTS", format!("must be from 1 to {}", crate::job::MAX_ATTEMPTS)));
+        if !(1..=slipway_engine::job::MAX_ATTEMPTS).contains(&self.retry_max_attempts) {
+            return Err(bad(
+                "SLIPWAY_RETRY_MAX_ATTEMPTS",
+                format!("must be from 1 to {}", slipway_engine::job::MAX_ATTEMPTS),
+            ));
         }
         if self.retry_initial_backoff > self.retry_max_backoff {
             return Err(bad("SLIPWAY_RETRY_INITIAL_BACKOFF", "must not exceed SLIPWAY_RETRY_MAX_BACKOFF"));
         }
-        if self.retry_max_backoff.as_millis() > u128::from(crate::job::MAX_BACKOFF_MS) {
+        if self.retry_max_backoff.as_millis() > u128::from(slipway_engine::job::MAX_BACKOFF_MS) {
             return Err(bad("SLIPWAY_RETRY_MAX_BACKOFF", "must be at most 1h"));
         }
         if self.sweep_interval < Duration::from_millis(100) {
@@ -194,9 +197,9 @@ impl ServerArgs {
     }
 
     /// What submissions get unless they say otherwise, and the limits they must keep.
-    pub fn submit_defaults(&self) -> crate::job::SubmitDefaults {
-        crate::job::SubmitDefaults {
-            retry: crate::job::RetryPolicy {
+    pub fn submit_defaults(&self) -> slipway_engine::job::SubmitDefaults {
+        slipway_engine::job::SubmitDefaults {
+            retry: slipway_engine::job::RetryPolicy {
                 max_attempts: self.retry_max_attempts,
                 initial_backoff_ms: self.retry_initial_backoff.as_millis() as u64,
                 max_backoff_ms: self.retry_max_backoff.as_millis() as u64,
@@ -204,10 +207,6 @@ impl ServerArgs {
             max_timeout_seconds: self.max_run_time.as_secs(),
             runtime: self.default_runtime,
         }
-    }
-
-    pub fn report_url(&self) -> String {
-        self.report_url.clone().unwrap_or_else(|| local_url(self.grpc_addr))
     }
 
     pub fn orchestrator_id(&self) -> String {

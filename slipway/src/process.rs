@@ -11,15 +11,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{DatabaseArgs, RegistryArgs, ServerArgs, WorkerArgs, local_url};
 use crate::local_postgres::{LocalPostgres, default_data_root};
-use crate::orchestrator::{self, OrchestratorConfig, ReportHandler, SweepConfig, Sweeper};
-use crate::registry::RegistryClient;
-use crate::store::Store;
+use slipway_engine::orchestrator::{self, OrchestratorConfig, ReportHandler, SweepConfig, Sweeper};
+use slipway_engine::registry::RegistryClient;
+use slipway_engine::store::Store;
 
 /// How long a start waits for Postgres to accept connections.
 const DATABASE_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Connects and applies the migrations.
-pub async fn open_store(url: &str) -> anyhow::Result<Store> {
+async fn open_store(url: &str) -> anyhow::Result<Store> {
     let store = Store::connect(url, DATABASE_PATIENCE).await.context("cannot connect to the database")?;
     store.migrate().await.context("cannot apply the migrations")?;
     Ok(store)
@@ -165,8 +165,8 @@ async fn serve_orchestrator(
                 }),
         )
     };
-    let api = crate::api::AppState::new(store.clone(), defaults, shutdown.clone());
-    let http_task = tokio::spawn(crate::api::serve(http, api, shutdown.clone()));
+    let api = slipway_engine::api::AppState::new(store.clone(), defaults, shutdown.clone());
+    let http_task = tokio::spawn(slipway_engine::api::serve(http, api, shutdown.clone()));
     orchestrator::run(store, config, wake, shutdown).await;
     http_task.await.context("the http task panicked")??;
     sweep_task.await.context("the sweep task panicked")?;

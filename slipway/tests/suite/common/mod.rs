@@ -53,7 +53,9 @@ impl TestDb {
         sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut admin).await.unwrap();
         let (prefix, _) = base.rsplit_once('/').expect("DATABASE_URL has a database name");
         let url = format!("{prefix}/{name}");
-        let store = slipway_engine::process::open_store(&url).await.expect("open the test database");
+        let store = slipway_engine::store::Store::open(&url, std::time::Duration::from_secs(30))
+            .await
+            .expect("open the test database");
         TestDb { url, store }
     }
 }
