@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use slipway_proto::v1::{self, step_report::Event};
 use slipway_steps::{ErrorCode, Step};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -23,10 +22,34 @@ const QUEUED: usize = 1024;
 /// Committer tasks, each with its own connection and transaction.
 const COMMITTERS: usize = 4;
 
-/// A report to apply.
+/// A report to apply, as the report service parsed it from the wire.
 pub(super) enum Report {
-    Step { lease: Lease, step: Step, event: Event, exit_code: Option<i64>, then_start: Option<Step> },
+    Step { lease: Lease, step: Step, event: StepEvent, exit_code: Option<i64>, then_start: Option<Step> },
     Logs { lease: Lease, lines: Vec<NewLogLine>, cursor: Option<String> },
+}
+
+/// What a worker says happened to a step.
+#[derive(Debug, Clone)]
+pub(super) enum StepEvent {
+    /// The step began.
+    Started,
+    /// The step produced outputs to store before it goes on (the run's handle).
+    Progress(Outputs),
+    /// The step ended well with these outputs.
+    Succeeded(Outputs),
+    /// The step ended badly; the job ends or is retried.
+    Failed(StepFailure),
+    /// The worker is shutting down and gives the job back unfinished.
+    Released,
+}
+
+/// Why a step failed, as its worker classified it.
+#[derive(Debug, Clone)]
+pub(super) struct StepFailure {
+    /// A stable error code, such as `ref_not_found`.
+    pub code: String,
+    pub message: String,
+    pub retryable: bool,
 }
 
 /// What a report did.
@@ -236,9 +259,17 @@ impl Report {
         self.lease().worker.as_deref()
     }
 
-    fn lease(&self) -> &Lease {
+    pub(super) fn lease(&self) -> &Lease {
         match self {
             Report::Step { lease, .. } | Report::Logs { lease, .. } => lease,
+        }
+    }
+
+    /// The step a step report speaks of.
+    pub(super) fn step(&self) -> Option<Step> {
+        match self {
+            Report::Step { step, .. } => Some(*step),
+            Report::Logs { .. } => None,
         }
     }
 }
@@ -264,26 +295,26 @@ async fn apply_step(
     conn: &mut PgConnection,
     lease: &Lease,
     step: Step,
-    event: &Event,
+    event: &StepEvent,
     exit_code: Option<i64>,
     rules: &Rules,
 ) -> Result<Applied, StoreError> {
     match event {
-        Event::Started(_) => start(conn, lease, step, rules).await,
-        Event::Progress(o) => {
-            transitions::record_outputs(conn, lease, &outputs(o), rules.lease_ttl).await.map(|()| Applied::GOES_ON)
+        StepEvent::Started => start(conn, lease, step, rules).await,
+        StepEvent::Progress(o) => {
+            transitions::record_outputs(conn, lease, o, rules.lease_ttl).await.map(|()| Applied::GOES_ON)
         }
-        Event::Succeeded(o) if step == Step::Run => {
+        StepEvent::Succeeded(o) if step == Step::Run => {
             let finish = Finish { state: JobState::Succeeded, exit_code, error_code: None, error: None };
-            transitions::mark_finished(conn, lease, step, &outputs(o), &finish)
+            transitions::mark_finished(conn, lease, step, o, &finish)
                 .await
                 .map(|()| Applied::Finished(JobState::Succeeded))
         }
-        Event::Succeeded(o) => transitions::mark_step_succeeded(conn, lease, step, &outputs(o), rules.lease_ttl)
-            .await
-            .map(|()| Applied::GOES_ON),
-        Event::Failed(failure) => failed(conn, lease, step, failure, exit_code).await,
-        Event::Released(_) => {
+        StepEvent::Succeeded(o) => {
+            transitions::mark_step_succeeded(conn, lease, step, o, rules.lease_ttl).await.map(|()| Applied::GOES_ON)
+        }
+        StepEvent::Failed(failure) => failed(conn, lease, step, failure, exit_code).await,
+        StepEvent::Released => {
             leases::hand_back(conn, lease.job_id, lease.token, &rules.default_policy).await?;
             Ok(Applied::HandedBack)
         }
@@ -309,7 +340,7 @@ async fn failed(
     conn: &mut PgConnection,
     lease: &Lease,
     step: Step,
-    failure: &v1::StepFailure,
+    failure: &StepFailure,
     exit_code: Option<i64>,
 ) -> Result<Applied, StoreError> {
     if failure.code == ErrorCode::Cancelled.as_str() {
@@ -353,17 +384,4 @@ async fn finish(
 /// A number in `[0, 1)` to spread retries.
 fn jitter() -> f64 {
     (uuid::Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
-}
-
-fn outputs(o: &v1::StepOutputs) -> Outputs {
-    let some = |s: &String| (!s.is_empty()).then(|| s.clone());
-    Outputs {
-        commit_sha: some(&o.commit_sha),
-        image_id: some(&o.image_id),
-        pushed_ref: some(&o.pushed_ref),
-        container_id: some(&o.container_id),
-        task_arn: some(&o.task_arn),
-        stop_code: some(&o.stop_code),
-        stopped_reason: some(&o.stopped_reason),
-    }
 }

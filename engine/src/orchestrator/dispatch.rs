@@ -7,14 +7,13 @@
 use std::time::Duration;
 
 use slipway_observability::trace;
-use slipway_proto::convert::step_to_wire;
 use slipway_proto::v1::{self, job_service_client::JobServiceClient};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
-use super::{OrchestratorConfig, Wake};
+use super::{OrchestratorConfig, Wake, wire};
 use crate::job::{JobId, first_step_of};
 use crate::store::{ClaimedJob, HeldLease, LeaseStatus, Store, StoreError, WorkerOffer};
 use slipway_steps::runtime::RuntimeKind;
@@ -266,7 +265,7 @@ impl Dispatcher {
         trace::set_parent(&span, &traceparent);
         // The worker's spans are children of this one.
         let traceparent = trace::traceparent_of(&span).unwrap_or(traceparent);
-        let mut request = tonic::Request::new(start_request(&job, first_step, &self.config, &traceparent));
+        let mut request = tonic::Request::new(wire::start_request(&job, first_step, &self.config, &traceparent));
         if let Ok(value) = traceparent.parse() {
             request.metadata_mut().insert("traceparent", value);
         }
@@ -288,50 +287,5 @@ impl Dispatcher {
                 }
             }
         }
-    }
-}
-
-fn start_request(
-    job: &ClaimedJob,
-    first_step: slipway_steps::Step,
-    config: &OrchestratorConfig,
-    traceparent: &str,
-) -> v1::StartJobRequest {
-    let spec = &job.spec.0;
-    v1::StartJobRequest {
-        lease: Some(v1::Lease {
-            job_id: job.id.to_string(),
-            attempt: job.attempt as u32,
-            lease_token: job.lease_token.to_string(),
-            worker_id: String::new(),
-        }),
-        spec: Some(v1::JobSpec {
-            repo: spec.repo.clone(),
-            git_ref: spec.git_ref.clone().unwrap_or_default(),
-            dockerfile: spec.dockerfile.clone(),
-            context: spec.context.clone(),
-            image: spec.image.clone(),
-            build_args: spec.build_args.clone().into_iter().collect(),
-            env: spec.env.clone().into_iter().collect(),
-            command: spec.run.command.clone().unwrap_or_default(),
-            timeout_seconds: spec.run.timeout_seconds.unwrap_or_default(),
-            runtime: spec.run.runtime.as_str().to_string(),
-            cpu: spec.run.cpu.unwrap_or_default(),
-            memory: spec.run.memory.unwrap_or_default(),
-        }),
-        outputs: Some(v1::StepOutputs {
-            commit_sha: job.commit_sha.clone().unwrap_or_default(),
-            image_id: job.image_id.clone().unwrap_or_default(),
-            pushed_ref: job.pushed_ref.clone().unwrap_or_default(),
-            container_id: job.container_id.clone().unwrap_or_default(),
-            task_arn: job.task_arn.clone().unwrap_or_default(),
-            log_cursor: job.log_cursor.clone().unwrap_or_default(),
-            ..Default::default()
-        }),
-        first_step: step_to_wire(first_step) as i32,
-        report_to: config.report_url.clone(),
-        traceparent: traceparent.to_string(),
-        instance_id: config.instance_id.clone(),
-        fresh_run: job.fresh_run,
     }
 }

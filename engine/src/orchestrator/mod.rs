@@ -15,6 +15,7 @@ mod dispatch;
 mod report_service;
 mod sweep;
 mod wake;
+mod wire;
 
 use std::time::Duration;
 

@@ -1,0 +1,115 @@
+//! The orchestrator's side of the wire: workers' reports parsed into the engine's
+//! types (a malformed one is `INVALID_ARGUMENT`, naming the field), and a claimed job
+//! written as the `StartJob` a worker gets. Past this file the orchestrator speaks
+//! the engine's types, not prost's.
+
+use chrono::{DateTime, Utc};
+use slipway_proto::convert::{step_from_wire, step_to_wire, stream_name};
+use slipway_proto::v1::{self, step_report::Event};
+use slipway_steps::Step;
+use tonic::Status;
+
+use super::OrchestratorConfig;
+use super::commit::{Report, StepEvent, StepFailure};
+use crate::store::{ClaimedJob, Lease, NewLogLine, Outputs};
+
+/// A step report, parsed.
+pub(super) fn step_report(report: v1::StepReport) -> Result<Report, Status> {
+    let lease = lease_of(report.lease)?;
+    let step = step_from_wire(report.step).ok_or_else(|| Status::invalid_argument("step is not a step"))?;
+    let event = match report.event.ok_or_else(|| Status::invalid_argument("event is required"))? {
+        Event::Started(_) => StepEvent::Started,
+        Event::Progress(o) => StepEvent::Progress(outputs(&o)),
+        Event::Succeeded(o) => StepEvent::Succeeded(outputs(&o)),
+        Event::Failed(f) => StepEvent::Failed(StepFailure { code: f.code, message: f.message, retryable: f.retryable }),
+        Event::Released(_) => StepEvent::Released,
+    };
+    let then_start = step_from_wire(report.then_start);
+    Ok(Report::Step { lease, step, event, exit_code: report.exit_code, then_start })
+}
+
+/// A batch of log lines, parsed; the last position given covers every line before it.
+pub(super) fn log_batch(batch: v1::LogBatch) -> Result<Report, Status> {
+    let lease = lease_of(batch.lease)?;
+    let cursor = batch.lines.iter().rev().find(|l| !l.cursor.is_empty()).map(|l| l.cursor.clone());
+    let lines = batch
+        .lines
+        .into_iter()
+        .map(|l| NewLogLine {
+            step: step_from_wire(l.step).unwrap_or(Step::Clone),
+            stream: stream_name(l.stream),
+            at: DateTime::<Utc>::from_timestamp_micros(l.at_micros).unwrap_or_else(Utc::now),
+            line: l.text,
+        })
+        .collect();
+    Ok(Report::Logs { lease, lines, cursor })
+}
+
+fn lease_of(lease: Option<v1::Lease>) -> Result<Lease, Status> {
+    let lease = lease.ok_or_else(|| Status::invalid_argument("lease is required"))?;
+    Ok(Lease {
+        job_id: lease.job_id.parse().map_err(|_| Status::invalid_argument("lease.job_id is not a job id"))?,
+        attempt: lease.attempt as i32,
+        token: lease.lease_token.parse().map_err(|_| Status::invalid_argument("lease.lease_token is not a token"))?,
+        worker: (!lease.worker_id.is_empty()).then_some(lease.worker_id),
+    })
+}
+
+fn outputs(o: &v1::StepOutputs) -> Outputs {
+    let some = |s: &String| (!s.is_empty()).then(|| s.clone());
+    Outputs {
+        commit_sha: some(&o.commit_sha),
+        image_id: some(&o.image_id),
+        pushed_ref: some(&o.pushed_ref),
+        container_id: some(&o.container_id),
+        task_arn: some(&o.task_arn),
+        stop_code: some(&o.stop_code),
+        stopped_reason: some(&o.stopped_reason),
+    }
+}
+
+/// The `StartJob` for a claimed job, starting at `first_step`.
+pub(super) fn start_request(
+    job: &ClaimedJob,
+    first_step: Step,
+    config: &OrchestratorConfig,
+    traceparent: &str,
+) -> v1::StartJobRequest {
+    let spec = &job.spec.0;
+    v1::StartJobRequest {
+        lease: Some(v1::Lease {
+            job_id: job.id.to_string(),
+            attempt: job.attempt as u32,
+            lease_token: job.lease_token.to_string(),
+            worker_id: String::new(),
+        }),
+        spec: Some(v1::JobSpec {
+            repo: spec.repo.clone(),
+            git_ref: spec.git_ref.clone().unwrap_or_default(),
+            dockerfile: spec.dockerfile.clone(),
+            context: spec.context.clone(),
+            image: spec.image.clone(),
+            build_args: spec.build_args.clone().into_iter().collect(),
+            env: spec.env.clone().into_iter().collect(),
+            command: spec.run.command.clone().unwrap_or_default(),
+            timeout_seconds: spec.run.timeout_seconds.unwrap_or_default(),
+            runtime: spec.run.runtime.as_str().to_string(),
+            cpu: spec.run.cpu.unwrap_or_default(),
+            memory: spec.run.memory.unwrap_or_default(),
+        }),
+        outputs: Some(v1::StepOutputs {
+            commit_sha: job.commit_sha.clone().unwrap_or_default(),
+            image_id: job.image_id.clone().unwrap_or_default(),
+            pushed_ref: job.pushed_ref.clone().unwrap_or_default(),
+            container_id: job.container_id.clone().unwrap_or_default(),
+            task_arn: job.task_arn.clone().unwrap_or_default(),
+            log_cursor: job.log_cursor.clone().unwrap_or_default(),
+            ..Default::default()
+        }),
+        first_step: step_to_wire(first_step) as i32,
+        report_to: config.report_url.clone(),
+        traceparent: traceparent.to_string(),
+        instance_id: config.instance_id.clone(),
+        fresh_run: job.fresh_run,
+    }
+}
