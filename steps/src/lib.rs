@@ -1,21 +1,18 @@
 //! What each step of a job does, on the machine that runs it.
 //!
-//! The worker calls these in order — [`clone`], [`build`], [`push`], [`run`] — and
+//! The worker calls these in order — [`clone`], then on the Docker engine
+//! [`docker::build`], [`docker::push`] and a run through a [`runtime`] — and
 //! owns everything around them (reports, leases, cancellation tokens). Each step
 //! returns its outputs or a [`StepError`] that says whether trying again could help.
 //! Nothing here knows about Postgres or gRPC.
 
 pub mod aws;
-pub mod build;
 pub mod clone;
 pub mod docker;
 mod error;
 pub mod image_ref;
-pub mod leftovers;
 pub mod logs;
 pub mod paths;
-pub mod push;
-pub mod run;
 pub mod runtime;
 
 pub use error::{ErrorCode, StepError};

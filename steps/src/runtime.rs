@@ -1,5 +1,5 @@
 //! Where a job's run happens, behind one trait: the local Docker engine
-//! ([`crate::run::DockerRuntime`]) or ECS Fargate ([`crate::aws::ecs::Ecs`]).
+//! ([`crate::docker::run::DockerRuntime`]) or ECS Fargate ([`crate::aws::ecs::Ecs`]).
 //!
 //! Every runtime does the same four things: launch the attempt's run so that a
 //! repeated launch finds the first instead of starting a second, find a run an
@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::aws::ecs::stop::{StoppedTask, classify};
-use crate::{LogSink, StepError};
+use crate::{ErrorCode, LogSink, StepError};
 
 /// What to run, for one attempt of one job.
 #[derive(Debug, Clone)]
@@ -66,16 +65,19 @@ impl RunEnd {
     pub fn exited(code: i64) -> Self {
         RunEnd { exit_code: Some(code), ..Default::default() }
     }
+}
 
-    /// The exit code of a run that went to its end, or why it did not.
-    pub fn outcome(&self) -> Result<i64, StepError> {
-        classify(&StoppedTask {
-            exit_code: self.exit_code,
-            stop_code: self.stop_code.as_deref(),
-            stopped_reason: self.stopped_reason.as_deref(),
-            container_reason: self.container_reason.as_deref(),
-        })
+/// A run whose program went to its end with `code`: 0 succeeds, anything else is
+/// `exit_nonzero` with the code kept; `detail` (may be empty) says more.
+pub fn exit_outcome(code: i64, detail: &str) -> Result<i64, StepError> {
+    if code == 0 {
+        return Ok(0);
     }
+    let detail = if detail.is_empty() { String::new() } else { format!(" ({detail})") };
+    Err(StepError {
+        exit_code: Some(code),
+        ..StepError::new(ErrorCode::ExitNonZero, format!("the container exited with code {code}{detail}"))
+    })
 }
 
 pub trait Runtime: Send + Sync {
@@ -98,6 +100,10 @@ pub trait Runtime: Send + Sync {
     /// Waits for the run to end, following its output; stops it past the timeout or
     /// on cancel.
     fn wait(&self, handle: &str, watch: &Watch<'_>) -> impl Future<Output = Result<RunEnd, StepError>> + Send;
+
+    /// The exit code of a run that went to its end, or why it did not: each
+    /// runtime reads its own kind of end.
+    fn outcome(&self, end: &RunEnd) -> Result<i64, StepError>;
 
     /// Frees what the run left behind.
     fn clean_up(&self, handle: &str) -> impl Future<Output = Result<(), StepError>> + Send;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use slipway_steps::aws::ecr::RepositorySettings;
 use slipway_steps::aws::ecs::EcsSettings;
-use slipway_steps::build::Builder;
-use slipway_steps::push::RegistryCredentials;
+use slipway_steps::docker::build::Builder;
+use slipway_steps::docker::push::RegistryCredentials;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {

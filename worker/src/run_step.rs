@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use slipway_observability::trace;
 use slipway_proto::v1::{self, step_report::Event};
-use slipway_steps::run::DockerRuntime;
+use slipway_steps::docker::run::DockerRuntime;
 use slipway_steps::runtime::{RunRequest, Runtime, RuntimeKind, Watch};
 use slipway_steps::{ErrorCode, LogSink, Step, StepError};
 use tokio_util::sync::CancellationToken;
@@ -115,7 +115,7 @@ async fn run_on<R: Runtime>(
         };
         send(reporter, &job.lease, Step::Run, Event::Progress(stopped), None, None).await;
     }
-    match ended.and_then(|ended| ended.outcome()) {
+    match ended.and_then(|ended| runtime.outcome(&ended)) {
         Ok(_) => Ok(()),
         Err(e) if e.code == ErrorCode::ExitNonZero => Err(e),
         Err(e) => {

@@ -106,7 +106,7 @@ pub struct WorkerArgs {
     /// Builder for images: buildkit or classic [default: BuildKit when the engine
     /// offers it].
     #[arg(long, env = "SLIPWAY_BUILDER")]
-    pub builder: Option<slipway_steps::build::Builder>,
+    pub builder: Option<slipway_steps::docker::build::Builder>,
     /// Labels this worker offers (`region=eu-west-1,arch=arm64`): jobs that require
     /// labels run only on workers offering all of them.
     #[arg(long, env = "SLIPWAY_WORKER_LABELS", value_delimiter = ',', value_parser = aws::label)]
@@ -225,7 +225,7 @@ impl WorkerArgs {
     pub fn worker_config(&self, listen: SocketAddr, registry: &RegistryArgs) -> slipway_worker::WorkerConfig {
         let credentials = registry
             .credentials()
-            .map(|(username, password)| slipway_steps::push::RegistryCredentials { username, password });
+            .map(|(username, password)| slipway_steps::docker::push::RegistryCredentials { username, password });
         slipway_worker::WorkerConfig {
             listen,
             worker_id: self.worker_id.clone().unwrap_or_else(|| format!("worker-{}-{}", hostname(), listen.port())),

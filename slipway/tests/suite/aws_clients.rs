@@ -16,7 +16,7 @@ use slipway_steps::aws::ecr::{Ecr, EcrRegistry, RepositorySettings};
 use slipway_steps::aws::ecs::definition::{DefinitionInput, family_of};
 use slipway_steps::aws::ecs::task::task_end;
 use slipway_steps::aws::ecs::{Ecs, EcsSettings};
-use slipway_steps::runtime::RunRequest;
+use slipway_steps::runtime::{RunRequest, Runtime};
 use slipway_steps::{LogSink, Step};
 use std::collections::HashMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -264,7 +264,7 @@ async fn stopped_tasks_are_classified_from_what_ecs_answers() {
         server.assert_asked_rightly();
         assert_eq!(task.task_arn(), Some(arn.as_str()), "{name}");
         let end = task_end(&task);
-        match (end.outcome(), expected) {
+        match (ecs.outcome(&end), expected) {
             (Ok(code), Ok(want)) => assert_eq!(code, want, "{name}"),
             (Err(e), Err((code, retryable, exit_code))) => {
                 assert_eq!((e.code, e.retryable(), e.exit_code), (code, retryable, exit_code), "{name}: {}", e.message);
@@ -274,12 +274,11 @@ async fn stopped_tasks_are_classified_from_what_ecs_answers() {
     }
     let (arn, body) = recorded_task("describe_tasks_exit_3");
     let server = describing(&arn, body).await;
-    let end = task_end(
-        &Ecs::new(&AwsConfig::from_sdk(server.sdk().await), settings()).describe(&arn).await.unwrap().unwrap(),
-    );
+    let ecs = Ecs::new(&AwsConfig::from_sdk(server.sdk().await), settings());
+    let end = task_end(&ecs.describe(&arn).await.unwrap().unwrap());
     assert_eq!(end.exit_code, Some(3));
     assert_eq!(end.stop_code.as_deref(), Some("EssentialContainerExited"));
-    let message = end.outcome().unwrap_err().message;
+    let message = ecs.outcome(&end).unwrap_err().message;
     assert!(
         message.contains("exited with code 3") && message.contains("Essential container in task exited"),
         "{message}"
@@ -287,7 +286,7 @@ async fn stopped_tasks_are_classified_from_what_ecs_answers() {
     let (arn, body) = recorded_task("describe_tasks_out_of_memory");
     let server = describing(&arn, body).await;
     let ecs = Ecs::new(&AwsConfig::from_sdk(server.sdk().await), settings());
-    let message = task_end(&ecs.describe(&arn).await.unwrap().unwrap()).outcome().unwrap_err().message;
+    let message = ecs.outcome(&task_end(&ecs.describe(&arn).await.unwrap().unwrap())).unwrap_err().message;
     assert!(message.contains("ran out of memory") && message.contains("OutOfMemoryError"), "{message}");
 
     // A task ECS no longer knows (AWS answers MISSING) is not there to re-attach to.

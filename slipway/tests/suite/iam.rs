@@ -82,7 +82,7 @@ fn calls_in(text: &str) -> BTreeSet<String> {
 
 fn code_calls() -> BTreeSet<String> {
     let mut files = Vec::new();
-    for crate_dir in ["steps/src", "worker/src", "engine/src"] {
+    for crate_dir in ["steps/src", "worker/src", "engine/src", "slipway/src"] {
         rust_files(&workspace().join(crate_dir), &mut files);
     }
     files.iter().flat_map(|f| calls_in(&std::fs::read_to_string(f).unwrap())).collect()

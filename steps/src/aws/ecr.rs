@@ -14,7 +14,7 @@ use base64::Engine;
 use tokio::sync::Mutex;
 
 use super::{AwsConfig, aws_error, service_code};
-use crate::push::RegistryCredentials;
+use crate::docker::push::RegistryCredentials;
 use crate::{ErrorCode, StepError};
 
 /// How long before a token's expiry a new one is fetched.

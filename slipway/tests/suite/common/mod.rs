@@ -395,10 +395,13 @@ pub fn job_folders(work_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// A repository whose build takes `seconds` (a `RUN sleep`), then runs `hello`.
+/// The `RUN` step is unique to the repository, so that no build cache skips it.
 pub fn slow_build_repo(git: &GitServer, name: &str, seconds: u32) -> String {
     let dockerfile = format!(
-        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"sleep\", \"{seconds}\"]\n\
-         CMD [\"/bin/busybox\", \"echo\", \"hello\"]\n"
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo {}; /bin/busybox sleep {seconds}\"]\n\
+         CMD [\"/bin/busybox\", \"echo\", \"hello\"]\n",
+        unique("build-")
     );
     git.repo(name, &[("Dockerfile", Entry::Text(&dockerfile)), ("busybox", Entry::Busybox)])
 }

@@ -7,7 +7,7 @@ use aws_sdk_ecs::types::{DesiredStatus, TaskField};
 
 use super::{DEADLINE_TAG, Ecs, INSTANCE_TAG, JOB_TAG};
 use crate::aws::aws_error;
-use crate::leftovers::Leftover;
+use crate::docker::leftovers::Leftover;
 use crate::{ErrorCode, StepError};
 
 impl Ecs {

@@ -123,6 +123,16 @@ impl crate::runtime::Runtime for Ecs {
         Ecs::wait(self, watch.job_id, handle, watch.timeout, cursor, watch.logs, watch.cancel).await
     }
 
+    /// Read from the task's stop code and reasons and its essential container's exit.
+    fn outcome(&self, end: &crate::runtime::RunEnd) -> Result<i64, crate::StepError> {
+        stop::classify(&stop::StoppedTask {
+            exit_code: end.exit_code,
+            stop_code: end.stop_code.as_deref(),
+            stopped_reason: end.stopped_reason.as_deref(),
+            container_reason: end.container_reason.as_deref(),
+        })
+    }
+
     /// A stopped task needs nothing removed; ECS forgets it by itself.
     async fn clean_up(&self, _handle: &str) -> Result<(), crate::StepError> {
         Ok(())

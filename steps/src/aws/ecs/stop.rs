@@ -64,11 +64,7 @@ pub fn classify(task: &StoppedTask<'_>) -> Result<i64, StepError> {
         (_, Some("UserInitiated")) => {
             Err(StepError::new(ErrorCode::TaskStopped, format!("the task was stopped outside Slipway: {said}")))
         }
-        (Some(0), _) => Ok(0),
-        (Some(code), _) => Err(StepError {
-            exit_code: Some(code),
-            ..StepError::new(ErrorCode::ExitNonZero, format!("the container exited with code {code}{}", detail(&said)))
-        }),
+        (Some(code), _) => crate::runtime::exit_outcome(code, &said),
         // Stopped with no exit code and no known cause.
         (None, _) => {
             Err(StepError::new(ErrorCode::RunFailed, format!("the run stopped without an exit code{}", detail(&said))))

@@ -1,4 +1,11 @@
-//! The connection to the Docker engine, and what its errors mean for a job.
+//! The Docker engine: the connection and what its errors mean for a job, and the
+//! steps done there — building, pushing, running a container, finding what was
+//! left behind.
+
+pub mod build;
+pub mod leftovers;
+pub mod push;
+pub mod run;
 
 pub use bollard::Docker;
 use bollard::errors::Error as DockerError;

@@ -5,7 +5,7 @@
 //! sit outside the context, as long as it is inside the repository; it is then added
 //! to the tar under a private name. BuildKit runs the build when the engine offers
 //! it ([`detect_builder`]), the classic builder otherwise; each has its own progress
-//! format ([`buildkit`], [`classic`]), turned into the same log lines. A failed
+//! format (`buildkit.rs`, `classic.rs`), turned into the same log lines. A failed
 //! build names the instruction that failed and carries the last lines of output.
 
 mod buildkit;

@@ -287,6 +287,15 @@ impl Runtime for DockerRuntime {
         wait_container(&self.docker, handle, watch.timeout, after, watch.logs, watch.cancel).await.map(RunEnd::exited)
     }
 
+    /// A container that ended has an exit code; one stopped by Slipway ended the
+    /// wait with its own error before this.
+    fn outcome(&self, end: &RunEnd) -> Result<i64, StepError> {
+        match end.exit_code {
+            Some(code) => crate::runtime::exit_outcome(code, ""),
+            None => Err(StepError::new(ErrorCode::RunFailed, "the container ended without an exit code")),
+        }
+    }
+
     async fn clean_up(&self, handle: &str) -> Result<(), StepError> {
         remove_container(&self.docker, handle).await
     }

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
 
+use crate::docker::run::remove_container;
 use crate::docker::{Docker, INSTANCE_LABEL, JOB_LABEL, JOB_TAG_REPOSITORY, engine_error, job_image_tag, status_of};
-use crate::run::remove_container;
 use crate::{ErrorCode, StepError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
