@@ -1,6 +1,7 @@
 //! The job: its identity, its states, and the specification a user submits.
 
 mod retry;
+pub mod rules;
 mod spec;
 mod state;
 
@@ -9,7 +10,7 @@ pub use spec::{
     FieldError, JobRequest, JobSpec, MAX_ATTEMPTS, MAX_BACKOFF_MS, MAX_TIMEOUT_SECONDS, RetryRequest, RunRequest,
     RunSpec, SubmitDefaults,
 };
-pub use state::{JobState, first_step_of, state_of_step};
+pub use state::{JobState, state_of_step};
 
 use std::fmt;
 

@@ -69,17 +69,6 @@ pub fn state_of_step(step: Step) -> JobState {
     }
 }
 
-/// Where an unfinished job resumes when it is claimed. The clone on disk and the
-/// built image live on the worker that made them, so a job that had not pushed yet
-/// starts over from the clone (at its pinned commit); a pushed image can run
-/// anywhere, so a job past the push resumes at the run.
-pub fn first_step_of(state: JobState, pushed_ref: Option<&str>) -> Step {
-    match (state, pushed_ref) {
-        (JobState::Running, Some(_)) => Step::Run,
-        _ => Step::Clone,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,13 +79,5 @@ mod tests {
             assert_eq!(state.as_str().parse::<JobState>().unwrap(), state);
         }
         assert!("done".parse::<JobState>().unwrap_err().contains("queued"));
-    }
-
-    #[test]
-    fn only_a_pushed_running_job_skips_the_clone() {
-        assert_eq!(first_step_of(JobState::Queued, None), Step::Clone);
-        assert_eq!(first_step_of(JobState::Pushing, None), Step::Clone);
-        assert_eq!(first_step_of(JobState::Building, Some("r@sha256:1")), Step::Clone);
-        assert_eq!(first_step_of(JobState::Running, Some("r@sha256:1")), Step::Run);
     }
 }

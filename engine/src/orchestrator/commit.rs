@@ -14,7 +14,8 @@ use slipway_steps::{ErrorCode, Step};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::job::{JobId, JobState, RetryDecision, RetryPolicy};
+use crate::job::rules::{self, AfterFailure};
+use crate::job::{JobId, JobState, RetryPolicy};
 use crate::store::{Finish, Lease, NewLogLine, Outputs, Retry, StoreError, leases, logs, read, transitions};
 
 /// Reports waiting for a committer, at most.
@@ -343,25 +344,24 @@ async fn failed(
     failure: &StepFailure,
     exit_code: Option<i64>,
 ) -> Result<Applied, StoreError> {
-    if failure.code == ErrorCode::Cancelled.as_str() {
-        finish(conn, lease, step, JobState::Cancelled, exit_code, &failure.code, &failure.message).await?;
-        return Ok(Applied::Finished(JobState::Cancelled));
-    }
     let job = read::job(conn, lease.job_id).await?;
     let spec = &job.spec.0;
-    let retryable = failure.retryable || (failure.code == ErrorCode::ExitNonZero.as_str() && spec.run.retry_on_failure);
-    match spec.retry.decide(lease.attempt.max(1) as u32, retryable, jitter()) {
-        RetryDecision::RetryAfter(after) => {
-            // A pushed image runs again without a rebuild; anything earlier starts over.
-            let resume_at =
-                if step == Step::Run && job.pushed_ref.is_some() { JobState::Running } else { JobState::Queued };
+    let said = rules::Failure { code: &failure.code, retryable: failure.retryable };
+    let attempt = u32::try_from(lease.attempt).unwrap_or(1);
+    let pushed = job.pushed_ref.is_some();
+    match rules::after_failure(step, said, attempt, &spec.retry, spec.run.retry_on_failure, pushed, jitter()) {
+        AfterFailure::Cancelled => {
+            finish(conn, lease, step, JobState::Cancelled, exit_code, &failure.code, &failure.message).await?;
+            Ok(Applied::Finished(JobState::Cancelled))
+        }
+        AfterFailure::Retry { resume_at, after } => {
             tracing::info!(job.id = %lease.job_id, job.attempt = lease.attempt, error.code = %failure.code, ?after, "retrying");
             let retry =
                 Retry { resume_at, after, exit_code, error_code: failure.code.clone(), error: failure.message.clone() };
             transitions::mark_retry(conn, lease, step, &retry).await?;
             Ok(Applied::Retried(failure.code.clone()))
         }
-        RetryDecision::GiveUp => {
+        AfterFailure::Failed => {
             finish(conn, lease, step, JobState::Failed, exit_code, &failure.code, &failure.message).await?;
             Ok(Applied::Finished(JobState::Failed))
         }

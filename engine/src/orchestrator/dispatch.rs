@@ -14,7 +14,8 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
 use super::{OrchestratorConfig, Wake, wire};
-use crate::job::{JobId, first_step_of};
+use crate::job::JobId;
+use crate::job::rules::first_step_of;
 use crate::store::{ClaimedJob, HeldLease, LeaseStatus, Store, StoreError, WorkerOffer};
 use slipway_steps::runtime::RuntimeKind;
 
@@ -256,7 +257,7 @@ impl Dispatcher {
     }
 
     async fn start(&mut self, worker: usize, job: ClaimedJob) -> Result<(), StoreError> {
-        let first_step = first_step_of(job.state, job.pushed_ref.as_deref());
+        let first_step = first_step_of(job.state, job.pushed_ref.is_some());
         let span = tracing::info_span!(
             "orchestrator.dispatch",
             job.id = %job.id, job.attempt = job.attempt, job.step = first_step.as_str()

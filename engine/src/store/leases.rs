@@ -55,7 +55,9 @@ pub enum CancelOutcome {
 }
 
 /// The shared body of lease expiry and hand-back; `$1`/`$2` select the leases,
-/// `$3` is the reason recorded, `$4` the default attempt limit.
+/// `$3` is the reason recorded, `$4` the default attempt limit. Where each job goes
+/// is [`crate::job::rules::after_lease_end`], written in SQL so that one statement
+/// ends every expired lease (a store test holds the two together).
 const END_LEASES: &str = "
     with ended as (
         select id, state, attempt, lease_worker, cancel_requested_at, pushed_ref,
@@ -70,7 +72,7 @@ const END_LEASES: &str = "
         select *, case
             when cancel_requested_at is not null then 'cancelled'
             when attempt >= max_attempts then 'failed'
-            when state = 'running' and pushed_ref is not null then 'running'
+            when pushed_ref is not null then 'running'
             else 'queued' end::job_state as next_state
         from ended
     ), upd as (

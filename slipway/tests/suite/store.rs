@@ -377,3 +377,47 @@ async fn a_retried_run_starts_afresh_and_a_run_whose_lease_ended_is_resumed() {
     let third = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
     assert_eq!((third.state, third.attempt, third.fresh_run), (JobState::Running, 3, false));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_that_ends_sends_its_job_where_the_rule_says() {
+    use slipway_engine::job::rules::after_lease_end;
+    let db = TestDb::new().await;
+    let max_attempts = 3;
+    let mut expected = BTreeMap::new();
+    for state in [JobState::Cloning, JobState::Building, JobState::Pushing, JobState::Running] {
+        for attempt in [1, max_attempts] {
+            for cancel_requested in [false, true] {
+                for pushed in [false, true] {
+                    let id = queue(&db, 1).await[0];
+                    sqlx::query(
+                        "update jobs set state = $2, attempt = $3, lease_owner = 'o', lease_worker = 'w',
+                             lease_token = gen_random_uuid(), lease_expires_at = now() - interval '1 second',
+                             cancel_requested_at = case when $4 then now() end,
+                             pushed_ref = case when $5 then '127.0.0.1:5000/app@sha256:00' end,
+                             spec = jsonb_set(spec, '{retry,max_attempts}', to_jsonb($6::int))
+                         where id = $1",
+                    )
+                    .bind(id)
+                    .bind(state)
+                    .bind(attempt as i32)
+                    .bind(cancel_requested)
+                    .bind(pushed)
+                    .bind(max_attempts as i32)
+                    .execute(db.store.pool())
+                    .await
+                    .unwrap();
+                    let rule = after_lease_end(attempt, max_attempts, cancel_requested, pushed);
+                    expected.insert(id, ((state, attempt, cancel_requested, pushed), rule));
+                }
+            }
+        }
+    }
+    let ended = db.store.expire_leases(&Default::default()).await.unwrap();
+    assert_eq!(ended.len(), expected.len());
+    for lease in ended {
+        let (case, rule) = expected[&lease.id];
+        assert_eq!(lease.to_state, rule, "the statement and the rule disagree for {case:?}");
+        let attempt = if rule.is_terminal() { case.1 } else { case.1 + 1 };
+        assert_eq!(lease.attempt as u32, attempt, "{case:?}");
+    }
+}
