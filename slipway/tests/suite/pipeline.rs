@@ -198,7 +198,7 @@ async fn each_failure_ends_the_job_failed_with_its_cause() {
             "exit_nonzero" => {
                 assert_eq!(job["exit_code"], 3);
                 assert_eq!(history, ["queued", "cloning", "building", "pushing", "running", "failed"]);
-                assert!(containers_of(&id).is_empty(), "the container is removed");
+                wait_containers_gone(&id, Duration::from_secs(10)).await;
             }
             "ref_not_found" => assert!(message.contains("no-such-branch"), "{message}"),
             "repo_not_found" => assert!(message.contains("nope"), "{message}"),
