@@ -3,10 +3,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use slipway_observability::{fields, metrics, trace};
-use slipway_proto::convert::step_to_wire;
 use slipway_proto::v1::{self, step_report::Event};
 use slipway_steps::aws::ecr::EcrRegistry;
 use slipway_steps::clone::{CloneRequest, clone_repo};
@@ -18,31 +17,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::reporter::Reporter;
+use crate::assignment::{JobRun, non_empty};
+use crate::reporter::{Reporter, send};
 use crate::run_step::{clean_up, run_container};
-use crate::service::WorkerState;
+use crate::state::WorkerState;
 
 /// Lines a step may have written before the reporter sends them; a full buffer
 /// slows the step rather than dropping lines.
 const LOG_BUFFER: usize = 4096;
-
-pub(crate) struct JobRun {
-    pub lease: v1::Lease,
-    pub spec: v1::JobSpec,
-    pub outputs: v1::StepOutputs,
-    pub first_step: Step,
-    pub report_to: String,
-    pub instance_id: String,
-    /// The run starts afresh: the last attempt's run ended and was recorded.
-    pub fresh_run: bool,
-    /// The orchestrator's dispatch span, parent of this run's spans.
-    pub traceparent: String,
-    pub current_step: Arc<Mutex<Step>>,
-    /// Cancelled when the job is to end `cancelled`.
-    pub cancel: CancellationToken,
-    /// Cancelled when the worker stops before the job ends: the job is handed back.
-    pub hand_back: CancellationToken,
-}
 
 /// Runs the job to its end and forgets it.
 pub(crate) async fn run(state: Arc<WorkerState>, job: JobRun) {
@@ -180,36 +162,6 @@ async fn run_step(
     }
 }
 
-/// Sends a report; `false` when the job must stop (lease gone or orchestrator unreachable).
-pub(crate) async fn send(
-    reporter: &Reporter,
-    lease: &v1::Lease,
-    step: Step,
-    event: Event,
-    exit_code: Option<i64>,
-    then_start: Option<Step>,
-) -> bool {
-    let traceparent = trace::traceparent_of(&tracing::Span::current());
-    let report = v1::StepReport {
-        lease: Some(lease.clone()),
-        step: step_to_wire(step) as i32,
-        event: Some(event),
-        exit_code,
-        then_start: then_start.map_or(0, |s| step_to_wire(s) as i32),
-    };
-    match reporter.send(report, traceparent).await {
-        Ok(true) => true,
-        Ok(false) => {
-            tracing::warn!(job.id = %lease.job_id, job.step = step.as_str(), "the lease is gone; stopping the job");
-            false
-        }
-        Err(e) => {
-            tracing::warn!(job.id = %lease.job_id, job.step = step.as_str(), error = %e, "report not delivered; stopping the job");
-            false
-        }
-    }
-}
-
 async fn clone(job: &JobRun, folder: &Path, logs: &LogSink, stop: &CancellationToken) -> Result<String, StepError> {
     let request = CloneRequest {
         repo: job.spec.repo.clone(),
@@ -282,10 +234,6 @@ async fn push(
 
 fn checkout_dir(folder: &Path) -> PathBuf {
     folder.join("src")
-}
-
-pub(crate) fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_string())
 }
 
 fn internal(what: &str, e: std::io::Error) -> StepError {

@@ -4,11 +4,13 @@
 //! A worker holds no database credentials: it runs untrusted builds, so everything
 //! it learns reaches the database only through an orchestrator's fenced commits.
 
+mod assignment;
 mod config;
 mod job_run;
 mod reporter;
 mod run_step;
 mod service;
+mod state;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,8 @@ use slipway_proto::v1::job_service_server::JobServiceServer;
 use tokio_util::sync::CancellationToken;
 
 pub use config::WorkerConfig;
-use service::{Worker, WorkerState};
+use service::Worker;
+use state::WorkerState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {

@@ -13,9 +13,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use slipway_observability::trace;
 use slipway_proto::convert::{step_to_wire, stream_to_wire};
-use slipway_proto::v1::{self, report_service_client::ReportServiceClient};
-use slipway_steps::LogLine;
+use slipway_proto::v1::{self, report_service_client::ReportServiceClient, step_report::Event};
+use slipway_steps::{LogLine, Step};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -229,5 +230,35 @@ async fn flush(link: &mut Link, lease: &v1::Lease, batch: &mut Vec<v1::LogLine>)
         Ok(ack) if !ack.accepted => tracing::warn!(job.id = %lease.job_id, "log lines refused: the lease is gone"),
         Ok(_) => {}
         Err(e) => tracing::warn!(job.id = %lease.job_id, lines = count, error = %e, "log lines lost"),
+    }
+}
+
+/// Sends a report; `false` when the job must stop (lease gone or orchestrator unreachable).
+pub(crate) async fn send(
+    reporter: &Reporter,
+    lease: &v1::Lease,
+    step: Step,
+    event: Event,
+    exit_code: Option<i64>,
+    then_start: Option<Step>,
+) -> bool {
+    let traceparent = trace::traceparent_of(&tracing::Span::current());
+    let report = v1::StepReport {
+        lease: Some(lease.clone()),
+        step: step_to_wire(step) as i32,
+        event: Some(event),
+        exit_code,
+        then_start: then_start.map_or(0, |s| step_to_wire(s) as i32),
+    };
+    match reporter.send(report, traceparent).await {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::warn!(job.id = %lease.job_id, job.step = step.as_str(), "the lease is gone; stopping the job");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(job.id = %lease.job_id, job.step = step.as_str(), error = %e, "report not delivered; stopping the job");
+            false
+        }
     }
 }

@@ -12,9 +12,9 @@ use slipway_steps::{ErrorCode, LogSink, Step, StepError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::job_run::{JobRun, non_empty, send};
-use crate::reporter::Reporter;
-use crate::service::WorkerState;
+use crate::assignment::{JobRun, non_empty};
+use crate::reporter::{Reporter, send};
+use crate::state::WorkerState;
 
 /// Runs the pushed image on the job's runtime; the run's handle goes into `outputs`
 /// as soon as it is known.
