@@ -1,54 +1,44 @@
-//! HTTP errors: JSON `{"error": {"code", "message", "field"}}` with a stable code.
-//! Internal errors are logged once here and never show database text.
+//! HTTP errors: JSON `{"error": {"code", "message", "field"}}` with a stable code
+//! from the engine's one vocabulary ([`Code`]), which also gives the status.
 
 use axum::Json;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+pub use crate::error::Code;
 use crate::store::StoreError;
 
 #[derive(Debug)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: Code,
     pub message: String,
     pub field: Option<String>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), field: None }
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into(), field: None }
     }
 
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ApiError { field: Some(field.into()), ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_field", message) }
+        ApiError { field: Some(field.into()), ..ApiError::new(Code::InvalidField, message) }
     }
 
     pub fn not_found(what: &str) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} with that id"))
+        ApiError::new(Code::NotFound, format!("no {what} with that id"))
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound => ApiError::not_found("job"),
-            StoreError::Unavailable(_) => {
-                tracing::warn!(error = ?e, "database unavailable");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; try again")
-            }
-            e => {
-                tracing::error!(error = ?e, "request failed");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
-            }
-        }
+        let (code, message) = Code::of_store(&e);
+        ApiError::new(code, message)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message, "field": self.field } });
-        (self.status, Json(body)).into_response()
+        let body = json!({ "error": { "code": self.code.as_str(), "message": self.message, "field": self.field } });
+        (self.code.http_status(), Json(body)).into_response()
     }
 }

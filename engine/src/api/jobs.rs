@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::views::{EventPage, JobPage, JobView, LogPage};
 use super::{ApiError, AppState, MAX_BODY_BYTES, follow};
+use crate::error::Code;
 use crate::job::{JobId, JobRequest, JobState};
 use slipway_observability::{metrics, trace};
 use tracing::Instrument;
@@ -30,18 +31,13 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bod
         let kind = kind.to_str().unwrap_or_default();
         if !kind.starts_with("application/json") {
             return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                Code::UnsupportedMediaType,
                 format!("send the job as application/json, not `{kind}`"),
             ));
         }
     }
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the request body is larger than {MAX_BODY_BYTES} bytes"),
-        )
+        ApiError::new(Code::BodyTooLarge, format!("the request body is larger than {MAX_BODY_BYTES} bytes"))
     })?;
     let request = parse_job_request(&bytes)?;
     let spec = request.validate(&state.defaults).map_err(|e| ApiError::invalid(e.field, e.message))?;
@@ -61,8 +57,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bod
             return Err(ApiError {
                 field: Some("Idempotency-Key".into()),
                 ..ApiError::new(
-                    StatusCode::CONFLICT,
-                    "idempotency_key_reused",
+                    Code::IdempotencyKeyReused,
                     format!("this Idempotency-Key was used for job {id} with another request body"),
                 )
             });
@@ -99,8 +94,7 @@ pub async fn cancel(State(store): State<Store>, Path(id): Path<String>) -> Resul
         CancelOutcome::Requested => StatusCode::ACCEPTED,
         CancelOutcome::AlreadyFinished(state) => {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "already_finished",
+                Code::AlreadyFinished,
                 format!("the job has already ended ({})", state.as_str()),
             ));
         }
@@ -118,11 +112,7 @@ fn parse_job_request(bytes: &[u8]) -> Result<JobRequest, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if !inner.is_data() {
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not valid JSON: {inner}"),
-            );
+            return ApiError::new(Code::InvalidJson, format!("the body is not valid JSON: {inner}"));
         }
         let message = inner.to_string();
         // The path names the unknown key itself; keep the key if the path is empty.
@@ -132,9 +122,7 @@ fn parse_job_request(bytes: &[u8]) -> Result<JobRequest, ApiError> {
         };
         ApiError::invalid(field, strip_position(&message))
     })?;
-    de.end().map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not valid JSON: {e}"))
-    })?;
+    de.end().map_err(|e| ApiError::new(Code::InvalidJson, format!("the body is not valid JSON: {e}")))?;
     Ok(request)
 }
 
@@ -261,15 +249,15 @@ mod tests {
     #[test]
     fn names_unknown_fields_and_wrong_types() {
         let e = parse_job_request(br#"{"repo":"git://h/r","imag":"x"}"#).unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), ("invalid_field", Some("imag")));
+        assert_eq!((e.code, e.field.as_deref()), (Code::InvalidField, Some("imag")));
         let e = parse_job_request(br#"{"run":{"timeout":3}}"#).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("run.timeout"));
         let e = parse_job_request(br#"{"env":{"A":1}}"#).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("env.A"));
         assert!(!e.message.contains("line"), "{}", e.message);
         let e = parse_job_request(br#"{"repo": "#).unwrap_err();
-        assert_eq!(e.code, "invalid_json");
+        assert_eq!(e.code, Code::InvalidJson);
         let e = parse_job_request(br#"{} {}"#).unwrap_err();
-        assert_eq!(e.code, "invalid_json");
+        assert_eq!(e.code, Code::InvalidJson);
     }
 }

@@ -49,7 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/logs", get(jobs::logs))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics::metrics_text))
-        .fallback(|| async { ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .fallback(|| async { ApiError::new(error::Code::NotFound, "no such endpoint") })
         .with_state(state)
 }
 

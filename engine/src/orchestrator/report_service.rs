@@ -33,11 +33,9 @@ impl ReportHandler {
                 tracing::warn!(job.id = %job_id, job.attempt = attempt, "stale report refused: the lease is not current");
                 Ok(Response::new(v1::ReportAck { accepted: false }))
             }
-            Err(StoreError::Unavailable(_)) => Err(Status::unavailable("the database is unavailable")),
-            Err(StoreError::CommitterStopped) => Err(Status::unavailable("the orchestrator is stopping")),
             Err(e) => {
-                tracing::error!(job.id = %job_id, error = ?e, "cannot commit a report");
-                Err(Status::internal("cannot commit the report"))
+                let (code, message) = crate::error::Code::of_store(&e);
+                Err(Status::new(code.grpc(), message))
             }
         }
     }

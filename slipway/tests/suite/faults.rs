@@ -139,6 +139,7 @@ async fn a_job_whose_orchestrator_is_killed_while_running_is_finished_by_another
     wait_state(&first_ports.api(), &id, "running", LIMIT).await;
     let second_ports = Ports::new();
     let _second = server("orchestrator-second", &db, &second_ports, &[worker_port]);
+    wait_healthy(&second_ports.api(), Duration::from_secs(30)).await;
     first.signal("KILL");
 
     let job = wait_finished(&second_ports.api(), &id, LIMIT).await;

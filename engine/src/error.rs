@@ -1,0 +1,111 @@
+//! One vocabulary for what the engine answers when a request cannot be served: each
+//! code carries its HTTP status and its gRPC code, so that the HTTP API and the
+//! report service say the same thing the same way, and a store error is translated
+//! to one of them in one place ([`Code::of_store`]).
+
+use axum::http::StatusCode;
+
+use crate::store::StoreError;
+
+/// A stable error code, as the API's JSON `error.code` spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// A field of the request is wrong; the error names it.
+    InvalidField,
+    /// The body is not JSON, or not the JSON expected.
+    InvalidJson,
+    UnsupportedMediaType,
+    BodyTooLarge,
+    NotFound,
+    /// The job already ended; there is nothing to cancel.
+    AlreadyFinished,
+    /// An idempotency key came back with another body.
+    IdempotencyKeyReused,
+    /// The database (or the process) cannot serve now; trying again may work.
+    Unavailable,
+    Internal,
+}
+
+impl Code {
+    pub const ALL: [Code; 9] = [
+        Code::InvalidField,
+        Code::InvalidJson,
+        Code::UnsupportedMediaType,
+        Code::BodyTooLarge,
+        Code::NotFound,
+        Code::AlreadyFinished,
+        Code::IdempotencyKeyReused,
+        Code::Unavailable,
+        Code::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::InvalidField => "invalid_field",
+            Code::InvalidJson => "invalid_json",
+            Code::UnsupportedMediaType => "unsupported_media_type",
+            Code::BodyTooLarge => "body_too_large",
+            Code::NotFound => "not_found",
+            Code::AlreadyFinished => "already_finished",
+            Code::IdempotencyKeyReused => "idempotency_key_reused",
+            Code::Unavailable => "unavailable",
+            Code::Internal => "internal",
+        }
+    }
+
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            Code::InvalidField | Code::InvalidJson => StatusCode::BAD_REQUEST,
+            Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::AlreadyFinished | Code::IdempotencyKeyReused => StatusCode::CONFLICT,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn grpc(self) -> tonic::Code {
+        match self {
+            Code::InvalidField | Code::InvalidJson | Code::UnsupportedMediaType => tonic::Code::InvalidArgument,
+            Code::BodyTooLarge => tonic::Code::ResourceExhausted,
+            Code::NotFound => tonic::Code::NotFound,
+            Code::AlreadyFinished | Code::IdempotencyKeyReused => tonic::Code::FailedPrecondition,
+            Code::Unavailable => tonic::Code::Unavailable,
+            Code::Internal => tonic::Code::Internal,
+        }
+    }
+
+    /// What a store error means to whoever asked, and what to tell them; errors
+    /// that are Slipway's fault are logged here, once, and never show database text.
+    pub fn of_store(e: &StoreError) -> (Code, &'static str) {
+        match e {
+            StoreError::NotFound => (Code::NotFound, "no job with that id"),
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = ?e, "database unavailable");
+                (Code::Unavailable, "the database is unavailable; try again")
+            }
+            StoreError::CommitterStopped => (Code::Unavailable, "the orchestrator is stopping; try again"),
+            e => {
+                tracing::error!(error = ?e, "request failed");
+                (Code::Internal, "internal error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_is_spelled_once_and_maps_to_both_transports() {
+        let names: std::collections::BTreeSet<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(names.len(), Code::ALL.len());
+        for code in Code::ALL {
+            let http = code.http_status();
+            assert!(http.is_client_error() || http.is_server_error(), "{code:?}");
+            assert_ne!(code.grpc(), tonic::Code::Ok, "{code:?}");
+        }
+    }
+}
