@@ -1,0 +1,98 @@
+//! Git repositories made by the tests and served by `git daemon` on loopback.
+
+use super::*;
+
+/// A Dockerfile whose image prints `hello $GREETING`.
+pub const BUSYBOX_DOCKERFILE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nCMD [\"/bin/busybox\", \"sh\", \"-c\", \"echo hello $GREETING; echo done >&2\"]\n";
+
+/// A folder of repositories served by `git daemon` on loopback.
+pub struct GitServer {
+    root: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+/// What a repository file is.
+pub enum Entry<'a> {
+    Text(&'a str),
+    Busybox,
+    Symlink(&'a str),
+}
+
+impl GitServer {
+    pub fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Command::new("git")
+            .args(["daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", root.path().display()))
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("git daemon starts");
+        wait_for_port(port, Duration::from_secs(10));
+        GitServer { root, port, child }
+    }
+
+    /// Makes a repository with one commit on `main` and returns its URL.
+    pub fn repo(&self, name: &str, files: &[(&str, Entry)]) -> String {
+        let dir = self.root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        git(&dir, &["init", "-q", "-b", "main"]);
+        for (path, entry) in files {
+            let target = dir.join(path);
+            std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+            match entry {
+                Entry::Text(text) => std::fs::write(&target, text).unwrap(),
+                Entry::Busybox => {
+                    std::fs::copy(env("SLIPWAY_TEST_BUSYBOX"), &target).unwrap();
+                }
+                Entry::Symlink(to) => std::os::unix::fs::symlink(to, &target).unwrap(),
+            }
+        }
+        git(&dir, &["add", "-A"]);
+        git(&dir, &["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "init"]);
+        self.url(name)
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("git://127.0.0.1:{}/{name}", self.port)
+    }
+
+    pub fn head(&self, name: &str) -> String {
+        let out =
+            Command::new("git").args(["rev-parse", "HEAD"]).current_dir(self.root.path().join(name)).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let status = Command::new("git").args(args).current_dir(dir).status().unwrap();
+    assert!(status.success(), "git {args:?} failed");
+}
+
+/// A repository whose image prints `hello $GREETING`.
+pub fn app_repo(git: &GitServer, name: &str) -> String {
+    git.repo(name, &[("Dockerfile", Entry::Text(BUSYBOX_DOCKERFILE)), ("busybox", Entry::Busybox)])
+}
+
+/// A repository whose build takes `seconds` (a `RUN sleep`), then runs `hello`.
+/// The `RUN` step is unique to the repository, so that no build cache skips it.
+pub fn slow_build_repo(git: &GitServer, name: &str, seconds: u32) -> String {
+    let dockerfile = format!(
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo {}; /bin/busybox sleep {seconds}\"]\n\
+         CMD [\"/bin/busybox\", \"echo\", \"hello\"]\n",
+        unique("build-")
+    );
+    git.repo(name, &[("Dockerfile", Entry::Text(&dockerfile)), ("busybox", Entry::Busybox)])
+}

@@ -1,0 +1,149 @@
+//! `slipway` processes with clean environments, their ports, and a `standalone` with a repository to build.
+
+use super::*;
+
+/// The `slipway` binary with a clean environment: nothing leaks in from the
+/// test's own (or the developer's) but what a process needs to find its tools and
+/// the Docker engine.
+pub fn slipway_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_slipway"));
+    command.env_clear();
+    for var in ["PATH", "HOME", "DOCKER_HOST", "TMPDIR"] {
+        if let Ok(value) = std::env::var(var) {
+            command.env(var, value);
+        }
+    }
+    command
+}
+
+/// A running `slipway` process; killed when dropped, its output shown if the test failed.
+pub struct Slipway {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl Slipway {
+    pub fn spawn(name: &str, args: &[&str], envs: &BTreeMap<&str, String>) -> Self {
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("out.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let mut command = slipway_command();
+        command.args(args).stdout(file.try_clone().unwrap()).stderr(file).env("RUST_LOG", "info,sqlx=warn");
+        command.envs(envs);
+        let child = command.spawn().expect("slipway starts");
+        Slipway { name: name.to_string(), child, log, _log_dir: log_dir }
+    }
+
+    pub fn output(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`KILL`, `STOP`, `CONT`, …).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+        if signal == "KILL" {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Slipway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("----- output of {} -----\n{}\n----- end of {} -----", self.name, self.output(), self.name);
+        }
+    }
+}
+
+/// Ports and folders of one server + worker pair.
+pub struct Ports {
+    pub http: u16,
+    pub grpc: u16,
+    pub worker: u16,
+}
+
+impl Ports {
+    pub fn new() -> Self {
+        Ports { http: free_port(), grpc: free_port(), worker: free_port() }
+    }
+
+    pub fn api(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    pub fn server_env(&self) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("SLIPWAY_HTTP_ADDR", format!("127.0.0.1:{}", self.http)),
+            ("SLIPWAY_GRPC_ADDR", format!("127.0.0.1:{}", self.grpc)),
+            ("SLIPWAY_HEARTBEAT_INTERVAL", "200ms".to_string()),
+            ("SLIPWAY_WORKER_TIMEOUT", "2s".to_string()),
+        ])
+    }
+
+    pub fn worker_env(&self, work_dir: &Path) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("SLIPWAY_WORKER_ADDR", format!("127.0.0.1:{}", self.worker)),
+            ("SLIPWAY_WORK_DIR", work_dir.display().to_string()),
+            ("SLIPWAY_WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
+        ])
+    }
+}
+
+/// A `standalone` process on a fresh database, with an app repository to build.
+pub struct Standalone {
+    pub db: TestDb,
+    pub git: GitServer,
+    /// The URL of a repository whose image prints `hello $GREETING`.
+    pub repo: String,
+    pub work: tempfile::TempDir,
+    pub ports: Ports,
+    pub process: Slipway,
+}
+
+impl Standalone {
+    /// Starts one with these extra settings and waits until its API answers.
+    pub async fn start(extra: &[(&'static str, &str)]) -> Self {
+        let db = TestDb::new().await;
+        let git = GitServer::start();
+        let repo = app_repo(&git, "app");
+        let work = tempfile::tempdir().unwrap();
+        let ports = Ports::new();
+        let mut env = ports.server_env();
+        env.extend(ports.worker_env(work.path()));
+        env.insert("DATABASE_URL", db.url.clone());
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        let process = Slipway::spawn("standalone", &["standalone"], &env);
+        wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+        Standalone { db, git, repo, work, ports, process }
+    }
+
+    pub fn api(&self) -> String {
+        self.ports.api()
+    }
+}
