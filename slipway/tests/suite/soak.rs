@@ -188,7 +188,10 @@ async fn soak_jobs_survive_random_kills_of_workers_and_orchestrators() {
     // Exactly once, as the engine saw it (once every job's clean end has reached
     // the event stream).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !ids.iter().all(|id| engine_events.read().lives_of(id).iter().any(|l| l.exit_code == Some(0))) {
+    while !{
+        let seen = engine_events.read();
+        ids.iter().all(|id| seen.lives_of(id).iter().any(|l| l.exit_code == Some(0)))
+    } {
         assert!(Instant::now() < deadline, "the engine's events never showed every job's end");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListImagesOptionsBuilder, RemoveImageOptionsBuilder};
 
 use crate::docker::run::remove_container;
-use crate::docker::{Docker, INSTANCE_LABEL, JOB_LABEL, JOB_TAG_REPOSITORY, engine_error, job_image_tag, status_of};
+use crate::docker::{
+    Docker, INSTANCE_LABEL, JOB_LABEL, JOB_TAG_REPOSITORY, engine_error, job_tag_repository, status_of,
+};
 use crate::{ErrorCode, StepError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,7 +41,7 @@ pub async fn list(docker: &Docker, instance_id: &str) -> Result<Vec<Leftover>, S
         .list_containers(Some(ListContainersOptionsBuilder::default().all(true).filters(&filters).build()))
         .await
         .map_err(|e| engine_error(e, ErrorCode::Internal, "cannot list containers"))?;
-    let (repository, _) = job_image_tag(instance_id, "");
+    let repository = job_tag_repository(instance_id);
     let tagged = HashMap::from([("reference", vec![repository.clone()])]);
     let images = docker
         .list_images(Some(ListImagesOptionsBuilder::default().all(false).filters(&tagged).build()))

@@ -31,7 +31,12 @@ pub const ATTEMPT_LABEL: &str = "slipway.attempt";
 /// installation. Tags are not part of the image: jobs that build the same content
 /// share one image, each with its own tag, and the image goes with the last of them.
 pub fn job_image_tag(instance_id: &str, job_id: &str) -> (String, String) {
-    (format!("{JOB_TAG_REPOSITORY}/{instance_id}"), job_id.to_string())
+    (job_tag_repository(instance_id), job_id.to_string())
+}
+
+/// The repository of an installation's job tags.
+pub fn job_tag_repository(instance_id: &str) -> String {
+    format!("{JOB_TAG_REPOSITORY}/{instance_id}")
 }
 
 /// Connects to the local engine (`DOCKER_HOST` or the default socket).

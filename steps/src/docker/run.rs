@@ -198,29 +198,29 @@ async fn follow_output(
     let mut stream = docker.logs(&container_id, Some(options.build()));
     let mut out = LineSplitter::default();
     let mut err = LineSplitter::default();
-    let emit = |which: LogStream, line: String| {
-        let logs = logs.clone();
-        async move {
-            match stamped(&line) {
-                Some((at, _, _)) if after.is_some_and(|after| at <= after) => {}
-                Some((at, stamp, text)) => logs.line_with_cursor(which, text, at.into(), stamp.to_string()).await,
-                None => logs.line(which, line).await,
-            }
-        }
-    };
     while let Some(Ok(chunk)) = stream.next().await {
         let (splitter, which) = match &chunk {
             LogOutput::StdErr { .. } => (&mut err, LogStream::Stderr),
             _ => (&mut out, LogStream::Stdout),
         };
         for line in splitter.push(&chunk.into_bytes()) {
-            emit(which, line).await;
+            emit(&logs, after, which, line).await;
         }
     }
     for (splitter, which) in [(&mut out, LogStream::Stdout), (&mut err, LogStream::Stderr)] {
         if let Some(rest) = splitter.finish() {
-            emit(which, rest).await;
+            emit(&logs, after, which, rest).await;
         }
+    }
+}
+
+/// Passes one stamped line on with its stamp as the cursor, unless it is at or
+/// before `after` (already stored by an earlier attempt).
+async fn emit(logs: &LogSink, after: Option<chrono::DateTime<chrono::FixedOffset>>, which: LogStream, line: String) {
+    match stamped(&line) {
+        Some((at, _, _)) if after.is_some_and(|after| at <= after) => {}
+        Some((at, stamp, text)) => logs.line_with_cursor(which, text, at.into(), stamp.to_string()).await,
+        None => logs.line(which, line).await,
     }
 }
 
