@@ -45,8 +45,14 @@ pub(super) fn log_batch(batch: v1::LogBatch) -> Result<Report, Status> {
     Ok(Report::Logs { lease, lines, cursor })
 }
 
+/// The longest worker id a report may name (it is stored with every history row).
+const MAX_WORKER_ID: usize = 255;
+
 fn lease_of(lease: Option<v1::Lease>) -> Result<Lease, Status> {
     let lease = lease.ok_or_else(|| Status::invalid_argument("lease is required"))?;
+    if lease.worker_id.len() > MAX_WORKER_ID {
+        return Err(Status::invalid_argument(format!("lease.worker_id is longer than {MAX_WORKER_ID} bytes")));
+    }
     Ok(Lease {
         job_id: lease.job_id.parse().map_err(|_| Status::invalid_argument("lease.job_id is not a job id"))?,
         attempt: lease.attempt as i32,
@@ -111,5 +117,31 @@ pub(super) fn start_request(
         traceparent: traceparent.to_string(),
         instance_id: config.instance_id.clone(),
         fresh_run: job.fresh_run,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(worker_id: String) -> v1::Lease {
+        v1::Lease {
+            job_id: "01a22ee5-2edf-73b7-8e61-c91417b10ac9".into(),
+            attempt: 1,
+            lease_token: "5f0c1d2e-3a4b-4c5d-8e6f-7a8b9c0d1e2f".into(),
+            worker_id,
+        }
+    }
+
+    #[test]
+    fn a_report_naming_an_overlong_worker_or_a_bad_lease_is_refused_naming_the_field() {
+        assert_eq!(lease_of(Some(lease("worker-a".into()))).unwrap().worker.as_deref(), Some("worker-a"));
+        assert_eq!(lease_of(Some(lease(String::new()))).unwrap().worker, None);
+        let e = lease_of(Some(lease("w".repeat(MAX_WORKER_ID + 1)))).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains("lease.worker_id"), "{}", e.message());
+        let e = lease_of(Some(v1::Lease { job_id: "../../victim".into(), ..lease(String::new()) })).unwrap_err();
+        assert!(e.message().contains("lease.job_id"), "{}", e.message());
+        assert!(lease_of(None).unwrap_err().message().contains("lease"));
     }
 }
