@@ -1,9 +1,9 @@
 //! The job: its identity, its states, and the specification a user submits.
 
 mod retry;
-pub mod rules;
 mod spec;
 mod state;
+pub mod transitions;
 
 pub use retry::{RetryDecision, RetryPolicy};
 pub use spec::{

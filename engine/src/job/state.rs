@@ -31,8 +31,11 @@ impl JobState {
         JobState::Cancelled,
     ];
 
+    /// The final states: a job in one of them never changes again.
+    pub const TERMINAL: &'static [JobState] = &[JobState::Succeeded, JobState::Failed, JobState::Cancelled];
+
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        JobState::TERMINAL.contains(&self)
     }
 
     pub fn as_str(self) -> &'static str {

@@ -14,9 +14,9 @@ use slipway_steps::{ErrorCode, Step};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::job::rules::{self, AfterFailure};
+use crate::job::transitions::{self as rules, AfterFailure, CANCELLED_BY_REQUEST};
 use crate::job::{JobId, JobState, RetryPolicy};
-use crate::store::{Finish, Lease, NewLogLine, Outputs, Retry, StoreError, leases, logs, read, transitions};
+use crate::store::{Finish, Lease, NewLogLine, Outputs, Retry, StoreError, leases, logs, read, reports};
 
 /// Reports waiting for a committer, at most.
 const QUEUED: usize = 1024;
@@ -303,16 +303,14 @@ async fn apply_step(
     match event {
         StepEvent::Started => start(conn, lease, step, rules).await,
         StepEvent::Progress(o) => {
-            transitions::record_outputs(conn, lease, o, rules.lease_ttl).await.map(|()| Applied::GOES_ON)
+            reports::record_outputs(conn, lease, step, o, rules.lease_ttl).await.map(|()| Applied::GOES_ON)
         }
         StepEvent::Succeeded(o) if step == Step::Run => {
             let finish = Finish { state: JobState::Succeeded, exit_code, error_code: None, error: None };
-            transitions::mark_finished(conn, lease, step, o, &finish)
-                .await
-                .map(|()| Applied::Finished(JobState::Succeeded))
+            reports::mark_finished(conn, lease, step, o, &finish).await.map(|()| Applied::Finished(JobState::Succeeded))
         }
         StepEvent::Succeeded(o) => {
-            transitions::mark_step_succeeded(conn, lease, step, o, rules.lease_ttl).await.map(|()| Applied::GOES_ON)
+            reports::mark_step_succeeded(conn, lease, step, o, rules.lease_ttl).await.map(|()| Applied::GOES_ON)
         }
         StepEvent::Failed(failure) => failed(conn, lease, step, failure, exit_code).await,
         StepEvent::Released => {
@@ -325,10 +323,10 @@ async fn apply_step(
 /// The job enters `step`, unless it is to be cancelled: then it ends `cancelled` and
 /// the worker is told to stop.
 async fn start(conn: &mut PgConnection, lease: &Lease, step: Step, rules: &Rules) -> Result<Applied, StoreError> {
-    match transitions::mark_step_started(conn, lease, step, rules.lease_ttl).await {
+    match reports::mark_step_started(conn, lease, step, rules.lease_ttl).await {
         Ok(queue_wait) => Ok(Applied::Continue { queue_wait }),
         Err(StoreError::LeaseLost) if leases::cancel_requested(conn, lease.job_id, lease.token).await? => {
-            let error = format!("cancelled by request before the {} step", step.as_str());
+            let error = format!("{CANCELLED_BY_REQUEST} before the {} step", step.as_str());
             finish(conn, lease, step, JobState::Cancelled, None, ErrorCode::Cancelled.as_str(), &error).await?;
             Ok(Applied::Stopped)
         }
@@ -358,7 +356,7 @@ async fn failed(
             tracing::info!(job.id = %lease.job_id, job.attempt = lease.attempt, error.code = %failure.code, ?after, "retrying");
             let retry =
                 Retry { resume_at, after, exit_code, error_code: failure.code.clone(), error: failure.message.clone() };
-            transitions::mark_retry(conn, lease, step, &retry).await?;
+            reports::mark_retry(conn, lease, step, &retry).await?;
             Ok(Applied::Retried(failure.code.clone()))
         }
         AfterFailure::Failed => {
@@ -378,7 +376,7 @@ async fn finish(
     message: &str,
 ) -> Result<(), StoreError> {
     let finish = Finish { state, exit_code, error_code: Some(code.to_string()), error: Some(message.to_string()) };
-    transitions::mark_finished(conn, lease, step, &Outputs::default(), &finish).await
+    reports::mark_finished(conn, lease, step, &Outputs::default(), &finish).await
 }
 
 /// A number in `[0, 1)` to spread retries.

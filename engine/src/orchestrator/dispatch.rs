@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::{OrchestratorConfig, Wake, wire};
 use crate::job::JobId;
-use crate::job::rules::first_step_of;
+use crate::job::transitions::{CANCELLED_BY_REQUEST, first_step_of};
 use crate::store::{ClaimedJob, HeldLease, LeaseStatus, Store, StoreError, WorkerOffer};
 use slipway_steps::runtime::RuntimeKind;
 
@@ -121,7 +121,7 @@ impl Dispatcher {
         }
         for (job_id, worker_id, token) in self.store.leases_to_cancel(&ids).await? {
             if let Some(worker) = self.workers.iter_mut().find(|w| w.id.as_deref() == Some(worker_id.as_str())) {
-                worker.cancel(HeldLease { job_id, token }, "cancelled by request").await;
+                worker.cancel(HeldLease { job_id, token }, CANCELLED_BY_REQUEST).await;
             }
         }
         Ok(())
@@ -248,7 +248,7 @@ impl Dispatcher {
         for (lease, status) in statuses {
             let reason = match status {
                 LeaseStatus::Current => continue,
-                LeaseStatus::CancelRequested => "cancelled by request",
+                LeaseStatus::CancelRequested => CANCELLED_BY_REQUEST,
                 LeaseStatus::Stale => "the lease of this attempt is lost",
             };
             worker.cancel(lease, reason).await;

@@ -10,6 +10,7 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use super::{Store, StoreError};
+use crate::job::transitions::{EngineCode, Transition};
 use crate::job::{JobId, JobSpec, JobState};
 
 /// A job this orchestrator now holds a lease on.
@@ -57,8 +58,7 @@ impl Store {
         let jobs = sqlx::query_as::<_, ClaimedJob>(
             "with runnable as (
                  select id from jobs
-                 where lease_token is null
-                   and state not in ('succeeded', 'failed', 'cancelled')
+                 where lease_token is null and state = any($7)
                    and run_after <= now()
                    and coalesce(spec->'requires', '{}') <@ $5::jsonb
                    and coalesce(spec->'run'->>'runtime', 'docker') = any($6::text[])
@@ -75,7 +75,7 @@ impl Store {
                        j.commit_sha, j.image_id, j.pushed_ref, j.container_id, j.task_arn, j.log_cursor,
                        exists (select 1 from job_steps s
                                where s.job_id = j.id and s.step = 'run' and s.attempt = j.attempt - 1
-                                 and s.outcome = 'failed' and s.error_code is distinct from 'lease_lost')
+                                 and s.outcome = 'failed' and s.error_code is distinct from $8)
                            as fresh_run",
         )
         .bind(i64::from(limit))
@@ -84,6 +84,8 @@ impl Store {
         .bind(lease_ttl.as_secs_f64())
         .bind(Json(&offer.labels))
         .bind(&offer.runtimes)
+        .bind(Transition::Claim.from_states())
+        .bind(EngineCode::LeaseLost.as_str())
         .fetch_all(&self.pool)
         .await?;
         Ok(jobs)
@@ -96,10 +98,11 @@ impl Store {
         let released = sqlx::query(
             "update jobs set lease_owner = null, lease_worker = null, lease_token = null,
                  lease_expires_at = null, updated_at = now()
-             where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')",
+             where id = $1 and lease_token = $2 and state = any($3)",
         )
         .bind(id)
         .bind(lease_token)
+        .bind(Transition::Release.from_states())
         .execute(&self.pool)
         .await?;
         if released.rows_affected() == 0 { Err(StoreError::LeaseLost) } else { Ok(()) }

@@ -12,7 +12,10 @@ use std::time::Duration;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use slipway_steps::ErrorCode;
+
 use super::{Store, StoreError};
+use crate::job::transitions::{CANCELLED_BY_REQUEST, EngineCode, Transition};
 use crate::job::{JobId, JobState, RetryPolicy};
 
 /// A lease a worker says it holds.
@@ -55,15 +58,16 @@ pub enum CancelOutcome {
 }
 
 /// The shared body of lease expiry and hand-back; `$1`/`$2` select the leases,
-/// `$3` is the reason recorded, `$4` the default attempt limit. Where each job goes
-/// is [`crate::job::rules::after_lease_end`], written in SQL so that one statement
+/// `$3` is the reason recorded, `$4` the default attempt limit, `$5` the states
+/// [`Transition::EndLease`] leaves, `$6`… the codes and error it records. Where each job goes
+/// is [`crate::job::transitions::after_lease_end`], written in SQL so that one statement
 /// ends every expired lease (a store test holds the two together).
 const END_LEASES: &str = "
     with ended as (
         select id, state, attempt, lease_worker, cancel_requested_at, pushed_ref,
                coalesce((spec->'retry'->>'max_attempts')::int, $4) as max_attempts
         from jobs
-        where lease_token is not null and state not in ('succeeded', 'failed', 'cancelled')
+        where lease_token is not null and state = any($5)
           and (($1::uuid is null and lease_expires_at < now()) or (id = $1 and lease_token = $2))
         order by lease_expires_at
         limit 500
@@ -82,9 +86,9 @@ const END_LEASES: &str = "
             lease_owner = null, lease_worker = null, lease_token = null, lease_expires_at = null,
             run_after = now(), updated_at = now(),
             finished_at = case when d.next_state in ('cancelled', 'failed') then now() end,
-            error_code = case d.next_state when 'cancelled' then 'cancelled'
-                              when 'failed' then 'lease_expired' else j.error_code end,
-            error = case d.next_state when 'cancelled' then 'cancelled by request'
+            error_code = case d.next_state when 'cancelled' then $6
+                              when 'failed' then $8 else j.error_code end,
+            error = case d.next_state when 'cancelled' then $7
                          when 'failed' then 'the worker went silent on the last attempt' else j.error end
         from decided d
         where j.id = d.id
@@ -94,7 +98,7 @@ const END_LEASES: &str = "
         insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
         select id, from_state, to_state, attempt, worker, $3 from upd
     ), st as (
-        update job_steps s set finished_at = now(), outcome = 'failed', error_code = 'lease_lost', error = $3
+        update job_steps s set finished_at = now(), outcome = 'failed', error_code = $9, error = $3
         from upd where s.job_id = upd.id and s.attempt = upd.ended_attempt and s.finished_at is null
     )
     select id, from_state, to_state, attempt, worker from upd";
@@ -119,13 +123,14 @@ impl Store {
         let current: Vec<(JobId, bool)> = sqlx::query_as(
             "update jobs j set lease_expires_at = now() + make_interval(secs => $3), lease_owner = $4
              from unnest($1::uuid[], $2::uuid[]) as l(id, token)
-             where j.id = l.id and j.lease_token = l.token and j.state not in ('succeeded', 'failed', 'cancelled')
+             where j.id = l.id and j.lease_token = l.token and j.state = any($5)
              returning j.id, j.cancel_requested_at is not null",
         )
         .bind(&ids)
         .bind(&tokens)
         .bind(lease_ttl.as_secs_f64())
         .bind(owner)
+        .bind(Transition::KeepLease.from_states())
         .fetch_all(&self.pool)
         .await?;
         Ok(held
@@ -143,8 +148,8 @@ impl Store {
 
     /// Ends every expired lease (in batches of at most 500).
     pub async fn expire_leases(&self, default_policy: &RetryPolicy) -> Result<Vec<EndedLease>, StoreError> {
-        let reason = "lease_expired: the worker went silent";
-        self.end_leases(None, None, reason, default_policy).await
+        let reason = format!("{}: the worker went silent", EngineCode::LeaseExpired.as_str());
+        self.end_leases(None, None, &reason, default_policy).await
     }
 
     async fn end_leases(
@@ -168,14 +173,14 @@ impl Store {
                      cancel_requested_at = coalesce(j.cancel_requested_at, now()), updated_at = now(),
                      state = case when prev.lease_token is null then 'cancelled' else j.state end,
                      finished_at = case when prev.lease_token is null then now() else j.finished_at end,
-                     error_code = case when prev.lease_token is null then 'cancelled' else j.error_code end,
-                     error = case when prev.lease_token is null then 'cancelled by request' else j.error end
+                     error_code = case when prev.lease_token is null then $3 else j.error_code end,
+                     error = case when prev.lease_token is null then $4 else j.error end
                  from prev
-                 where j.id = $1 and prev.state not in ('succeeded', 'failed', 'cancelled')
+                 where j.id = $1 and prev.state = any($5)
                  returning prev.state as from_state, j.state as to_state, j.attempt
              ), ev as (
                  insert into job_events (job_id, from_state, to_state, attempt, reason)
-                 select $1, from_state, to_state, attempt, 'cancelled by request' from upd
+                 select $1, from_state, to_state, attempt, $4 from upd
                  where to_state = 'cancelled'
              ), notify as (
                  select pg_notify($2, $1::text) from upd
@@ -185,6 +190,9 @@ impl Store {
         )
         .bind(id)
         .bind(super::CANCEL_CHANNEL)
+        .bind(ErrorCode::Cancelled.as_str())
+        .bind(CANCELLED_BY_REQUEST)
+        .bind(Transition::RequestCancel.from_states())
         .fetch_one(&self.pool)
         .await?;
         match (before, after) {
@@ -203,9 +211,10 @@ impl Store {
         let leases = sqlx::query_as(
             "select id, lease_worker, lease_token from jobs
              where id = any($1) and cancel_requested_at is not null and lease_token is not null
-               and lease_worker is not null and state not in ('succeeded', 'failed', 'cancelled')",
+               and lease_worker is not null and state = any($2)",
         )
         .bind(ids)
+        .bind(Transition::KeepLease.from_states())
         .fetch_all(&self.pool)
         .await?;
         Ok(leases)
@@ -219,8 +228,8 @@ pub async fn hand_back(
     token: Uuid,
     default_policy: &RetryPolicy,
 ) -> Result<Option<EndedLease>, StoreError> {
-    let reason = "handed_back: the worker is shutting down";
-    Ok(end_leases(conn, Some(job_id), Some(token), reason, default_policy).await?.pop())
+    let reason = format!("{}: the worker is shutting down", EngineCode::HandedBack.as_str());
+    Ok(end_leases(conn, Some(job_id), Some(token), &reason, default_policy).await?.pop())
 }
 
 async fn end_leases(
@@ -235,6 +244,11 @@ async fn end_leases(
         .bind(token)
         .bind(reason)
         .bind(default_policy.max_attempts as i32)
+        .bind(Transition::EndLease.from_states())
+        .bind(ErrorCode::Cancelled.as_str())
+        .bind(CANCELLED_BY_REQUEST)
+        .bind(EngineCode::LeaseExpired.as_str())
+        .bind(EngineCode::LeaseLost.as_str())
         .fetch_all(&mut *conn)
         .await?;
     Ok(ended)

@@ -7,6 +7,7 @@ use slipway_steps::Step;
 
 use super::{Lease, Store, StoreError};
 use crate::job::JobId;
+use crate::job::transitions::Transition;
 
 /// A line as a worker sends it.
 #[derive(Debug, Clone)]
@@ -63,12 +64,14 @@ pub async fn append_logs(
     if lines.is_empty() && cursor.is_none() {
         return Ok(());
     }
-    let used: Option<i64> =
-        sqlx::query_scalar("select log_bytes from jobs where id = $1 and lease_token = $2 for update")
-            .bind(lease.job_id)
-            .bind(lease.token)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let used: Option<i64> = sqlx::query_scalar(
+        "select log_bytes from jobs where id = $1 and lease_token = $2 and state = any($3) for update",
+    )
+    .bind(lease.job_id)
+    .bind(lease.token)
+    .bind(Transition::KeepLease.from_states())
+    .fetch_optional(&mut *conn)
+    .await?;
     let used = used.ok_or(StoreError::LeaseLost)?;
     let (kept, total) = within_limit(lines, used, max_bytes);
     let steps: Vec<&str> = kept.iter().map(|l| l.step.as_str()).collect();

@@ -3,7 +3,7 @@
 //! event and touches the step row), so it is atomic without an explicit transaction
 //! and costs one round trip. Every write a worker's report causes is fenced by the
 //! lease token of the attempt: zero rows is [`StoreError::LeaseLost`], never a
-//! silent no-op. The writes a report causes ([`transitions`], [`logs::append_logs`],
+//! silent no-op. The writes a report causes ([`reports`], [`logs::append_logs`],
 //! [`leases::hand_back`]) take a connection, so that the report service can commit
 //! many reports in one transaction.
 
@@ -15,8 +15,8 @@ mod idempotency;
 pub mod leases;
 mod listen;
 pub mod logs;
+pub mod reports;
 mod sweep;
-pub mod transitions;
 
 use std::time::Duration;
 
@@ -30,8 +30,8 @@ pub use leases::{CancelOutcome, EndedLease, HeldLease, LeaseStatus};
 pub use listen::listen;
 pub use logs::{LogRow, NewLogLine};
 pub use read::{EventRow, JobRow, StepRow};
+pub use reports::{Finish, Lease, Outputs, Retry};
 pub use sweep::ExpiredJob;
-pub use transitions::{Finish, Lease, Outputs, Retry};
 
 /// The migrations in `migrations/`, applied by `slipway migrate` and at start.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

@@ -5,6 +5,7 @@ use serde::Serialize;
 use sqlx::types::Json;
 
 use super::{Store, StoreError};
+use crate::job::transitions::Transition;
 use crate::job::{JobId, JobSpec, JobState};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -107,16 +108,17 @@ impl Store {
             "select s.state, count(j.id)
              from unnest(enum_range(null::job_state)) as s(state)
              left join jobs j on j.state = s.state
-             where s.state not in ('succeeded', 'failed', 'cancelled')
+             where s.state <> all($1)
              group by s.state order by s.state",
         )
+        .bind(JobState::TERMINAL)
         .fetch_all(&self.pool)
         .await?;
         let oldest: f64 = sqlx::query_scalar(
             "select coalesce(extract(epoch from now() - min(run_after))::double precision, 0)
-             from jobs where lease_token is null and state not in ('succeeded', 'failed', 'cancelled')
-               and run_after <= now()",
+             from jobs where lease_token is null and state = any($1) and run_after <= now()",
         )
+        .bind(Transition::Claim.from_states())
         .fetch_one(&self.pool)
         .await?;
         Ok((counts, oldest))

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::{Store, StoreError};
-use crate::job::JobId;
+use crate::job::{JobId, JobState};
 
 /// A finished job past its retention.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -32,13 +32,14 @@ impl Store {
                               and (o.finished_at is null or o.finished_at >= now() - make_interval(secs => $1))
                     ) as image_shared
              from jobs j
-             where j.state in ('succeeded', 'failed', 'cancelled')
+             where j.state = any($3)
                and j.finished_at < now() - make_interval(secs => $1)
              order by j.finished_at
              limit $2",
         )
         .bind(retention.as_secs_f64())
         .bind(limit)
+        .bind(JobState::TERMINAL)
         .fetch_all(&self.pool)
         .await?;
         Ok(jobs)
@@ -46,22 +47,22 @@ impl Store {
 
     /// Deletes finished jobs and everything recorded about them.
     pub async fn delete_jobs(&self, ids: &[JobId]) -> Result<u64, StoreError> {
-        let deleted =
-            sqlx::query("delete from jobs where id = any($1) and state in ('succeeded', 'failed', 'cancelled')")
-                .bind(ids)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
+        let deleted = sqlx::query("delete from jobs where id = any($1) and state = any($2)")
+            .bind(ids)
+            .bind(JobState::TERMINAL)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         Ok(deleted)
     }
 
     /// Of `ids`, those that exist, with whether each has ended.
     pub async fn job_states(&self, ids: &[JobId]) -> Result<Vec<(JobId, bool)>, StoreError> {
-        let rows =
-            sqlx::query_as("select id, state in ('succeeded', 'failed', 'cancelled') from jobs where id = any($1)")
-                .bind(ids)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query_as("select id, state = any($2) from jobs where id = any($1)")
+            .bind(ids)
+            .bind(JobState::TERMINAL)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows)
     }
 }

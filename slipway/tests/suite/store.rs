@@ -6,8 +6,7 @@ use std::time::Duration;
 use crate::common::TestDb;
 use slipway_engine::job::{JobId, JobRequest, JobState, RunRequest};
 use slipway_engine::store::{
-    Finish, HeldLease, Lease, LeaseStatus, NewLogLine, Outputs, Retry, StoreError, WorkerOffer, leases, logs,
-    transitions,
+    Finish, HeldLease, Lease, LeaseStatus, NewLogLine, Outputs, Retry, StoreError, WorkerOffer, leases, logs, reports,
 };
 use slipway_steps::Step;
 
@@ -98,7 +97,7 @@ async fn a_report_with_a_stale_token_changes_nothing() {
     let conn = &mut *conn;
     let lease = Lease { job_id: id, attempt: 1, token: current.lease_token, worker: Some("w".into()) };
 
-    let err = transitions::mark_step_started(conn, &stale, Step::Clone, TTL).await.unwrap_err();
+    let err = reports::mark_step_started(conn, &stale, Step::Clone, TTL).await.unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost), "{err:?}");
     let line = NewLogLine { step: Step::Clone, stream: "system", at: chrono::Utc::now(), line: "x".into() };
     assert!(matches!(
@@ -108,21 +107,21 @@ async fn a_report_with_a_stale_token_changes_nothing() {
     assert!(db.store.logs(id, 0, 10).await.unwrap().is_empty());
     assert_eq!(db.store.job(id).await.unwrap().state, JobState::Queued);
 
-    transitions::mark_step_started(conn, &lease, Step::Clone, TTL).await.unwrap();
+    reports::mark_step_started(conn, &lease, Step::Clone, TTL).await.unwrap();
     logs::append_logs(conn, &lease, &[line], None, 1 << 20).await.unwrap();
     let outputs = Outputs { commit_sha: Some("abc".into()), ..Default::default() };
-    transitions::mark_step_succeeded(conn, &lease, Step::Clone, &outputs, TTL).await.unwrap();
+    reports::mark_step_succeeded(conn, &lease, Step::Clone, &outputs, TTL).await.unwrap();
     let finish = Finish {
         state: JobState::Failed,
         exit_code: None,
         error_code: Some("build_failed".into()),
         error: Some("no".into()),
     };
-    transitions::mark_step_started(conn, &lease, Step::Build, TTL).await.unwrap();
-    transitions::mark_finished(conn, &lease, Step::Build, &Outputs::default(), &finish).await.unwrap();
+    reports::mark_step_started(conn, &lease, Step::Build, TTL).await.unwrap();
+    reports::mark_finished(conn, &lease, Step::Build, &Outputs::default(), &finish).await.unwrap();
 
     // Once the job has ended, even its own lease can change nothing.
-    let err = transitions::mark_step_started(conn, &lease, Step::Push, TTL).await.unwrap_err();
+    let err = reports::mark_step_started(conn, &lease, Step::Push, TTL).await.unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost));
     let job = db.store.job(id).await.unwrap();
     assert_eq!(
@@ -168,8 +167,18 @@ const FENCED_WRITES: [FencedWrite; 10] = [
     FencedWrite::HandBack,
 ];
 
-/// Tries one write with `lease`; true when it was refused.
+/// Tries one write with `lease`, for the step each write speaks of in the fencing
+/// tests; true when it was refused.
 async fn refused(db: &TestDb, write: FencedWrite, lease: &Lease) -> bool {
+    let step = match write {
+        FencedWrite::StepSucceeded | FencedWrite::Retry => Step::Clone,
+        _ => Step::Run,
+    };
+    refused_at(db, write, lease, step).await
+}
+
+/// Tries one write with `lease` for `step`; true when it was refused.
+async fn refused_at(db: &TestDb, write: FencedWrite, lease: &Lease, step: Step) -> bool {
     let mut conn = db.store.pool().acquire().await.unwrap();
     let conn = &mut *conn;
     let outputs =
@@ -180,14 +189,12 @@ async fn refused(db: &TestDb, write: FencedWrite, lease: &Lease) -> bool {
         Err(e) => panic!("{write:?}: {e:?}"),
     };
     match write {
-        FencedWrite::StepStarted => lost(transitions::mark_step_started(conn, lease, Step::Run, TTL).await.map(drop)),
-        FencedWrite::Outputs => lost(transitions::record_outputs(conn, lease, &outputs, TTL).await),
-        FencedWrite::StepSucceeded => {
-            lost(transitions::mark_step_succeeded(conn, lease, Step::Clone, &outputs, TTL).await)
-        }
+        FencedWrite::StepStarted => lost(reports::mark_step_started(conn, lease, step, TTL).await.map(drop)),
+        FencedWrite::Outputs => lost(reports::record_outputs(conn, lease, step, &outputs, TTL).await),
+        FencedWrite::StepSucceeded => lost(reports::mark_step_succeeded(conn, lease, step, &outputs, TTL).await),
         FencedWrite::Finished => {
             let finish = Finish { state: JobState::Succeeded, exit_code: Some(0), error_code: None, error: None };
-            lost(transitions::mark_finished(conn, lease, Step::Run, &outputs, &finish).await)
+            lost(reports::mark_finished(conn, lease, step, &outputs, &finish).await)
         }
         FencedWrite::Retry => {
             let retry = Retry {
@@ -197,10 +204,10 @@ async fn refused(db: &TestDb, write: FencedWrite, lease: &Lease) -> bool {
                 error_code: "stale".into(),
                 error: "stale".into(),
             };
-            lost(transitions::mark_retry(conn, lease, Step::Clone, &retry).await)
+            lost(reports::mark_retry(conn, lease, step, &retry).await)
         }
         FencedWrite::Logs => {
-            let line = NewLogLine { step: Step::Run, stream: "stdout", at: chrono::Utc::now(), line: "stale".into() };
+            let line = NewLogLine { step, stream: "stdout", at: chrono::Utc::now(), line: "stale".into() };
             lost(logs::append_logs(conn, lease, &[line], Some("stale-cursor"), 1 << 20).await)
         }
         FencedWrite::Heartbeat => {
@@ -242,12 +249,12 @@ async fn job_with_a_stale_attempt(db: &TestDb) -> (JobId, Lease) {
     let first = db.store.claim("o", "w1", &docker(), 1, TTL).await.unwrap().remove(0);
     let stale = Lease { job_id: id, attempt: 1, token: first.lease_token, worker: Some("w1".into()) };
     let mut conn = db.store.pool().acquire().await.unwrap();
-    transitions::mark_step_started(&mut conn, &stale, Step::Clone, TTL).await.unwrap();
+    reports::mark_step_started(&mut conn, &stale, Step::Clone, TTL).await.unwrap();
     leases::hand_back(&mut conn, id, first.lease_token, &Default::default()).await.unwrap().unwrap();
     let second = db.store.claim("o", "w2", &docker(), 1, TTL).await.unwrap().remove(0);
     assert_eq!(second.attempt, 2);
     let current = Lease { job_id: id, attempt: 2, token: second.lease_token, worker: Some("w2".into()) };
-    transitions::mark_step_started(&mut conn, &current, Step::Clone, TTL).await.unwrap();
+    reports::mark_step_started(&mut conn, &current, Step::Clone, TTL).await.unwrap();
     (id, stale)
 }
 
@@ -257,10 +264,10 @@ async fn finished_job(db: &TestDb) -> (JobId, Lease) {
     let claimed = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
     let lease = Lease { job_id: id, attempt: 1, token: claimed.lease_token, worker: Some("w".into()) };
     let mut conn = db.store.pool().acquire().await.unwrap();
-    transitions::mark_step_started(&mut conn, &lease, Step::Clone, TTL).await.unwrap();
+    reports::mark_step_started(&mut conn, &lease, Step::Clone, TTL).await.unwrap();
     let finish =
         Finish { state: JobState::Failed, exit_code: None, error_code: Some("clone_failed".into()), error: None };
-    transitions::mark_finished(&mut conn, &lease, Step::Clone, &Outputs::default(), &finish).await.unwrap();
+    reports::mark_finished(&mut conn, &lease, Step::Clone, &Outputs::default(), &finish).await.unwrap();
     (id, lease)
 }
 
@@ -286,6 +293,67 @@ async fn every_fenced_write_to_a_finished_job_is_refused_and_writes_nothing() {
     }
 }
 
+/// A job claimed by worker `w` and taken through its steps up to `step` (started),
+/// with the lease of that attempt; `None`: claimed, no step started.
+async fn job_at(db: &TestDb, step: Option<Step>) -> (JobId, Lease) {
+    let id = queue(db, 1).await[0];
+    let claimed = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
+    let lease = Lease { job_id: id, attempt: 1, token: claimed.lease_token, worker: Some("w".into()) };
+    let Some(step) = step else { return (id, lease) };
+    let mut conn = db.store.pool().acquire().await.unwrap();
+    for done in Step::ALL.into_iter().take_while(|s| *s != step) {
+        reports::mark_step_started(&mut conn, &lease, done, TTL).await.unwrap();
+        reports::mark_step_succeeded(&mut conn, &lease, done, &Outputs::default(), TTL).await.unwrap();
+    }
+    reports::mark_step_started(&mut conn, &lease, step, TTL).await.unwrap();
+    (id, lease)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_write_from_a_state_its_transition_may_not_leave_is_refused_and_writes_nothing() {
+    use FencedWrite::*;
+    let db = TestDb::new().await;
+    // A claimed job that started no step yet: no step can end or store outputs.
+    let at_claim =
+        [(Outputs, Step::Clone), (StepSucceeded, Step::Clone), (Finished, Step::Build), (StepStarted, Step::Build)];
+    // A cloning job: nothing of a later step applies, and it is past being released.
+    let cloning = [
+        (StepStarted, Step::Push),
+        (StepStarted, Step::Run),
+        (Outputs, Step::Build),
+        (Outputs, Step::Run),
+        (StepSucceeded, Step::Build),
+        (StepSucceeded, Step::Push),
+        (Finished, Step::Push),
+        (Finished, Step::Run),
+        (Retry, Step::Push),
+        (Retry, Step::Run),
+        (Release, Step::Clone),
+    ];
+    // A running job never goes back to an earlier step.
+    let running =
+        [(StepStarted, Step::Clone), (StepStarted, Step::Build), (Retry, Step::Clone), (Outputs, Step::Build)];
+    for (at, writes) in [(None, &at_claim[..]), (Some(Step::Clone), &cloning[..]), (Some(Step::Run), &running[..])] {
+        for &(write, step) in writes {
+            let (id, lease) = job_at(&db, at).await;
+            let before = stored(&db, id).await;
+            assert!(refused_at(&db, write, &lease, step).await, "{write:?} of {step:?} accepted at {at:?}");
+            assert_eq!(stored(&db, id).await, before, "{write:?} of {step:?} at {at:?} changed the job");
+        }
+    }
+
+    // A job left unleased in a state no claim may take is not claimed.
+    let (id, _) = job_at(&db, Some(Step::Build)).await;
+    sqlx::query("update jobs set lease_token = null, lease_owner = null, lease_worker = null where id = $1")
+        .bind(id)
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    let before = stored(&db, id).await;
+    assert!(db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().is_empty());
+    assert_eq!(stored(&db, id).await, before);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn history_rows_name_the_attempt_and_worker_of_the_report() {
     let db = TestDb::new().await;
@@ -299,7 +367,7 @@ async fn history_rows_name_the_attempt_and_worker_of_the_report() {
     let mut conn = db.store.pool().acquire().await.unwrap();
     let line = NewLogLine { step: Step::Clone, stream: "stdout", at: chrono::Utc::now(), line: "hi".into() };
     logs::append_logs(&mut conn, &lease, &[line], None, 1 << 20).await.unwrap();
-    transitions::mark_step_succeeded(&mut conn, &lease, Step::Clone, &Outputs::default(), TTL).await.unwrap();
+    reports::mark_step_succeeded(&mut conn, &lease, Step::Clone, &Outputs::default(), TTL).await.unwrap();
     let retry = Retry {
         resume_at: JobState::Queued,
         after: Duration::ZERO,
@@ -307,8 +375,8 @@ async fn history_rows_name_the_attempt_and_worker_of_the_report() {
         error_code: "build_unavailable".into(),
         error: "down".into(),
     };
-    transitions::mark_step_started(&mut conn, &lease, Step::Build, TTL).await.unwrap();
-    transitions::mark_retry(&mut conn, &lease, Step::Build, &retry).await.unwrap();
+    reports::mark_step_started(&mut conn, &lease, Step::Build, TTL).await.unwrap();
+    reports::mark_retry(&mut conn, &lease, Step::Build, &retry).await.unwrap();
 
     let events: Vec<(String, i32, Option<String>)> = sqlx::query_as(
         "select to_state::text, attempt, worker from job_events where job_id = $1 and to_state <> 'queued' order by id",
@@ -354,9 +422,14 @@ async fn a_retried_run_starts_afresh_and_a_run_whose_lease_ended_is_resumed() {
     let first = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
     assert!(!first.fresh_run);
     let lease = lease_of(&first);
-    transitions::mark_step_started(&mut conn, &lease, Step::Run, TTL).await.unwrap();
+    for step in Step::ALL {
+        reports::mark_step_started(&mut conn, &lease, step, TTL).await.unwrap();
+        if step != Step::Run {
+            reports::mark_step_succeeded(&mut conn, &lease, step, &Outputs::default(), TTL).await.unwrap();
+        }
+    }
     let pushed = Outputs { pushed_ref: Some("127.0.0.1:5000/app@sha256:00".into()), ..Default::default() };
-    transitions::record_outputs(&mut conn, &lease, &pushed, TTL).await.unwrap();
+    reports::record_outputs(&mut conn, &lease, Step::Run, &pushed, TTL).await.unwrap();
 
     // The run ended and its end was recorded: the retry runs afresh.
     let retry = Retry {
@@ -366,13 +439,13 @@ async fn a_retried_run_starts_afresh_and_a_run_whose_lease_ended_is_resumed() {
         error_code: "exit_nonzero".into(),
         error: "the container exited with code 3".into(),
     };
-    transitions::mark_retry(&mut conn, &lease, Step::Run, &retry).await.unwrap();
+    reports::mark_retry(&mut conn, &lease, Step::Run, &retry).await.unwrap();
     let second = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
     assert_eq!((second.state, second.attempt, second.fresh_run), (JobState::Running, 2, true));
 
     // Its worker went away mid-run: the next attempt re-attaches to what it left.
     let lease = lease_of(&second);
-    transitions::mark_step_started(&mut conn, &lease, Step::Run, TTL).await.unwrap();
+    reports::mark_step_started(&mut conn, &lease, Step::Run, TTL).await.unwrap();
     leases::hand_back(&mut conn, id, second.lease_token, &Default::default()).await.unwrap().unwrap();
     let third = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
     assert_eq!((third.state, third.attempt, third.fresh_run), (JobState::Running, 3, false));
@@ -380,7 +453,7 @@ async fn a_retried_run_starts_afresh_and_a_run_whose_lease_ended_is_resumed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lease_that_ends_sends_its_job_where_the_rule_says() {
-    use slipway_engine::job::rules::after_lease_end;
+    use slipway_engine::job::transitions::after_lease_end;
     let db = TestDb::new().await;
     let max_attempts = 3;
     let mut expected = BTreeMap::new();

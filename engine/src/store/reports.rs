@@ -1,14 +1,17 @@
-//! The transitions a worker's reports cause, each one guarded statement fenced by
-//! the lease token.
+//! The writes a worker's step reports cause, each one statement fenced by the
+//! lease token and guarded by the from-states of its [`Transition`].
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use slipway_steps::Step;
+use sqlx::PgConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryScalar;
 use uuid::Uuid;
 
-use sqlx::PgConnection;
-
 use super::StoreError;
+use crate::job::transitions::Transition;
 use crate::job::{JobId, JobState, state_of_step};
 
 /// The attempt a report speaks for. The history rows a report writes record its
@@ -24,7 +27,8 @@ pub struct Lease {
     pub worker: Option<String>,
 }
 
-/// Step outputs; `None` leaves a stored value as it is.
+/// Step outputs; `None` leaves a stored value as it is. Each field is the `jobs`
+/// column of its name, written by [`Outputs::SET`] and [`Outputs::bind`] only.
 #[derive(Debug, Clone, Default)]
 pub struct Outputs {
     pub commit_sha: Option<String>,
@@ -34,6 +38,37 @@ pub struct Outputs {
     pub task_arn: Option<String>,
     pub stop_code: Option<String>,
     pub stopped_reason: Option<String>,
+}
+
+impl Outputs {
+    const COLUMNS: [&'static str; 7] =
+        ["commit_sha", "image_id", "pushed_ref", "container_id", "task_arn", "stop_code", "stopped_reason"];
+
+    /// `column = coalesce($1, j.column), …`: every output, as `$1` … `$7` of the
+    /// statement, its own placeholders following from `$8`.
+    fn set() -> String {
+        Outputs::COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c} = coalesce(${}, j.{c})", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Starts a statement written with [`Outputs::set`], the outputs bound.
+    fn bound<'q>(&'q self, sql: &'static str) -> QueryScalar<'q, sqlx::Postgres, i64, PgArguments> {
+        [
+            &self.commit_sha,
+            &self.image_id,
+            &self.pushed_ref,
+            &self.container_id,
+            &self.task_arn,
+            &self.stop_code,
+            &self.stopped_reason,
+        ]
+        .into_iter()
+        .fold(sqlx::query_scalar(sql), |query, value| query.bind(value))
+    }
 }
 
 /// A failed attempt to be tried again.
@@ -72,8 +107,7 @@ pub async fn mark_step_started(
     let (rows, waited): (i64, Option<f64>) = sqlx::query_as(
         "with prev as (
              select state, lease_worker from jobs
-             where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
-               and cancel_requested_at is null
+             where id = $1 and lease_token = $2 and state = any($8) and cancel_requested_at is null
              for update
          ), upd as (
              update jobs j set state = $3, updated_at = now(),
@@ -100,6 +134,7 @@ pub async fn mark_step_started(
     .bind(lease_ttl.as_secs_f64())
     .bind(lease.attempt)
     .bind(&lease.worker)
+    .bind(Transition::StartStep(step).from_states())
     .fetch_one(&mut *conn)
     .await?;
     fenced(rows).map(|()| waited)
@@ -110,10 +145,11 @@ pub async fn mark_step_started(
 pub async fn record_outputs(
     conn: &mut PgConnection,
     lease: &Lease,
+    step: Step,
     outputs: &Outputs,
     lease_ttl: Duration,
 ) -> Result<(), StoreError> {
-    store_outputs(conn, lease, None, outputs, lease_ttl).await
+    store_outputs(conn, lease, step, false, outputs, lease_ttl).await
 }
 
 /// A step that is not the last ended well: its outputs are stored and its row closed.
@@ -124,47 +160,44 @@ pub async fn mark_step_succeeded(
     outputs: &Outputs,
     lease_ttl: Duration,
 ) -> Result<(), StoreError> {
-    store_outputs(conn, lease, Some(step), outputs, lease_ttl).await
+    store_outputs(conn, lease, step, true, outputs, lease_ttl).await
 }
 
 /// Stores outputs and extends the lease; closes `ended`'s step row when given.
 async fn store_outputs(
     conn: &mut PgConnection,
     lease: &Lease,
-    ended: Option<Step>,
+    step: Step,
+    ended: bool,
     outputs: &Outputs,
     lease_ttl: Duration,
 ) -> Result<(), StoreError> {
-    let rows: i64 = sqlx::query_scalar(
-        "with upd as (
-             update jobs set
-                 commit_sha = coalesce($3, commit_sha), image_id = coalesce($4, image_id),
-                 pushed_ref = coalesce($5, pushed_ref), container_id = coalesce($6, container_id),
-                 task_arn = coalesce($9, task_arn), stop_code = coalesce($10, stop_code),
-                 stopped_reason = coalesce($11, stopped_reason),
-                 updated_at = now(), lease_expires_at = now() + make_interval(secs => $8)
-             where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
-             returning id
-         ), st as (
-             update job_steps s set finished_at = now(), outcome = 'succeeded'
-             from upd where s.job_id = $1 and s.attempt = $12 and s.step = $7::job_step
-         )
-         select count(*) from upd",
-    )
-    .bind(lease.job_id)
-    .bind(lease.token)
-    .bind(&outputs.commit_sha)
-    .bind(&outputs.image_id)
-    .bind(&outputs.pushed_ref)
-    .bind(&outputs.container_id)
-    .bind(ended.map(Step::as_str))
-    .bind(lease_ttl.as_secs_f64())
-    .bind(&outputs.task_arn)
-    .bind(&outputs.stop_code)
-    .bind(&outputs.stopped_reason)
-    .bind(lease.attempt)
-    .fetch_one(&mut *conn)
-    .await?;
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "with upd as (
+                 update jobs j set {}, updated_at = now(), lease_expires_at = now() + make_interval(secs => $11)
+                 where id = $8 and lease_token = $9 and state = any($13)
+                 returning id
+             ), st as (
+                 update job_steps s set finished_at = now(), outcome = 'succeeded'
+                 from upd where $12 and s.job_id = $8 and s.attempt = $14 and s.step = $10::job_step
+             )
+             select count(*) from upd",
+            Outputs::set()
+        )
+    });
+    let transition = if ended { Transition::SucceedStep(step) } else { Transition::RecordOutputs(step) };
+    let rows = outputs
+        .bound(SQL.as_str())
+        .bind(lease.job_id)
+        .bind(lease.token)
+        .bind(step.as_str())
+        .bind(lease_ttl.as_secs_f64())
+        .bind(ended)
+        .bind(transition.from_states())
+        .bind(lease.attempt)
+        .fetch_one(&mut *conn)
+        .await?;
     fenced(rows)
 }
 
@@ -181,55 +214,50 @@ pub async fn mark_finished(
     if !finish.state.is_terminal() {
         return Err(StoreError::InvalidTransition(finish.state));
     }
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "with prev as (
+                 select state, lease_worker from jobs
+                 where id = $8 and lease_token = $9 and state = any($18)
+                 for update
+             ), upd as (
+                 update jobs j set state = $10, finished_at = now(), updated_at = now(),
+                     lease_owner = null, lease_worker = null, lease_token = null, lease_expires_at = null,
+                     exit_code = coalesce($11, j.exit_code), error_code = $12, error = $13, {}
+                 from prev where j.id = $8
+                 returning prev.state as from_state, coalesce($17, prev.lease_worker) as worker, j.cancel_requested_at
+             ), ev as (
+                 insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
+                 select $8, from_state, $10, $16, worker,
+                        case when $10 = 'cancelled' and cancel_requested_at is not null
+                             then format('cancelled: stopped %s s after the request',
+                                         round(extract(epoch from now() - cancel_requested_at)::numeric, 2))
+                             else $12 end
+                 from upd
+             ), st as (
+                 update job_steps s set finished_at = now(), outcome = $14, error_code = $12, error = $13
+                 from upd where s.job_id = $8 and s.attempt = $16 and s.step = $15::job_step
+             )
+             select count(*) from upd",
+            Outputs::set()
+        )
+    });
     let outcome = if finish.state == JobState::Succeeded { "succeeded" } else { "failed" };
-    let rows: i64 = sqlx::query_scalar(
-        "with prev as (
-             select state, lease_worker from jobs
-             where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
-             for update
-         ), upd as (
-             update jobs j set state = $3, finished_at = now(), updated_at = now(),
-                 lease_owner = null, lease_worker = null, lease_token = null, lease_expires_at = null,
-                 exit_code = coalesce($4, j.exit_code), error_code = $5, error = $6,
-                 commit_sha = coalesce($7, j.commit_sha), image_id = coalesce($8, j.image_id),
-                 pushed_ref = coalesce($9, j.pushed_ref), container_id = coalesce($10, j.container_id),
-                 task_arn = coalesce($13, j.task_arn), stop_code = coalesce($14, j.stop_code),
-                 stopped_reason = coalesce($15, j.stopped_reason)
-             from prev where j.id = $1
-             returning prev.state as from_state, coalesce($17, prev.lease_worker) as worker, j.cancel_requested_at
-         ), ev as (
-             insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
-             select $1, from_state, $3, $16, worker,
-                    case when $3 = 'cancelled' and cancel_requested_at is not null
-                         then format('cancelled: stopped %s s after the request',
-                                     round(extract(epoch from now() - cancel_requested_at)::numeric, 2))
-                         else $5 end
-             from upd
-         ), st as (
-             update job_steps s set finished_at = now(), outcome = $11, error_code = $5, error = $6
-             from upd where s.job_id = $1 and s.attempt = $16 and s.step = $12::job_step
-         )
-         select count(*) from upd",
-    )
-    .bind(lease.job_id)
-    .bind(lease.token)
-    .bind(finish.state)
-    .bind(finish.exit_code)
-    .bind(&finish.error_code)
-    .bind(&finish.error)
-    .bind(&outputs.commit_sha)
-    .bind(&outputs.image_id)
-    .bind(&outputs.pushed_ref)
-    .bind(&outputs.container_id)
-    .bind(outcome)
-    .bind(step.as_str())
-    .bind(&outputs.task_arn)
-    .bind(&outputs.stop_code)
-    .bind(&outputs.stopped_reason)
-    .bind(lease.attempt)
-    .bind(&lease.worker)
-    .fetch_one(&mut *conn)
-    .await?;
+    let rows = outputs
+        .bound(SQL.as_str())
+        .bind(lease.job_id)
+        .bind(lease.token)
+        .bind(finish.state)
+        .bind(finish.exit_code)
+        .bind(&finish.error_code)
+        .bind(&finish.error)
+        .bind(outcome)
+        .bind(step.as_str())
+        .bind(lease.attempt)
+        .bind(&lease.worker)
+        .bind(Transition::EndAttempt(step).from_states())
+        .fetch_one(&mut *conn)
+        .await?;
     fenced(rows)
 }
 
@@ -242,7 +270,7 @@ pub async fn mark_retry(conn: &mut PgConnection, lease: &Lease, step: Step, retr
     let rows: i64 = sqlx::query_scalar(
         "with prev as (
              select state, lease_worker from jobs
-             where id = $1 and lease_token = $2 and state not in ('succeeded', 'failed', 'cancelled')
+             where id = $1 and lease_token = $2 and state = any($12)
              for update
          ), upd as (
              update jobs j set state = $3, attempt = $10 + 1,
@@ -272,6 +300,7 @@ pub async fn mark_retry(conn: &mut PgConnection, lease: &Lease, step: Step, retr
     .bind(step.as_str())
     .bind(lease.attempt)
     .bind(&lease.worker)
+    .bind(Transition::EndAttempt(step).from_states())
     .fetch_one(&mut *conn)
     .await?;
     fenced(rows)

@@ -1,13 +1,103 @@
-//! Every "what happens next" rule of the job state machine, as pure functions over
-//! what is known at the time. The store's statements carry out these decisions; the
-//! one decided in SQL (where a lease that ended without a report sends its job,
-//! `store/leases.rs`) mirrors [`after_lease_end`] and is tested against it.
+//! The job state machine in one place: which states each store write may leave
+//! (the transition table, [`Transition::from_states`]), and every "what happens
+//! next" rule as a pure function over what is known at the time. The store's
+//! statements carry out these decisions, each guarded by its transition's
+//! from-states; the one decision taken in SQL (where a lease that ended without a
+//! report sends its job, `store/leases.rs`) mirrors [`after_lease_end`] and is
+//! tested against it.
 
 use std::time::Duration;
 
 use slipway_steps::{ErrorCode, Step};
 
 use super::{JobState, RetryDecision, RetryPolicy, state_of_step};
+
+/// Every write the store makes to a job's state or lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// A runnable job is leased to a worker.
+    Claim,
+    /// A worker refused a job: its lease is given back unused, the job runnable again.
+    Release,
+    /// The job enters this step (also heard again when a report is sent twice).
+    StartStep(Step),
+    /// This step stores outputs while it goes on (the run's container before the wait).
+    RecordOutputs(Step),
+    /// This step, not the last, ended well.
+    SucceedStep(Step),
+    /// The attempt ends while this step ran, or was about to start: the job ends
+    /// (succeeded, failed, cancelled) or is retried.
+    EndAttempt(Step),
+    /// The lease goes on: a heartbeat extends it, log lines are appended.
+    KeepLease,
+    /// The lease ended without a report of the job's end (expiry, or a hand-back).
+    EndLease,
+    /// Someone asks for the job to be cancelled.
+    RequestCancel,
+}
+
+const UNFINISHED: &[JobState] =
+    &[JobState::Queued, JobState::Cloning, JobState::Building, JobState::Pushing, JobState::Running];
+/// Where a job waits for a worker: at the start, or at its run when its image is
+/// pushed ([`resume_state`]).
+const RUNNABLE: &[JobState] = &[JobState::Queued, JobState::Running];
+
+impl Transition {
+    /// The transition table: the states a job may be in for this write to apply.
+    /// Every other state refuses it, and nothing is written.
+    ///
+    /// A step's own reports find the job in the step's state; its start also from
+    /// where the step is entered; its success also in the next step's state (the
+    /// report was sent again after the next step began, and changes nothing then).
+    pub fn from_states(self) -> &'static [JobState] {
+        use JobState::*;
+        match self {
+            Transition::Claim | Transition::Release => RUNNABLE,
+            Transition::KeepLease | Transition::EndLease | Transition::RequestCancel => UNFINISHED,
+            Transition::StartStep(step) | Transition::EndAttempt(step) => match step {
+                Step::Clone => &[Queued, Cloning],
+                Step::Build => &[Cloning, Building],
+                Step::Push => &[Building, Pushing],
+                Step::Run => &[Pushing, Running],
+            },
+            Transition::RecordOutputs(step) | Transition::SucceedStep(step) => match step {
+                Step::Clone => &[Cloning, Building],
+                Step::Build => &[Building, Pushing],
+                Step::Push => &[Pushing, Running],
+                Step::Run => &[Running],
+            },
+        }
+    }
+
+    pub fn allows(self, from: JobState) -> bool {
+        self.from_states().contains(&from)
+    }
+}
+
+/// The failure codes the engine itself records, beside the workers' own
+/// ([`ErrorCode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineCode {
+    /// The job's last attempt ended with its worker silent: the job failed.
+    LeaseExpired,
+    /// A step's row, when its attempt's lease ended before the step did.
+    LeaseLost,
+    /// The worker gave the job back unfinished (it was shutting down).
+    HandedBack,
+}
+
+impl EngineCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineCode::LeaseExpired => "lease_expired",
+            EngineCode::LeaseLost => "lease_lost",
+            EngineCode::HandedBack => "handed_back",
+        }
+    }
+}
+
+/// The error of a job cancelled by request, and the reason its history gives.
+pub const CANCELLED_BY_REQUEST: &str = "cancelled by request";
 
 /// Where an unfinished attempt's job goes back to. The clone on disk and the built
 /// image live on the worker that made them, so a job that had not pushed starts over
@@ -159,6 +249,23 @@ mod tests {
         }
     }
 
+    /// The store writes the engine makes for `event`, all applied to the job as it
+    /// was before the event.
+    fn writes_of(job: Job, event: Event) -> Vec<Transition> {
+        let step = job.step.unwrap_or_else(|| first_step_of(job.state, job.pushed));
+        match event {
+            Event::CancelRequested => vec![Transition::RequestCancel],
+            Event::LeaseEnded => vec![Transition::EndLease],
+            Event::StepSucceeded if job.step.is_none() => vec![Transition::Claim, Transition::StartStep(step)],
+            Event::StepSucceeded => match step.next() {
+                Some(next) => vec![Transition::SucceedStep(step), Transition::StartStep(next)],
+                None => vec![Transition::EndAttempt(step)],
+            },
+            Event::StepFailed { .. } if job.step.is_none() => vec![],
+            Event::StepFailed { .. } => vec![Transition::EndAttempt(step)],
+        }
+    }
+
     proptest! {
         #[test]
         fn the_rules_keep_the_state_machine_s_promises(
@@ -171,6 +278,14 @@ mod tests {
             for event in events {
                 let before = job;
                 job = apply(job, event, &policy, retry_on_failure);
+                if !before.state.is_terminal() {
+                    for write in writes_of(before, event) {
+                        prop_assert!(write.allows(before.state), "the table refuses {write:?} from {before:?}");
+                    }
+                }
+                if !job.state.is_terminal() && job.step.is_none() {
+                    prop_assert!(Transition::Claim.allows(job.state), "cannot be claimed again: {job:?}");
+                }
                 prop_assert!(!before.state.is_terminal() || job.state == before.state, "left a final state: {before:?} → {job:?}");
                 prop_assert!(job.attempt >= before.attempt, "attempts went back: {before:?} → {job:?}");
                 prop_assert!(job.attempt <= max_attempts, "more attempts than allowed: {job:?}");
@@ -184,6 +299,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn no_write_leaves_a_final_state_and_each_step_is_entered_from_the_one_before() {
+        let mut all = vec![Transition::Claim, Transition::Release, Transition::KeepLease, Transition::EndLease];
+        all.push(Transition::RequestCancel);
+        for step in Step::ALL {
+            all.extend([
+                Transition::StartStep(step),
+                Transition::RecordOutputs(step),
+                Transition::SucceedStep(step),
+                Transition::EndAttempt(step),
+            ]);
+        }
+        for write in all {
+            assert!(!write.from_states().is_empty(), "{write:?}");
+            assert!(!write.from_states().iter().any(|s| s.is_terminal()), "{write:?} leaves a final state");
+        }
+        for step in Step::ALL {
+            assert!(Transition::StartStep(step).allows(state_of_step(step)));
+            if let Some(next) = step.next() {
+                assert!(Transition::StartStep(next).allows(state_of_step(step)), "{next:?} cannot follow {step:?}");
+                assert!(!Transition::StartStep(step).allows(state_of_step(next)), "{step:?} after {next:?}");
+            }
+        }
+        assert!(!Transition::StartStep(Step::Clone).allows(JobState::Running), "a pushed job cloned again");
     }
 
     #[test]
