@@ -128,14 +128,14 @@ async fn serve_orchestrator(
     let wake = orchestrator::Wake::default();
     let defaults = args.submit_defaults();
     let instance_id = store.instance_id().await?;
-    let workers: Vec<String> = local_workers.into_iter().chain(args.workers.iter().cloned()).collect();
+    let worker_urls: Vec<String> = local_workers.into_iter().chain(args.workers.iter().cloned()).collect();
+    let workers = orchestrator::WorkerLink::connect_all(&worker_urls);
     let sweep = SweepConfig { retention: args.retention, interval: args.sweep_interval, batch: 500 };
-    let sweeper =
-        Sweeper::new(store.clone(), RegistryClient::new(registry.credentials()), sweep, instance_id.clone(), &workers);
+    let registry = RegistryClient::new(registry.credentials());
+    let sweeper = Sweeper::new(store.clone(), registry, sweep, instance_id.clone(), workers.clone());
     let sweep_task = tokio::spawn(sweeper.run(shutdown.clone()));
     let config = OrchestratorConfig {
         owner: args.orchestrator_id(),
-        workers,
         report_url,
         worker_timeout: args.worker_timeout,
         heartbeat_interval: args.heartbeat_interval,
@@ -167,7 +167,7 @@ async fn serve_orchestrator(
     };
     let api = slipway_engine::api::AppState::new(store.clone(), defaults, shutdown.clone());
     let http_task = tokio::spawn(slipway_engine::api::serve(http, api, shutdown.clone()));
-    orchestrator::run(store, config, wake, shutdown).await;
+    orchestrator::run(store, config, workers, wake, shutdown).await;
     http_task.await.context("the http task panicked")??;
     sweep_task.await.context("the sweep task panicked")?;
     // Workers keep reporting while they drain; the report service closes last.

@@ -4,27 +4,20 @@
 //! slot freed): claim against the free slots the last ping reported, less the jobs
 //! started since, so that a new job starts without a round trip to the workers.
 
-use std::time::Duration;
-
 use slipway_observability::trace;
-use slipway_proto::v1::{self, job_service_client::JobServiceClient};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
-use super::{OrchestratorConfig, Wake, wire};
+use super::workers::{CALL_TIMEOUT, WorkerLink, WorkerPing};
+use super::{OrchestratorConfig, Wake};
 use crate::job::JobId;
 use crate::job::transitions::{CANCELLED_BY_REQUEST, first_step_of};
 use crate::store::{ClaimedJob, HeldLease, LeaseStatus, Store, StoreError, WorkerOffer};
-use slipway_steps::runtime::RuntimeKind;
 
-/// How long a call to a worker may take before the worker counts as unreachable.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
+/// A worker as the dispatch loop last saw it.
 struct WorkerClient {
-    url: String,
-    client: JobServiceClient<Channel>,
+    link: WorkerLink,
     /// Whether the last ping failed, so that a dead worker is logged once, not every round.
     unreachable: bool,
     /// The worker's id, from its last answer.
@@ -39,20 +32,6 @@ struct WorkerClient {
     offer: WorkerOffer,
 }
 
-impl WorkerClient {
-    /// Tells the worker to stop the attempt of `lease`.
-    async fn cancel(&mut self, lease: HeldLease, reason: &str) {
-        let request = v1::CancelRequest {
-            job_id: lease.job_id.to_string(),
-            reason: reason.to_string(),
-            lease_token: lease.token.to_string(),
-        };
-        if let Err(status) = self.client.cancel(request).await {
-            tracing::warn!(job.id = %lease.job_id, worker.url = %self.url, error = %status.message(), "cannot cancel on the worker");
-        }
-    }
-}
-
 pub struct Dispatcher {
     store: Store,
     config: OrchestratorConfig,
@@ -63,34 +42,30 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(store: Store, config: OrchestratorConfig, wake: Wake, cancelled: mpsc::Receiver<JobId>) -> Self {
-        let workers = config
-            .workers
-            .iter()
-            .filter_map(|url| match Endpoint::from_shared(url.clone()) {
-                Ok(endpoint) => {
-                    let channel = endpoint.connect_timeout(CALL_TIMEOUT).timeout(CALL_TIMEOUT).connect_lazy();
-                    Some(WorkerClient {
-                        url: url.clone(),
-                        client: JobServiceClient::new(channel),
-                        unreachable: false,
-                        id: None,
-                        free: 0,
-                        slots: 0,
-                        offer: WorkerOffer::default(),
-                    })
-                }
-                Err(e) => {
-                    tracing::error!(worker.url = %url, error = %e, "not a worker URL; ignored");
-                    None
-                }
+    pub fn new(
+        store: Store,
+        config: OrchestratorConfig,
+        workers: Vec<WorkerLink>,
+        wake: Wake,
+        cancelled: mpsc::Receiver<JobId>,
+    ) -> Self {
+        let workers = workers
+            .into_iter()
+            .map(|link| WorkerClient {
+                link,
+                unreachable: false,
+                id: None,
+                free: 0,
+                slots: 0,
+                offer: WorkerOffer::default(),
             })
             .collect();
         Dispatcher { store, config, wake, cancelled, workers }
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
-        tracing::info!(owner = %self.config.owner, workers = ?self.config.workers, "orchestrator dispatching");
+        let urls: Vec<&str> = self.workers.iter().map(|w| w.link.url.as_str()).collect();
+        tracing::info!(owner = %self.config.owner, workers = ?urls, "orchestrator dispatching");
         let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -121,7 +96,7 @@ impl Dispatcher {
         }
         for (job_id, worker_id, token) in self.store.leases_to_cancel(&ids).await? {
             if let Some(worker) = self.workers.iter_mut().find(|w| w.id.as_deref() == Some(worker_id.as_str())) {
-                worker.cancel(HeldLease { job_id, token }, CANCELLED_BY_REQUEST).await;
+                worker.link.cancel(HeldLease { job_id, token }, CANCELLED_BY_REQUEST).await;
             }
         }
         Ok(())
@@ -187,19 +162,10 @@ impl Dispatcher {
 
     /// Pings every worker; `None` for those that did not answer within half the
     /// worker timeout.
-    async fn ping_all(&mut self) -> Vec<Option<v1::PingResponse>> {
+    async fn ping_all(&mut self) -> Vec<Option<WorkerPing>> {
         let limit = (self.config.worker_timeout / 2).min(CALL_TIMEOUT);
-        let calls = self.workers.iter().map(|w| {
-            let mut client = w.client.clone();
-            let request = v1::PingRequest { report_to: self.config.report_url.clone() };
-            async move {
-                match tokio::time::timeout(limit, client.ping(request)).await {
-                    Ok(Ok(r)) => Ok(r.into_inner()),
-                    Ok(Err(status)) => Err(status.message().to_string()),
-                    Err(_) => Err(format!("no answer within {limit:?}")),
-                }
-            }
-        });
+        let report_to = &self.config.report_url;
+        let calls = self.workers.iter().map(|w| w.link.ping(report_to, limit));
         let answers = futures_util::future::join_all(calls).await;
         answers
             .into_iter()
@@ -207,27 +173,19 @@ impl Dispatcher {
             .map(|(answer, worker)| match answer {
                 Ok(ping) => {
                     if worker.unreachable {
-                        tracing::info!(worker.url = %worker.url, "worker reachable again");
+                        tracing::info!(worker.url = %worker.link.url, "worker reachable again");
                     }
                     worker.unreachable = false;
                     worker.id = Some(ping.worker_id.clone());
                     worker.free = ping.slots_total.saturating_sub(ping.slots_busy);
                     worker.slots = ping.slots_total;
-                    worker.offer = WorkerOffer {
-                        labels: ping.labels.clone().into_iter().collect(),
-                        // A worker from before runtimes were announced runs Docker only.
-                        runtimes: if ping.runtimes.is_empty() {
-                            vec![RuntimeKind::Docker.as_str().to_string()]
-                        } else {
-                            ping.runtimes.clone()
-                        },
-                    };
+                    worker.offer = ping.offer.clone();
                     Some(ping)
                 }
                 Err(error) => {
                     worker.free = 0;
                     if !worker.unreachable {
-                        tracing::warn!(worker.url = %worker.url, %error, "worker unreachable");
+                        tracing::warn!(worker.url = %worker.link.url, %error, "worker unreachable");
                     }
                     worker.unreachable = true;
                     None
@@ -237,13 +195,8 @@ impl Dispatcher {
     }
 
     /// Extends the leases the worker holds; cancels those to cancel or no longer current.
-    async fn keep_leases(&mut self, worker: usize, ping: &v1::PingResponse) -> Result<(), StoreError> {
-        let held: Vec<HeldLease> = ping
-            .running
-            .iter()
-            .filter_map(|l| Some(HeldLease { job_id: l.job_id.parse().ok()?, token: l.lease_token.parse().ok()? }))
-            .collect();
-        let statuses = self.store.heartbeat(&self.config.owner, &held, self.config.worker_timeout).await?;
+    async fn keep_leases(&mut self, worker: usize, ping: &WorkerPing) -> Result<(), StoreError> {
+        let statuses = self.store.heartbeat(&self.config.owner, &ping.held, self.config.worker_timeout).await?;
         let worker = &mut self.workers[worker];
         for (lease, status) in statuses {
             let reason = match status {
@@ -251,7 +204,7 @@ impl Dispatcher {
                 LeaseStatus::CancelRequested => CANCELLED_BY_REQUEST,
                 LeaseStatus::Stale => "the lease of this attempt is lost",
             };
-            worker.cancel(lease, reason).await;
+            worker.link.cancel(lease, reason).await;
         }
         Ok(())
     }
@@ -266,21 +219,17 @@ impl Dispatcher {
         trace::set_parent(&span, &traceparent);
         // The worker's spans are children of this one.
         let traceparent = trace::traceparent_of(&span).unwrap_or(traceparent);
-        let mut request = tonic::Request::new(wire::start_request(&job, first_step, &self.config, &traceparent));
-        if let Ok(value) = traceparent.parse() {
-            request.metadata_mut().insert("traceparent", value);
-        }
         let worker = &mut self.workers[worker];
         worker.free = worker.free.saturating_sub(1);
-        match worker.client.start_job(request).instrument(span).await {
-            Ok(_) => {
-                tracing::info!(job.id = %job.id, job.attempt = job.attempt, worker.url = %worker.url, job.step = first_step.as_str(), "job started");
+        match worker.link.start(&job, first_step, &self.config, &traceparent).instrument(span).await {
+            Ok(()) => {
+                tracing::info!(job.id = %job.id, job.attempt = job.attempt, worker.url = %worker.link.url, job.step = first_step.as_str(), "job started");
                 Ok(())
             }
-            Err(status) => {
+            Err(error) => {
                 // Whatever the reason, ask the worker again before the next claim for it.
                 worker.free = 0;
-                tracing::warn!(job.id = %job.id, worker.url = %worker.url, error = %status.message(), "worker refused the job; releasing it");
+                tracing::warn!(job.id = %job.id, worker.url = %worker.link.url, %error, "worker refused the job; releasing it");
                 match self.store.release(job.id, job.lease_token).await {
                     // Ended meanwhile (cancelled): nothing to give back.
                     Err(StoreError::LeaseLost) => Ok(()),

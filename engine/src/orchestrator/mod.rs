@@ -16,6 +16,7 @@ mod report_service;
 mod sweep;
 mod wake;
 mod wire;
+mod workers;
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ pub use report_service::ReportHandler;
 pub use sweep::{SweepConfig, SweepCounts, Sweeper};
 use tokio_util::sync::CancellationToken;
 pub use wake::Wake;
+pub use workers::WorkerLink;
 
 use crate::store::Store;
 
@@ -31,8 +33,6 @@ use crate::store::Store;
 pub struct OrchestratorConfig {
     /// Names this orchestrator in leases.
     pub owner: String,
-    /// gRPC URLs of the workers this orchestrator dispatches to.
-    pub workers: Vec<String>,
     /// gRPC URL of this orchestrator's report service, as workers reach it.
     pub report_url: String,
     /// How long a lease lasts without news from its worker.
@@ -49,8 +49,15 @@ pub struct OrchestratorConfig {
 /// that, the next heartbeat tells the workers.
 const PENDING_CANCELS: usize = 1024;
 
-/// Runs the dispatch loop and the `LISTEN` loop until `shutdown`.
-pub async fn run(store: Store, config: OrchestratorConfig, wake: Wake, shutdown: CancellationToken) {
+/// Runs the dispatch loop and the `LISTEN` loop until `shutdown`, dispatching to
+/// `workers` (made once with [`WorkerLink::connect_all`], shared with the sweep).
+pub async fn run(
+    store: Store,
+    config: OrchestratorConfig,
+    workers: Vec<WorkerLink>,
+    wake: Wake,
+    shutdown: CancellationToken,
+) {
     let (cancels, cancelled) = tokio::sync::mpsc::channel(PENDING_CANCELS);
     let listener = {
         let (store, wake, shutdown) = (store.clone(), wake.clone(), shutdown.clone());
@@ -68,7 +75,7 @@ pub async fn run(store: Store, config: OrchestratorConfig, wake: Wake, shutdown:
             crate::store::listen(store, &channels, on_notification, shutdown).await
         })
     };
-    Dispatcher::new(store, config, wake, cancelled).run(shutdown).await;
+    Dispatcher::new(store, config, workers, wake, cancelled).run(shutdown).await;
     let _ = listener.await;
 }
 

@@ -6,10 +6,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use slipway_proto::v1::{self, job_service_client::JobServiceClient, leftover::Kind};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 
+use super::workers::{Leftover, LeftoverKind, WorkerLink};
 use crate::job::JobId;
 use crate::registry::{Deletion, RegistryClient, RegistryError};
 use crate::store::{Store, StoreError};
@@ -56,7 +55,7 @@ pub struct Sweeper {
     registry: RegistryClient,
     config: SweepConfig,
     instance_id: String,
-    workers: Vec<(String, JobServiceClient<Channel>)>,
+    workers: Vec<WorkerLink>,
 }
 
 impl Sweeper {
@@ -65,15 +64,8 @@ impl Sweeper {
         registry: RegistryClient,
         config: SweepConfig,
         instance_id: String,
-        worker_urls: &[String],
+        workers: Vec<WorkerLink>,
     ) -> Self {
-        let workers = worker_urls
-            .iter()
-            .filter_map(|url| {
-                let channel = Endpoint::from_shared(url.clone()).ok()?.timeout(Duration::from_secs(60)).connect_lazy();
-                Some((url.clone(), JobServiceClient::new(channel)))
-            })
-            .collect();
         Sweeper { store, registry, config, instance_id, workers }
     }
 
@@ -106,8 +98,8 @@ impl Sweeper {
     pub async fn sweep(&mut self) -> Result<SweepCounts, StoreError> {
         let mut counts = SweepCounts::default();
         self.sweep_jobs(&mut counts).await?;
-        for i in 0..self.workers.len() {
-            self.sweep_worker(i, &mut counts).await?;
+        for worker in &self.workers {
+            self.sweep_worker(worker, &mut counts).await?;
         }
         Ok(counts)
     }
@@ -148,34 +140,30 @@ impl Sweeper {
         }
     }
 
-    async fn sweep_worker(&mut self, worker: usize, counts: &mut SweepCounts) -> Result<(), StoreError> {
-        let (url, client) = &mut self.workers[worker];
-        let request = v1::ListLeftoversRequest { instance_id: self.instance_id.clone() };
-        let leftovers = match client.list_leftovers(request).await {
-            Ok(r) => r.into_inner().leftovers,
-            Err(status) => {
-                tracing::debug!(worker.url = %url, error = %status.message(), "cannot list leftovers");
+    async fn sweep_worker(&self, worker: &WorkerLink, counts: &mut SweepCounts) -> Result<(), StoreError> {
+        let leftovers = match worker.leftovers(&self.instance_id).await {
+            Ok(leftovers) => leftovers,
+            Err(error) => {
+                tracing::debug!(worker.url = %worker.url, %error, "cannot list leftovers");
                 return Ok(());
             }
         };
         if leftovers.is_empty() {
             return Ok(());
         }
-        let ids: Vec<JobId> = leftovers.iter().filter_map(|l| l.job_id.parse().ok()).collect();
+        let ids: Vec<JobId> = leftovers.iter().filter_map(|l| l.job_id).collect();
         let ended: HashMap<JobId, bool> = self.store.job_states(&ids).await?.into_iter().collect();
         // Containers go once their job has ended (or is gone); images once the job is
-        // gone, since a kept job's image may run again. Containers first: an image
-        // in use by one cannot go.
-        let mut doomed: Vec<v1::Leftover> = leftovers
+        // gone, since a kept job's image may run again.
+        let mut doomed: Vec<Leftover> = leftovers
             .into_iter()
             .filter(|l| {
-                let job = l.job_id.parse::<JobId>().ok().and_then(|id| ended.get(&id).copied());
-                match Kind::try_from(l.kind) {
-                    Ok(Kind::Container) => job.unwrap_or(true),
+                let job = l.job_id.and_then(|id| ended.get(&id).copied());
+                match l.kind {
+                    LeftoverKind::Container => job.unwrap_or(true),
                     // Tasks also once past their deadline, whoever watches them.
-                    Ok(Kind::Task) => job.unwrap_or(true) || l.past_deadline,
-                    Ok(Kind::Image) => job.is_none(),
-                    _ => false,
+                    LeftoverKind::Task => job.unwrap_or(true) || l.past_deadline,
+                    LeftoverKind::Image => job.is_none(),
                 }
             })
             .collect();
@@ -183,17 +171,17 @@ impl Sweeper {
         if doomed.is_empty() {
             return Ok(());
         }
-        let containers = doomed.iter().filter(|l| l.kind == Kind::Container as i32).count() as u64;
-        let tasks = doomed.iter().filter(|l| l.kind == Kind::Task as i32).count() as u64;
-        let images = doomed.len() as u64 - containers - tasks;
-        match client.remove_leftovers(v1::RemoveLeftoversRequest { leftovers: doomed }).await {
-            Ok(r) => {
-                let removed = u64::from(r.into_inner().removed);
+        let count = |kind| doomed.iter().filter(|l| l.kind == kind).count() as u64;
+        let (containers, tasks, images) =
+            (count(LeftoverKind::Container), count(LeftoverKind::Task), count(LeftoverKind::Image));
+        match worker.remove_leftovers(&doomed).await {
+            Ok(removed) => {
+                let removed = u64::from(removed);
                 counts.containers += containers.min(removed);
                 counts.engine_images += images.min(removed.saturating_sub(containers));
                 counts.tasks += tasks.min(removed.saturating_sub(containers + images));
             }
-            Err(status) => tracing::warn!(worker.url = %url, error = %status.message(), "cannot remove leftovers"),
+            Err(error) => tracing::warn!(worker.url = %worker.url, %error, "cannot remove leftovers"),
         }
         Ok(())
     }
