@@ -1,24 +1,108 @@
-//! One job as this worker was given it by `StartJob`: the lease it runs under, what
-//! to build and run, what earlier attempts left, where to report, and the tokens that
-//! stop it.
+//! One job as this worker was given it by `StartJob`, typed once at the gRPC edge
+//! ([`crate::wire::assignment`]): the lease it runs under, what to build and run, what
+//! earlier attempts left, where to report, and the tokens that stop it.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use slipway_proto::v1;
 use slipway_steps::Step;
+use slipway_steps::runtime::RuntimeKind;
 use tokio_util::sync::CancellationToken;
 
-/// A job this worker runs, as it was assigned.
-pub(crate) struct JobRun {
-    pub lease: v1::Lease,
-    pub spec: v1::JobSpec,
-    pub outputs: v1::StepOutputs,
+/// The lease a job's attempt runs under; every report carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JobLease {
+    /// The job's id, a UUID (checked at the edge: it names folders and containers).
+    pub job_id: String,
+    pub attempt: u32,
+    pub token: String,
+    /// This worker, named in every report so that the history shows who wrote it.
+    pub worker_id: String,
+}
+
+/// What to build and run.
+#[derive(Debug, Clone)]
+pub(crate) struct JobSpec {
+    pub repo: String,
+    pub git_ref: Option<String>,
+    pub dockerfile: String,
+    pub context: String,
+    pub image: String,
+    pub build_args: HashMap<String, String>,
+    pub env: HashMap<String, String>,
+    pub command: Vec<String>,
+    pub runtime: RuntimeKind,
+    /// ECS task size; 0 leaves the runtime's default.
+    pub cpu: u32,
+    pub memory: u32,
+    pub timeout: Option<Duration>,
+}
+
+/// What steps produced, in this attempt or earlier ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Outputs {
+    pub commit_sha: Option<String>,
+    pub image_id: Option<String>,
+    pub pushed_ref: Option<String>,
+    pub container_id: Option<String>,
+    pub task_arn: Option<String>,
+    pub stop_code: Option<String>,
+    pub stopped_reason: Option<String>,
+    /// How far the run's log was read (given by the orchestrator, never reported back
+    /// here: log batches carry it).
+    pub log_cursor: Option<String>,
+}
+
+impl Outputs {
+    /// The run's handle on `runtime`: its container id on Docker, its task ARN on ECS.
+    pub fn run_handle(&self, runtime: RuntimeKind) -> Option<&str> {
+        match runtime {
+            RuntimeKind::Docker => self.container_id.as_deref(),
+            RuntimeKind::Ecs => self.task_arn.as_deref(),
+        }
+    }
+
+    /// Outputs holding only the run's handle on `runtime`.
+    pub fn of_run(runtime: RuntimeKind, handle: &str) -> Outputs {
+        let mut outputs = Outputs::default();
+        outputs.set_run_handle(runtime, handle);
+        outputs
+    }
+
+    pub fn set_run_handle(&mut self, runtime: RuntimeKind, handle: &str) {
+        let slot = match runtime {
+            RuntimeKind::Docker => &mut self.container_id,
+            RuntimeKind::Ecs => &mut self.task_arn,
+        };
+        *slot = Some(handle.to_string());
+    }
+}
+
+/// What `StartJob` says.
+#[derive(Debug, Clone)]
+pub(crate) struct Assignment {
+    pub lease: JobLease,
+    pub spec: JobSpec,
+    pub outputs: Outputs,
     pub first_step: Step,
     pub report_to: String,
     pub instance_id: String,
     /// The run starts afresh: the last attempt's run ended and was recorded.
     pub fresh_run: bool,
     /// The orchestrator's dispatch span, parent of this run's spans.
+    pub traceparent: String,
+}
+
+/// A job this worker runs: its assignment, and what stops it.
+pub(crate) struct JobRun {
+    pub lease: JobLease,
+    pub spec: JobSpec,
+    pub outputs: Outputs,
+    pub first_step: Step,
+    pub report_to: String,
+    pub instance_id: String,
+    pub fresh_run: bool,
     pub traceparent: String,
     pub current_step: Arc<Mutex<Step>>,
     /// Cancelled when the job is to end `cancelled`.
@@ -27,7 +111,27 @@ pub(crate) struct JobRun {
     pub hand_back: CancellationToken,
 }
 
-/// A wire string that may be empty, as an option.
-pub(crate) fn non_empty(s: &str) -> Option<String> {
-    (!s.is_empty()).then(|| s.to_string())
+impl JobRun {
+    pub fn new(
+        assignment: Assignment,
+        current_step: Arc<Mutex<Step>>,
+        cancel: CancellationToken,
+        hand_back: CancellationToken,
+    ) -> Self {
+        let Assignment { lease, spec, outputs, first_step, report_to, instance_id, fresh_run, traceparent } =
+            assignment;
+        JobRun {
+            lease,
+            spec,
+            outputs,
+            first_step,
+            report_to,
+            instance_id,
+            fresh_run,
+            traceparent,
+            current_step,
+            cancel,
+            hand_back,
+        }
+    }
 }

@@ -1,12 +1,10 @@
 //! One job's run on this worker: its steps in order, each reported before and after,
 //! its clone folder removed however the run ends.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use slipway_observability::{fields, metrics, trace};
-use slipway_proto::v1::{self, step_report::Event};
 use slipway_steps::aws::ecr::EcrRegistry;
 use slipway_steps::clone::{CloneRequest, clone_repo};
 use slipway_steps::docker::build::{BuildRequest, build_image};
@@ -17,8 +15,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::assignment::{JobRun, non_empty};
-use crate::reporter::{Reporter, send};
+use crate::assignment::{JobRun, Outputs};
+use crate::reporter::{Reporter, StepEvent, send};
 use crate::run_step::{clean_up, run_container};
 use crate::state::WorkerState;
 
@@ -29,7 +27,7 @@ const LOG_BUFFER: usize = 4096;
 /// Runs the job to its end and forgets it.
 pub(crate) async fn run(state: Arc<WorkerState>, job: JobRun) {
     let job_id = job.lease.job_id.clone();
-    let token = job.lease.lease_token.clone();
+    let token = job.lease.token.clone();
     let folder = state.config.jobs_dir().join(format!("job-{}-{}", job_id, job.lease.attempt));
     let span = tracing::info_span!("worker.job", job.id = %job_id, job.attempt = job.lease.attempt);
     trace::set_parent(&span, &job.traceparent);
@@ -44,7 +42,7 @@ pub(crate) async fn run(state: Arc<WorkerState>, job: JobRun) {
 
 async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
     let (lines_tx, lines_rx) = mpsc::channel(LOG_BUFFER);
-    let reporter = match Reporter::start(&job.report_to, state.orchestrators(), job.lease.clone(), lines_rx) {
+    let reporter = match Reporter::start(&job.report_to, state.orchestrators(), &job.lease, lines_rx) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(job.id = %job.lease.job_id, error = %e, "cannot report; giving the job up");
@@ -66,7 +64,7 @@ async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
     let mut outputs = job.outputs.clone();
     let mut step = job.first_step;
     // Later steps are reported started together with the end of the one before.
-    if send(&reporter, &job.lease, step, Event::Started(v1::step_report::Started {}), None, None).await {
+    if send(&reporter, &job.lease, step, StepEvent::Started, None, None).await {
         loop {
             *job.current_step.lock().unwrap_or_else(|p| p.into_inner()) = step;
             match run_step(state, &job, folder, &logs, &stop, &reporter, &mut outputs, step).await {
@@ -87,7 +85,7 @@ async fn run_step(
     logs: &LogSink,
     stop: &CancellationToken,
     reporter: &Reporter,
-    outputs: &mut v1::StepOutputs,
+    outputs: &mut Outputs,
     step: Step,
 ) -> Option<Step> {
     {
@@ -99,11 +97,11 @@ async fn run_step(
                 Step::Clone => clone(job, folder, &logs, stop)
                     .instrument(tracing::info_span!("git.fetch"))
                     .await
-                    .map(|sha| outputs.commit_sha = sha),
+                    .map(|sha| outputs.commit_sha = Some(sha)),
                 Step::Build => build(state, job, folder, &logs, stop)
                     .instrument(tracing::info_span!("docker.build"))
                     .await
-                    .map(|id| outputs.image_id = id),
+                    .map(|id| outputs.image_id = Some(id)),
                 Step::Push => {
                     let span = tracing::info_span!("docker.push");
                     let pushed = push(state, job, &logs, stop).instrument(span.clone()).await;
@@ -112,7 +110,7 @@ async fn run_step(
                     {
                         trace::set_attribute(&span, fields::IMAGE_DIGEST, digest.to_string());
                     }
-                    pushed.map(|r| outputs.pushed_ref = r)
+                    pushed.map(|r| outputs.pushed_ref = Some(r))
                 }
                 Step::Run => run_container(state, job, outputs, reporter, &logs, stop).await,
             }
@@ -130,7 +128,7 @@ async fn run_step(
         metrics::STEP_DURATION.observe(&[step.as_str(), outcome], started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
-                let done = Event::Succeeded(outputs.clone());
+                let done = StepEvent::Succeeded(outputs.clone());
                 let exit_code = (step == Step::Run).then_some(0);
                 let next = step.next();
                 let committed = send(reporter, &job.lease, step, done, exit_code, next).await;
@@ -142,17 +140,14 @@ async fn run_step(
             Err(_) if job.hand_back.is_cancelled() && !job.cancel.is_cancelled() => {
                 // The worker is stopping: the job is not at fault; it runs again elsewhere.
                 tracing::info!(job.id = %job.lease.job_id, job.step = step.as_str(), "handing the job back on shutdown");
-                send(reporter, &job.lease, step, Event::Released(v1::step_report::Released {}), None, None).await;
+                send(reporter, &job.lease, step, StepEvent::Released, None, None).await;
                 None
             }
             Err(e) => {
                 tracing::info!(job.id = %job.lease.job_id, job.step = step.as_str(), error.code = e.code.as_str(), "step failed");
-                let failure = v1::StepFailure {
-                    code: e.code.as_str().into(),
-                    message: e.message.clone(),
-                    retryable: e.retryable(),
-                };
-                let committed = send(reporter, &job.lease, step, Event::Failed(failure), e.exit_code, None).await;
+                let failure =
+                    StepEvent::Failed { code: e.code.as_str(), message: e.message.clone(), retryable: e.retryable() };
+                let committed = send(reporter, &job.lease, step, failure, e.exit_code, None).await;
                 if step == Step::Run && committed {
                     clean_up(state, job, outputs).await;
                 }
@@ -165,8 +160,8 @@ async fn run_step(
 async fn clone(job: &JobRun, folder: &Path, logs: &LogSink, stop: &CancellationToken) -> Result<String, StepError> {
     let request = CloneRequest {
         repo: job.spec.repo.clone(),
-        git_ref: non_empty(&job.spec.git_ref),
-        pinned_sha: non_empty(&job.outputs.commit_sha),
+        git_ref: job.spec.git_ref.clone(),
+        pinned_sha: job.outputs.commit_sha.clone(),
     };
     let dest = checkout_dir(folder);
     if dest.exists() {
@@ -195,7 +190,7 @@ async fn build(
         image: job.spec.image.clone(),
         dockerfile: job.spec.dockerfile.clone(),
         context: job.spec.context.clone(),
-        build_args: job.spec.build_args.clone().into_iter().collect::<HashMap<_, _>>(),
+        build_args: job.spec.build_args.clone(),
     };
     let builder = state.builder().await?;
     build_image(&state.docker, builder, &checkout_dir(folder), &request, logs, stop).await

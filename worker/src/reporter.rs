@@ -14,12 +14,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use slipway_observability::trace;
-use slipway_proto::convert::{step_to_wire, stream_to_wire};
-use slipway_proto::v1::{self, report_service_client::ReportServiceClient, step_report::Event};
+use slipway_proto::v1::{self, report_service_client::ReportServiceClient};
 use slipway_steps::{LogLine, Step};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+
+use crate::assignment::{JobLease, Outputs};
+use crate::wire;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const BATCH_LINES: usize = 500;
@@ -37,6 +39,22 @@ pub(crate) enum ReportError {
     Unreachable(Duration),
 }
 
+/// What a step report says happened.
+#[derive(Debug, Clone)]
+pub(crate) enum StepEvent {
+    Started,
+    /// Outputs known before the step ends (the run's handle before the wait).
+    Progress(Outputs),
+    Succeeded(Outputs),
+    Failed {
+        code: &'static str,
+        message: String,
+        retryable: bool,
+    },
+    /// The worker is stopping: the job is given back unfinished.
+    Released,
+}
+
 type Pending = (v1::StepReport, Option<String>, oneshot::Sender<Result<bool, ReportError>>);
 
 pub(crate) struct Reporter {
@@ -49,21 +67,21 @@ impl Reporter {
     pub fn start(
         report_to: &str,
         known: Arc<Mutex<Vec<String>>>,
-        lease: v1::Lease,
+        lease: &JobLease,
         lines: mpsc::Receiver<LogLine>,
     ) -> Result<Self, ReportError> {
         let mut link =
             Link { primary: report_to.to_string(), known, current: report_to.to_string(), clients: HashMap::new() };
         link.client(report_to)?;
         let (reports, reports_rx) = mpsc::channel(4);
-        let pump = tokio::spawn(pump(link, lease, lines, reports_rx));
+        let pump = tokio::spawn(pump(link, wire::lease(lease), lines, reports_rx));
         Ok(Reporter { reports, pump })
     }
 
     /// Sends a report after every line written before it. `Ok(false)`: the lease is
     /// no longer current and the job must stop.
     /// `traceparent`: the span the report belongs to, sent in the call's metadata.
-    pub async fn send(&self, report: v1::StepReport, traceparent: Option<String>) -> Result<bool, ReportError> {
+    async fn send(&self, report: v1::StepReport, traceparent: Option<String>) -> Result<bool, ReportError> {
         let (tx, rx) = oneshot::channel();
         if self.reports.send((report, traceparent, tx)).await.is_err() {
             return Err(ReportError::Unreachable(Duration::ZERO));
@@ -183,7 +201,7 @@ async fn pump(
             // A line: batched until the batch is full or the next tick.
             line = lines.recv(), if lines_open => match line {
                 Some(line) => {
-                    batch.push(to_wire(line));
+                    batch.push(wire::log_line(line));
                     if batch.len() >= BATCH_LINES {
                         flush(&mut link, &lease, &mut batch).await;
                     }
@@ -199,18 +217,7 @@ async fn pump(
 
 fn drain(lines: &mut mpsc::Receiver<LogLine>, batch: &mut Vec<v1::LogLine>) {
     while let Ok(line) = lines.try_recv() {
-        batch.push(to_wire(line));
-    }
-}
-
-fn to_wire(line: LogLine) -> v1::LogLine {
-    let at_micros = line.at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or_default();
-    v1::LogLine {
-        step: step_to_wire(line.step) as i32,
-        stream: stream_to_wire(line.stream) as i32,
-        text: line.text,
-        at_micros,
-        cursor: line.cursor.unwrap_or_default(),
+        batch.push(wire::log_line(line));
     }
 }
 
@@ -236,20 +243,14 @@ async fn flush(link: &mut Link, lease: &v1::Lease, batch: &mut Vec<v1::LogLine>)
 /// Sends a report; `false` when the job must stop (lease gone or orchestrator unreachable).
 pub(crate) async fn send(
     reporter: &Reporter,
-    lease: &v1::Lease,
+    lease: &JobLease,
     step: Step,
-    event: Event,
+    event: StepEvent,
     exit_code: Option<i64>,
     then_start: Option<Step>,
 ) -> bool {
     let traceparent = trace::traceparent_of(&tracing::Span::current());
-    let report = v1::StepReport {
-        lease: Some(lease.clone()),
-        step: step_to_wire(step) as i32,
-        event: Some(event),
-        exit_code,
-        then_start: then_start.map_or(0, |s| step_to_wire(s) as i32),
-    };
+    let report = wire::step_report(lease, step, &event, exit_code, then_start);
     match reporter.send(report, traceparent).await {
         Ok(true) => true,
         Ok(false) => {

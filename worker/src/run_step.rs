@@ -2,18 +2,16 @@
 //! again, its handle reported before the wait, its end reported and classified.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use slipway_observability::trace;
-use slipway_proto::v1::{self, step_report::Event};
 use slipway_steps::docker::run::DockerRuntime;
 use slipway_steps::runtime::{RunRequest, Runtime, RuntimeKind, Watch};
 use slipway_steps::{ErrorCode, LogSink, Step, StepError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::assignment::{JobRun, non_empty};
-use crate::reporter::{Reporter, send};
+use crate::assignment::{JobRun, Outputs};
+use crate::reporter::{Reporter, StepEvent, send};
 use crate::state::WorkerState;
 
 /// Runs the pushed image on the job's runtime; the run's handle goes into `outputs`
@@ -21,13 +19,12 @@ use crate::state::WorkerState;
 pub(crate) async fn run_container(
     state: &WorkerState,
     job: &JobRun,
-    outputs: &mut v1::StepOutputs,
+    outputs: &mut Outputs,
     reporter: &Reporter,
     logs: &LogSink,
     stop: &CancellationToken,
 ) -> Result<(), StepError> {
-    let runtime: RuntimeKind = job.spec.runtime.parse().unwrap_or_default();
-    match runtime {
+    match job.spec.runtime {
         RuntimeKind::Docker => {
             let docker = DockerRuntime { docker: state.docker.clone() };
             run_on(&docker, job, outputs, "", reporter, logs, stop).await
@@ -49,13 +46,13 @@ pub(crate) async fn run_container(
 async fn run_on<R: Runtime>(
     runtime: &R,
     job: &JobRun,
-    outputs: &mut v1::StepOutputs,
+    outputs: &mut Outputs,
     architecture: &str,
     reporter: &Reporter,
     logs: &LogSink,
     stop: &CancellationToken,
 ) -> Result<(), StepError> {
-    let mut env: HashMap<String, String> = job.spec.env.clone().into_iter().collect();
+    let mut env: HashMap<String, String> = job.spec.env.clone();
     // An instrumented application continues the job's trace.
     if let Some(traceparent) = trace::traceparent_of(&tracing::Span::current()) {
         env.insert("TRACEPARENT".into(), traceparent);
@@ -66,23 +63,22 @@ async fn run_on<R: Runtime>(
         job_id: job.lease.job_id.clone(),
         instance_id: job.instance_id.clone(),
         attempt: job.lease.attempt,
-        image: non_empty(&outputs.pushed_ref).unwrap_or_else(|| job.spec.image.clone()),
+        image: outputs.pushed_ref.clone().unwrap_or_else(|| job.spec.image.clone()),
         env,
         command: job.spec.command.clone(),
         cpu: job.spec.cpu,
         memory: job.spec.memory,
-        timeout: (job.spec.timeout_seconds > 0).then(|| Duration::from_secs(job.spec.timeout_seconds)),
+        timeout: job.spec.timeout,
         architecture: architecture.to_string(),
     };
-    let is_ecs = runtime.name() == RuntimeKind::Ecs.as_str();
     // A run that resumes finds what an earlier attempt started, if it is still
     // there, instead of starting a second one; a retried run starts its own.
     let (existing, log_cursor) = match job.first_step {
         Step::Run if !job.fresh_run => {
-            let stored = if is_ecs { non_empty(&outputs.task_arn) } else { non_empty(&outputs.container_id) };
-            let found = runtime.find(&request.job_id, stored.as_deref(), logs).await?;
+            let stored = outputs.run_handle(job.spec.runtime);
+            let found = runtime.find(&request.job_id, stored, logs).await?;
             // The stored position belongs to the stored run only.
-            let cursor = (found.is_some() && found == stored).then(|| non_empty(&outputs.log_cursor)).flatten();
+            let cursor = (found.is_some() && found.as_deref() == stored).then(|| outputs.log_cursor.clone()).flatten();
             (found, cursor)
         }
         _ => (None, None),
@@ -91,14 +87,9 @@ async fn run_on<R: Runtime>(
         Some(handle) => handle,
         None => runtime.launch(&request, logs).instrument(tracing::info_span!("container.create")).await?,
     };
-    let started = if is_ecs {
-        outputs.task_arn = handle.clone();
-        v1::StepOutputs { task_arn: handle.clone(), ..Default::default() }
-    } else {
-        outputs.container_id = handle.clone();
-        v1::StepOutputs { container_id: handle.clone(), ..Default::default() }
-    };
-    if !send(reporter, &job.lease, Step::Run, Event::Progress(started), None, None).await {
+    outputs.set_run_handle(job.spec.runtime, &handle);
+    let started = Outputs::of_run(job.spec.runtime, &handle);
+    if !send(reporter, &job.lease, Step::Run, StepEvent::Progress(started), None, None).await {
         runtime.clean_up(&handle).await?;
         return Err(StepError::new(ErrorCode::Cancelled, "the lease was lost before the run started"));
     }
@@ -108,12 +99,12 @@ async fn run_on<R: Runtime>(
     if let Ok(ended) = &ended
         && (ended.stop_code.is_some() || ended.stopped_reason.is_some())
     {
-        let stopped = v1::StepOutputs {
-            stop_code: ended.stop_code.clone().unwrap_or_default(),
-            stopped_reason: ended.stopped_reason.clone().unwrap_or_default(),
+        let stopped = Outputs {
+            stop_code: ended.stop_code.clone(),
+            stopped_reason: ended.stopped_reason.clone(),
             ..Default::default()
         };
-        send(reporter, &job.lease, Step::Run, Event::Progress(stopped), None, None).await;
+        send(reporter, &job.lease, Step::Run, StepEvent::Progress(stopped), None, None).await;
     }
     match ended.and_then(|ended| runtime.outcome(&ended)) {
         Ok(_) => Ok(()),
@@ -126,13 +117,12 @@ async fn run_on<R: Runtime>(
 }
 
 /// Frees what a run left, once its end is committed (a second time is harmless).
-pub(crate) async fn clean_up(state: &WorkerState, job: &JobRun, outputs: &v1::StepOutputs) {
-    match job.spec.runtime.parse().unwrap_or_default() {
-        RuntimeKind::Docker => {
-            clean_up_on(&DockerRuntime { docker: state.docker.clone() }, job, &outputs.container_id).await
-        }
+pub(crate) async fn clean_up(state: &WorkerState, job: &JobRun, outputs: &Outputs) {
+    let Some(handle) = outputs.run_handle(job.spec.runtime) else { return };
+    match job.spec.runtime {
+        RuntimeKind::Docker => clean_up_on(&DockerRuntime { docker: state.docker.clone() }, job, handle).await,
         RuntimeKind::Ecs => match state.ecs().await {
-            Ok(ecs) => clean_up_on(ecs, job, &outputs.task_arn).await,
+            Ok(ecs) => clean_up_on(ecs, job, handle).await,
             Err(e) => tracing::warn!(job.id = %job.lease.job_id, error = %e, "cannot clean up after the run"),
         },
     }

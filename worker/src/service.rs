@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use slipway_proto::convert::{step_from_wire, step_to_wire};
+use slipway_proto::convert::step_to_wire;
 use slipway_proto::v1::leftover::Kind;
 use slipway_proto::v1::{self, job_service_server::JobService};
 use slipway_steps::aws::ecs::{PAST_DEADLINE, STOP_REASON_PREFIX};
@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::assignment::JobRun;
-use crate::job_run;
 use crate::state::{RunningJob, WorkerState};
+use crate::{job_run, wire};
 
 pub(crate) struct Worker {
     state: Arc<WorkerState>,
@@ -28,19 +28,9 @@ impl Worker {
 #[tonic::async_trait]
 impl JobService for Worker {
     async fn start_job(&self, request: Request<v1::StartJobRequest>) -> Result<Response<v1::StartJobResponse>, Status> {
-        // The caller's trace context, from the call's metadata (the field is the fallback).
         let traceparent = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).map(String::from);
-        let request = request.into_inner();
-        let traceparent = traceparent.unwrap_or_else(|| request.traceparent.clone());
-        let mut lease = request.lease.clone().ok_or_else(|| Status::invalid_argument("lease is required"))?;
-        // Every report names this worker, so that the history shows who wrote it.
-        lease.worker_id = self.state.config.worker_id.clone();
-        let spec = request.spec.clone().ok_or_else(|| Status::invalid_argument("spec is required"))?;
-        let first_step =
-            step_from_wire(request.first_step).ok_or_else(|| Status::invalid_argument("first_step is not a step"))?;
-        if request.report_to.is_empty() {
-            return Err(Status::invalid_argument("report_to is required"));
-        }
+        let assignment = wire::assignment(request.into_inner(), &self.state.config.worker_id, traceparent)?;
+        let (lease, first_step) = (assignment.lease.clone(), assignment.first_step);
         if self.shutdown.is_cancelled() {
             return Err(Status::unavailable("the worker is shutting down"));
         }
@@ -50,7 +40,7 @@ impl JobService for Worker {
         {
             let mut running = self.state.running();
             if let Some(existing) = running.get(&lease.job_id) {
-                if existing.lease.lease_token == lease.lease_token {
+                if existing.lease.token == lease.token {
                     // The same attempt offered twice (a retried call): it already runs.
                     return Ok(Response::new(v1::StartJobResponse { worker_id: self.state.config.worker_id.clone() }));
                 }
@@ -69,20 +59,7 @@ impl JobService for Worker {
             self.state.record_slots(running.len());
         }
         tracing::info!(job.id = %lease.job_id, job.attempt = lease.attempt, job.step = first_step.as_str(), "job admitted");
-        let run = JobRun {
-            lease,
-            spec,
-            outputs: request.outputs.unwrap_or_default(),
-            first_step,
-            report_to: request.report_to,
-            instance_id: request.instance_id,
-            fresh_run: request.fresh_run,
-            traceparent,
-            current_step: step,
-            cancel,
-            hand_back,
-        };
-        tokio::spawn(job_run::run(self.state.clone(), run));
+        tokio::spawn(job_run::run(self.state.clone(), JobRun::new(assignment, step, cancel, hand_back)));
         Ok(Response::new(v1::StartJobResponse { worker_id: self.state.config.worker_id.clone() }))
     }
 
@@ -96,7 +73,7 @@ impl JobService for Worker {
             Some(job) => v1::GetStatusResponse {
                 running: true,
                 step: step_to_wire(*job.step.lock().unwrap_or_else(|p| p.into_inner())) as i32,
-                lease: Some(job.lease.clone()),
+                lease: Some(wire::lease(&job.lease)),
             },
             None => v1::GetStatusResponse::default(),
         };
@@ -107,7 +84,7 @@ impl JobService for Worker {
         let request = request.into_inner();
         let running = self.state.running();
         let was_running = match running.get(&request.job_id) {
-            Some(job) if request.lease_token.is_empty() || job.lease.lease_token == request.lease_token => {
+            Some(job) if request.lease_token.is_empty() || job.lease.token == request.lease_token => {
                 tracing::info!(job.id = %request.job_id, reason = %request.reason, "cancelling job");
                 job.cancel.cancel();
                 true
@@ -124,7 +101,7 @@ impl JobService for Worker {
             worker_id: self.state.config.worker_id.clone(),
             slots_total: self.state.config.slots,
             slots_busy: running.len() as u32,
-            running: running.values().map(|j| j.lease.clone()).collect(),
+            running: running.values().map(|j| wire::lease(&j.lease)).collect(),
             labels: self.state.config.labels.clone().into_iter().collect(),
             runtimes: self.state.runtimes(),
         }))

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use slipway_observability::metrics;
-use slipway_proto::v1;
 use slipway_steps::aws::AwsConfig;
 use slipway_steps::aws::ecr::Ecr;
 use slipway_steps::aws::ecs::Ecs;
@@ -20,10 +19,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::WorkerConfig;
+use crate::assignment::JobLease;
 
 /// A job this worker holds.
 pub(crate) struct RunningJob {
-    pub lease: v1::Lease,
+    pub lease: JobLease,
     pub step: Arc<Mutex<Step>>,
     /// Cancelled when the job is to stop and end `cancelled` (a user's request, or
     /// the orchestrator saying the lease is lost).
@@ -141,7 +141,7 @@ impl WorkerState {
     /// Forgets a job whose run ended.
     pub fn finished(&self, job_id: &str, lease_token: &str) {
         let mut running = self.running();
-        if running.get(job_id).is_some_and(|j| j.lease.lease_token == lease_token) {
+        if running.get(job_id).is_some_and(|j| j.lease.token == lease_token) {
             running.remove(job_id);
         }
         self.record_slots(running.len());

@@ -1,0 +1,169 @@
+//! The worker's side of the wire: a `StartJob` read once into an [`Assignment`] (a
+//! malformed one is `INVALID_ARGUMENT`, naming the field), and the worker's reports
+//! and lines written for the orchestrator. Past this file, the gRPC service and the
+//! reporter, the worker speaks its own types, not prost's.
+
+use slipway_proto::convert::{step_from_wire, step_to_wire, stream_to_wire};
+use slipway_proto::v1::{self, step_report::Event};
+use slipway_steps::runtime::RuntimeKind;
+use slipway_steps::{LogLine, Step};
+use tonic::Status;
+
+use crate::assignment::{Assignment, JobLease, JobSpec, Outputs};
+use crate::reporter::StepEvent;
+
+/// A `StartJob` request, checked and typed; reports will name `worker_id`.
+pub(crate) fn assignment(
+    request: v1::StartJobRequest,
+    worker_id: &str,
+    traceparent: Option<String>,
+) -> Result<Assignment, Status> {
+    let lease = request.lease.ok_or_else(|| Status::invalid_argument("lease is required"))?;
+    // The id names the job's folder and its containers: only a UUID will do.
+    if uuid::Uuid::parse_str(&lease.job_id).is_err() {
+        return Err(Status::invalid_argument("lease.job_id is not a job id"));
+    }
+    let spec = request.spec.ok_or_else(|| Status::invalid_argument("spec is required"))?;
+    let runtime = if spec.runtime.is_empty() {
+        RuntimeKind::Docker
+    } else {
+        spec.runtime.parse().map_err(|_| Status::invalid_argument("spec.runtime is not a runtime"))?
+    };
+    let first_step =
+        step_from_wire(request.first_step).ok_or_else(|| Status::invalid_argument("first_step is not a step"))?;
+    if request.report_to.is_empty() {
+        return Err(Status::invalid_argument("report_to is required"));
+    }
+    let outputs = request.outputs.unwrap_or_default();
+    Ok(Assignment {
+        lease: JobLease {
+            job_id: lease.job_id,
+            attempt: lease.attempt,
+            token: lease.lease_token,
+            worker_id: worker_id.to_string(),
+        },
+        spec: JobSpec {
+            repo: spec.repo,
+            git_ref: non_empty(spec.git_ref),
+            dockerfile: spec.dockerfile,
+            context: spec.context,
+            image: spec.image,
+            build_args: spec.build_args.into_iter().collect(),
+            env: spec.env.into_iter().collect(),
+            command: spec.command,
+            runtime,
+            cpu: spec.cpu,
+            memory: spec.memory,
+            timeout: (spec.timeout_seconds > 0).then(|| std::time::Duration::from_secs(spec.timeout_seconds)),
+        },
+        outputs: Outputs {
+            commit_sha: non_empty(outputs.commit_sha),
+            image_id: non_empty(outputs.image_id),
+            pushed_ref: non_empty(outputs.pushed_ref),
+            container_id: non_empty(outputs.container_id),
+            task_arn: non_empty(outputs.task_arn),
+            stop_code: non_empty(outputs.stop_code),
+            stopped_reason: non_empty(outputs.stopped_reason),
+            log_cursor: non_empty(outputs.log_cursor),
+        },
+        first_step,
+        report_to: request.report_to,
+        instance_id: request.instance_id,
+        fresh_run: request.fresh_run,
+        // The caller's trace context, from the call's metadata; the field is the fallback.
+        traceparent: traceparent.unwrap_or(request.traceparent),
+    })
+}
+
+pub(crate) fn lease(lease: &JobLease) -> v1::Lease {
+    v1::Lease {
+        job_id: lease.job_id.clone(),
+        attempt: lease.attempt,
+        lease_token: lease.token.clone(),
+        worker_id: lease.worker_id.clone(),
+    }
+}
+
+pub(crate) fn step_report(
+    lease: &JobLease,
+    step: Step,
+    event: &StepEvent,
+    exit_code: Option<i64>,
+    then_start: Option<Step>,
+) -> v1::StepReport {
+    let event = match event {
+        StepEvent::Started => Event::Started(v1::step_report::Started {}),
+        StepEvent::Progress(o) => Event::Progress(outputs(o)),
+        StepEvent::Succeeded(o) => Event::Succeeded(outputs(o)),
+        StepEvent::Failed { code, message, retryable } => {
+            Event::Failed(v1::StepFailure { code: code.to_string(), message: message.clone(), retryable: *retryable })
+        }
+        StepEvent::Released => Event::Released(v1::step_report::Released {}),
+    };
+    v1::StepReport {
+        lease: Some(self::lease(lease)),
+        step: step_to_wire(step) as i32,
+        event: Some(event),
+        exit_code,
+        then_start: then_start.map_or(0, |s| step_to_wire(s) as i32),
+    }
+}
+
+/// Outputs as reported; the log position travels with log lines instead.
+fn outputs(o: &Outputs) -> v1::StepOutputs {
+    let text = |s: &Option<String>| s.clone().unwrap_or_default();
+    v1::StepOutputs {
+        commit_sha: text(&o.commit_sha),
+        image_id: text(&o.image_id),
+        pushed_ref: text(&o.pushed_ref),
+        container_id: text(&o.container_id),
+        task_arn: text(&o.task_arn),
+        stop_code: text(&o.stop_code),
+        stopped_reason: text(&o.stopped_reason),
+        log_cursor: String::new(),
+    }
+}
+
+pub(crate) fn log_line(line: LogLine) -> v1::LogLine {
+    let at_micros = line.at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or_default();
+    v1::LogLine {
+        step: step_to_wire(line.step) as i32,
+        stream: stream_to_wire(line.stream) as i32,
+        text: line.text,
+        at_micros,
+        cursor: line.cursor.unwrap_or_default(),
+    }
+}
+
+/// A wire string that may be empty, as an option.
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(job_id: &str, runtime: &str) -> v1::StartJobRequest {
+        v1::StartJobRequest {
+            lease: Some(v1::Lease { job_id: job_id.into(), attempt: 1, lease_token: "t".into(), worker_id: "".into() }),
+            spec: Some(v1::JobSpec { runtime: runtime.into(), ..Default::default() }),
+            first_step: step_to_wire(Step::Clone) as i32,
+            report_to: "http://127.0.0.1:50052".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_start_naming_a_path_or_an_unknown_runtime_is_refused_naming_the_field() {
+        let id = "01a22ee5-2edf-73b7-8e61-c91417b10ac9";
+        let job = assignment(start(id, ""), "w", None).unwrap();
+        assert_eq!((job.spec.runtime, job.lease.worker_id.as_str()), (RuntimeKind::Docker, "w"));
+        let e = assignment(start("../../../../victim", "docker"), "w", None).unwrap_err();
+        assert!(e.message().contains("lease.job_id"), "{}", e.message());
+        let e = assignment(start(id, "kubernetes"), "w", None).unwrap_err();
+        assert!(e.message().contains("spec.runtime"), "{}", e.message());
+        let e = assignment(v1::StartJobRequest { report_to: String::new(), ..start(id, "") }, "w", None).unwrap_err();
+        assert!(e.message().contains("report_to"), "{}", e.message());
+    }
+}
