@@ -22,12 +22,17 @@
 //!
 //! Run with `scripts/bench` (it starts Postgres like the tests do).
 
+// The tests' support modules: a fresh database, the `slipway` process launcher.
+#[path = "../tests/suite/common/mod.rs"]
+#[allow(unused_imports)]
+mod common;
+
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{Ports, Slipway, TestDb, settings, spawn_server, wait_healthy};
 use slipway_engine::store::Store;
 use slipway_proto::v1::{self, job_service_server::JobService, report_service_client::ReportServiceClient};
 use sqlx::Connection;
@@ -40,10 +45,6 @@ const LINES_PER_STEP: usize = 20;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// When the first step of a job was committed, as its worker learned it.
@@ -188,14 +189,14 @@ impl JobService for InstantWorker {
     }
 }
 
-/// Starts `count` instant workers of `slots` slots; returns their URLs and when
+/// Starts `count` instant workers of `slots` slots; returns their ports and when
 /// each job's first step was committed.
-async fn start_workers(count: usize, slots: u32) -> (Vec<String>, FirstSteps) {
+async fn start_workers(count: usize, slots: u32) -> (Vec<u16>, FirstSteps) {
     let first_steps = Arc::new(Mutex::new(HashMap::new()));
-    let mut urls = Vec::new();
+    let mut ports = Vec::new();
     for i in 0..count {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        urls.push(format!("http://{}", listener.local_addr().unwrap()));
+        ports.push(listener.local_addr().unwrap().port());
         let worker = InstantWorker {
             id: format!("bench-worker-{i}"),
             slots,
@@ -209,53 +210,19 @@ async fn start_workers(count: usize, slots: u32) -> (Vec<String>, FirstSteps) {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
     }
-    (urls, first_steps)
+    (ports, first_steps)
 }
 
-/// A fresh database; returns its URL and store.
-async fn fresh_database(base: &str) -> (String, Store) {
-    let name = format!("slipway_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = sqlx::PgConnection::connect(base).await.expect("connect to DATABASE_URL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}"))).execute(&mut admin).await.unwrap();
-    let url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
-    let store = slipway_engine::store::Store::open(&url, std::time::Duration::from_secs(30)).await.unwrap();
-    (url, store)
-}
-
-struct Server {
-    child: Child,
-    api: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A `slipway server` at its default log level (its output is discarded).
-async fn start_server(url: &str, workers: &[String], extra: &[(&str, &str)]) -> Server {
-    let http = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_slipway"))
-        .arg("server")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", url)
-        .env("SLIPWAY_HTTP_ADDR", format!("127.0.0.1:{http}"))
-        .env("SLIPWAY_GRPC_ADDR", format!("127.0.0.1:{}", free_port()))
-        .env("SLIPWAY_WORKERS", workers.join(","))
-        .envs(extra.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
-        assert!(Instant::now() < deadline, "the server did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Server { child, api: format!("http://127.0.0.1:{http}") }
+/// A `slipway server` on `db` dispatching to the workers on `workers`, with the
+/// heartbeat and worker timeout a production server has by default (the test
+/// launcher's are shorter); its API's URL.
+async fn start_server(db: &TestDb, workers: &[u16], extra: &[(&'static str, &str)]) -> (Slipway, String) {
+    let ports = Ports::new();
+    let mut env = settings(&[("SLIPWAY_HEARTBEAT_INTERVAL", "1s"), ("SLIPWAY_WORKER_TIMEOUT", "10s")]);
+    env.extend(settings(extra));
+    let server = spawn_server("bench-server", &db.url, &ports, workers, env);
+    wait_healthy(&ports.api(), Duration::from_secs(30)).await;
+    (server, ports.api())
 }
 
 const SPEC: &str = r#"{"repo":"git://127.0.0.1/app","ref":null,"dockerfile":"Dockerfile","context":".",
@@ -299,11 +266,12 @@ async fn transitions(store: &Store) -> i64 {
         .unwrap()
 }
 
-async fn throughput(base: &str, workers: usize, slots: u32, jobs: i64, extra: &[(&str, &str)]) -> (Store, String) {
-    let (url, store) = fresh_database(base).await;
-    let (urls, _) = start_workers(workers, slots).await;
-    let _server = start_server(&url, &urls, extra).await;
-    queue_backlog(&store, jobs).await;
+async fn throughput(workers: usize, slots: u32, jobs: i64, extra: &[(&'static str, &str)]) -> TestDb {
+    let db = TestDb::new().await;
+    let store = &db.store;
+    let (ports, _) = start_workers(workers, slots).await;
+    let _server = start_server(&db, &ports, extra).await;
+    queue_backlog(store, jobs).await;
     let started = Instant::now();
     sqlx::query(
         "with due as (update jobs set run_after = now() returning id) select pg_notify('slipway_jobs', 'backlog')",
@@ -311,7 +279,7 @@ async fn throughput(base: &str, workers: usize, slots: u32, jobs: i64, extra: &[
     .execute(store.pool())
     .await
     .unwrap();
-    while finished(&store).await < jobs {
+    while finished(store).await < jobs {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -323,15 +291,16 @@ async fn throughput(base: &str, workers: usize, slots: u32, jobs: i64, extra: &[
     println!(
         "throughput, {workers} worker(s) × {slots} slots{how}: {jobs} jobs in {elapsed:.2} s = {:.0} jobs/s, {:.0} transitions/s",
         jobs as f64 / elapsed,
-        transitions(&store).await as f64 / elapsed
+        transitions(store).await as f64 / elapsed
     );
-    (store, url)
+    db
 }
 
-async fn latency(base: &str, rate: u32, seconds: u32, workers: usize, slots: u32) {
-    let (url, store) = fresh_database(base).await;
-    let (urls, first_steps) = start_workers(workers, slots).await;
-    let server = start_server(&url, &urls, &[]).await;
+async fn latency(rate: u32, seconds: u32, workers: usize, slots: u32) {
+    let db = TestDb::new().await;
+    let store = &db.store;
+    let (ports, first_steps) = start_workers(workers, slots).await;
+    let (_server, api) = start_server(&db, &ports, &[]).await;
     let http = reqwest::Client::new();
     let body = serde_json::json!({ "repo": "git://127.0.0.1/app", "image": "127.0.0.1:5000/bench/app:1" });
     let submitted = Arc::new(Mutex::new(HashMap::new()));
@@ -339,7 +308,7 @@ async fn latency(base: &str, rate: u32, seconds: u32, workers: usize, slots: u32
     let mut posts = Vec::new();
     for _ in 0..rate * seconds {
         tick.tick().await;
-        let (http, body, submitted, api) = (http.clone(), body.clone(), submitted.clone(), server.api.clone());
+        let (http, body, submitted, api) = (http.clone(), body.clone(), submitted.clone(), api.clone());
         posts.push(tokio::spawn(async move {
             let sent = Instant::now();
             let response = http.post(format!("{api}/v1/jobs")).json(&body).send().await.unwrap();
@@ -351,7 +320,7 @@ async fn latency(base: &str, rate: u32, seconds: u32, workers: usize, slots: u32
     for post in posts {
         post.await.unwrap();
     }
-    while finished(&store).await < i64::from(rate * seconds) {
+    while finished(store).await < i64::from(rate * seconds) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (submitted, first_steps) = (submitted.lock().unwrap(), first_steps.lock().unwrap());
@@ -368,8 +337,9 @@ async fn latency(base: &str, rate: u32, seconds: u32, workers: usize, slots: u32
 
 /// The raw floor: insert + notify on one connection, LISTEN and claim with SKIP
 /// LOCKED on another — two commits and a notification hop, no engine.
-async fn latency_floor(base: &str, jobs: u32) {
-    let (url, store) = fresh_database(base).await;
+async fn latency_floor(jobs: u32) {
+    let db = TestDb::new().await;
+    let (url, store) = (&db.url, &db.store);
     sqlx::raw_sql(
         "create table jobs_lat (id bigserial primary key, state text not null, run_at timestamptz not null,
              attempts int not null default 0, locked_by text, locked_until timestamptz, payload jsonb,
@@ -379,9 +349,9 @@ async fn latency_floor(base: &str, jobs: u32) {
     .execute(store.pool())
     .await
     .unwrap();
-    let mut enqueue = sqlx::PgConnection::connect(&url).await.unwrap();
-    let mut claim = sqlx::PgConnection::connect(&url).await.unwrap();
-    let mut listener = sqlx::postgres::PgListener::connect(&url).await.unwrap();
+    let mut enqueue = sqlx::PgConnection::connect(url).await.unwrap();
+    let mut claim = sqlx::PgConnection::connect(url).await.unwrap();
+    let mut listener = sqlx::postgres::PgListener::connect(url).await.unwrap();
     listener.listen("jobs_lat").await.unwrap();
     let mut ms = Vec::new();
     for _ in 0..jobs {
@@ -436,28 +406,28 @@ async fn table_sizes(store: &Store, when: &str) {
 
 #[tokio::main]
 async fn main() {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL: run through scripts/bench");
     let jobs: i64 = env_or("BENCH_JOBS", 5_000);
     let rate: u32 = env_or("BENCH_RATE", 100);
     let seconds: u32 = env_or("BENCH_SECONDS", 10);
     let slots: u32 = env_or("BENCH_SLOTS", 16);
 
-    latency_floor(&base, 200).await;
-    latency(&base, rate, seconds, 2, slots).await;
-    latency_floor(&base, 200).await;
-    throughput(&base, 1, 2, jobs, &[]).await;
-    throughput(&base, 2, slots, jobs, &[("SLIPWAY_COMMIT_BATCH", "1")]).await;
-    let (store, url) = throughput(&base, 2, slots, jobs, &[]).await;
+    latency_floor(200).await;
+    latency(rate, seconds, 2, slots).await;
+    latency_floor(200).await;
+    throughput(1, 2, jobs, &[]).await;
+    throughput(2, slots, jobs, &[("SLIPWAY_COMMIT_BATCH", "1")]).await;
+    let db = throughput(2, slots, jobs, &[]).await;
+    let store = &db.store;
 
     sqlx::query("analyze").execute(store.pool()).await.unwrap();
-    table_sizes(&store, &format!("after {jobs} jobs")).await;
+    table_sizes(store, &format!("after {jobs} jobs")).await;
     // A sweep with no retention deletes every finished job; autovacuum then makes the
     // space reusable (the files keep their size until a VACUUM FULL).
-    let (urls, _) = start_workers(1, 1).await;
-    let _server = start_server(&url, &urls, &[("SLIPWAY_RETENTION", "1ms"), ("SLIPWAY_SWEEP_INTERVAL", "200ms")]).await;
+    let (ports, _) = start_workers(1, 1).await;
+    let _server = start_server(&db, &ports, &[("SLIPWAY_RETENTION", "1ms"), ("SLIPWAY_SWEEP_INTERVAL", "200ms")]).await;
     while sqlx::query_scalar::<_, i64>("select count(*) from jobs").fetch_one(store.pool()).await.unwrap() > 0 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     sqlx::query("vacuum analyze").execute(store.pool()).await.unwrap();
-    table_sizes(&store, "after the sweep and a vacuum").await;
+    table_sizes(store, "after the sweep and a vacuum").await;
 }

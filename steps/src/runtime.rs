@@ -16,7 +16,7 @@ use crate::{ErrorCode, LogSink, StepError};
 
 /// What to run, for one attempt of one job.
 #[derive(Debug, Clone)]
-pub struct RunRequest {
+pub struct LaunchRequest {
     pub job_id: String,
     /// The installation, for the `slipway.instance` label.
     pub instance_id: String,
@@ -86,7 +86,8 @@ pub trait Runtime: Send + Sync {
 
     /// Starts the attempt's run, or finds the one this attempt already started;
     /// returns its handle (container id, task ARN).
-    fn launch(&self, request: &RunRequest, logs: &LogSink) -> impl Future<Output = Result<String, StepError>> + Send;
+    fn launch(&self, request: &LaunchRequest, logs: &LogSink)
+    -> impl Future<Output = Result<String, StepError>> + Send;
 
     /// The run an earlier attempt of the job left, if it is there to re-attach to;
     /// `stored` is the handle stored with the job.

@@ -1,6 +1,7 @@
 //! One job as this worker was given it by `StartJob`, typed once at the gRPC edge
 //! ([`crate::wire::assignment`]): the lease it runs under, what to build and run, what
-//! earlier attempts left, where to report, and the tokens that stop it.
+//! earlier attempts left, where to report, and the tokens that stop it; and what
+//! its step reports say.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -77,6 +78,22 @@ impl Outputs {
         };
         *slot = Some(handle.to_string());
     }
+}
+
+/// What a step report says happened.
+#[derive(Debug, Clone)]
+pub(crate) enum StepEvent {
+    Started,
+    /// Outputs known before the step ends (the run's handle before the wait).
+    Progress(Outputs),
+    Succeeded(Outputs),
+    Failed {
+        code: &'static str,
+        message: String,
+        retryable: bool,
+    },
+    /// The worker is stopping: the job is given back unfinished.
+    Released,
 }
 
 /// What `StartJob` says.

@@ -12,13 +12,13 @@ use slipway_steps::docker::push::push_image;
 use slipway_steps::image_ref::ImageRef;
 use slipway_steps::{ErrorCode, LogSink, LogStream, Step, StepError};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::assignment::{JobRun, Outputs};
-use crate::reporter::{Reporter, StepEvent, send};
+use crate::assignment::{JobRun, Outputs, StepEvent};
+use crate::reporter::{Reporter, send};
 use crate::run_step::{clean_up, run_container};
 use crate::state::WorkerState;
+use crate::step_context::StepContext;
 
 /// Lines a step may have written before the reporter sends them; a full buffer
 /// slows the step rather than dropping lines.
@@ -65,9 +65,10 @@ async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
     let mut step = job.first_step;
     // Later steps are reported started together with the end of the one before.
     if send(&reporter, &job.lease, step, StepEvent::Started, None, None).await {
+        let ctx = StepContext { state, job: &job, folder, stop: &stop, reporter: &reporter };
         loop {
             *job.current_step.lock().unwrap_or_else(|p| p.into_inner()) = step;
-            match run_step(state, &job, folder, &logs, &stop, &reporter, &mut outputs, step).await {
+            match run_step(&ctx, &logs, &mut outputs, step).await {
                 Some(next) => step = next,
                 None => break,
             }
@@ -77,34 +78,25 @@ async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
 }
 
 /// Runs one step and reports its end; returns the next step if the job goes on.
-#[allow(clippy::too_many_arguments)]
-async fn run_step(
-    state: &WorkerState,
-    job: &JobRun,
-    folder: &Path,
-    logs: &LogSink,
-    stop: &CancellationToken,
-    reporter: &Reporter,
-    outputs: &mut Outputs,
-    step: Step,
-) -> Option<Step> {
+async fn run_step(ctx: &StepContext<'_>, logs: &LogSink, outputs: &mut Outputs, step: Step) -> Option<Step> {
+    let (state, job, reporter) = (ctx.state, ctx.job, ctx.reporter);
     {
         let logs = logs.for_step(step);
         let started = std::time::Instant::now();
         let span = tracing::info_span!("step", job.step = step.as_str(), job.id = %job.lease.job_id);
         let result = async {
             match step {
-                Step::Clone => clone(job, folder, &logs, stop)
+                Step::Clone => clone(ctx, &logs)
                     .instrument(tracing::info_span!("git.fetch"))
                     .await
                     .map(|sha| outputs.commit_sha = Some(sha)),
-                Step::Build => build(state, job, folder, &logs, stop)
+                Step::Build => build(ctx, &logs)
                     .instrument(tracing::info_span!("docker.build"))
                     .await
                     .map(|id| outputs.image_id = Some(id)),
                 Step::Push => {
                     let span = tracing::info_span!("docker.push");
-                    let pushed = push(state, job, &logs, stop).instrument(span.clone()).await;
+                    let pushed = push(ctx, &logs).instrument(span.clone()).await;
                     if let Ok(pushed) = &pushed
                         && let Some((_, digest)) = pushed.split_once('@')
                     {
@@ -112,7 +104,7 @@ async fn run_step(
                     }
                     pushed.map(|r| outputs.pushed_ref = Some(r))
                 }
-                Step::Run => run_container(state, job, outputs, reporter, &logs, stop).await,
+                Step::Run => run_container(ctx, outputs, &logs).await,
             }
         }
         .instrument(span.clone())
@@ -157,13 +149,14 @@ async fn run_step(
     }
 }
 
-async fn clone(job: &JobRun, folder: &Path, logs: &LogSink, stop: &CancellationToken) -> Result<String, StepError> {
+async fn clone(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepError> {
+    let (job, stop) = (ctx.job, ctx.stop);
     let request = CloneRequest {
         repo: job.spec.repo.clone(),
         git_ref: job.spec.git_ref.clone(),
         pinned_sha: job.outputs.commit_sha.clone(),
     };
-    let dest = checkout_dir(folder);
+    let dest = checkout_dir(ctx.folder);
     if dest.exists() {
         tokio::fs::remove_dir_all(&dest).await.map_err(|e| internal("cannot clear the clone folder", e))?;
     }
@@ -177,13 +170,8 @@ async fn clone(job: &JobRun, folder: &Path, logs: &LogSink, stop: &CancellationT
     }
 }
 
-async fn build(
-    state: &WorkerState,
-    job: &JobRun,
-    folder: &Path,
-    logs: &LogSink,
-    stop: &CancellationToken,
-) -> Result<String, StepError> {
+async fn build(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepError> {
+    let (state, job) = (ctx.state, ctx.job);
     let request = BuildRequest {
         job_id: job.lease.job_id.clone(),
         instance_id: job.instance_id.clone(),
@@ -193,15 +181,11 @@ async fn build(
         build_args: job.spec.build_args.clone(),
     };
     let builder = state.builder().await?;
-    build_image(&state.docker, builder, &checkout_dir(folder), &request, logs, stop).await
+    build_image(&state.docker, builder, &checkout_dir(ctx.folder), &request, logs, ctx.stop).await
 }
 
-async fn push(
-    state: &WorkerState,
-    job: &JobRun,
-    logs: &LogSink,
-    stop: &CancellationToken,
-) -> Result<String, StepError> {
+async fn push(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepError> {
+    let (state, job) = (ctx.state, ctx.job);
     let image: ImageRef = job
         .spec
         .image
@@ -220,7 +204,7 @@ async fn push(
         }
         None => state.config.registry_credentials.clone(),
     };
-    let pushed = push_image(&state.docker, &image, credentials.as_ref(), logs, stop).await;
+    let pushed = push_image(&state.docker, &image, credentials.as_ref(), logs, ctx.stop).await;
     if let (Err(_), Some(registry)) = (&pushed, &ecr_registry) {
         state.ecr().await.forget_repository(registry, &image.path).await;
     }

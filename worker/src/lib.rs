@@ -11,6 +11,7 @@ mod reporter;
 mod run_step;
 mod service;
 mod state;
+mod step_context;
 mod wire;
 
 use std::sync::Arc;

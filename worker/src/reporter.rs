@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
-use crate::assignment::{JobLease, Outputs};
+use crate::assignment::{JobLease, StepEvent};
 use crate::wire;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -37,22 +37,6 @@ pub(crate) enum ReportError {
     Refused(tonic::Status),
     #[error("no orchestrator could be reached for {0:?}")]
     Unreachable(Duration),
-}
-
-/// What a step report says happened.
-#[derive(Debug, Clone)]
-pub(crate) enum StepEvent {
-    Started,
-    /// Outputs known before the step ends (the run's handle before the wait).
-    Progress(Outputs),
-    Succeeded(Outputs),
-    Failed {
-        code: &'static str,
-        message: String,
-        retryable: bool,
-    },
-    /// The worker is stopping: the job is given back unfinished.
-    Released,
 }
 
 type Pending = (v1::StepReport, Option<String>, oneshot::Sender<Result<bool, ReportError>>);

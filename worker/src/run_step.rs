@@ -5,34 +5,32 @@ use std::collections::HashMap;
 
 use slipway_observability::trace;
 use slipway_steps::docker::run::DockerRuntime;
-use slipway_steps::runtime::{RunRequest, Runtime, RuntimeKind, Watch};
+use slipway_steps::runtime::{LaunchRequest, Runtime, RuntimeKind, Watch};
 use slipway_steps::{ErrorCode, LogSink, Step, StepError};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::assignment::{JobRun, Outputs};
-use crate::reporter::{Reporter, StepEvent, send};
+use crate::assignment::{JobRun, Outputs, StepEvent};
+use crate::reporter::send;
 use crate::state::WorkerState;
+use crate::step_context::StepContext;
 
 /// Runs the pushed image on the job's runtime; the run's handle goes into `outputs`
 /// as soon as it is known.
 pub(crate) async fn run_container(
-    state: &WorkerState,
-    job: &JobRun,
+    ctx: &StepContext<'_>,
     outputs: &mut Outputs,
-    reporter: &Reporter,
     logs: &LogSink,
-    stop: &CancellationToken,
 ) -> Result<(), StepError> {
-    match job.spec.runtime {
+    let state = ctx.state;
+    match ctx.job.spec.runtime {
         RuntimeKind::Docker => {
             let docker = DockerRuntime { docker: state.docker.clone() };
-            run_on(&docker, job, outputs, "", reporter, logs, stop).await
+            run_on(&docker, ctx, outputs, "", logs).await
         }
         RuntimeKind::Ecs => {
             // Images are built on this worker's engine, for its architecture.
             let architecture = state.engine_architecture().await;
-            run_on(state.ecs().await?, job, outputs, &architecture, reporter, logs, stop).await
+            run_on(state.ecs().await?, ctx, outputs, &architecture, logs).await
         }
     }
 }
@@ -45,13 +43,12 @@ pub(crate) async fn run_container(
 /// and reads its end, instead of finding nothing and running the program again.
 async fn run_on<R: Runtime>(
     runtime: &R,
-    job: &JobRun,
+    ctx: &StepContext<'_>,
     outputs: &mut Outputs,
     architecture: &str,
-    reporter: &Reporter,
     logs: &LogSink,
-    stop: &CancellationToken,
 ) -> Result<(), StepError> {
+    let (job, reporter, stop) = (ctx.job, ctx.reporter, ctx.stop);
     let mut env: HashMap<String, String> = job.spec.env.clone();
     // An instrumented application continues the job's trace.
     if let Some(traceparent) = trace::traceparent_of(&tracing::Span::current()) {
@@ -59,7 +56,7 @@ async fn run_on<R: Runtime>(
     }
     env.insert("SLIPWAY_JOB_ID".into(), job.lease.job_id.clone());
     env.insert("SLIPWAY_ATTEMPT".into(), job.lease.attempt.to_string());
-    let request = RunRequest {
+    let request = LaunchRequest {
         job_id: job.lease.job_id.clone(),
         instance_id: job.instance_id.clone(),
         attempt: job.lease.attempt,

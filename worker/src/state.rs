@@ -18,8 +18,8 @@ use slipway_steps::{ErrorCode, Step, StepError};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::WorkerConfig;
 use crate::assignment::JobLease;
+use crate::config::WorkerConfig;
 
 /// A job this worker holds.
 pub(crate) struct RunningJob {

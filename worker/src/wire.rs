@@ -9,8 +9,7 @@ use slipway_steps::runtime::RuntimeKind;
 use slipway_steps::{LogLine, Step};
 use tonic::Status;
 
-use crate::assignment::{Assignment, JobLease, JobSpec, Outputs};
-use crate::reporter::StepEvent;
+use crate::assignment::{Assignment, JobLease, JobSpec, Outputs, StepEvent};
 
 /// A `StartJob` request, checked and typed; reports will name `worker_id`.
 pub(crate) fn assignment(

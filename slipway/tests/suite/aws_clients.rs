@@ -16,7 +16,7 @@ use slipway_steps::aws::ecr::{Ecr, EcrRegistry, RepositorySettings};
 use slipway_steps::aws::ecs::definition::{DefinitionInput, family_of};
 use slipway_steps::aws::ecs::task::task_end;
 use slipway_steps::aws::ecs::{Ecs, EcsSettings};
-use slipway_steps::runtime::{RunRequest, Runtime};
+use slipway_steps::runtime::{LaunchRequest, Runtime};
 use slipway_steps::{LogSink, Step};
 use std::collections::HashMap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -336,7 +336,7 @@ async fn a_retried_run_task_asks_ecs_with_the_same_client_token() {
     let job_id = "0193a1b2-7c1d-7e2f-8a3b-4c5d6e7f8091";
     let definition: Value = serde_json::from_str(&recorded("describe_task_definition")).unwrap();
     let image = definition["taskDefinition"]["containerDefinitions"][0]["image"].as_str().unwrap().to_string();
-    let request = RunRequest {
+    let request = LaunchRequest {
         job_id: job_id.into(),
         instance_id: "5f0c1d2e-3a4b-4c5d-8e6f-7a8b9c0d1e2f".into(),
         attempt: 2,

@@ -18,11 +18,12 @@ struct EcsSetup {
     repo: String,
     moto: Moto,
     ports: Ports,
+    /// The worker's ECS settings.
     worker_env: BTreeMap<&'static str, String>,
     worker: Slipway,
     server: Slipway,
     ecs: aws_sdk_ecs::Client,
-    _work: tempfile::TempDir,
+    work: tempfile::TempDir,
 }
 
 impl EcsSetup {
@@ -37,18 +38,18 @@ impl EcsSetup {
         let repo = app_repo(&git, "app");
         let work = tempfile::tempdir().unwrap();
         let ports = Ports::new();
-        let mut worker_env = ports.worker_env(work.path());
-        worker_env.extend(moto.worker_env(&network));
-        let worker = Slipway::spawn("worker", &["worker"], &worker_env);
-        let mut server_env = ports.server_env();
-        server_env.extend(moto.process_env());
-        server_env.insert("DATABASE_URL", db.url.clone());
-        server_env.insert("SLIPWAY_WORKERS", format!("http://127.0.0.1:{}", ports.worker));
-        server_env.extend(extra_server_env.iter().map(|(k, v)| (*k, v.to_string())));
-        let server = Slipway::spawn("server", &["server"], &server_env);
+        let worker_env = moto.worker_env(&network);
+        let worker = spawn_worker("worker", ports.worker, work.path(), worker_env.clone());
+        let server_env = moto.process_env().into_iter().chain(settings(extra_server_env));
+        let server = spawn_server("server", &db.url, &ports, &[ports.worker], server_env);
         wait_healthy(&ports.api(), Duration::from_secs(30)).await;
         let ecs = aws_sdk_ecs::Client::new(&moto.sdk().await);
-        EcsSetup { db, _git: git, repo, moto, ports, worker_env, worker, server, ecs, _work: work }
+        EcsSetup { db, _git: git, repo, moto, ports, worker_env, worker, server, ecs, work }
+    }
+
+    /// A worker again, as the first was started.
+    fn respawn_worker(&self) -> Slipway {
+        spawn_worker("worker", self.ports.worker, self.work.path(), self.worker_env.clone())
     }
 
     async fn submit_ecs(&self, run: Value) -> String {
@@ -169,7 +170,7 @@ async fn a_fargate_tasks_log_streams_resumes_after_a_worker_crash_and_cancel_sto
     // task and reads on from the stored position.
     setup.worker.signal("KILL");
     setup.moto.write_task_log(&arn, &["line four", "line five"]).await;
-    setup.worker = Slipway::spawn("worker-2", &["worker"], &setup.worker_env);
+    setup.worker = setup.respawn_worker();
     wait_for_line(&api, &id, "line five").await;
     let job = get_job(&api, &id).await;
     assert_eq!(job["attempt"], 2, "{job}");

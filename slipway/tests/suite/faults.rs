@@ -2,42 +2,12 @@
 //! paused workers, a killed orchestrator, cancels in every state, retries,
 //! deadlines. Test settings: heartbeat 200 ms, worker timeout 2 s.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::common::*;
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn worker(name: &str, port: u16, work_dir: &std::path::Path) -> Slipway {
-    worker_with(name, port, work_dir, &[])
-}
-
-fn worker_with(name: &str, port: u16, work_dir: &std::path::Path, extra: &[(&'static str, &str)]) -> Slipway {
-    let mut env = BTreeMap::from([
-        ("SLIPWAY_WORKER_ADDR", format!("127.0.0.1:{port}")),
-        ("SLIPWAY_WORKER_ID", name.to_string()),
-        ("SLIPWAY_WORK_DIR", work_dir.display().to_string()),
-        ("SLIPWAY_WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
-    ]);
-    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-    Slipway::spawn(name, &["worker"], &env)
-}
-
-fn server(name: &str, db: &TestDb, ports: &Ports, workers: &[u16]) -> Slipway {
-    server_with(name, db, ports, workers, &[])
-}
-
-fn server_with(name: &str, db: &TestDb, ports: &Ports, workers: &[u16], extra: &[(&'static str, &str)]) -> Slipway {
-    let mut env = ports.server_env();
-    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-    env.insert("DATABASE_URL", db.url.clone());
-    let urls: Vec<String> = workers.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
-    env.insert("SLIPWAY_WORKERS", urls.join(","));
-    env.insert("SLIPWAY_ORCHESTRATOR_ID", name.to_string());
-    Slipway::spawn(name, &["server"], &env)
-}
 
 fn image(name: &str) -> String {
     format!("{}/faults/{name}:{}", open_registry(), unique("t"))
@@ -61,15 +31,15 @@ async fn first_of_two_workers(first_settings: &[(&'static str, &str)]) -> FirstO
     let work = tempfile::tempdir().unwrap();
     let ports = Ports::new();
     let (first_port, second_port) = (free_port(), free_port());
-    let first = worker_with("worker-first", first_port, work.path(), first_settings);
-    let server = server("orchestrator", &db, &ports, &[first_port, second_port]);
+    let first = spawn_worker("worker-first", first_port, work.path(), settings(first_settings));
+    let server = spawn_server("orchestrator", &db.url, &ports, &[first_port, second_port], []);
     wait_healthy(&ports.api(), Duration::from_secs(30)).await;
     FirstOfTwo { db, git, work, ports, second_port, first, server }
 }
 
 impl FirstOfTwo {
     fn start_second(&self) -> Slipway {
-        worker("worker-second", self.second_port, self.work.path())
+        spawn_worker("worker-second", self.second_port, self.work.path(), [])
     }
 
     /// Submits `body` and waits until the job is in `state`; returns its id.
@@ -128,9 +98,9 @@ async fn a_job_whose_orchestrator_is_killed_while_running_is_finished_by_another
     let repo = app_repo(&git, "app");
     let work = tempfile::tempdir().unwrap();
     let worker_port = free_port();
-    let _worker = worker("worker", worker_port, work.path());
+    let _worker = spawn_worker("worker", worker_port, work.path(), []);
     let first_ports = Ports::new();
-    let first = server("orchestrator-first", &db, &first_ports, &[worker_port]);
+    let first = spawn_server("orchestrator-first", &db.url, &first_ports, &[worker_port], []);
     wait_healthy(&first_ports.api(), Duration::from_secs(30)).await;
     let since = now_secs();
 
@@ -138,7 +108,7 @@ async fn a_job_whose_orchestrator_is_killed_while_running_is_finished_by_another
     let id = submit(&first_ports.api(), &body).await["id"].as_str().unwrap().to_string();
     wait_state(&first_ports.api(), &id, "running", LIMIT).await;
     let second_ports = Ports::new();
-    let _second = server("orchestrator-second", &db, &second_ports, &[worker_port]);
+    let _second = spawn_server("orchestrator-second", &db.url, &second_ports, &[worker_port], []);
     wait_healthy(&second_ports.api(), Duration::from_secs(30)).await;
     first.signal("KILL");
 
@@ -219,8 +189,9 @@ async fn cancel_works_in_every_state_even_with_the_worker_down() {
     let work = tempfile::tempdir().unwrap();
     let ports = Ports::new();
     let worker_port = free_port();
-    let worker_process = worker("worker", worker_port, work.path());
-    let _server = server_with("orchestrator", &db, &ports, &[worker_port], &[("SLIPWAY_SWEEP_INTERVAL", "300ms")]);
+    let worker_process = spawn_worker("worker", worker_port, work.path(), []);
+    let _server =
+        spawn_server("orchestrator", &db.url, &ports, &[worker_port], settings(&[("SLIPWAY_SWEEP_INTERVAL", "300ms")]));
     wait_healthy(&ports.api(), Duration::from_secs(30)).await;
     let api = ports.api();
 
@@ -273,7 +244,7 @@ async fn cancel_works_in_every_state_even_with_the_worker_down() {
     // The dead worker's container still runs; once the worker is back, the sweep
     // removes it, since its job has ended.
     assert_eq!(containers_of(&orphan).len(), 1);
-    let _back = worker("worker", worker_port, work.path());
+    let _back = spawn_worker("worker", worker_port, work.path(), []);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !containers_of(&orphan).is_empty() {
         assert!(Instant::now() < deadline, "the cancelled job's container is still there");
@@ -367,11 +338,8 @@ async fn every_job_of_a_batch_completes_across_a_postgres_restart() {
     let app = app_repo(&git, "app");
     let work = tempfile::tempdir().unwrap();
     let ports = Ports::new();
-    let mut env = ports.server_env();
-    env.extend(ports.worker_env(work.path()));
-    env.insert("DATABASE_URL", postgres.url());
-    env.insert("SLIPWAY_WORKER_SLOTS", "3".into());
-    let _slipway = Slipway::spawn("standalone", &["standalone"], &env);
+    let slots = settings(&[("SLIPWAY_WORKER_SLOTS", "3")]);
+    let _slipway = spawn_standalone("standalone", Some(&postgres.url()), &ports, work.path(), slots);
     wait_healthy(&ports.api(), Duration::from_secs(30)).await;
 
     let mut ids = Vec::new();
@@ -553,9 +521,9 @@ async fn a_cancel_reaches_the_worker_at_once_not_at_the_next_heartbeat() {
     let work = tempfile::tempdir().unwrap();
     let ports = Ports::new();
     let port = free_port();
-    let worker = worker("worker", port, work.path());
+    let worker = spawn_worker("worker", port, work.path(), []);
     let slow = [("SLIPWAY_HEARTBEAT_INTERVAL", "60s"), ("SLIPWAY_WORKER_TIMEOUT", "120s")];
-    let _server = server_with("orchestrator", &db, &ports, &[port], &slow);
+    let _server = spawn_server("orchestrator", &db.url, &ports, &[port], settings(&slow));
     wait_healthy(&ports.api(), Duration::from_secs(30)).await;
     let app = app_repo(&git, "app");
     let body = json!({ "repo": app, "image": image("cancel-now"), "run": { "command": sleeping_command(300) } });

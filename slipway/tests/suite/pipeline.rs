@@ -26,15 +26,9 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
     std::fs::write(stale.join("file"), "x").unwrap();
 
     // The worker gets no DATABASE_URL: it reaches the database only through the server.
-    let mut worker_env = ports.worker_env(work_dir.path());
-    worker_env.insert("SLIPWAY_WORKER_ID", "worker-e2e".into());
-    worker_env.insert("SLIPWAY_REGISTRY_USERNAME", REGISTRY_USER.into());
-    worker_env.insert("SLIPWAY_REGISTRY_PASSWORD", REGISTRY_PASSWORD.into());
-    let _worker = Slipway::spawn("worker", &["worker"], &worker_env);
-    let mut server_env = ports.server_env();
-    server_env.insert("DATABASE_URL", db.url.clone());
-    server_env.insert("SLIPWAY_WORKERS", format!("http://127.0.0.1:{}", ports.worker));
-    let _server = Slipway::spawn("server", &["server"], &server_env);
+    let credentials = [("SLIPWAY_REGISTRY_USERNAME", REGISTRY_USER), ("SLIPWAY_REGISTRY_PASSWORD", REGISTRY_PASSWORD)];
+    let _worker = spawn_worker("worker-e2e", ports.worker, work_dir.path(), settings(&credentials));
+    let _server = spawn_server("server", &db.url, &ports, &[ports.worker], []);
     wait_healthy(&ports.api(), Duration::from_secs(30)).await;
 
     let greeting = unique("world-");
@@ -158,11 +152,8 @@ async fn each_failure_ends_the_job_failed_with_its_cause() {
     let open = open_registry();
     let work_dir = tempfile::tempdir().unwrap();
     let ports = Ports::new();
-    let mut env = ports.server_env();
-    env.extend(ports.worker_env(work_dir.path()));
-    env.insert("DATABASE_URL", db.url.clone());
-    env.insert("SLIPWAY_WORKER_SLOTS", "4".into());
-    let _slipway = Slipway::spawn("standalone", &["standalone"], &env);
+    let slots = settings(&[("SLIPWAY_WORKER_SLOTS", "4")]);
+    let _slipway = spawn_standalone("standalone", Some(&db.url), &ports, work_dir.path(), slots);
     wait_healthy(&ports.api(), Duration::from_secs(30)).await;
 
     let image = |name: &str| format!("{open}/failures/{name}:{}", unique("t"));
@@ -219,16 +210,12 @@ async fn two_standalones_share_one_database() {
     let mut apis = Vec::new();
     for name in ["first", "second"] {
         let ports = Ports::new();
-        let mut env = ports.server_env();
-        env.extend(ports.worker_env(work_dir.path()));
-        env.insert("DATABASE_URL", db.url.clone());
-        env.insert("SLIPWAY_WORKER_SLOTS", "1".into());
-        env.insert("SLIPWAY_WORKER_ID", format!("worker-{name}"));
+        let mut env = vec![("SLIPWAY_WORKER_SLOTS", "1".to_string()), ("SLIPWAY_WORKER_ID", format!("worker-{name}"))];
         // One builds with the classic builder, the other with what the engine offers.
         if name == "first" {
-            env.insert("SLIPWAY_BUILDER", "classic".into());
+            env.push(("SLIPWAY_BUILDER", "classic".into()));
         }
-        processes.push(Slipway::spawn(name, &["standalone"], &env));
+        processes.push(spawn_standalone(name, Some(&db.url), &ports, work_dir.path(), env));
         apis.push(ports.api());
     }
     for api in &apis {
@@ -272,10 +259,8 @@ async fn standalone_without_database_url_starts_a_private_postgres() {
     std::fs::set_permissions(data.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let work_dir = tempfile::tempdir().unwrap();
     let ports = Ports::new();
-    let mut env = ports.server_env();
-    env.extend(ports.worker_env(work_dir.path()));
-    env.insert("SLIPWAY_DATA_DIR", data.path().display().to_string());
-    let mut slipway = Slipway::spawn("standalone", &["standalone"], &env);
+    let data_dir = [("SLIPWAY_DATA_DIR", data.path().display().to_string())];
+    let mut slipway = spawn_standalone("standalone", None, &ports, work_dir.path(), data_dir);
     wait_healthy(&ports.api(), Duration::from_secs(90)).await;
 
     let git = GitServer::start();

@@ -41,26 +41,15 @@ struct Cluster {
 
 impl Cluster {
     fn spawn_worker(&self, i: usize) -> Slipway {
-        let env = BTreeMap::from([
-            ("SLIPWAY_WORKER_ADDR", format!("127.0.0.1:{}", self.worker_ports[i])),
-            ("SLIPWAY_WORKER_ID", format!("soak-worker-{i}")),
-            ("SLIPWAY_WORK_DIR", self.work.path().display().to_string()),
-            ("SLIPWAY_WORKER_SLOTS", "3".to_string()),
-            ("SLIPWAY_WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
-        ]);
-        Slipway::spawn(&format!("worker-{i}"), &["worker"], &env)
+        let slots = settings(&[("SLIPWAY_WORKER_SLOTS", "3")]);
+        spawn_worker(&format!("soak-worker-{i}"), self.worker_ports[i], self.work.path(), slots)
     }
 
     fn spawn_server(&self, i: usize) -> Slipway {
-        let mut env = self.server_ports[i].server_env();
-        env.insert("DATABASE_URL", self.db_url.clone());
-        let workers: Vec<String> = self.worker_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
-        env.insert("SLIPWAY_WORKERS", workers.join(","));
-        env.insert("SLIPWAY_ORCHESTRATOR_ID", format!("soak-orchestrator-{i}"));
         // A worker killed between a run's committed end and its clean-up leaves the
         // container to the sweep.
-        env.insert("SLIPWAY_SWEEP_INTERVAL", "500ms".to_string());
-        Slipway::spawn(&format!("server-{i}"), &["server"], &env)
+        let sweep = settings(&[("SLIPWAY_SWEEP_INTERVAL", "500ms")]);
+        spawn_server(&format!("soak-orchestrator-{i}"), &self.db_url, &self.server_ports[i], &self.worker_ports, sweep)
     }
 }
 

@@ -101,14 +101,8 @@ async fn a_job_is_one_trace_across_the_server_and_the_worker() {
     let repo = app_repo(&git, "app");
     let work_dir = tempfile::tempdir().unwrap();
     let ports = Ports::new();
-    let mut worker_env = ports.worker_env(work_dir.path());
-    worker_env.extend(otel("test-worker"));
-    let _worker = Slipway::spawn("worker", &["worker"], &worker_env);
-    let mut server_env = ports.server_env();
-    server_env.insert("DATABASE_URL", db.url.clone());
-    server_env.insert("SLIPWAY_WORKERS", format!("http://127.0.0.1:{}", ports.worker));
-    server_env.extend(otel("test-server"));
-    let _server = Slipway::spawn("server", &["server"], &server_env);
+    let _worker = spawn_worker("worker", ports.worker, work_dir.path(), otel("test-worker"));
+    let _server = spawn_server("server", &db.url, &ports, &[ports.worker], otel("test-server"));
     wait_healthy(&ports.api(), Duration::from_secs(30)).await;
 
     // A container that prints the trace context it was given.

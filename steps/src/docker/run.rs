@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::docker::{ATTEMPT_LABEL, INSTANCE_LABEL, JOB_LABEL, engine_error, status_of, stream_error};
 use crate::logs::LineSplitter;
-use crate::runtime::{RunEnd, RunRequest, Runtime, Watch};
+use crate::runtime::{LaunchRequest, RunEnd, Runtime, Watch};
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
 /// How long a container gets between SIGTERM and SIGKILL when Slipway stops it.
@@ -35,7 +35,7 @@ pub fn container_name(job_id: &str, attempt: u32) -> String {
 
 /// Creates the attempt's container, or finds the one an earlier try of this attempt
 /// made, and returns its id. Pulls the image when the engine does not have it.
-pub async fn create_container(docker: &Docker, request: &RunRequest, logs: &LogSink) -> Result<String, StepError> {
+pub async fn create_container(docker: &Docker, request: &LaunchRequest, logs: &LogSink) -> Result<String, StepError> {
     let name = container_name(&request.job_id, request.attempt);
     let mut env: Vec<String> = request.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.sort();
@@ -273,7 +273,7 @@ impl Runtime for DockerRuntime {
         "docker"
     }
 
-    async fn launch(&self, request: &RunRequest, logs: &LogSink) -> Result<String, StepError> {
+    async fn launch(&self, request: &LaunchRequest, logs: &LogSink) -> Result<String, StepError> {
         create_container(&self.docker, request, logs).await
     }
 

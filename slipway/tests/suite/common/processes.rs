@@ -81,7 +81,7 @@ impl Drop for Slipway {
     }
 }
 
-/// Ports and folders of one server + worker pair.
+/// The ports of one server (HTTP API, report service) and of its worker.
 pub struct Ports {
     pub http: u16,
     pub grpc: u16,
@@ -97,7 +97,9 @@ impl Ports {
         format!("http://127.0.0.1:{}", self.http)
     }
 
-    pub fn server_env(&self) -> BTreeMap<&'static str, String> {
+    /// A server's settings: its ports, and a heartbeat and worker timeout short
+    /// enough for tests to see failures handled within seconds.
+    fn server_env(&self) -> BTreeMap<&'static str, String> {
         BTreeMap::from([
             ("SLIPWAY_HTTP_ADDR", format!("127.0.0.1:{}", self.http)),
             ("SLIPWAY_GRPC_ADDR", format!("127.0.0.1:{}", self.grpc)),
@@ -105,14 +107,70 @@ impl Ports {
             ("SLIPWAY_WORKER_TIMEOUT", "2s".to_string()),
         ])
     }
+}
 
-    pub fn worker_env(&self, work_dir: &Path) -> BTreeMap<&'static str, String> {
-        BTreeMap::from([
-            ("SLIPWAY_WORKER_ADDR", format!("127.0.0.1:{}", self.worker)),
-            ("SLIPWAY_WORK_DIR", work_dir.display().to_string()),
-            ("SLIPWAY_WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
-        ])
+/// Settings given as pairs of string slices, as tests write them.
+pub fn settings(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+/// A worker's settings: its port and work folder.
+fn worker_env(port: u16, work_dir: &Path) -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("SLIPWAY_WORKER_ADDR", format!("127.0.0.1:{port}")),
+        ("SLIPWAY_WORK_DIR", work_dir.display().to_string()),
+        ("SLIPWAY_WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
+    ])
+}
+
+/// A `slipway worker` with id `id`, serving on `port`, working in `work_dir`;
+/// `extra` settings are added (or replace the defaults).
+pub fn spawn_worker(
+    id: &str,
+    port: u16,
+    work_dir: &Path,
+    extra: impl IntoIterator<Item = (&'static str, String)>,
+) -> Slipway {
+    let mut env = worker_env(port, work_dir);
+    env.insert("SLIPWAY_WORKER_ID", id.to_string());
+    env.extend(extra);
+    Slipway::spawn(id, &["worker"], &env)
+}
+
+/// A `slipway server` named `name` (its orchestrator id) on `ports`, on the
+/// database at `db_url`, dispatching to the workers serving on `workers`.
+pub fn spawn_server(
+    name: &str,
+    db_url: &str,
+    ports: &Ports,
+    workers: &[u16],
+    extra: impl IntoIterator<Item = (&'static str, String)>,
+) -> Slipway {
+    let mut env = ports.server_env();
+    env.insert("DATABASE_URL", db_url.to_string());
+    let urls: Vec<String> = workers.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+    env.insert("SLIPWAY_WORKERS", urls.join(","));
+    env.insert("SLIPWAY_ORCHESTRATOR_ID", name.to_string());
+    env.extend(extra);
+    Slipway::spawn(name, &["server"], &env)
+}
+
+/// A `slipway standalone` named `name` on `ports` (its worker on `ports.worker`),
+/// on the database at `db_url` (none: its own private Postgres), working in `work_dir`.
+pub fn spawn_standalone(
+    name: &str,
+    db_url: Option<&str>,
+    ports: &Ports,
+    work_dir: &Path,
+    extra: impl IntoIterator<Item = (&'static str, String)>,
+) -> Slipway {
+    let mut env = ports.server_env();
+    env.extend(worker_env(ports.worker, work_dir));
+    if let Some(url) = db_url {
+        env.insert("DATABASE_URL", url.to_string());
     }
+    env.extend(extra);
+    Slipway::spawn(name, &["standalone"], &env)
 }
 
 /// A `standalone` process on a fresh database, with an app repository to build.
@@ -134,11 +192,7 @@ impl Standalone {
         let repo = app_repo(&git, "app");
         let work = tempfile::tempdir().unwrap();
         let ports = Ports::new();
-        let mut env = ports.server_env();
-        env.extend(ports.worker_env(work.path()));
-        env.insert("DATABASE_URL", db.url.clone());
-        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-        let process = Slipway::spawn("standalone", &["standalone"], &env);
+        let process = spawn_standalone("standalone", Some(&db.url), &ports, work.path(), settings(extra));
         wait_healthy(&ports.api(), Duration::from_secs(30)).await;
         Standalone { db, git, repo, work, ports, process }
     }

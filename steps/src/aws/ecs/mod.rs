@@ -92,7 +92,7 @@ impl crate::runtime::Runtime for Ecs {
 
     async fn launch(
         &self,
-        request: &crate::runtime::RunRequest,
+        request: &crate::runtime::LaunchRequest,
         logs: &crate::LogSink,
     ) -> Result<String, crate::StepError> {
         Ecs::launch(self, request, logs).await

@@ -13,8 +13,8 @@ use super::definition::{DefinitionInput, fargate_architecture};
 use super::logs::LogCursor;
 use super::{ATTEMPT_TAG, CONTAINER_NAME, DEADLINE_TAG, Ecs, INSTANCE_TAG, JOB_TAG, PAST_DEADLINE, STOP_REASON_PREFIX};
 use crate::aws::aws_error;
+use crate::runtime::LaunchRequest;
 use crate::runtime::RunEnd;
-use crate::runtime::RunRequest;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
 /// Consecutive failed `DescribeTasks` calls a watch rides out.
@@ -28,7 +28,7 @@ pub fn client_token(job_id: &str, attempt: u32) -> String {
 impl Ecs {
     /// Launches the attempt's task on Fargate and returns its ARN. A retried call
     /// with the same job and attempt returns the task the first call started.
-    pub async fn launch(&self, request: &RunRequest, logs: &LogSink) -> Result<String, StepError> {
+    pub async fn launch(&self, request: &LaunchRequest, logs: &LogSink) -> Result<String, StepError> {
         let input = DefinitionInput {
             image: request.image.clone(),
             cpu: request.cpu,
