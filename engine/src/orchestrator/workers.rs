@@ -1,15 +1,17 @@
 //! The orchestrator's clients of its workers' `JobService`: one connection per
 //! worker, shared by the dispatch loop and the sweep, each call with its own
 //! deadline. Calls take and give the engine's types; the messages are written and
-//! read in [`super::wire`].
+//! read at the end of this file, and nowhere else.
 
 use std::time::Duration;
 
-use slipway_proto::v1::job_service_client::JobServiceClient;
+use slipway_proto::convert::step_to_wire;
+use slipway_proto::v1::{self, job_service_client::JobServiceClient, leftover::Kind};
 use slipway_steps::Step;
+use slipway_steps::runtime::RuntimeKind;
 use tonic::transport::{Channel, Endpoint};
 
-use super::{OrchestratorConfig, wire};
+use super::OrchestratorConfig;
 use crate::job::JobId;
 use crate::store::{ClaimedJob, HeldLease, WorkerOffer};
 
@@ -78,8 +80,8 @@ impl WorkerLink {
     /// Asks the worker how it is, telling it where to report; fails after `limit`.
     pub(super) async fn ping(&self, report_to: &str, limit: Duration) -> Result<WorkerPing, String> {
         let mut client = self.client.clone();
-        let answer = within(limit, client.ping(wire::ping_request(report_to))).await?;
-        Ok(wire::ping(answer))
+        let answer = within(limit, client.ping(ping_request(report_to))).await?;
+        Ok(ping(answer))
     }
 
     /// Hands a claimed job to the worker, starting at `first_step`.
@@ -90,7 +92,7 @@ impl WorkerLink {
         config: &OrchestratorConfig,
         traceparent: &str,
     ) -> Result<(), String> {
-        let mut request = tonic::Request::new(wire::start_request(job, first_step, config, traceparent));
+        let mut request = tonic::Request::new(start_request(job, first_step, config, traceparent));
         if let Ok(value) = traceparent.parse() {
             request.metadata_mut().insert("traceparent", value);
         }
@@ -101,7 +103,7 @@ impl WorkerLink {
     /// Tells the worker to stop the attempt of `lease`; a failure is logged.
     pub(super) async fn cancel(&self, lease: HeldLease, reason: &str) {
         let mut client = self.client.clone();
-        let call = client.cancel(wire::cancel_request(lease, reason));
+        let call = client.cancel(cancel_request(lease, reason));
         if let Err(error) = within(CALL_TIMEOUT, call).await {
             tracing::warn!(job.id = %lease.job_id, worker.url = %self.url, %error, "cannot cancel on the worker");
         }
@@ -110,14 +112,14 @@ impl WorkerLink {
     /// What the worker holds that installation `instance_id` made.
     pub(super) async fn leftovers(&self, instance_id: &str) -> Result<Vec<Leftover>, String> {
         let mut client = self.client.clone();
-        let call = client.list_leftovers(wire::list_leftovers_request(instance_id));
-        Ok(wire::leftovers(within(SWEEP_TIMEOUT, call).await?))
+        let call = client.list_leftovers(list_leftovers_request(instance_id));
+        Ok(leftovers(within(SWEEP_TIMEOUT, call).await?))
     }
 
     /// Removes leftovers; answers how many are gone.
     pub(super) async fn remove_leftovers(&self, leftovers: &[Leftover]) -> Result<u32, String> {
         let mut client = self.client.clone();
-        let call = client.remove_leftovers(wire::remove_leftovers_request(leftovers));
+        let call = client.remove_leftovers(remove_leftovers_request(leftovers));
         Ok(within(SWEEP_TIMEOUT, call).await?.removed)
     }
 }
@@ -133,4 +135,122 @@ async fn within<T>(
         Ok(Err(status)) => Err(status.message().to_string()),
         Err(_) => Err(format!("no answer within {limit:?}")),
     }
+}
+
+/// The `StartJob` for a claimed job, starting at `first_step`.
+fn start_request(
+    job: &ClaimedJob,
+    first_step: Step,
+    config: &OrchestratorConfig,
+    traceparent: &str,
+) -> v1::StartJobRequest {
+    let spec = &job.spec.0;
+    v1::StartJobRequest {
+        lease: Some(v1::Lease {
+            job_id: job.id.to_string(),
+            attempt: job.attempt as u32,
+            lease_token: job.lease_token.to_string(),
+            worker_id: String::new(),
+        }),
+        spec: Some(v1::JobSpec {
+            repo: spec.repo.clone(),
+            git_ref: spec.git_ref.clone().unwrap_or_default(),
+            dockerfile: spec.dockerfile.clone(),
+            context: spec.context.clone(),
+            image: spec.image.clone(),
+            build_args: spec.build_args.clone().into_iter().collect(),
+            env: spec.env.clone().into_iter().collect(),
+            command: spec.run.command.clone().unwrap_or_default(),
+            timeout_seconds: spec.run.timeout_seconds.unwrap_or_default(),
+            runtime: spec.run.runtime.as_str().to_string(),
+            cpu: spec.run.cpu.unwrap_or_default(),
+            memory: spec.run.memory.unwrap_or_default(),
+        }),
+        outputs: Some(v1::StepOutputs {
+            commit_sha: job.commit_sha.clone().unwrap_or_default(),
+            image_id: job.image_id.clone().unwrap_or_default(),
+            pushed_ref: job.pushed_ref.clone().unwrap_or_default(),
+            container_id: job.container_id.clone().unwrap_or_default(),
+            task_arn: job.task_arn.clone().unwrap_or_default(),
+            log_cursor: job.log_cursor.clone().unwrap_or_default(),
+            ..Default::default()
+        }),
+        first_step: step_to_wire(first_step) as i32,
+        report_to: config.report_url.clone(),
+        traceparent: traceparent.to_string(),
+        instance_id: config.instance_id.clone(),
+        fresh_run: job.fresh_run,
+    }
+}
+
+fn ping_request(report_to: &str) -> v1::PingRequest {
+    v1::PingRequest { report_to: report_to.to_string() }
+}
+
+fn ping(ping: v1::PingResponse) -> WorkerPing {
+    WorkerPing {
+        held: ping
+            .running
+            .iter()
+            .filter_map(|l| Some(HeldLease { job_id: l.job_id.parse().ok()?, token: l.lease_token.parse().ok()? }))
+            .collect(),
+        offer: WorkerOffer {
+            labels: ping.labels.into_iter().collect(),
+            // A worker from before runtimes were announced runs Docker only.
+            runtimes: if ping.runtimes.is_empty() {
+                vec![RuntimeKind::Docker.as_str().to_string()]
+            } else {
+                ping.runtimes
+            },
+        },
+        worker_id: ping.worker_id,
+        slots_total: ping.slots_total,
+        slots_busy: ping.slots_busy,
+    }
+}
+
+fn cancel_request(lease: HeldLease, reason: &str) -> v1::CancelRequest {
+    v1::CancelRequest {
+        job_id: lease.job_id.to_string(),
+        reason: reason.to_string(),
+        lease_token: lease.token.to_string(),
+    }
+}
+
+fn list_leftovers_request(instance_id: &str) -> v1::ListLeftoversRequest {
+    v1::ListLeftoversRequest { instance_id: instance_id.to_string() }
+}
+
+/// The leftovers a worker listed, of the kinds this orchestrator knows.
+fn leftovers(answer: v1::ListLeftoversResponse) -> Vec<Leftover> {
+    answer
+        .leftovers
+        .into_iter()
+        .filter_map(|l| {
+            let kind = match Kind::try_from(l.kind).ok()? {
+                Kind::Container => LeftoverKind::Container,
+                Kind::Task => LeftoverKind::Task,
+                Kind::Image => LeftoverKind::Image,
+                Kind::Unspecified => return None,
+            };
+            Some(Leftover { kind, job_id: l.job_id.parse().ok(), id: l.id, past_deadline: l.past_deadline })
+        })
+        .collect()
+}
+
+fn remove_leftovers_request(leftovers: &[Leftover]) -> v1::RemoveLeftoversRequest {
+    let leftovers = leftovers
+        .iter()
+        .map(|l| v1::Leftover {
+            kind: match l.kind {
+                LeftoverKind::Container => Kind::Container,
+                LeftoverKind::Task => Kind::Task,
+                LeftoverKind::Image => Kind::Image,
+            } as i32,
+            id: l.id.clone(),
+            job_id: l.job_id.map(|id| id.to_string()).unwrap_or_default(),
+            past_deadline: l.past_deadline,
+        })
+        .collect();
+    v1::RemoveLeftoversRequest { leftovers }
 }
