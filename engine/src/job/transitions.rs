@@ -125,6 +125,13 @@ pub fn after_lease_end(attempt: u32, max_attempts: u32, cancel_requested: bool, 
     }
 }
 
+/// Where a cancel request sends an unfinished job: one no worker holds ends
+/// `cancelled` at once; a held one stays where it is, marked, until its worker
+/// stops it (its end is then reported, or its lease ends, as `cancelled`).
+pub fn after_cancel_request(state: JobState, leased: bool) -> JobState {
+    if leased { state } else { JobState::Cancelled }
+}
+
 /// What a worker said of a failed step.
 #[derive(Debug, Clone, Copy)]
 pub struct Failure<'a> {

@@ -163,7 +163,9 @@ impl Store {
     }
 
     /// Asks for a job to be cancelled: at once when it holds no lease, else by
-    /// noting the request for its worker. Notifies orchestrators either way.
+    /// noting the request for its worker ([`crate::job::transitions::after_cancel_request`],
+    /// written in SQL so that the decision and the write are one statement; a store
+    /// test holds the two together). Notifies orchestrators either way.
     pub async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome, StoreError> {
         let (before, after): (Option<JobState>, Option<JobState>) = sqlx::query_as(
             "with prev as (

@@ -494,3 +494,38 @@ async fn a_lease_that_ends_sends_its_job_where_the_rule_says() {
         assert_eq!(lease.attempt as u32, attempt, "{case:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_request_sends_its_job_where_the_rule_says() {
+    use slipway_engine::job::transitions::after_cancel_request;
+    use slipway_engine::store::CancelOutcome;
+    let db = TestDb::new().await;
+    for state in [JobState::Queued, JobState::Cloning, JobState::Building, JobState::Pushing, JobState::Running] {
+        for leased in [false, true] {
+            let id = queue(&db, 1).await[0];
+            sqlx::query(
+                "update jobs set state = $2,
+                     lease_token = case when $3 then gen_random_uuid() end,
+                     lease_owner = case when $3 then 'o' end, lease_worker = case when $3 then 'w' end,
+                     lease_expires_at = case when $3 then now() + interval '1 minute' end
+                 where id = $1",
+            )
+            .bind(id)
+            .bind(state)
+            .bind(leased)
+            .execute(db.store.pool())
+            .await
+            .unwrap();
+            let outcome = db.store.request_cancel(id).await.unwrap();
+            let rule = after_cancel_request(state, leased);
+            let job = db.store.job(id).await.unwrap();
+            assert_eq!(job.state, rule, "the statement and the rule disagree for {state:?}, leased {leased}");
+            let expected =
+                if rule == JobState::Cancelled { CancelOutcome::Cancelled } else { CancelOutcome::Requested };
+            assert_eq!(outcome, expected, "{state:?}, leased {leased}");
+        }
+    }
+    // A finished job stays as it ended.
+    let (id, _) = finished_job(&db).await;
+    assert_eq!(db.store.request_cancel(id).await.unwrap(), CancelOutcome::AlreadyFinished(JobState::Failed));
+}
