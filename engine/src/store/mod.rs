@@ -1,9 +1,11 @@
 //! The Postgres store: every read and write of job state, in SQL that the Rust code
 //! can see. Each transition is one statement (a CTE that updates the job, appends the
 //! event and touches the step row), so it is atomic without an explicit transaction
-//! and costs one round trip. Every write a worker's report causes is fenced by the
-//! lease token of the attempt: zero rows is [`StoreError::LeaseLost`], never a
-//! silent no-op. The writes a report causes ([`reports`], [`logs::append_logs`],
+//! and costs one round trip. Every write is guarded by the states its
+//! [`Transition`](crate::job::transitions::Transition) may leave (the transition
+//! table), and every write a worker's report causes is also fenced by the lease
+//! token of the attempt: zero rows is [`StoreError::LeaseLost`], never a silent
+//! no-op. The writes a report causes ([`reports`], [`logs::append_logs`],
 //! [`leases::hand_back`]) take a connection, so that the report service can commit
 //! many reports in one transaction.
 

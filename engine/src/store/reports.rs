@@ -28,7 +28,7 @@ pub struct Lease {
 }
 
 /// Step outputs; `None` leaves a stored value as it is. Each field is the `jobs`
-/// column of its name, written by [`Outputs::SET`] and [`Outputs::bind`] only.
+/// column of its name, written by `Outputs::set` and `Outputs::bound` only.
 #[derive(Debug, Clone, Default)]
 pub struct Outputs {
     pub commit_sha: Option<String>,
