@@ -1,7 +1,7 @@
 //! Conversions between wire enums and the steps' types, used on both sides of the
 //! gRPC boundary.
 
-use slipway_steps::{LogStream, Step};
+use slipway_steps::{LogStream, Step, StepOutputs};
 
 use crate::v1;
 
@@ -43,6 +43,35 @@ pub fn stream_name(value: i32) -> &'static str {
     }
 }
 
+/// Outputs as sent; `log_cursor` is not a step output and is left for the caller.
+pub fn outputs_to_wire(o: &StepOutputs) -> v1::StepOutputs {
+    let text = |s: &Option<String>| s.clone().unwrap_or_default();
+    v1::StepOutputs {
+        commit_sha: text(&o.commit_sha),
+        image_id: text(&o.image_id),
+        pushed_ref: text(&o.pushed_ref),
+        container_id: text(&o.container_id),
+        task_arn: text(&o.task_arn),
+        stop_code: text(&o.stop_code),
+        stopped_reason: text(&o.stopped_reason),
+        log_cursor: String::new(),
+    }
+}
+
+/// Outputs as received; an empty string is "not produced".
+pub fn outputs_from_wire(o: &v1::StepOutputs) -> StepOutputs {
+    let some = |s: &String| (!s.is_empty()).then(|| s.clone());
+    StepOutputs {
+        commit_sha: some(&o.commit_sha),
+        image_id: some(&o.image_id),
+        pushed_ref: some(&o.pushed_ref),
+        container_id: some(&o.container_id),
+        task_arn: some(&o.task_arn),
+        stop_code: some(&o.stop_code),
+        stopped_reason: some(&o.stopped_reason),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +84,20 @@ mod tests {
         assert_eq!(step_from_wire(0), None);
         assert_eq!(step_from_wire(99), None);
         assert_eq!(stream_name(stream_to_wire(LogStream::Stderr) as i32), "stderr");
+    }
+
+    #[test]
+    fn outputs_survive_the_wire() {
+        let outputs = StepOutputs {
+            commit_sha: Some("c".into()),
+            image_id: Some("i".into()),
+            pushed_ref: Some("p".into()),
+            container_id: Some("d".into()),
+            task_arn: Some("t".into()),
+            stop_code: Some("s".into()),
+            stopped_reason: Some("r".into()),
+        };
+        assert_eq!(outputs_from_wire(&outputs_to_wire(&outputs)), outputs);
+        assert_eq!(outputs_from_wire(&outputs_to_wire(&StepOutputs::default())), StepOutputs::default());
     }
 }

@@ -12,11 +12,13 @@ pub mod docker;
 mod error;
 pub mod image_ref;
 pub mod logs;
+mod outputs;
 pub mod paths;
 pub mod runtime;
 
 pub use error::{ErrorCode, StepError};
 pub use logs::{LogLine, LogSink, LogStream};
+pub use outputs::StepOutputs;
 
 /// The steps of a job, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slipway_steps::Step;
 use slipway_steps::runtime::RuntimeKind;
+use slipway_steps::{Step, StepOutputs};
 use tokio_util::sync::CancellationToken;
 
 /// The lease a job's attempt runs under; every report carries it.
@@ -40,53 +40,13 @@ pub(crate) struct JobSpec {
     pub timeout: Option<Duration>,
 }
 
-/// What steps produced, in this attempt or earlier ones.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Outputs {
-    pub commit_sha: Option<String>,
-    pub image_id: Option<String>,
-    pub pushed_ref: Option<String>,
-    pub container_id: Option<String>,
-    pub task_arn: Option<String>,
-    pub stop_code: Option<String>,
-    pub stopped_reason: Option<String>,
-    /// How far the run's log was read (given by the orchestrator, never reported back
-    /// here: log batches carry it).
-    pub log_cursor: Option<String>,
-}
-
-impl Outputs {
-    /// The run's handle on `runtime`: its container id on Docker, its task ARN on ECS.
-    pub fn run_handle(&self, runtime: RuntimeKind) -> Option<&str> {
-        match runtime {
-            RuntimeKind::Docker => self.container_id.as_deref(),
-            RuntimeKind::Ecs => self.task_arn.as_deref(),
-        }
-    }
-
-    /// Outputs holding only the run's handle on `runtime`.
-    pub fn of_run(runtime: RuntimeKind, handle: &str) -> Outputs {
-        let mut outputs = Outputs::default();
-        outputs.set_run_handle(runtime, handle);
-        outputs
-    }
-
-    pub fn set_run_handle(&mut self, runtime: RuntimeKind, handle: &str) {
-        let slot = match runtime {
-            RuntimeKind::Docker => &mut self.container_id,
-            RuntimeKind::Ecs => &mut self.task_arn,
-        };
-        *slot = Some(handle.to_string());
-    }
-}
-
 /// What a step report says happened.
 #[derive(Debug, Clone)]
 pub(crate) enum StepEvent {
     Started,
-    /// Outputs known before the step ends (the run's handle before the wait).
-    Progress(Outputs),
-    Succeeded(Outputs),
+    /// StepOutputs known before the step ends (the run's handle before the wait).
+    Progress(StepOutputs),
+    Succeeded(StepOutputs),
     Failed {
         code: &'static str,
         message: String,
@@ -101,7 +61,10 @@ pub(crate) enum StepEvent {
 pub(crate) struct Assignment {
     pub lease: JobLease,
     pub spec: JobSpec,
-    pub outputs: Outputs,
+    /// What earlier attempts produced.
+    pub outputs: StepOutputs,
+    /// How far an earlier attempt read its run's log.
+    pub log_cursor: Option<String>,
     pub first_step: Step,
     pub report_to: String,
     pub instance_id: String,
@@ -113,42 +76,10 @@ pub(crate) struct Assignment {
 
 /// A job this worker runs: its assignment, and what stops it.
 pub(crate) struct JobRun {
-    pub lease: JobLease,
-    pub spec: JobSpec,
-    pub outputs: Outputs,
-    pub first_step: Step,
-    pub report_to: String,
-    pub instance_id: String,
-    pub fresh_run: bool,
-    pub traceparent: String,
+    pub assignment: Assignment,
     pub current_step: Arc<Mutex<Step>>,
     /// Cancelled when the job is to end `cancelled`.
     pub cancel: CancellationToken,
     /// Cancelled when the worker stops before the job ends: the job is handed back.
     pub hand_back: CancellationToken,
-}
-
-impl JobRun {
-    pub fn new(
-        assignment: Assignment,
-        current_step: Arc<Mutex<Step>>,
-        cancel: CancellationToken,
-        hand_back: CancellationToken,
-    ) -> Self {
-        let Assignment { lease, spec, outputs, first_step, report_to, instance_id, fresh_run, traceparent } =
-            assignment;
-        JobRun {
-            lease,
-            spec,
-            outputs,
-            first_step,
-            report_to,
-            instance_id,
-            fresh_run,
-            traceparent,
-            current_step,
-            cancel,
-            hand_back,
-        }
-    }
 }

@@ -10,11 +10,11 @@ use slipway_steps::clone::{CloneRequest, clone_repo};
 use slipway_steps::docker::build::{BuildRequest, build_image};
 use slipway_steps::docker::push::push_image;
 use slipway_steps::image_ref::ImageRef;
-use slipway_steps::{ErrorCode, LogSink, LogStream, Step, StepError};
+use slipway_steps::{ErrorCode, LogSink, LogStream, Step, StepError, StepOutputs};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::assignment::{JobRun, Outputs, StepEvent};
+use crate::assignment::{JobRun, StepEvent};
 use crate::reporter::{Reporter, send};
 use crate::run_step::{clean_up, run_container};
 use crate::state::WorkerState;
@@ -26,11 +26,11 @@ const LOG_BUFFER: usize = 4096;
 
 /// Runs the job to its end and forgets it.
 pub(crate) async fn run(state: Arc<WorkerState>, job: JobRun) {
-    let job_id = job.lease.job_id.clone();
-    let token = job.lease.token.clone();
-    let folder = state.config.jobs_dir().join(format!("job-{}-{}", job_id, job.lease.attempt));
-    let span = tracing::info_span!("worker.job", job.id = %job_id, job.attempt = job.lease.attempt);
-    trace::set_parent(&span, &job.traceparent);
+    let job_id = job.assignment.lease.job_id.clone();
+    let token = job.assignment.lease.token.clone();
+    let folder = state.config.jobs_dir().join(format!("job-{}-{}", job_id, job.assignment.lease.attempt));
+    let span = tracing::info_span!("worker.job", job.id = %job_id, job.attempt = job.assignment.lease.attempt);
+    trace::set_parent(&span, &job.assignment.traceparent);
     run_steps(&state, job, &folder).instrument(span).await;
     if let Err(e) = tokio::fs::remove_dir_all(&folder).await
         && e.kind() != std::io::ErrorKind::NotFound
@@ -42,13 +42,14 @@ pub(crate) async fn run(state: Arc<WorkerState>, job: JobRun) {
 
 async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
     let (lines_tx, lines_rx) = mpsc::channel(LOG_BUFFER);
-    let reporter = match Reporter::start(&job.report_to, state.orchestrators(), &job.lease, lines_rx) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(job.id = %job.lease.job_id, error = %e, "cannot report; giving the job up");
-            return;
-        }
-    };
+    let reporter =
+        match Reporter::start(&job.assignment.report_to, state.orchestrators(), &job.assignment.lease, lines_rx) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(job.id = %job.assignment.lease.job_id, error = %e, "cannot report; giving the job up");
+                return;
+            }
+        };
     // A cancel or a hand-back stops the running step.
     let stop = job.cancel.child_token();
     let _link = {
@@ -60,12 +61,12 @@ async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
         })
     }
     .abort_handle();
-    let logs = LogSink::new(lines_tx, job.first_step);
-    let mut outputs = job.outputs.clone();
-    let mut step = job.first_step;
+    let logs = LogSink::new(lines_tx, job.assignment.first_step);
+    let mut outputs = job.assignment.outputs.clone();
+    let mut step = job.assignment.first_step;
     // Later steps are reported started together with the end of the one before.
-    if send(&reporter, &job.lease, step, StepEvent::Started, None, None).await {
-        let ctx = StepContext { state, job: &job, folder, stop: &stop, reporter: &reporter };
+    if send(&reporter, &job.assignment.lease, step, StepEvent::Started, None, None).await {
+        let ctx = StepContext { state, run: &job, job: &job.assignment, folder, stop: &stop, reporter: &reporter };
         loop {
             *job.current_step.lock().unwrap_or_else(|p| p.into_inner()) = step;
             match run_step(&ctx, &logs, &mut outputs, step).await {
@@ -78,7 +79,7 @@ async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
 }
 
 /// Runs one step and reports its end; returns the next step if the job goes on.
-async fn run_step(ctx: &StepContext<'_>, logs: &LogSink, outputs: &mut Outputs, step: Step) -> Option<Step> {
+async fn run_step(ctx: &StepContext<'_>, logs: &LogSink, outputs: &mut StepOutputs, step: Step) -> Option<Step> {
     let (state, job, reporter) = (ctx.state, ctx.job, ctx.reporter);
     {
         let logs = logs.for_step(step);
@@ -129,7 +130,7 @@ async fn run_step(ctx: &StepContext<'_>, logs: &LogSink, outputs: &mut Outputs, 
                 }
                 committed.then_some(next).flatten()
             }
-            Err(_) if job.hand_back.is_cancelled() && !job.cancel.is_cancelled() => {
+            Err(_) if ctx.run.hand_back.is_cancelled() && !ctx.run.cancel.is_cancelled() => {
                 // The worker is stopping: the job is not at fault; it runs again elsewhere.
                 tracing::info!(job.id = %job.lease.job_id, job.step = step.as_str(), "handing the job back on shutdown");
                 send(reporter, &job.lease, step, StepEvent::Released, None, None).await;
@@ -150,7 +151,7 @@ async fn run_step(ctx: &StepContext<'_>, logs: &LogSink, outputs: &mut Outputs, 
 }
 
 async fn clone(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepError> {
-    let (job, stop) = (ctx.job, ctx.stop);
+    let (job, stop) = (&ctx.job, ctx.stop);
     let request = CloneRequest {
         repo: job.spec.repo.clone(),
         git_ref: job.spec.git_ref.clone(),
@@ -171,7 +172,7 @@ async fn clone(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepErro
 }
 
 async fn build(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepError> {
-    let (state, job) = (ctx.state, ctx.job);
+    let (state, job) = (ctx.state, &ctx.job);
     let request = BuildRequest {
         job_id: job.lease.job_id.clone(),
         instance_id: job.instance_id.clone(),
@@ -185,7 +186,7 @@ async fn build(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepErro
 }
 
 async fn push(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepError> {
-    let (state, job) = (ctx.state, ctx.job);
+    let (state, job) = (ctx.state, &ctx.job);
     let image: ImageRef = job
         .spec
         .image

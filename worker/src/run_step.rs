@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use slipway_observability::trace;
 use slipway_steps::docker::run::DockerRuntime;
 use slipway_steps::runtime::{LaunchRequest, Runtime, RuntimeKind, Watch};
-use slipway_steps::{ErrorCode, LogSink, Step, StepError};
+use slipway_steps::{ErrorCode, LogSink, Step, StepError, StepOutputs};
 use tracing::Instrument;
 
-use crate::assignment::{JobRun, Outputs, StepEvent};
+use crate::assignment::{Assignment, StepEvent};
 use crate::reporter::send;
 use crate::state::WorkerState;
 use crate::step_context::StepContext;
@@ -18,7 +18,7 @@ use crate::step_context::StepContext;
 /// as soon as it is known.
 pub(crate) async fn run_container(
     ctx: &StepContext<'_>,
-    outputs: &mut Outputs,
+    outputs: &mut StepOutputs,
     logs: &LogSink,
 ) -> Result<(), StepError> {
     let state = ctx.state;
@@ -44,7 +44,7 @@ pub(crate) async fn run_container(
 async fn run_on<R: Runtime>(
     runtime: &R,
     ctx: &StepContext<'_>,
-    outputs: &mut Outputs,
+    outputs: &mut StepOutputs,
     architecture: &str,
     logs: &LogSink,
 ) -> Result<(), StepError> {
@@ -75,7 +75,7 @@ async fn run_on<R: Runtime>(
             let stored = outputs.run_handle(job.spec.runtime);
             let found = runtime.find(&request.job_id, stored, logs).await?;
             // The stored position belongs to the stored run only.
-            let cursor = (found.is_some() && found.as_deref() == stored).then(|| outputs.log_cursor.clone()).flatten();
+            let cursor = (found.is_some() && found.as_deref() == stored).then(|| job.log_cursor.clone()).flatten();
             (found, cursor)
         }
         _ => (None, None),
@@ -85,7 +85,7 @@ async fn run_on<R: Runtime>(
         None => runtime.launch(&request, logs).instrument(tracing::info_span!("container.create")).await?,
     };
     outputs.set_run_handle(job.spec.runtime, &handle);
-    let started = Outputs::of_run(job.spec.runtime, &handle);
+    let started = StepOutputs::of_run(job.spec.runtime, &handle);
     if !send(reporter, &job.lease, Step::Run, StepEvent::Progress(started), None, None).await {
         runtime.clean_up(&handle).await?;
         return Err(StepError::new(ErrorCode::Cancelled, "the lease was lost before the run started"));
@@ -96,7 +96,7 @@ async fn run_on<R: Runtime>(
     if let Ok(ended) = &ended
         && (ended.stop_code.is_some() || ended.stopped_reason.is_some())
     {
-        let stopped = Outputs {
+        let stopped = StepOutputs {
             stop_code: ended.stop_code.clone(),
             stopped_reason: ended.stopped_reason.clone(),
             ..Default::default()
@@ -114,18 +114,20 @@ async fn run_on<R: Runtime>(
 }
 
 /// Frees what a run left, once its end is committed (a second time is harmless).
-pub(crate) async fn clean_up(state: &WorkerState, job: &JobRun, outputs: &Outputs) {
+pub(crate) async fn clean_up(state: &WorkerState, job: &Assignment, outputs: &StepOutputs) {
     let Some(handle) = outputs.run_handle(job.spec.runtime) else { return };
     match job.spec.runtime {
         RuntimeKind::Docker => clean_up_on(&DockerRuntime { docker: state.docker.clone() }, job, handle).await,
         RuntimeKind::Ecs => match state.ecs().await {
             Ok(ecs) => clean_up_on(ecs, job, handle).await,
-            Err(e) => tracing::warn!(job.id = %job.lease.job_id, error = %e, "cannot clean up after the run"),
+            Err(e) => {
+                tracing::warn!(job.id = %job.lease.job_id, error = %e, "cannot clean up after the run")
+            }
         },
     }
 }
 
-async fn clean_up_on<R: Runtime>(runtime: &R, job: &JobRun, handle: &str) {
+async fn clean_up_on<R: Runtime>(runtime: &R, job: &Assignment, handle: &str) {
     if let Err(e) = runtime.clean_up(handle).await {
         tracing::warn!(job.id = %job.lease.job_id, error = %e, "cannot clean up after the run");
     }

@@ -59,7 +59,7 @@ impl JobService for Worker {
             self.state.record_slots(running.len());
         }
         tracing::info!(job.id = %lease.job_id, job.attempt = lease.attempt, job.step = first_step.as_str(), "job admitted");
-        tokio::spawn(job_run::run(self.state.clone(), JobRun::new(assignment, step, cancel, hand_back)));
+        tokio::spawn(job_run::run(self.state.clone(), JobRun { assignment, current_step: step, cancel, hand_back }));
         Ok(Response::new(v1::StartJobResponse { worker_id: self.state.config.worker_id.clone() }))
     }
 

@@ -3,13 +3,13 @@
 //! and lines written for the orchestrator. Past this file, the gRPC service and the
 //! reporter, the worker speaks its own types, not prost's.
 
-use slipway_proto::convert::{step_from_wire, step_to_wire, stream_to_wire};
+use slipway_proto::convert::{outputs_from_wire, outputs_to_wire, step_from_wire, step_to_wire, stream_to_wire};
 use slipway_proto::v1::{self, step_report::Event};
 use slipway_steps::runtime::RuntimeKind;
 use slipway_steps::{LogLine, Step};
 use tonic::Status;
 
-use crate::assignment::{Assignment, JobLease, JobSpec, Outputs, StepEvent};
+use crate::assignment::{Assignment, JobLease, JobSpec, StepEvent};
 
 /// A `StartJob` request, checked and typed; reports will name `worker_id`.
 pub(crate) fn assignment(
@@ -55,16 +55,8 @@ pub(crate) fn assignment(
             memory: spec.memory,
             timeout: (spec.timeout_seconds > 0).then(|| std::time::Duration::from_secs(spec.timeout_seconds)),
         },
-        outputs: Outputs {
-            commit_sha: non_empty(outputs.commit_sha),
-            image_id: non_empty(outputs.image_id),
-            pushed_ref: non_empty(outputs.pushed_ref),
-            container_id: non_empty(outputs.container_id),
-            task_arn: non_empty(outputs.task_arn),
-            stop_code: non_empty(outputs.stop_code),
-            stopped_reason: non_empty(outputs.stopped_reason),
-            log_cursor: non_empty(outputs.log_cursor),
-        },
+        log_cursor: non_empty(outputs.log_cursor.clone()),
+        outputs: outputs_from_wire(&outputs),
         first_step,
         report_to: request.report_to,
         instance_id: request.instance_id,
@@ -92,8 +84,8 @@ pub(crate) fn step_report(
 ) -> v1::StepReport {
     let event = match event {
         StepEvent::Started => Event::Started(v1::step_report::Started {}),
-        StepEvent::Progress(o) => Event::Progress(outputs(o)),
-        StepEvent::Succeeded(o) => Event::Succeeded(outputs(o)),
+        StepEvent::Progress(o) => Event::Progress(outputs_to_wire(o)),
+        StepEvent::Succeeded(o) => Event::Succeeded(outputs_to_wire(o)),
         StepEvent::Failed { code, message, retryable } => {
             Event::Failed(v1::StepFailure { code: code.to_string(), message: message.clone(), retryable: *retryable })
         }
@@ -105,21 +97,6 @@ pub(crate) fn step_report(
         event: Some(event),
         exit_code,
         then_start: then_start.map_or(0, |s| step_to_wire(s) as i32),
-    }
-}
-
-/// Outputs as reported; the log position travels with log lines instead.
-fn outputs(o: &Outputs) -> v1::StepOutputs {
-    let text = |s: &Option<String>| s.clone().unwrap_or_default();
-    v1::StepOutputs {
-        commit_sha: text(&o.commit_sha),
-        image_id: text(&o.image_id),
-        pushed_ref: text(&o.pushed_ref),
-        container_id: text(&o.container_id),
-        task_arn: text(&o.task_arn),
-        stop_code: text(&o.stop_code),
-        stopped_reason: text(&o.stopped_reason),
-        log_cursor: String::new(),
     }
 }
 

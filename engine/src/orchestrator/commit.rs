@@ -10,13 +10,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use slipway_steps::{ErrorCode, Step};
+use slipway_steps::{ErrorCode, Step, StepOutputs};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::job::transitions::{self as rules, AfterFailure, CANCELLED_BY_REQUEST};
 use crate::job::{JobId, JobState, RetryPolicy};
-use crate::store::{Finish, Lease, NewLogLine, Outputs, Retry, StoreError, leases, logs, read, reports};
+use crate::store::{Finish, Lease, NewLogLine, Retry, StoreError, leases, logs, read, reports};
 
 /// Reports waiting for a committer, at most.
 const QUEUED: usize = 1024;
@@ -35,9 +35,9 @@ pub(super) enum StepEvent {
     /// The step began.
     Started,
     /// The step produced outputs to store before it goes on (the run's handle).
-    Progress(Outputs),
+    Progress(StepOutputs),
     /// The step ended well with these outputs.
-    Succeeded(Outputs),
+    Succeeded(StepOutputs),
     /// The step ended badly; the job ends or is retried.
     Failed(StepFailure),
     /// The worker is shutting down and gives the job back unfinished.
@@ -376,7 +376,7 @@ async fn finish(
     message: &str,
 ) -> Result<(), StoreError> {
     let finish = Finish { state, exit_code, error_code: Some(code.to_string()), error: Some(message.to_string()) };
-    reports::mark_finished(conn, lease, step, &Outputs::default(), &finish).await
+    reports::mark_finished(conn, lease, step, &StepOutputs::default(), &finish).await
 }
 
 /// A number in `[0, 1)` to spread retries.

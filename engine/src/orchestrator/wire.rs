@@ -5,13 +5,13 @@
 //! types, not prost's.
 
 use chrono::{DateTime, Utc};
-use slipway_proto::convert::{step_from_wire, stream_name};
+use slipway_proto::convert::{outputs_from_wire, step_from_wire, stream_name};
 use slipway_proto::v1::{self, step_report::Event};
 use slipway_steps::Step;
 use tonic::Status;
 
 use super::commit::{Report, StepEvent, StepFailure};
-use crate::store::{Lease, NewLogLine, Outputs};
+use crate::store::{Lease, NewLogLine};
 
 /// A step report, parsed.
 pub(super) fn step_report(report: v1::StepReport) -> Result<Report, Status> {
@@ -19,8 +19,8 @@ pub(super) fn step_report(report: v1::StepReport) -> Result<Report, Status> {
     let step = step_from_wire(report.step).ok_or_else(|| Status::invalid_argument("step is not a step"))?;
     let event = match report.event.ok_or_else(|| Status::invalid_argument("event is required"))? {
         Event::Started(_) => StepEvent::Started,
-        Event::Progress(o) => StepEvent::Progress(outputs(&o)),
-        Event::Succeeded(o) => StepEvent::Succeeded(outputs(&o)),
+        Event::Progress(o) => StepEvent::Progress(outputs_from_wire(&o)),
+        Event::Succeeded(o) => StepEvent::Succeeded(outputs_from_wire(&o)),
         Event::Failed(f) => StepEvent::Failed(StepFailure { code: f.code, message: f.message, retryable: f.retryable }),
         Event::Released(_) => StepEvent::Released,
     };
@@ -59,19 +59,6 @@ fn lease_of(lease: Option<v1::Lease>) -> Result<Lease, Status> {
         token: lease.lease_token.parse().map_err(|_| Status::invalid_argument("lease.lease_token is not a token"))?,
         worker: (!lease.worker_id.is_empty()).then_some(lease.worker_id),
     })
-}
-
-fn outputs(o: &v1::StepOutputs) -> Outputs {
-    let some = |s: &String| (!s.is_empty()).then(|| s.clone());
-    Outputs {
-        commit_sha: some(&o.commit_sha),
-        image_id: some(&o.image_id),
-        pushed_ref: some(&o.pushed_ref),
-        container_id: some(&o.container_id),
-        task_arn: some(&o.task_arn),
-        stop_code: some(&o.stop_code),
-        stopped_reason: some(&o.stopped_reason),
-    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub use leases::{CancelOutcome, EndedLease, HeldLease, LeaseStatus};
 pub use listen::listen;
 pub use logs::{LogRow, NewLogLine};
 pub use read::{EventRow, JobRow, StepRow};
-pub use reports::{Finish, Lease, Outputs, Retry};
+pub use reports::{Finish, Lease, Retry};
 pub use sweep::ExpiredJob;
 
 /// The migrations in `migrations/`, applied by `slipway migrate` and at start.

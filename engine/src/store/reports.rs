@@ -4,7 +4,7 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use slipway_steps::Step;
+use slipway_steps::{Step, StepOutputs};
 use sqlx::PgConnection;
 use sqlx::postgres::PgArguments;
 use sqlx::query::QueryScalar;
@@ -27,48 +27,35 @@ pub struct Lease {
     pub worker: Option<String>,
 }
 
-/// Step outputs; `None` leaves a stored value as it is. Each field is the `jobs`
-/// column of its name, written by `Outputs::set` and `Outputs::bound` only.
-#[derive(Debug, Clone, Default)]
-pub struct Outputs {
-    pub commit_sha: Option<String>,
-    pub image_id: Option<String>,
-    pub pushed_ref: Option<String>,
-    pub container_id: Option<String>,
-    pub task_arn: Option<String>,
-    pub stop_code: Option<String>,
-    pub stopped_reason: Option<String>,
+/// The `jobs` columns of [`StepOutputs`]' fields, in the order [`bound`] binds
+/// them: the one place outside the migrations that names them.
+const OUTPUT_COLUMNS: [&str; 7] =
+    ["commit_sha", "image_id", "pushed_ref", "container_id", "task_arn", "stop_code", "stopped_reason"];
+
+/// `column = coalesce($1, j.column), …`: every output, as `$1` … `$7` of the
+/// statement, its own placeholders following from `$8`.
+fn set_outputs() -> String {
+    OUTPUT_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} = coalesce(${}, j.{c})", i + 1))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-impl Outputs {
-    const COLUMNS: [&'static str; 7] =
-        ["commit_sha", "image_id", "pushed_ref", "container_id", "task_arn", "stop_code", "stopped_reason"];
-
-    /// `column = coalesce($1, j.column), …`: every output, as `$1` … `$7` of the
-    /// statement, its own placeholders following from `$8`.
-    fn set() -> String {
-        Outputs::COLUMNS
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c} = coalesce(${}, j.{c})", i + 1))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// Starts a statement written with [`Outputs::set`], the outputs bound.
-    fn bound<'q>(&'q self, sql: &'static str) -> QueryScalar<'q, sqlx::Postgres, i64, PgArguments> {
-        [
-            &self.commit_sha,
-            &self.image_id,
-            &self.pushed_ref,
-            &self.container_id,
-            &self.task_arn,
-            &self.stop_code,
-            &self.stopped_reason,
-        ]
-        .into_iter()
-        .fold(sqlx::query_scalar(sql), |query, value| query.bind(value))
-    }
+/// Starts a statement written with [`set_outputs`], the outputs bound.
+fn bound<'q>(sql: &'static str, outputs: &'q StepOutputs) -> QueryScalar<'q, sqlx::Postgres, i64, PgArguments> {
+    [
+        &outputs.commit_sha,
+        &outputs.image_id,
+        &outputs.pushed_ref,
+        &outputs.container_id,
+        &outputs.task_arn,
+        &outputs.stop_code,
+        &outputs.stopped_reason,
+    ]
+    .into_iter()
+    .fold(sqlx::query_scalar(sql), |query, value| query.bind(value))
 }
 
 /// A failed attempt to be tried again.
@@ -146,7 +133,7 @@ pub async fn record_outputs(
     conn: &mut PgConnection,
     lease: &Lease,
     step: Step,
-    outputs: &Outputs,
+    outputs: &StepOutputs,
     lease_ttl: Duration,
 ) -> Result<(), StoreError> {
     store_outputs(conn, lease, step, false, outputs, lease_ttl).await
@@ -157,7 +144,7 @@ pub async fn mark_step_succeeded(
     conn: &mut PgConnection,
     lease: &Lease,
     step: Step,
-    outputs: &Outputs,
+    outputs: &StepOutputs,
     lease_ttl: Duration,
 ) -> Result<(), StoreError> {
     store_outputs(conn, lease, step, true, outputs, lease_ttl).await
@@ -169,7 +156,7 @@ async fn store_outputs(
     lease: &Lease,
     step: Step,
     ended: bool,
-    outputs: &Outputs,
+    outputs: &StepOutputs,
     lease_ttl: Duration,
 ) -> Result<(), StoreError> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
@@ -183,12 +170,11 @@ async fn store_outputs(
                  from upd where $12 and s.job_id = $8 and s.attempt = $14 and s.step = $10::job_step
              )
              select count(*) from upd",
-            Outputs::set()
+            set_outputs()
         )
     });
     let transition = if ended { Transition::SucceedStep(step) } else { Transition::RecordOutputs(step) };
-    let rows = outputs
-        .bound(SQL.as_str())
+    let rows = bound(SQL.as_str(), outputs)
         .bind(lease.job_id)
         .bind(lease.token)
         .bind(step.as_str())
@@ -208,7 +194,7 @@ pub async fn mark_finished(
     conn: &mut PgConnection,
     lease: &Lease,
     step: Step,
-    outputs: &Outputs,
+    outputs: &StepOutputs,
     finish: &Finish,
 ) -> Result<(), StoreError> {
     if !finish.state.is_terminal() {
@@ -239,12 +225,11 @@ pub async fn mark_finished(
                  from upd where s.job_id = $8 and s.attempt = $16 and s.step = $15::job_step
              )
              select count(*) from upd",
-            Outputs::set()
+            set_outputs()
         )
     });
     let outcome = if finish.state == JobState::Succeeded { "succeeded" } else { "failed" };
-    let rows = outputs
-        .bound(SQL.as_str())
+    let rows = bound(SQL.as_str(), outputs)
         .bind(lease.job_id)
         .bind(lease.token)
         .bind(finish.state)

@@ -6,9 +6,9 @@ use std::time::Duration;
 use crate::common::TestDb;
 use slipway_engine::job::{JobId, JobRequest, JobState, RunRequest};
 use slipway_engine::store::{
-    Finish, HeldLease, Lease, LeaseStatus, NewLogLine, Outputs, Retry, StoreError, WorkerOffer, leases, logs, reports,
+    Finish, HeldLease, Lease, LeaseStatus, NewLogLine, Retry, StoreError, WorkerOffer, leases, logs, reports,
 };
-use slipway_steps::Step;
+use slipway_steps::{Step, StepOutputs};
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -109,7 +109,7 @@ async fn a_report_with_a_stale_token_changes_nothing() {
 
     reports::mark_step_started(conn, &lease, Step::Clone, TTL).await.unwrap();
     logs::append_logs(conn, &lease, &[line], None, 1 << 20).await.unwrap();
-    let outputs = Outputs { commit_sha: Some("abc".into()), ..Default::default() };
+    let outputs = StepOutputs { commit_sha: Some("abc".into()), ..Default::default() };
     reports::mark_step_succeeded(conn, &lease, Step::Clone, &outputs, TTL).await.unwrap();
     let finish = Finish {
         state: JobState::Failed,
@@ -118,7 +118,7 @@ async fn a_report_with_a_stale_token_changes_nothing() {
         error: Some("no".into()),
     };
     reports::mark_step_started(conn, &lease, Step::Build, TTL).await.unwrap();
-    reports::mark_finished(conn, &lease, Step::Build, &Outputs::default(), &finish).await.unwrap();
+    reports::mark_finished(conn, &lease, Step::Build, &StepOutputs::default(), &finish).await.unwrap();
 
     // Once the job has ended, even its own lease can change nothing.
     let err = reports::mark_step_started(conn, &lease, Step::Push, TTL).await.unwrap_err();
@@ -182,7 +182,7 @@ async fn refused_at(db: &TestDb, write: FencedWrite, lease: &Lease, step: Step) 
     let mut conn = db.store.pool().acquire().await.unwrap();
     let conn = &mut *conn;
     let outputs =
-        Outputs { commit_sha: Some("stale-sha".into()), container_id: Some("stale".into()), ..Default::default() };
+        StepOutputs { commit_sha: Some("stale-sha".into()), container_id: Some("stale".into()), ..Default::default() };
     let lost = |r: Result<(), StoreError>| match r {
         Err(StoreError::LeaseLost) => true,
         Ok(()) => false,
@@ -267,7 +267,7 @@ async fn finished_job(db: &TestDb) -> (JobId, Lease) {
     reports::mark_step_started(&mut conn, &lease, Step::Clone, TTL).await.unwrap();
     let finish =
         Finish { state: JobState::Failed, exit_code: None, error_code: Some("clone_failed".into()), error: None };
-    reports::mark_finished(&mut conn, &lease, Step::Clone, &Outputs::default(), &finish).await.unwrap();
+    reports::mark_finished(&mut conn, &lease, Step::Clone, &StepOutputs::default(), &finish).await.unwrap();
     (id, lease)
 }
 
@@ -303,7 +303,7 @@ async fn job_at(db: &TestDb, step: Option<Step>) -> (JobId, Lease) {
     let mut conn = db.store.pool().acquire().await.unwrap();
     for done in Step::ALL.into_iter().take_while(|s| *s != step) {
         reports::mark_step_started(&mut conn, &lease, done, TTL).await.unwrap();
-        reports::mark_step_succeeded(&mut conn, &lease, done, &Outputs::default(), TTL).await.unwrap();
+        reports::mark_step_succeeded(&mut conn, &lease, done, &StepOutputs::default(), TTL).await.unwrap();
     }
     reports::mark_step_started(&mut conn, &lease, step, TTL).await.unwrap();
     (id, lease)
@@ -367,7 +367,7 @@ async fn history_rows_name_the_attempt_and_worker_of_the_report() {
     let mut conn = db.store.pool().acquire().await.unwrap();
     let line = NewLogLine { step: Step::Clone, stream: "stdout", at: chrono::Utc::now(), line: "hi".into() };
     logs::append_logs(&mut conn, &lease, &[line], None, 1 << 20).await.unwrap();
-    reports::mark_step_succeeded(&mut conn, &lease, Step::Clone, &Outputs::default(), TTL).await.unwrap();
+    reports::mark_step_succeeded(&mut conn, &lease, Step::Clone, &StepOutputs::default(), TTL).await.unwrap();
     let retry = Retry {
         resume_at: JobState::Queued,
         after: Duration::ZERO,
@@ -425,10 +425,10 @@ async fn a_retried_run_starts_afresh_and_a_run_whose_lease_ended_is_resumed() {
     for step in Step::ALL {
         reports::mark_step_started(&mut conn, &lease, step, TTL).await.unwrap();
         if step != Step::Run {
-            reports::mark_step_succeeded(&mut conn, &lease, step, &Outputs::default(), TTL).await.unwrap();
+            reports::mark_step_succeeded(&mut conn, &lease, step, &StepOutputs::default(), TTL).await.unwrap();
         }
     }
-    let pushed = Outputs { pushed_ref: Some("127.0.0.1:5000/app@sha256:00".into()), ..Default::default() };
+    let pushed = StepOutputs { pushed_ref: Some("127.0.0.1:5000/app@sha256:00".into()), ..Default::default() };
     reports::record_outputs(&mut conn, &lease, Step::Run, &pushed, TTL).await.unwrap();
 
     // The run ended and its end was recorded: the retry runs afresh.
