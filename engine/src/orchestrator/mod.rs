@@ -10,6 +10,7 @@
 //! ended in the same loop. New work and cancel requests wake the loop through
 //! Postgres `LISTEN`; a freed slot wakes it through the report service ([`Wake`]).
 
+mod apply;
 mod commit;
 mod dispatch;
 mod report_service;

@@ -9,7 +9,8 @@ use slipway_proto::v1::{self, report_service_server::ReportService};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::commit::{Committer, Report};
+use super::apply::Report;
+use super::commit::Committer;
 use super::wire;
 use crate::store::{Lease, StoreError};
 

@@ -10,7 +10,7 @@ use slipway_proto::v1::{self, step_report::Event};
 use slipway_steps::Step;
 use tonic::Status;
 
-use super::commit::{Report, StepEvent, StepFailure};
+use super::apply::{Report, StepEvent, StepFailure};
 use crate::store::{Lease, NewLogLine};
 
 /// A step report, parsed.
