@@ -6,6 +6,12 @@
 
 pub mod convert;
 
+/// The largest gRPC message either side sends or accepts, set explicitly on every
+/// client and server (tonic's default decoding limit, written down). Senders keep
+/// under it by construction: a batch of log lines is cut at a quarter of it, and
+/// no line is longer than `slipway_steps::logs::MAX_LINE_BYTES_LIMIT`.
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
 /// `slipway.v1`: the `JobService` every worker serves and the `ReportService`
 /// every orchestrator serves.
 #[allow(clippy::all, missing_docs)]

@@ -159,7 +159,11 @@ async fn serve_orchestrator(
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health_service)
-                .add_service(ReportServiceServer::new(reports))
+                .add_service(
+                    ReportServiceServer::new(reports)
+                        .max_decoding_message_size(slipway_proto::MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(slipway_proto::MAX_MESSAGE_BYTES),
+                )
                 .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), async move {
                     stop.cancelled().await
                 }),

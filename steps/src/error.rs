@@ -14,6 +14,11 @@ pub enum ErrorCode {
     PathEscapesRepository,
     DockerfileMissing,
     ContextMissing,
+    /// The context's `.dockerignore` cannot be used (not a regular file, too large,
+    /// a pattern too long).
+    DockerignoreInvalid,
+    /// The build context is larger than the worker sends (`SLIPWAY_MAX_CONTEXT_BYTES`).
+    ContextTooLarge,
     BuildFailed,
     EngineUnavailable,
     PushRefused,
@@ -44,6 +49,8 @@ impl ErrorCode {
             ErrorCode::PathEscapesRepository => "path_escapes_repository",
             ErrorCode::DockerfileMissing => "dockerfile_missing",
             ErrorCode::ContextMissing => "context_missing",
+            ErrorCode::DockerignoreInvalid => "dockerignore_invalid",
+            ErrorCode::ContextTooLarge => "context_too_large",
             ErrorCode::BuildFailed => "build_failed",
             ErrorCode::EngineUnavailable => "engine_unavailable",
             ErrorCode::PushRefused => "push_refused",

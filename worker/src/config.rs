@@ -25,6 +25,10 @@ pub struct WorkerConfig {
     pub registry_credentials: Option<RegistryCredentials>,
     /// The builder to use; `None`: BuildKit when the engine offers it.
     pub builder: Option<Builder>,
+    /// The most bytes of build context a job may send.
+    pub max_context_bytes: u64,
+    /// The longest log line kept; longer ones are cut with a marker.
+    pub max_line_bytes: usize,
     /// How long a stopping worker lets running jobs finish before handing them back.
     pub shutdown_grace: Duration,
     /// Where to serve `/metrics` over HTTP; `None`: not served (in `standalone` the

@@ -61,7 +61,7 @@ async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
         })
     }
     .abort_handle();
-    let logs = LogSink::new(lines_tx, job.assignment.first_step);
+    let logs = LogSink::new(lines_tx, job.assignment.first_step, state.config.max_line_bytes);
     let mut outputs = job.assignment.outputs.clone();
     let mut step = job.assignment.first_step;
     // Later steps are reported started together with the end of the one before.
@@ -180,6 +180,7 @@ async fn build(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepErro
         dockerfile: job.spec.dockerfile.clone(),
         context: job.spec.context.clone(),
         build_args: job.spec.build_args.clone(),
+        max_context_bytes: state.config.max_context_bytes,
     };
     let builder = state.builder().await?;
     build_image(&state.docker, builder, &checkout_dir(ctx.folder), &request, logs, ctx.stop).await

@@ -90,7 +90,11 @@ impl BoundWorker {
             tokio::spawn(
                 tonic::transport::Server::builder()
                     .add_service(health_service)
-                    .add_service(JobServiceServer::new(Worker::new(state.clone(), shutdown.clone())))
+                    .add_service(
+                        JobServiceServer::new(Worker::new(state.clone(), shutdown.clone()))
+                            .max_decoding_message_size(slipway_proto::MAX_MESSAGE_BYTES)
+                            .max_encoding_message_size(slipway_proto::MAX_MESSAGE_BYTES),
+                    )
                     .serve_with_incoming_shutdown(incoming, async move { close.cancelled().await }),
             )
         };

@@ -25,6 +25,9 @@ use crate::wire;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const BATCH_LINES: usize = 500;
+/// Bytes of line text in one batch at most (plus the line that crosses it), so that
+/// a batch stays under the message limit whatever the lines.
+const BATCH_BYTES: usize = slipway_proto::MAX_MESSAGE_BYTES / 4;
 /// How long a report is retried while no orchestrator can be reached.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -98,7 +101,9 @@ impl Link {
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(30))
             .connect_lazy();
-        let client = ReportServiceClient::new(channel);
+        let client = ReportServiceClient::new(channel)
+            .max_encoding_message_size(slipway_proto::MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(slipway_proto::MAX_MESSAGE_BYTES);
         self.clients.insert(url.to_string(), client.clone());
         Ok(client)
     }
@@ -186,7 +191,8 @@ async fn pump(
             line = lines.recv(), if lines_open => match line {
                 Some(line) => {
                     batch.push(wire::log_line(line));
-                    if batch.len() >= BATCH_LINES {
+                    let bytes: usize = batch.iter().map(|l| l.text.len()).sum();
+                    if batch.len() >= BATCH_LINES || bytes >= BATCH_BYTES {
                         flush(&mut link, &lease, &mut batch).await;
                     }
                 }
@@ -205,11 +211,23 @@ fn drain(lines: &mut mpsc::Receiver<LogLine>, batch: &mut Vec<v1::LogLine>) {
     }
 }
 
+/// Sends the batch, in as many messages as its size needs.
 async fn flush(link: &mut Link, lease: &v1::Lease, batch: &mut Vec<v1::LogLine>) {
-    if batch.is_empty() {
-        return;
+    let mut lines = std::mem::take(batch).into_iter().peekable();
+    while lines.peek().is_some() {
+        let (mut part, mut bytes) = (Vec::new(), 0);
+        while let Some(line) =
+            lines.next_if(|l| part.is_empty() || (part.len() < BATCH_LINES && bytes + l.text.len() <= BATCH_BYTES))
+        {
+            bytes += line.text.len();
+            part.push(line);
+        }
+        send_lines(link, lease, part).await;
     }
-    let request = v1::LogBatch { lease: Some(lease.clone()), lines: std::mem::take(batch) };
+}
+
+async fn send_lines(link: &mut Link, lease: &v1::Lease, lines: Vec<v1::LogLine>) {
+    let request = v1::LogBatch { lease: Some(lease.clone()), lines };
     let count = request.lines.len();
     match link
         .call(|mut c| {

@@ -67,7 +67,9 @@ impl WorkerLink {
             .filter_map(|url| match Endpoint::from_shared(url.clone()) {
                 Ok(endpoint) => Some(WorkerLink {
                     url: url.clone(),
-                    client: JobServiceClient::new(endpoint.connect_timeout(CALL_TIMEOUT).connect_lazy()),
+                    client: JobServiceClient::new(endpoint.connect_timeout(CALL_TIMEOUT).connect_lazy())
+                        .max_encoding_message_size(slipway_proto::MAX_MESSAGE_BYTES)
+                        .max_decoding_message_size(slipway_proto::MAX_MESSAGE_BYTES),
                 }),
                 Err(e) => {
                     tracing::error!(worker.url = %url, error = %e, "not a worker URL; ignored");

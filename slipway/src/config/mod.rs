@@ -107,6 +107,14 @@ pub struct WorkerArgs {
     /// offers it].
     #[arg(long, env = "SLIPWAY_BUILDER")]
     pub builder: Option<slipway_steps::docker::build::Builder>,
+    /// The most bytes of build context a job may send to the engine; past it the
+    /// build fails `context_too_large`.
+    #[arg(long, env = "SLIPWAY_MAX_CONTEXT_BYTES", default_value_t = 1 << 30)]
+    pub max_context_bytes: u64,
+    /// The longest log line kept (at most 1 MiB); a longer one keeps its start and
+    /// says how many bytes were cut.
+    #[arg(long, env = "SLIPWAY_MAX_LINE_BYTES", default_value_t = slipway_steps::logs::DEFAULT_MAX_LINE_BYTES)]
+    pub max_line_bytes: usize,
     /// Labels this worker offers (`region=eu-west-1,arch=arm64`): jobs that require
     /// labels run only on workers offering all of them.
     #[arg(long, env = "SLIPWAY_WORKER_LABELS", value_delimiter = ',', value_parser = aws::label)]
@@ -219,6 +227,10 @@ impl WorkerArgs {
         if self.slots == 0 {
             return Err(bad("SLIPWAY_WORKER_SLOTS", "must be at least 1"));
         }
+        let most = slipway_steps::logs::MAX_LINE_BYTES_LIMIT;
+        if self.max_line_bytes == 0 || self.max_line_bytes > most {
+            return Err(bad("SLIPWAY_MAX_LINE_BYTES", format!("must be between 1 and {most}")));
+        }
         self.aws.validate()
     }
 
@@ -233,6 +245,8 @@ impl WorkerArgs {
             work_dir: self.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("slipway")),
             registry_credentials: credentials,
             builder: self.builder,
+            max_context_bytes: self.max_context_bytes,
+            max_line_bytes: self.max_line_bytes,
             shutdown_grace: self.shutdown_grace,
             metrics_addr: self.metrics_addr,
             labels: self.labels.iter().cloned().collect(),

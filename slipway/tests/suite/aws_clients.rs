@@ -394,7 +394,7 @@ async fn a_retried_run_task_asks_ecs_with_the_same_client_token() {
     let sdk = crate::common::moto::sdk_retrying(&server.endpoint, "eu-west-1", retrying).await;
     let ecs = Ecs::new(&AwsConfig::from_sdk(sdk), settings());
     let (tx, _rx) = tokio::sync::mpsc::channel(64);
-    let logs = LogSink::new(tx, Step::Run);
+    let logs = LogSink::new(tx, Step::Run, slipway_steps::logs::DEFAULT_MAX_LINE_BYTES);
 
     let first = ecs.launch(&request, &logs).await.unwrap();
     let again = ecs.launch(&request, &logs).await.unwrap();

@@ -7,6 +7,7 @@ mod aws_clients;
 mod common;
 mod ecs;
 mod faults;
+mod hostile;
 mod iam;
 mod observability;
 mod pipeline;

@@ -7,6 +7,8 @@
 //! for the same attempt finds the existing container instead of making a second.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bollard::Docker;
@@ -27,6 +29,8 @@ use crate::{ErrorCode, LogSink, LogStream, StepError};
 
 /// How long a container gets between SIGTERM and SIGKILL when Slipway stops it.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long the output of an ended container may stay silent before it is given up on.
+const OUTPUT_IDLE: Duration = Duration::from_secs(5);
 
 /// The container name of one attempt of one job.
 pub fn container_name(job_id: &str, attempt: u32) -> String {
@@ -141,7 +145,9 @@ pub async fn wait_container(
             .map_err(|e| engine_error(e, ErrorCode::RunFailed, "cannot start the container"))?;
     }
     let after = after.and_then(|a| chrono::DateTime::parse_from_rfc3339(a).ok());
-    let follower = tokio::spawn(follow_output(docker.clone(), container_id.to_string(), after, logs.clone()));
+    let read = Arc::new(AtomicU64::new(0));
+    let follower =
+        tokio::spawn(follow_output(docker.clone(), container_id.to_string(), after, logs.clone(), read.clone()));
 
     let deadline = async {
         match timeout {
@@ -161,10 +167,28 @@ pub async fn wait_container(
             Err(StepError::cancelled())
         }
     };
-    // The output ends when the container does; a bounded wait covers an engine that
-    // keeps the stream open.
-    let _ = tokio::time::timeout(Duration::from_secs(5), follower).await;
+    finish_reading(follower, &read, logs).await;
     outcome
+}
+
+/// Waits for the output to be read to its end, which comes soon after the
+/// container's (the log is finite), however long that takes while bytes keep
+/// coming: the run's end is reported only after its last line. An engine that
+/// keeps the stream open and silent is given up on, and the log says so.
+async fn finish_reading(mut follower: tokio::task::JoinHandle<()>, read: &AtomicU64, logs: &LogSink) {
+    loop {
+        let before = read.load(Ordering::Relaxed);
+        match tokio::time::timeout(OUTPUT_IDLE, &mut follower).await {
+            Ok(_) => return,
+            Err(_) if read.load(Ordering::Relaxed) > before => continue,
+            Err(_) => {
+                follower.abort();
+                let why = format!("[slipway] stopped reading the container's output: nothing came for {OUTPUT_IDLE:?}");
+                logs.line(LogStream::System, why).await;
+                return;
+            }
+        }
+    }
 }
 
 async fn exit_code(docker: &Docker, container_id: &str) -> Result<i64, StepError> {
@@ -185,50 +209,92 @@ async fn exit_code(docker: &Docker, container_id: &str) -> Result<i64, StepError
 /// (not the time this worker got around to it) and its cursor, so that a worker
 /// re-attaching after a crash asks for the output from that second on and drops
 /// every line up to the stamp already stored: no line twice.
+///
+/// The engine cuts lines longer than 16 KiB into parts, each a message of its own
+/// with its own stamp; the stamps are taken off every part, and a line is stamped
+/// with the stamp of its first part.
 async fn follow_output(
     docker: Docker,
     container_id: String,
     after: Option<chrono::DateTime<chrono::FixedOffset>>,
     logs: LogSink,
+    read: Arc<AtomicU64>,
 ) {
     let mut options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).timestamps(true);
     if let Some(after) = after {
         options = options.since(i32::try_from(after.timestamp()).unwrap_or(0));
     }
     let mut stream = docker.logs(&container_id, Some(options.build()));
-    let mut out = LineSplitter::default();
-    let mut err = LineSplitter::default();
-    while let Some(Ok(chunk)) = stream.next().await {
-        let (splitter, which) = match &chunk {
-            LogOutput::StdErr { .. } => (&mut err, LogStream::Stderr),
-            _ => (&mut out, LogStream::Stdout),
+    let mut out = Stamped { splitter: logs.splitter(), stamp: None, stream: LogStream::Stdout };
+    let mut err = Stamped { splitter: logs.splitter(), stamp: None, stream: LogStream::Stderr };
+    while let Some(item) = stream.next().await {
+        let chunk = match item {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                // Never silent: the log says where it broke off.
+                let why = format!("[slipway] the engine's log stream broke off; later output may be missing: {e}");
+                logs.line(LogStream::System, why).await;
+                break;
+            }
         };
-        for line in splitter.push(&chunk.into_bytes()) {
-            emit(&logs, after, which, line).await;
+        let output = if matches!(chunk, LogOutput::StdErr { .. }) { &mut err } else { &mut out };
+        let bytes = chunk.into_bytes();
+        read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let (stamp, text) = match stamped(&bytes) {
+            Some((at, stamp, text)) => (Some((at, stamp.to_string())), text),
+            None => (None, &bytes[..]),
+        };
+        if output.splitter.is_empty() || output.stamp.is_none() {
+            output.stamp = stamp.clone();
+        }
+        for line in output.splitter.push(text) {
+            // A line after the first of one message (if the engine ever sends two)
+            // begins in this message.
+            let line_stamp = std::mem::replace(&mut output.stamp, stamp.clone());
+            emit(&logs, after, output.stream, line, line_stamp).await;
+        }
+        if output.splitter.is_empty() {
+            output.stamp = None;
         }
     }
-    for (splitter, which) in [(&mut out, LogStream::Stdout), (&mut err, LogStream::Stderr)] {
-        if let Some(rest) = splitter.finish() {
-            emit(&logs, after, which, rest).await;
+    for output in [&mut out, &mut err] {
+        if let Some(rest) = output.splitter.finish() {
+            emit(&logs, after, output.stream, rest, output.stamp.take()).await;
         }
     }
 }
 
-/// Passes one stamped line on with its stamp as the cursor, unless it is at or
-/// before `after` (already stored by an earlier attempt).
-async fn emit(logs: &LogSink, after: Option<chrono::DateTime<chrono::FixedOffset>>, which: LogStream, line: String) {
-    match stamped(&line) {
-        Some((at, _, _)) if after.is_some_and(|after| at <= after) => {}
-        Some((at, stamp, text)) => logs.line_with_cursor(which, text, at.into(), stamp.to_string()).await,
+/// One stream of the container's output, and the stamp of the line it is in.
+struct Stamped {
+    splitter: LineSplitter,
+    stamp: Option<(chrono::DateTime<chrono::FixedOffset>, String)>,
+    stream: LogStream,
+}
+
+/// Passes one line on with its stamp as the cursor, unless it is at or before
+/// `after` (already stored by an earlier attempt).
+async fn emit(
+    logs: &LogSink,
+    after: Option<chrono::DateTime<chrono::FixedOffset>>,
+    which: LogStream,
+    line: String,
+    stamp: Option<(chrono::DateTime<chrono::FixedOffset>, String)>,
+) {
+    match stamp {
+        Some((at, _)) if after.is_some_and(|after| at <= after) => {}
+        Some((at, stamp)) => logs.line_with_cursor(which, line, at.into(), stamp).await,
         None => logs.line(which, line).await,
     }
 }
 
 /// Splits `2026-11-27T16:00:00.123456789Z text` into the time, the stamp and the
-/// text; `None` for a line without a stamp.
-fn stamped(line: &str) -> Option<(chrono::DateTime<chrono::FixedOffset>, &str, &str)> {
-    let (stamp, text) = line.split_once(' ').unwrap_or((line, ""));
-    chrono::DateTime::parse_from_rfc3339(stamp).ok().map(|at| (at, stamp, text))
+/// text (bytes: a part of a long line may end inside a character); `None` for a
+/// message without a stamp.
+fn stamped(message: &[u8]) -> Option<(chrono::DateTime<chrono::FixedOffset>, &str, &[u8])> {
+    let end = message.iter().take(64).position(|b| *b == b' ').unwrap_or(message.len().min(64));
+    let stamp = std::str::from_utf8(&message[..end]).ok()?;
+    let at = chrono::DateTime::parse_from_rfc3339(stamp).ok()?;
+    Some((at, stamp, message.get(end + 1..).unwrap_or_default()))
 }
 
 async fn stop(docker: &Docker, container_id: &str) {
@@ -254,11 +320,14 @@ mod tests {
 
     #[test]
     fn engine_timestamps_become_the_line_time_and_cursor() {
-        let (at, stamp, text) = stamped("2026-11-27T16:00:00.123456789Z hello world").unwrap();
-        assert_eq!((stamp, text), ("2026-11-27T16:00:00.123456789Z", "hello world"));
+        let (at, stamp, text) = stamped(b"2026-11-27T16:00:00.123456789Z hello world").unwrap();
+        assert_eq!((stamp, text), ("2026-11-27T16:00:00.123456789Z", &b"hello world"[..]));
         assert_eq!(at.timestamp_subsec_nanos(), 123_456_789);
-        assert_eq!(stamped("2026-11-27T16:00:00Z").unwrap().2, "");
-        assert!(stamped("no stamp here").is_none());
+        assert_eq!(stamped(b"2026-11-27T16:00:00Z").unwrap().2, b"");
+        assert!(stamped(b"no stamp here").is_none());
+        // A part of a long line may end inside a character: the stamp still parses.
+        let part = [&b"2026-11-27T16:00:00Z "[..], "é".as_bytes().split_at(1).0].concat();
+        assert_eq!(stamped(&part).unwrap().2.len(), 1);
     }
 }
 

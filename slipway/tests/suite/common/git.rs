@@ -17,6 +17,8 @@ pub enum Entry<'a> {
     Text(&'a str),
     Busybox,
     Symlink(&'a str),
+    /// A file of this many zero bytes.
+    Zeros(usize),
 }
 
 impl GitServer {
@@ -50,6 +52,7 @@ impl GitServer {
                     std::fs::copy(env("SLIPWAY_TEST_BUSYBOX"), &target).unwrap();
                 }
                 Entry::Symlink(to) => std::os::unix::fs::symlink(to, &target).unwrap(),
+                Entry::Zeros(len) => std::fs::write(&target, vec![0u8; *len]).unwrap(),
             }
         }
         git(&dir, &["add", "-A"]);

@@ -48,6 +48,27 @@ impl Slipway {
         self.child.id()
     }
 
+    /// The most memory the process has held so far (`VmHWM`), in bytes.
+    pub fn peak_memory(&self) -> u64 {
+        self.memory_field("VmHWM:")
+    }
+
+    /// The memory the process holds now (`VmRSS`), in bytes.
+    pub fn memory(&self) -> u64 {
+        self.memory_field("VmRSS:")
+    }
+
+    fn memory_field(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib = status.lines().find_map(|l| l.strip_prefix(field)).expect(field);
+        kib.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     /// Sends a signal (`KILL`, `STOP`, `CONT`, …).
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();

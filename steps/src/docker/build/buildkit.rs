@@ -63,7 +63,7 @@ impl Vertices {
         }
         for entry in status.logs {
             let n = self.number(&entry.vertex);
-            let splitter = self.output.entry(entry.vertex.clone()).or_default();
+            let splitter = self.output.entry(entry.vertex.clone()).or_insert_with(|| log.logs.splitter());
             lines.extend(splitter.push(&entry.msg).into_iter().map(|l| format!("#{n} {l}")));
         }
         lines

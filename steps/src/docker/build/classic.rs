@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 use super::BuildLog;
 use crate::StepError;
 use crate::docker::next_message;
-use crate::logs::LineSplitter;
 
 /// Follows the build to its end; returns the image id if the engine sent it.
 pub(super) async fn follow<S>(
@@ -21,7 +20,7 @@ pub(super) async fn follow<S>(
 where
     S: Stream<Item = Result<BuildInfo, DockerError>> + Unpin,
 {
-    let mut splitter = LineSplitter::default();
+    let mut splitter = log.logs.splitter();
     let mut image_id = None;
     while let Some(item) = next_message(&mut stream, cancel).await? {
         let info = log.message(item)?;

@@ -1,19 +1,20 @@
 //! Build: the image from the checked-out repository, on the local Docker engine.
 //!
-//! The context is sent as a tar made here, from inside the checkout only (symlinks
-//! are sent as links, never followed, and `.git` is left out). The Dockerfile may
-//! sit outside the context, as long as it is inside the repository; it is then added
-//! to the tar under a private name. BuildKit runs the build when the engine offers
+//! The context is streamed to the engine as a tar made here (`context.rs`), from
+//! inside the checkout only, bounded in size. The Dockerfile may sit outside the
+//! context, as long as it is inside the repository; it is then added to the tar
+//! under a private name. BuildKit runs the build when the engine offers
 //! it ([`detect_builder`]), the classic builder otherwise; each has its own progress
 //! format (`buildkit.rs`, `classic.rs`), turned into the same log lines. A failed
 //! build names the instruction that failed and carries the last lines of output.
 
 mod buildkit;
 mod classic;
+mod context;
 mod ignore;
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bollard::Docker;
 use bollard::query_parameters::{BuildImageOptionsBuilder, BuilderVersion, TagImageOptionsBuilder};
@@ -25,8 +26,6 @@ use crate::{ErrorCode, LogSink, LogStream, StepError};
 
 /// Lines of build output kept for the error of a failed build.
 const TAIL_LINES: usize = 15;
-/// The Dockerfile's name in the tar when it lies outside the context.
-const OUTSIDE_DOCKERFILE: &str = ".slipway.Dockerfile";
 
 #[derive(Debug, Clone)]
 pub struct BuildRequest {
@@ -40,6 +39,8 @@ pub struct BuildRequest {
     /// Relative to the repository root.
     pub context: String,
     pub build_args: HashMap<String, String>,
+    /// The most bytes of build context sent (`SLIPWAY_MAX_CONTEXT_BYTES`).
+    pub max_context_bytes: u64,
 }
 
 /// Builds with `builder` and returns the image id (`sha256:…`).
@@ -59,14 +60,23 @@ pub async fn build_image(
             format!("dockerfile `{}` is not a file", request.dockerfile),
         ));
     }
-    let (tar, dockerfile_in_tar) = tokio::task::spawn_blocking(move || pack_context(&context, &dockerfile))
-        .await
-        .map_err(|e| StepError::new(ErrorCode::Internal, format!("packing the context panicked: {e}")))??;
+    if !context.is_dir() {
+        return Err(StepError::new(
+            ErrorCode::ContextMissing,
+            format!("context `{}` is not a folder", request.context),
+        ));
+    }
+    let ignore = {
+        let context = context.clone();
+        tokio::task::spawn_blocking(move || ignore::DockerIgnore::read(&context)).await.map_err(panicked)??
+    };
+    let dockerfile_in_tar = context::dockerfile_in_tar(&context, &dockerfile);
     let name = match builder {
         Builder::BuildKit => "buildkit",
         Builder::Classic => "the classic builder",
     };
-    logs.line(LogStream::System, format!("sending a build context of {} bytes to {name}", tar.len())).await;
+    logs.line(LogStream::System, format!("sending a build context to {name}")).await;
+    let packing = context::stream(context, dockerfile, ignore, request.max_context_bytes, cancel.clone());
 
     // No job id among the labels: it would make every job's image its own.
     let labels = HashMap::from([(INSTANCE_LABEL.to_string(), request.instance_id.clone())]);
@@ -77,17 +87,30 @@ pub async fn build_image(
         .labels(&labels)
         .rm(true)
         .forcerm(true);
-    let body = Some(bollard::body_full(tar.into()));
+    let mut chunks = packing.chunks;
+    let body = Some(bollard::body_try_stream(futures_util::stream::poll_fn(move |cx| chunks.poll_recv(cx))));
     let mut log = BuildLog::new(logs);
-    let image_id = match builder {
+    let built = match builder {
         Builder::BuildKit => {
             // The session id only has to be unique among the engine's running builds.
             let session = format!("slipway-{}-{}", request.job_id, std::process::id());
             let options = options.version(BuilderVersion::BuilderBuildKit).session(&session).build();
-            buildkit::follow(std::pin::pin!(docker.build_image(options, None, body)), &mut log, cancel).await?
+            buildkit::follow(std::pin::pin!(docker.build_image(options, None, body)), &mut log, cancel).await
         }
         Builder::Classic => {
-            classic::follow(std::pin::pin!(docker.build_image(options.build(), None, body)), &mut log, cancel).await?
+            classic::follow(std::pin::pin!(docker.build_image(options.build(), None, body)), &mut log, cancel).await
+        }
+    };
+    // The build is over (or stopped): the engine no longer reads, and the packer
+    // ends. When it stopped first, its reason is the build's.
+    let packed = packing.packer.await.map_err(panicked)?;
+    let image_id = match (built, packed) {
+        (Err(_), Err(why)) => return Err(why),
+        (Err(e), Ok(_)) => return Err(e),
+        (Ok(_), Err(why)) => return Err(why),
+        (Ok(id), Ok(bytes)) => {
+            logs.line(LogStream::System, format!("sent a build context of {bytes} bytes")).await;
+            id
         }
     };
     let image_id = match image_id {
@@ -189,69 +212,8 @@ impl<'a> BuildLog<'a> {
     }
 }
 
-/// Tars `context` (without `.git` and what its `.dockerignore` leaves out) and
-/// returns it with the Dockerfile's path inside it. The Dockerfile and the
-/// `.dockerignore` are always sent, as the engine's own client does.
-fn pack_context(context: &Path, dockerfile: &Path) -> Result<(Vec<u8>, String), StepError> {
-    let fail = |e: std::io::Error| {
-        StepError::new(ErrorCode::Internal, format!("cannot pack the build context: {e}")).with_source(e)
-    };
-    let ignore = match std::fs::read_to_string(context.join(".dockerignore")) {
-        Ok(text) => ignore::DockerIgnore::parse(&text),
-        Err(_) => ignore::DockerIgnore::default(),
-    };
-    let inside: Option<PathBuf> = dockerfile.strip_prefix(context).ok().map(Path::to_path_buf);
-    let keep: Vec<String> =
-        [Some(".dockerignore".to_string()), inside.as_ref().map(|p| p.to_string_lossy().into_owned())]
-            .into_iter()
-            .flatten()
-            .collect();
-    let mut tar = tar::Builder::new(Vec::new());
-    tar.follow_symlinks(false);
-    add_folder(&mut tar, context, "", &ignore, &keep).map_err(fail)?;
-    let name = match inside {
-        Some(relative) => relative.to_string_lossy().into_owned(),
-        None => {
-            tar.append_path_with_name(dockerfile, OUTSIDE_DOCKERFILE).map_err(fail)?;
-            OUTSIDE_DOCKERFILE.to_string()
-        }
-    };
-    let bytes = tar.into_inner().map_err(fail)?;
-    Ok((bytes, name))
-}
-
-/// Adds the entries of `folder` (at `prefix` in the tar), in name order.
-fn add_folder(
-    tar: &mut tar::Builder<Vec<u8>>,
-    folder: &Path,
-    prefix: &str,
-    ignore: &ignore::DockerIgnore,
-    keep: &[String],
-) -> std::io::Result<()> {
-    let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(folder)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}/{name}") };
-        if prefix.is_empty() && name == ".git" {
-            continue;
-        }
-        let kept = keep.iter().any(|k| *k == path || k.starts_with(&format!("{path}/")));
-        let excluded = ignore.excludes(&path) && !kept;
-        let kind = entry.file_type()?;
-        if kind.is_dir() {
-            if excluded && !ignore.has_exceptions() {
-                continue;
-            }
-            if !excluded {
-                tar.append_dir(&path, entry.path())?;
-            }
-            add_folder(tar, &entry.path(), &path, ignore, keep)?;
-        } else if !excluded {
-            tar.append_path_with_name(entry.path(), &path)?;
-        }
-    }
-    Ok(())
+fn panicked(e: tokio::task::JoinError) -> StepError {
+    StepError::new(ErrorCode::Internal, format!("packing the build context panicked: {e}"))
 }
 
 #[cfg(test)]
@@ -265,47 +227,5 @@ mod tests {
         assert!(!api_at_least("1.38", (1, 39)));
         assert!(api_at_least("2.0", (1, 39)));
         assert!(!api_at_least("", (1, 39)));
-    }
-
-    fn names(tar: &[u8]) -> Vec<String> {
-        let mut archive = tar::Archive::new(tar);
-        let mut names: Vec<String> =
-            archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
-        names.sort();
-        names
-    }
-
-    #[test]
-    fn packs_the_context_without_git_and_adds_an_outside_dockerfile() {
-        let repo = tempfile::tempdir().unwrap();
-        let app = repo.path().join("app");
-        std::fs::create_dir_all(app.join(".git")).unwrap();
-        std::fs::create_dir_all(app.join("src")).unwrap();
-        std::fs::write(app.join("src/main.txt"), "x").unwrap();
-        std::fs::write(app.join(".git/HEAD"), "x").unwrap();
-        std::fs::write(repo.path().join("Dockerfile"), "FROM scratch").unwrap();
-
-        let (tar, name) = pack_context(&app, &repo.path().join("Dockerfile")).unwrap();
-        assert_eq!(name, OUTSIDE_DOCKERFILE);
-        assert_eq!(names(&tar), vec![OUTSIDE_DOCKERFILE, "src", "src/main.txt"]);
-
-        std::fs::write(app.join("Dockerfile"), "FROM scratch").unwrap();
-        let (_, name) = pack_context(&app, &app.join("Dockerfile")).unwrap();
-        assert_eq!(name, "Dockerfile");
-    }
-
-    #[test]
-    fn leaves_out_what_dockerignore_says_but_never_the_dockerfile() {
-        let app = tempfile::tempdir().unwrap();
-        let root = app.path();
-        std::fs::create_dir_all(root.join("target/debug")).unwrap();
-        std::fs::create_dir_all(root.join("src")).unwrap();
-        std::fs::write(root.join("target/debug/big"), "x").unwrap();
-        std::fs::write(root.join("src/main.rs"), "x").unwrap();
-        std::fs::write(root.join("src/notes.log"), "x").unwrap();
-        std::fs::write(root.join("Dockerfile"), "FROM scratch").unwrap();
-        std::fs::write(root.join(".dockerignore"), "target\n**/*.log\nDockerfile\n").unwrap();
-        let (tar, _) = pack_context(root, &root.join("Dockerfile")).unwrap();
-        assert_eq!(names(&tar), vec![".dockerignore", "Dockerfile", "src", "src/main.rs"]);
     }
 }
