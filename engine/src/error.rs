@@ -17,6 +17,8 @@ pub enum Code {
     UnsupportedMediaType,
     BodyTooLarge,
     NotFound,
+    /// The endpoint exists, not with this method.
+    MethodNotAllowed,
     /// The job already ended; there is nothing to cancel.
     AlreadyFinished,
     /// An idempotency key came back with another body.
@@ -27,12 +29,13 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 9] = [
+    pub const ALL: [Code; 10] = [
         Code::InvalidField,
         Code::InvalidJson,
         Code::UnsupportedMediaType,
         Code::BodyTooLarge,
         Code::NotFound,
+        Code::MethodNotAllowed,
         Code::AlreadyFinished,
         Code::IdempotencyKeyReused,
         Code::Unavailable,
@@ -46,6 +49,7 @@ impl Code {
             Code::UnsupportedMediaType => "unsupported_media_type",
             Code::BodyTooLarge => "body_too_large",
             Code::NotFound => "not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
             Code::AlreadyFinished => "already_finished",
             Code::IdempotencyKeyReused => "idempotency_key_reused",
             Code::Unavailable => "unavailable",
@@ -59,6 +63,7 @@ impl Code {
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::NotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::AlreadyFinished | Code::IdempotencyKeyReused => StatusCode::CONFLICT,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -70,6 +75,7 @@ impl Code {
             Code::InvalidField | Code::InvalidJson | Code::UnsupportedMediaType => tonic::Code::InvalidArgument,
             Code::BodyTooLarge => tonic::Code::ResourceExhausted,
             Code::NotFound => tonic::Code::NotFound,
+            Code::MethodNotAllowed => tonic::Code::Unimplemented,
             Code::AlreadyFinished | Code::IdempotencyKeyReused => tonic::Code::FailedPrecondition,
             Code::Unavailable => tonic::Code::Unavailable,
             Code::Internal => tonic::Code::Internal,

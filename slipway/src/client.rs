@@ -126,7 +126,7 @@ pub async fn submit(api: &ApiArgs, args: SubmitArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     eprintln!("submitted job {id}");
-    follow(api, &id).await
+    follow(api, &id, false).await
 }
 
 /// `slipway get ID`
@@ -165,16 +165,16 @@ pub async fn list(api: &ApiArgs, state: Option<String>, limit: Option<u32>) -> a
     Ok(())
 }
 
-/// `slipway logs ID [--follow]`; with `--follow`, returns the job's exit code.
-pub async fn logs(api: &ApiArgs, id: &str, follow_on: bool) -> anyhow::Result<i32> {
+/// `slipway logs ID [--follow] [--raw]`; with `--follow`, returns the job's exit code.
+pub async fn logs(api: &ApiArgs, id: &str, follow_on: bool, raw: bool) -> anyhow::Result<i32> {
     if follow_on {
-        return follow(api, id).await;
+        return follow(api, id, raw).await;
     }
     let mut after = 0;
     loop {
         let page = call(client().get(format!("{}/v1/jobs/{id}/logs?after={after}", api.api))).await?;
         let lines = page["lines"].as_array().cloned().unwrap_or_default();
-        print_lines(&lines);
+        print_lines(&lines, raw);
         after = page["next_after"].as_i64().unwrap_or(after);
         if lines.is_empty() {
             return Ok(0);
@@ -182,21 +182,41 @@ pub async fn logs(api: &ApiArgs, id: &str, follow_on: bool) -> anyhow::Result<i3
     }
 }
 
-fn print_lines(lines: &[Value]) {
+fn print_lines(lines: &[Value], raw: bool) {
     for line in lines {
-        println!(
-            "[{} {}] {}",
-            line["step"].as_str().unwrap_or("?"),
-            line["stream"].as_str().unwrap_or("?"),
-            line["line"].as_str().unwrap_or("")
-        );
+        let text = line["line"].as_str().unwrap_or("");
+        let text = if raw { text.into() } else { printable(text) };
+        println!("[{} {}] {text}", line["step"].as_str().unwrap_or("?"), line["stream"].as_str().unwrap_or("?"));
     }
+}
+
+/// The line with every control character but a tab shown as `^X` (`^[` for ESC),
+/// so that a job's output cannot move the cursor, recolour or retitle the
+/// operator's terminal.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(c),
+            c if (c as u32) < 0x20 => {
+                out.push('^');
+                out.push(char::from(b'@' + c as u8));
+            }
+            '\u{7f}' => out.push_str("^?"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.into()
 }
 
 /// Prints the job's log lines as they come (Server-Sent Events, resumed from the
 /// last line seen if the connection drops) and a header when a step begins, until
 /// the job ends; 0 when it succeeded.
-async fn follow(api: &ApiArgs, id: &str) -> anyhow::Result<i32> {
+async fn follow(api: &ApiArgs, id: &str, raw: bool) -> anyhow::Result<i32> {
     let streaming = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
     let mut last_id: Option<String> = None;
     let mut step = String::new();
@@ -241,7 +261,7 @@ async fn follow(api: &ApiArgs, id: &str) -> anyhow::Result<i32> {
                             step = this_step.to_string();
                             eprintln!("--- {step}");
                         }
-                        print_lines(std::slice::from_ref(&line));
+                        print_lines(std::slice::from_ref(&line), raw);
                         last_id = event_id.or(last_id);
                     }
                     "end" => return finished(api, id).await,
@@ -262,4 +282,16 @@ async fn finished(api: &ApiArgs, id: &str) -> anyhow::Result<i32> {
         eprintln!("{message}");
     }
     Ok(if state == "succeeded" { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(printable("plain\ttext"), "plain\ttext");
+        assert_eq!(printable("\u{1b}[2J\u{1b}]0;pwned\u{7}red"), "^[[2J^[]0;pwned^Gred");
+        assert_eq!(printable("a\rb\u{7f}\u{9b}c"), "a^Mb^?\\u{9b}c");
+    }
 }

@@ -101,6 +101,10 @@ enum Command {
         /// Keep printing until the job ends.
         #[arg(long, short = 'f')]
         follow: bool,
+        /// Print lines exactly as stored, control characters included (by default
+        /// they are shown as `^X`, so that a job cannot drive your terminal).
+        #[arg(long)]
+        raw: bool,
     },
 }
 
@@ -154,7 +158,7 @@ async fn run() {
         Command::Submit { api, job } => client::submit(&api, job).await,
         Command::Get { api, id } => client::get(&api, &id).await.map(|()| 0),
         Command::List { api, state, limit } => client::list(&api, state, limit).await.map(|()| 0),
-        Command::Logs { api, id, follow } => client::logs(&api, &id, follow).await,
+        Command::Logs { api, id, follow, raw } => client::logs(&api, &id, follow, raw).await,
         Command::Cancel { api, id, wait } => client::cancel(&api, &id, wait).await.map(|()| 0),
     };
     // Flush the spans still buffered before exiting.

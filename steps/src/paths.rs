@@ -9,11 +9,17 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::{ErrorCode, StepError};
 
-/// Whether a user-given relative path stays inside whatever it is joined to, judged
-/// by its text alone.
+/// Whether a user-given relative path stays inside whatever it is joined to, and
+/// out of `.git` (the repository's own machinery, credentials in its config
+/// included), judged by its text alone.
 pub fn is_confined(relative: &str) -> bool {
     let path = Path::new(relative);
-    !relative.contains('\0') && path.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    !relative.contains('\0')
+        && path.components().all(|c| match c {
+            Component::Normal(name) => name != ".git",
+            Component::CurDir => true,
+            _ => false,
+        })
 }
 
 /// Resolves `relative` under `root` on disk, following symlinks, and fails unless the
@@ -32,7 +38,7 @@ pub fn resolve_inside(root: &Path, relative: &str, what: &str) -> Result<PathBuf
     let resolved = root.join(relative).canonicalize().map_err(|e| {
         StepError::new(missing, format!("{what} `{relative}` does not exist in the repository")).with_source(e)
     })?;
-    if !resolved.starts_with(&root) {
+    if !resolved.starts_with(&root) || resolved.starts_with(root.join(".git")) {
         return Err(StepError::new(
             ErrorCode::PathEscapesRepository,
             format!("{what} `{relative}` is a link that leaves the repository"),

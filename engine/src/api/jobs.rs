@@ -29,7 +29,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bod
     let key = idempotency_key(&headers)?;
     if let Some(kind) = headers.get(header::CONTENT_TYPE) {
         let kind = kind.to_str().unwrap_or_default();
-        if !kind.starts_with("application/json") {
+        if !is_json(kind) {
             return Err(ApiError::new(
                 Code::UnsupportedMediaType,
                 format!("send the job as application/json, not `{kind}`"),
@@ -65,6 +65,13 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bod
     };
     let location = format!("/v1/jobs/{}", job.id);
     Ok((status, [(header::LOCATION, location)], Json(job)).into_response())
+}
+
+/// Whether a `Content-Type` is JSON: `application/json`, in any case, with or without
+/// parameters (`; charset=utf-8`), and nothing else (`application/jsonp` is not).
+fn is_json(content_type: &str) -> bool {
+    let media_type = content_type.split(';').next().unwrap_or_default().trim();
+    media_type.eq_ignore_ascii_case("application/json")
 }
 
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.

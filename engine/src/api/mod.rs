@@ -50,6 +50,9 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics::metrics_text))
         .fallback(|| async { ApiError::new(error::Code::NotFound, "no such endpoint") })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::new(error::Code::MethodNotAllowed, format!("this endpoint does not take {method}"))
+        })
         .with_state(state)
 }
 

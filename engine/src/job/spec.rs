@@ -146,23 +146,9 @@ impl JobRequest {
         let image = self.image.ok_or_else(|| FieldError::new("image", "image is required"))?;
         image.parse::<ImageRef>().map_err(|why| FieldError::new("image", format!("image `{image}` {why}")))?;
         let build_args = self.build_args.unwrap_or_default();
-        for (key, value) in &build_args {
-            let field = format!("build_args.{key}");
-            if key.is_empty() || key.contains(['=', ' ', '\t', '\n', '\0']) {
-                return Err(FieldError::new(field, "a build argument name must be non-empty, without `=` or spaces"));
-            }
-            check_no_nul(&field, value)?;
-        }
+        check_variables("build_args", "a build argument", &build_args)?;
         let env = self.env.unwrap_or_default();
-        for (key, value) in &env {
-            let field = format!("env.{key}");
-            let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(FieldError::new(field, "an environment variable name must match [A-Za-z_][A-Za-z0-9_]*"));
-            }
-            check_no_nul(&field, value)?;
-        }
+        check_variables("env", "an environment variable", &env)?;
         let run = self.run.unwrap_or_default();
         if let Some(command) = &run.command {
             if command.is_empty() {
@@ -337,8 +323,26 @@ fn check_relative_path(field: &str, path: &str) -> Result<(), FieldError> {
     if !is_confined(path) {
         return Err(FieldError::new(
             field,
-            format!("{field} `{path}` must be a relative path inside the repository (no `..`, not absolute)"),
+            format!(
+                "{field} `{path}` must be a relative path inside the repository (no `..`, not absolute, not in `.git`)"
+            ),
         ));
+    }
+    Ok(())
+}
+
+/// Names of environment variables and build arguments: `[A-Za-z_][A-Za-z0-9_]*`
+/// (no control characters, no line separators, nothing option-shaped); values
+/// without NUL.
+fn check_variables(map: &str, what: &str, variables: &BTreeMap<String, String>) -> Result<(), FieldError> {
+    for (key, value) in variables {
+        let field = format!("{map}.{key}");
+        let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(FieldError::new(field, format!("{what} name must match [A-Za-z_][A-Za-z0-9_]*")));
+        }
+        check_no_nul(&field, value)?;
     }
     Ok(())
 }

@@ -79,6 +79,11 @@ async fn bad_requests_get_a_json_error_naming_the_field_and_write_nothing() {
         (with("run", json!({ "runtime": "ecs", "cpu": 100 })), 400, "invalid_field", Some("run.cpu")),
         (with("run", json!({ "memory": 512 })), 400, "invalid_field", Some("run.memory")),
         (with("requires", json!({ "region": "" })), 400, "invalid_field", Some("requires.region")),
+        (with("dockerfile", json!(".git/config")), 400, "invalid_field", Some("dockerfile")),
+        (with("context", json!("src/../.git")), 400, "invalid_field", Some("context")),
+        (with("build_args", json!({ "--squash": "1" })), 400, "invalid_field", Some("build_args.--squash")),
+        (with("build_args", json!({ "A\nB": "1" })), 400, "invalid_field", Some("build_args.A\nB")),
+        (with("build_args", json!({ "A\u{2028}B": "1" })), 400, "invalid_field", Some("build_args.A\u{2028}B")),
     ];
     for (body, status, code, field) in cases {
         let (got, error) = post_raw(&api, serde_json::to_vec(&body).unwrap(), "application/json").await;
@@ -96,10 +101,28 @@ async fn bad_requests_get_a_json_error_naming_the_field_and_write_nothing() {
     let (status, error) = post_raw(&api, serde_json::to_vec(&huge).unwrap(), "application/json").await;
     assert_eq!((status, error["error"]["code"].as_str()), (413, Some("body_too_large")));
 
-    let (status, error) = post_raw(&api, serde_json::to_vec(&valid()).unwrap(), "text/plain").await;
-    assert_eq!((status, error["error"]["code"].as_str()), (415, Some("unsupported_media_type")));
+    for content_type in ["text/plain", "application/jsonp", "application/json-patch+json"] {
+        let (status, error) = post_raw(&api, serde_json::to_vec(&valid()).unwrap(), content_type).await;
+        assert_eq!((status, error["error"]["code"].as_str()), (415, Some("unsupported_media_type")), "{content_type}");
+    }
+
+    // Wrong methods and unknown routes answer with the JSON error body too.
+    for (method, path, status, code) in [
+        (reqwest::Method::DELETE, "/v1/jobs", 405, "method_not_allowed"),
+        (reqwest::Method::PUT, "/v1/jobs/x/cancel", 405, "method_not_allowed"),
+        (reqwest::Method::GET, "/v1/nothing", 404, "not_found"),
+    ] {
+        let response = http().request(method.clone(), format!("{}{path}", api.base)).send().await.unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{method} {path}: {body}");
+    }
 
     assert_eq!(job_count(&api).await, 0, "a refused request writes no row");
+
+    let body = serde_json::to_vec(&valid()).unwrap();
+    let (status, _) = post_raw(&api, body, "Application/JSON; charset=utf-8").await;
+    assert_eq!(status, 201, "JSON with a parameter, in any case, is JSON");
 }
 
 #[tokio::test(flavor = "multi_thread")]

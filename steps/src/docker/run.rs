@@ -14,7 +14,7 @@ use std::time::Duration;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum};
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -26,6 +26,23 @@ use crate::docker::{ATTEMPT_LABEL, INSTANCE_LABEL, JOB_LABEL, engine_error, stat
 use crate::logs::LineSplitter;
 use crate::runtime::{LaunchRequest, RunEnd, Runtime, Watch};
 use crate::{ErrorCode, LogSink, LogStream, StepError};
+
+/// The engine's log file for a job's container: its own, whatever the daemon's
+/// default, kept until the container is removed. The engine rotates the file as it
+/// grows and a reader that falls behind a rotation loses what rotated away, so the
+/// files are large enough for a burst of output while the job's reader catches up.
+const JOB_LOG_MAX_SIZE: &str = "64m";
+const JOB_LOG_MAX_FILES: &str = "4";
+
+fn job_log_config() -> HostConfigLogConfig {
+    HostConfigLogConfig {
+        typ: Some("json-file".into()),
+        config: Some(HashMap::from([
+            ("max-size".to_string(), JOB_LOG_MAX_SIZE.to_string()),
+            ("max-file".to_string(), JOB_LOG_MAX_FILES.to_string()),
+        ])),
+    }
+}
 
 /// How long a container gets between SIGTERM and SIGKILL when Slipway stops it.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -52,6 +69,7 @@ pub async fn create_container(docker: &Docker, request: &LaunchRequest, logs: &L
             (ATTEMPT_LABEL.to_string(), request.attempt.to_string()),
             (INSTANCE_LABEL.to_string(), request.instance_id.clone()),
         ])),
+        host_config: Some(HostConfig { log_config: Some(job_log_config()), ..Default::default() }),
         ..Default::default()
     };
     let options = CreateContainerOptionsBuilder::default().name(&name).build();
@@ -212,7 +230,10 @@ async fn exit_code(docker: &Docker, container_id: &str) -> Result<i64, StepError
 ///
 /// The engine cuts lines longer than 16 KiB into parts, each a message of its own
 /// with its own stamp; the stamps are taken off every part, and a line is stamped
-/// with the stamp of its first part.
+/// with the stamp of its first part. An engine may end a follow before the last
+/// messages of a container that just exited (Docker 20.10 does, under load): once
+/// the follow ends, what was written since the last message seen is read once
+/// more, without following, skipping what was seen.
 async fn follow_output(
     docker: Docker,
     container_id: String,
@@ -220,30 +241,90 @@ async fn follow_output(
     logs: LogSink,
     read: Arc<AtomicU64>,
 ) {
-    let mut options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).timestamps(true);
-    if let Some(after) = after {
-        options = options.since(i32::try_from(after.timestamp()).unwrap_or(0));
+    let mut reader = OutputReader {
+        out: Stamped { splitter: logs.splitter(), stamp: None, stream: LogStream::Stdout },
+        err: Stamped { splitter: logs.splitter(), stamp: None, stream: LogStream::Stderr },
+        last: None,
+        skip: None,
+        after,
+        logs: logs.clone(),
+        read,
+    };
+    let since = |at: Option<chrono::DateTime<chrono::FixedOffset>>| {
+        at.map_or(0, |at| i32::try_from(at.timestamp()).unwrap_or(0))
+    };
+    let options = |follow: bool, from: i32| {
+        LogsOptionsBuilder::default().follow(follow).stdout(true).stderr(true).timestamps(true).since(from).build()
+    };
+    let followed = reader.read_all(docker.logs(&container_id, Some(options(true, since(after))))).await;
+    if followed.is_ok() {
+        // What the follow may have missed: from the last second seen, skipping what was.
+        reader.skip = reader.last.take();
+        let from = since(reader.skip.as_ref().map(|(at, _)| *at).or(after));
+        let _ = reader.read_all(docker.logs(&container_id, Some(options(false, from)))).await;
     }
-    let mut stream = docker.logs(&container_id, Some(options.build()));
-    let mut out = Stamped { splitter: logs.splitter(), stamp: None, stream: LogStream::Stdout };
-    let mut err = Stamped { splitter: logs.splitter(), stamp: None, stream: LogStream::Stderr };
-    while let Some(item) = stream.next().await {
-        let chunk = match item {
-            Ok(chunk) => chunk,
-            Err(e) => {
-                // Never silent: the log says where it broke off.
-                let why = format!("[slipway] the engine's log stream broke off; later output may be missing: {e}");
-                logs.line(LogStream::System, why).await;
-                break;
+    for output in [&mut reader.out, &mut reader.err] {
+        if let Some(rest) = output.splitter.finish() {
+            emit(&logs, after, output.stream, rest, output.stamp.take()).await;
+        }
+    }
+}
+
+/// Lines made of the container's output messages, and where reading got to.
+struct OutputReader {
+    out: Stamped,
+    err: Stamped,
+    /// The stamp of the last message read, and how many messages carried it.
+    last: Option<(chrono::DateTime<chrono::FixedOffset>, usize)>,
+    /// On a second read: messages up to this stamp (and this many with it) were read.
+    skip: Option<(chrono::DateTime<chrono::FixedOffset>, usize)>,
+    after: Option<chrono::DateTime<chrono::FixedOffset>>,
+    logs: LogSink,
+    read: Arc<AtomicU64>,
+}
+
+impl OutputReader {
+    /// Reads a stream of messages to its end; a broken stream is said in the log.
+    async fn read_all(
+        &mut self,
+        mut stream: impl futures_util::Stream<Item = Result<LogOutput, DockerError>> + Unpin,
+    ) -> Result<(), ()> {
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(chunk) => self.message(chunk).await,
+                Err(e) => {
+                    let why = format!("[slipway] the engine's log stream broke off; later output may be missing: {e}");
+                    self.logs.line(LogStream::System, why).await;
+                    return Err(());
+                }
             }
-        };
-        let output = if matches!(chunk, LogOutput::StdErr { .. }) { &mut err } else { &mut out };
+        }
+        Ok(())
+    }
+
+    async fn message(&mut self, chunk: LogOutput) {
+        let is_err = matches!(chunk, LogOutput::StdErr { .. });
         let bytes = chunk.into_bytes();
-        read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        self.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         let (stamp, text) = match stamped(&bytes) {
             Some((at, stamp, text)) => (Some((at, stamp.to_string())), text),
             None => (None, &bytes[..]),
         };
+        if let Some((at, _)) = &stamp {
+            let seen = match &self.last {
+                Some((last, n)) if last == at => n + 1,
+                _ => 1,
+            };
+            self.last = Some((*at, seen));
+            // Read before: older than where the first read stopped, or as old and
+            // among the messages it read with that stamp.
+            if let Some((skip_at, skip_n)) = &self.skip
+                && (at < skip_at || (at == skip_at && seen <= *skip_n))
+            {
+                return;
+            }
+        }
+        let output = if is_err { &mut self.err } else { &mut self.out };
         if output.splitter.is_empty() || output.stamp.is_none() {
             output.stamp = stamp.clone();
         }
@@ -251,15 +332,10 @@ async fn follow_output(
             // A line after the first of one message (if the engine ever sends two)
             // begins in this message.
             let line_stamp = std::mem::replace(&mut output.stamp, stamp.clone());
-            emit(&logs, after, output.stream, line, line_stamp).await;
+            emit(&self.logs, self.after, output.stream, line, line_stamp).await;
         }
         if output.splitter.is_empty() {
             output.stamp = None;
-        }
-    }
-    for output in [&mut out, &mut err] {
-        if let Some(rest) = output.splitter.finish() {
-            emit(&logs, after, output.stream, rest, output.stamp.take()).await;
         }
     }
 }
