@@ -5,6 +5,12 @@
 //! refuses to run as root, so under root it runs as the `postgres` system user
 //! that Debian's package creates. A server left running by an earlier start (after a
 //! crash) is found through its `postmaster.pid` and reused.
+//!
+//! Loopback is shared by every account on the machine, so the cluster asks for a
+//! password (SCRAM): a random one, made at the first start and kept in
+//! `postgres.password` beside the cluster (mode 0600). A cluster made by an older
+//! Slipway, which trusted every local connection, is given a password and its
+//! trust taken away at the next start.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -13,6 +19,12 @@ use tokio::process::Command;
 
 const USER: &str = "slipway";
 const DATABASE: &str = "slipway";
+/// The password's file, in the data root (not in the cluster folder, which the
+/// `postgres` user owns).
+const PASSWORD_FILE: &str = "postgres.password";
+/// Who may connect, and how: password over loopback TCP, nothing else.
+const PG_HBA: &str = "# Written by slipway: a password (SCRAM) over loopback TCP, nothing else.\n\
+                      host all all 127.0.0.1/32 scram-sha-256\n";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalPostgresError {
@@ -64,10 +76,15 @@ impl LocalPostgres {
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).map_err(io(&data))?;
 
         let this = LocalPostgres { bin, data, run_as, url: String::new() };
+        let password_file = data_root.join(PASSWORD_FILE);
+        let (password, made) = read_or_make_password(&password_file).map_err(io(&password_file))?;
         if !this.data.join("PG_VERSION").exists() {
             tracing::info!(path = %this.data.display(), "creating the private postgres cluster");
-            let data = this.data.to_string_lossy().into_owned();
-            this.run("initdb", &["-D", &data, "-U", USER, "--auth=trust", "-E", "UTF8", "--no-instructions"]).await?;
+            this.init(&password).await?;
+        } else if made {
+            // A cluster from before passwords: it trusts every local connection.
+            tracing::info!(path = %this.data.display(), "giving the private postgres a password");
+            this.require_password(&password).await?;
         }
         let port = match this.running_port() {
             Some(port) => {
@@ -76,10 +93,58 @@ impl LocalPostgres {
             }
             None => this.start_server().await?,
         };
-        let url = format!("postgres://{USER}@127.0.0.1:{port}/{DATABASE}");
-        this.create_database(port).await?;
-        tracing::info!(data = %this.data.display(), url = %url, "private postgres ready");
+        this.create_database(&database_url(&password, port, "postgres")).await?;
+        let url = database_url(&password, port, DATABASE);
+        tracing::info!(data = %this.data.display(), port, password_file = %password_file.display(), "private postgres ready");
         Ok(LocalPostgres { url, ..this })
+    }
+
+    /// Makes the cluster, its superuser's password set from the start.
+    async fn init(&self, password: &str) -> Result<(), LocalPostgresError> {
+        // initdb reads the password from a file the `postgres` user can read, outside
+        // the folder it fills (which must be empty).
+        let pwfile = self.data.with_file_name(".initdb-password");
+        let io = |source| LocalPostgresError::Io { path: pwfile.clone(), source };
+        write_private(&pwfile, password).map_err(io)?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(&pwfile, Some(uid), Some(gid)).map_err(io)?;
+        }
+        let data = self.data.to_string_lossy().into_owned();
+        let pwfile_arg = format!("--pwfile={}", pwfile.display());
+        let args = ["-D", &data, "-U", USER, "--auth=scram-sha-256", &pwfile_arg, "-E", "UTF8", "--no-instructions"];
+        let made = self.run("initdb", &args).await;
+        let _ = std::fs::remove_file(&pwfile);
+        made?;
+        self.write_hba()
+    }
+
+    /// Sets the superuser's password on a cluster that trusted every local
+    /// connection, then takes the trust away.
+    async fn require_password(&self, password: &str) -> Result<(), LocalPostgresError> {
+        use sqlx::Connection;
+        let port = match self.running_port() {
+            Some(port) => port,
+            None => self.start_server().await?,
+        };
+        let fail = |e: sqlx::Error| LocalPostgresError::Command {
+            what: "setting the private postgres's password".into(),
+            detail: format!(
+                "{e} (if the cluster already has a password, {PASSWORD_FILE} beside it is gone: restore it)"
+            ),
+        };
+        let mut conn =
+            sqlx::PgConnection::connect(&format!("postgres://{USER}@127.0.0.1:{port}/postgres")).await.map_err(fail)?;
+        // The password is hex digits (see `read_or_make_password`): safe in a literal.
+        let statement = format!("alter role {USER} password '{password}'");
+        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.map_err(fail)?;
+        self.write_hba()?;
+        let data = self.data.to_string_lossy().into_owned();
+        self.run("pg_ctl", &["-D", &data, "reload"]).await
+    }
+
+    fn write_hba(&self) -> Result<(), LocalPostgresError> {
+        let path = self.data.join("pg_hba.conf");
+        std::fs::write(&path, PG_HBA).map_err(|source| LocalPostgresError::Io { path, source })
     }
 
     async fn start_server(&self) -> Result<u16, LocalPostgresError> {
@@ -101,14 +166,14 @@ impl LocalPostgres {
         Path::new(&format!("/proc/{pid}")).exists().then_some(port)
     }
 
-    async fn create_database(&self, port: u16) -> Result<(), LocalPostgresError> {
+    /// Creates Slipway's database unless it exists, connected to `admin_url`.
+    async fn create_database(&self, admin_url: &str) -> Result<(), LocalPostgresError> {
         use sqlx::Connection;
-        let url = format!("postgres://{USER}@127.0.0.1:{port}/postgres");
         let fail = |e: sqlx::Error| LocalPostgresError::Command {
             what: "creating the slipway database".into(),
             detail: e.to_string(),
         };
-        let mut conn = sqlx::PgConnection::connect(&url).await.map_err(fail)?;
+        let mut conn = sqlx::PgConnection::connect(admin_url).await.map_err(fail)?;
         let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
             .bind(DATABASE)
             .fetch_one(&mut conn)
@@ -147,6 +212,40 @@ impl LocalPostgres {
             })
         }
     }
+}
+
+fn database_url(password: &str, port: u16, database: &str) -> String {
+    format!("postgres://{USER}:{password}@127.0.0.1:{port}/{database}")
+}
+
+/// The password in `path`, or a new random one written there (mode 0600); whether
+/// it was made now.
+fn read_or_make_password(path: &Path) -> std::io::Result<(String, bool)> {
+    match std::fs::read_to_string(path) {
+        Ok(password) if !password.trim().is_empty() => Ok((password.trim().to_string(), false)),
+        Ok(_) => make_password(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => make_password(path),
+        Err(e) => Err(e),
+    }
+}
+
+fn make_password(path: &Path) -> std::io::Result<(String, bool)> {
+    // 256 random bits from the kernel, as hex.
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(path, &password)?;
+    Ok((password, true))
+}
+
+/// Writes a file only its owner may read.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())
 }
 
 /// The folder holding `initdb`, `pg_ctl` and `postgres`.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use serde_json::json;
+use sqlx::Connection;
 
 const JOB_LIMIT: Duration = Duration::from_secs(180);
 
@@ -270,6 +271,21 @@ async fn standalone_without_database_url_starts_a_private_postgres() {
     let job = wait_finished(&ports.api(), &id, JOB_LIMIT).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert!(slipway.output().contains(&data.path().display().to_string()), "the data folder is named at start-up");
+
+    // Any local account reaches loopback: the cluster asks for the password, which
+    // only the owner of its file may read, and no log line shows it.
+    let password_file = data.path().join("postgres.password");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&password_file).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let password = std::fs::read_to_string(&password_file).unwrap();
+    assert!(!slipway.output().contains(password.trim()), "the password is in the log");
+    let pid_file = std::fs::read_to_string(data.path().join("postgres/postmaster.pid")).unwrap();
+    let port = pid_file.lines().nth(3).unwrap().trim();
+    let without = format!("postgres://slipway@127.0.0.1:{port}/slipway");
+    let refused = sqlx::PgConnection::connect(&without).await.unwrap_err().to_string();
+    assert!(refused.contains("password"), "{refused}");
+    let with = format!("postgres://slipway:{}@127.0.0.1:{port}/slipway", password.trim());
+    sqlx::PgConnection::connect(&with).await.expect("the password lets Slipway in");
 
     let status = slipway.terminate(Duration::from_secs(60)).expect("standalone stops on SIGTERM");
     assert!(status.success(), "{status:?}");
