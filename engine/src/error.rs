@@ -12,6 +12,8 @@ use crate::store::StoreError;
 pub enum Code {
     /// A field of the request is wrong; the error names it.
     InvalidField,
+    /// The repo URL carries a credential; it is refused rather than stored.
+    CredentialsInUrl,
     /// The body is not JSON, or not the JSON expected.
     InvalidJson,
     UnsupportedMediaType,
@@ -29,8 +31,9 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 10] = [
+    pub const ALL: [Code; 11] = [
         Code::InvalidField,
+        Code::CredentialsInUrl,
         Code::InvalidJson,
         Code::UnsupportedMediaType,
         Code::BodyTooLarge,
@@ -45,6 +48,7 @@ impl Code {
     pub fn as_str(self) -> &'static str {
         match self {
             Code::InvalidField => "invalid_field",
+            Code::CredentialsInUrl => "credentials_in_url",
             Code::InvalidJson => "invalid_json",
             Code::UnsupportedMediaType => "unsupported_media_type",
             Code::BodyTooLarge => "body_too_large",
@@ -59,7 +63,7 @@ impl Code {
 
     pub fn http_status(self) -> StatusCode {
         match self {
-            Code::InvalidField | Code::InvalidJson => StatusCode::BAD_REQUEST,
+            Code::InvalidField | Code::CredentialsInUrl | Code::InvalidJson => StatusCode::BAD_REQUEST,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::NotFound => StatusCode::NOT_FOUND,
@@ -72,7 +76,9 @@ impl Code {
 
     pub fn grpc(self) -> tonic::Code {
         match self {
-            Code::InvalidField | Code::InvalidJson | Code::UnsupportedMediaType => tonic::Code::InvalidArgument,
+            Code::InvalidField | Code::CredentialsInUrl | Code::InvalidJson | Code::UnsupportedMediaType => {
+                tonic::Code::InvalidArgument
+            }
             Code::BodyTooLarge => tonic::Code::ResourceExhausted,
             Code::NotFound => tonic::Code::NotFound,
             Code::MethodNotAllowed => tonic::Code::Unimplemented,

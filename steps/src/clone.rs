@@ -15,6 +15,7 @@ use git2::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::repo_url::redacted;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
 /// How long libgit2 waits to connect to a remote, and for any byte from it.
@@ -70,7 +71,7 @@ pub fn clone_repo(
         let default_branch = connection.default_branch().ok().and_then(|b| b.as_str().ok().map(String::from));
         resolve(request, &heads, default_branch.as_deref())?
     };
-    logs.blocking_line(LogStream::System, format!("fetching {} from {}", target.describe(), request.repo));
+    logs.blocking_line(LogStream::System, format!("fetching {} from {}", target.describe(), redacted(&request.repo)));
 
     let mut fetch = FetchOptions::new();
     fetch.remote_callbacks(callbacks(logs, cancel)).download_tags(AutotagOption::None);
@@ -87,7 +88,7 @@ pub fn clone_repo(
         .map_err(|e| if cancel.is_cancelled() { StepError::cancelled() } else { classify(&request.repo, e) })?;
 
     let commit = repo.find_commit(target.oid).map_err(|_| {
-        StepError::new(ErrorCode::RefNotFound, format!("commit {} is not in {}", target.oid, request.repo))
+        StepError::new(ErrorCode::RefNotFound, format!("commit {} is not in {}", target.oid, redacted(&request.repo)))
     })?;
     let mut checkout = git2::build::CheckoutBuilder::new();
     checkout.force();
@@ -130,7 +131,9 @@ fn resolve(request: &CloneRequest, heads: &[(String, Oid)], default_branch: Opti
         None => default_branch
             .map(String::from)
             .or_else(|| heads.iter().find(|(n, _)| n == "HEAD").map(|_| "HEAD".to_string()))
-            .ok_or_else(|| StepError::new(ErrorCode::RefNotFound, format!("{} has no default branch", request.repo)))?,
+            .ok_or_else(|| {
+                StepError::new(ErrorCode::RefNotFound, format!("{} has no default branch", redacted(&request.repo)))
+            })?,
     };
     let candidates = [wanted.clone(), format!("refs/heads/{wanted}"), format!("refs/tags/{wanted}")];
     for name in &candidates {
@@ -151,7 +154,7 @@ fn resolve(request: &CloneRequest, heads: &[(String, Oid)], default_branch: Opti
 }
 
 fn ref_not_found(request: &CloneRequest, wanted: &str) -> StepError {
-    StepError::new(ErrorCode::RefNotFound, format!("ref `{wanted}` does not exist in {}", request.repo))
+    StepError::new(ErrorCode::RefNotFound, format!("ref `{wanted}` does not exist in {}", redacted(&request.repo)))
 }
 
 fn callbacks<'a>(logs: &'a LogSink, cancel: &'a CancellationToken) -> RemoteCallbacks<'a> {
@@ -204,8 +207,12 @@ fn callbacks<'a>(logs: &'a LogSink, cancel: &'a CancellationToken) -> RemoteCall
 }
 
 /// Sorts a libgit2 error into what it means for the job.
+/// What a failed fetch means, in a message that shows no credential of the URL
+/// (neither where it names the URL nor where git's own message does).
 fn classify(repo: &str, e: git2::Error) -> StepError {
     let text = e.message().to_ascii_lowercase();
+    let (shown, said) = (redacted(repo), e.message().replace(repo, &redacted(repo)));
+    let repo = shown.as_str();
     let code = if e.code() == GitCode::Auth
         || text.contains("authentication")
         || text.contains("credentials")
@@ -225,9 +232,9 @@ fn classify(repo: &str, e: git2::Error) -> StepError {
         ErrorCode::CloneFailed
     };
     let message = match code {
-        ErrorCode::RepoNotFound => format!("repository {repo} does not exist or cannot be read: {}", e.message()),
-        ErrorCode::AuthRefused => format!("{repo} refused the credentials: {}", e.message()),
-        _ => format!("cannot fetch {repo}: {}", e.message()),
+        ErrorCode::RepoNotFound => format!("repository {repo} does not exist or cannot be read: {said}"),
+        ErrorCode::AuthRefused => format!("{repo} refused the credentials: {said}"),
+        _ => format!("cannot fetch {repo}: {said}"),
     };
     StepError::new(code, message).with_source(e)
 }

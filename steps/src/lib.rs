@@ -14,6 +14,7 @@ pub mod image_ref;
 pub mod logs;
 mod outputs;
 pub mod paths;
+pub mod repo_url;
 pub mod runtime;
 
 pub use error::{ErrorCode, StepError};

@@ -40,7 +40,10 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bod
         ApiError::new(Code::BodyTooLarge, format!("the request body is larger than {MAX_BODY_BYTES} bytes"))
     })?;
     let request = parse_job_request(&bytes)?;
-    let spec = request.validate(&state.defaults).map_err(|e| ApiError::invalid(e.field, e.message))?;
+    let spec = request.validate(&state.defaults).map_err(|e| {
+        let code = if e.credentials { Code::CredentialsInUrl } else { Code::InvalidField };
+        ApiError { code, message: e.message, field: Some(e.field) }
+    })?;
     let id = JobId::new();
     // The job's trace begins here; its context is stored with the job.
     let span = tracing::info_span!("job.submit", job.id = %id);

@@ -124,11 +124,14 @@ pub struct RunSpec {
 pub struct FieldError {
     pub field: String,
     pub message: String,
+    /// The field holds a credential (a token in the repo URL), not merely a
+    /// wrong value: answered `credentials_in_url`.
+    pub credentials: bool,
 }
 
 impl FieldError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError { field: field.into(), message: message.into(), credentials: false }
     }
 }
 
@@ -275,6 +278,18 @@ fn check_repo_url(repo: &str) -> Result<(), FieldError> {
     let bad = |m: String| Err(FieldError::new("repo", m));
     if repo.trim().is_empty() {
         return bad("repo must not be empty".into());
+    }
+    if slipway_steps::repo_url::has_credentials(repo) {
+        let shown = slipway_steps::repo_url::redacted(repo);
+        return Err(FieldError {
+            credentials: true,
+            ..FieldError::new(
+                "repo",
+                format!(
+                    "repo `{shown}` carries a credential; give the URL without it (the job would store and show it)"
+                ),
+            )
+        });
     }
     if repo.chars().any(|c| c.is_whitespace() || c.is_control()) || repo.starts_with('-') {
         return bad(format!("repo `{repo}` is not a URL"));

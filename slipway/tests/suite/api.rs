@@ -79,6 +79,8 @@ async fn bad_requests_get_a_json_error_naming_the_field_and_write_nothing() {
         (with("run", json!({ "runtime": "ecs", "cpu": 100 })), 400, "invalid_field", Some("run.cpu")),
         (with("run", json!({ "memory": 512 })), 400, "invalid_field", Some("run.memory")),
         (with("requires", json!({ "region": "" })), 400, "invalid_field", Some("requires.region")),
+        (with("repo", json!("https://s3cr3t-token@example.com/a.git")), 400, "credentials_in_url", Some("repo")),
+        (with("repo", json!("ssh://git:s3cr3t@example.com/a.git")), 400, "credentials_in_url", Some("repo")),
         (with("dockerfile", json!(".git/config")), 400, "invalid_field", Some("dockerfile")),
         (with("context", json!("src/../.git")), 400, "invalid_field", Some("context")),
         (with("build_args", json!({ "--squash": "1" })), 400, "invalid_field", Some("build_args.--squash")),
@@ -91,6 +93,7 @@ async fn bad_requests_get_a_json_error_naming_the_field_and_write_nothing() {
         assert_eq!(error["error"]["code"], code, "{body} → {error}");
         assert_eq!(error["error"]["field"].as_str(), field, "{body} → {error}");
         assert!(!error["error"]["message"].as_str().unwrap().is_empty());
+        assert!(!error.to_string().contains("s3cr3t"), "the refusal shows the credential: {error}");
     }
 
     let (status, error) = post_raw(&api, b"{\"repo\": ".to_vec(), "application/json").await;
