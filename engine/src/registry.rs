@@ -1,8 +1,11 @@
 //! Deleting pushed images from OCI registries (the distribution API), for the TTL
 //! sweep; ECR images through ECR's own `BatchDeleteImage`, with the AWS chain's
 //! credentials. Registries on loopback are spoken to over http, others over https.
-//! Credentials are sent as basic auth; a registry that answers with a bearer
-//! challenge (`WWW-Authenticate: Bearer realm=…`) gets a token from its realm first.
+//! A registry gets the credentials configured for its own host, as basic auth, and
+//! no other; one that answers with a bearer challenge (`WWW-Authenticate: Bearer
+//! realm=…`) gets a token from its realm first. A realm is whatever URL the registry
+//! names, so it gets the credentials only when it is on the registry's own host,
+//! over https unless on loopback; elsewhere the token is asked for anonymously.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +13,9 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use slipway_steps::aws::AwsConfig;
 use slipway_steps::aws::ecr::{Ecr, EcrRegistry, RepositorySettings};
+use slipway_steps::docker::push::RegistryCredentials;
 use slipway_steps::image_ref::ImageRef;
+use slipway_steps::registry_logins::RegistryLogins;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -36,15 +41,20 @@ pub enum Deletion {
 #[derive(Clone)]
 pub struct RegistryClient {
     http: reqwest::Client,
-    credentials: Option<(String, String)>,
+    logins: RegistryLogins,
     /// ECR, reached through its API (`BatchDeleteImage`), made at the first ECR image.
     ecr: Arc<tokio::sync::OnceCell<Ecr>>,
 }
 
 impl RegistryClient {
-    pub fn new(credentials: Option<(String, String)>) -> Self {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("an http client builds");
-        RegistryClient { http, credentials, ecr: Default::default() }
+    pub fn new(logins: RegistryLogins) -> Self {
+        // No redirects: a registry's answer must not carry credentials elsewhere.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("an http client builds");
+        RegistryClient { http, logins, ecr: Default::default() }
     }
 
     async fn delete_from_ecr(
@@ -80,7 +90,8 @@ impl RegistryClient {
         let scheme = if is_loopback(&host) { "http" } else { "https" };
         let url = format!("{scheme}://{host}/v2/{path}/manifests/{digest}");
 
-        let mut response = self.send(&url, None).await?;
+        let login = self.logins.for_host(image.registry.as_deref());
+        let mut response = self.send(&url, None, login).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             let challenge = response
                 .headers()
@@ -88,10 +99,10 @@ impl RegistryClient {
                 .and_then(|v| v.to_str().ok())
                 .map(String::from);
             if let Some(token) = match challenge {
-                Some(c) if c.starts_with("Bearer ") => Some(self.token(&c).await?),
+                Some(c) if c.starts_with("Bearer ") => Some(self.token(&c, &host, login).await?),
                 _ => None,
             } {
-                response = self.send(&url, Some(&token)).await?;
+                response = self.send(&url, Some(&token), login).await?;
             }
         }
         match response.status() {
@@ -105,18 +116,29 @@ impl RegistryClient {
         }
     }
 
-    async fn send(&self, url: &str, bearer: Option<&str>) -> Result<reqwest::Response, RegistryError> {
+    async fn send(
+        &self,
+        url: &str,
+        bearer: Option<&str>,
+        login: Option<&RegistryCredentials>,
+    ) -> Result<reqwest::Response, RegistryError> {
         let mut request = self.http.delete(url);
-        request = match (bearer, &self.credentials) {
+        request = match (bearer, login) {
             (Some(token), _) => request.bearer_auth(token),
-            (None, Some((user, password))) => request.basic_auth(user, Some(password)),
+            (None, Some(login)) => request.basic_auth(&login.username, Some(&login.password)),
             (None, None) => request,
         };
         request.send().await.map_err(|e| RegistryError::Unavailable(format!("{url}: {e}")))
     }
 
-    /// A token from a bearer challenge's realm, for its service and scope.
-    async fn token(&self, challenge: &str) -> Result<String, RegistryError> {
+    /// A token from a bearer challenge's realm, for its service and scope; the
+    /// registry's credentials go along only to a realm on its own host.
+    async fn token(
+        &self,
+        challenge: &str,
+        registry_host: &str,
+        login: Option<&RegistryCredentials>,
+    ) -> Result<String, RegistryError> {
         let param = |key: &str| {
             challenge.split(',').find_map(|part| {
                 let (k, v) = part.trim().trim_start_matches("Bearer ").split_once('=')?;
@@ -132,9 +154,10 @@ impl RegistryClient {
         }
         let url = reqwest::Url::parse_with_params(&realm, &query)
             .map_err(|e| RegistryError::Refused(format!("realm `{realm}`: {e}")))?;
+        let trusted = realm_is_trusted(&url, registry_host);
         let mut request = self.http.get(url);
-        if let Some((user, password)) = &self.credentials {
-            request = request.basic_auth(user, Some(password));
+        if let Some(login) = login.filter(|_| trusted) {
+            request = request.basic_auth(&login.username, Some(&login.password));
         }
         let response = request.send().await.map_err(|e| RegistryError::Unavailable(format!("{realm}: {e}")))?;
         if !response.status().is_success() {
@@ -148,6 +171,17 @@ impl RegistryClient {
             .map(String::from)
             .ok_or_else(|| RegistryError::Refused(format!("{realm} gave no token")))
     }
+}
+
+/// Whether a token realm may get the registry's credentials: on the registry's own
+/// host (and port), over https unless that host is loopback.
+fn realm_is_trusted(realm: &reqwest::Url, registry_host: &str) -> bool {
+    let Some(host) = realm.host_str() else { return false };
+    let authority = match realm.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    authority.eq_ignore_ascii_case(registry_host) && (realm.scheme() == "https" || is_loopback(registry_host))
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -165,5 +199,15 @@ mod tests {
         assert!(is_loopback("localhost"));
         assert!(!is_loopback("ghcr.io"));
         assert!(!is_loopback("123456789.dkr.ecr.eu-west-1.amazonaws.com"));
+    }
+
+    #[test]
+    fn only_a_realm_on_the_registry_s_own_host_gets_its_credentials() {
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        assert!(realm_is_trusted(&url("http://127.0.0.1:5000/token"), "127.0.0.1:5000"));
+        assert!(!realm_is_trusted(&url("http://127.0.0.1:5001/token"), "127.0.0.1:5000"), "another port");
+        assert!(realm_is_trusted(&url("https://ghcr.io/token"), "ghcr.io"));
+        assert!(!realm_is_trusted(&url("http://ghcr.io/token"), "ghcr.io"), "plain http off loopback");
+        assert!(!realm_is_trusted(&url("https://evil.example/token"), "ghcr.io"));
     }
 }

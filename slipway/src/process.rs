@@ -131,7 +131,7 @@ async fn serve_orchestrator(
     let worker_urls: Vec<String> = local_workers.into_iter().chain(args.workers.iter().cloned()).collect();
     let workers = orchestrator::WorkerLink::connect_all(&worker_urls);
     let sweep = SweepConfig { retention: args.retention, interval: args.sweep_interval, batch: 500 };
-    let registry = RegistryClient::new(registry.credentials());
+    let registry = RegistryClient::new(registry.logins()?);
     let sweeper = Sweeper::new(store.clone(), registry, sweep, instance_id.clone(), workers.clone());
     let sweep_task = tokio::spawn(sweeper.run(shutdown.clone()));
     let config = OrchestratorConfig {

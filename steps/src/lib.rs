@@ -14,6 +14,7 @@ pub mod image_ref;
 pub mod logs;
 mod outputs;
 pub mod paths;
+pub mod registry_logins;
 pub mod repo_url;
 pub mod runtime;
 

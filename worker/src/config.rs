@@ -10,7 +10,7 @@ use std::time::Duration;
 use slipway_steps::aws::ecr::RepositorySettings;
 use slipway_steps::aws::ecs::EcsSettings;
 use slipway_steps::docker::build::Builder;
-use slipway_steps::docker::push::RegistryCredentials;
+use slipway_steps::registry_logins::RegistryLogins;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -22,7 +22,8 @@ pub struct WorkerConfig {
     /// Where clones go: a folder per worker, in it a folder per job attempt,
     /// removed when the attempt ends.
     pub work_dir: PathBuf,
-    pub registry_credentials: Option<RegistryCredentials>,
+    /// Registry credentials by host, each sent to its own host only.
+    pub registry_logins: RegistryLogins,
     /// The builder to use; `None`: BuildKit when the engine offers it.
     pub builder: Option<Builder>,
     /// The most bytes of build context a job may send.

@@ -194,7 +194,7 @@ async fn push(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepError
         .parse()
         .map_err(|why| StepError::new(ErrorCode::Internal, format!("image `{}` {why}", job.spec.image)))?;
     // ECR: a token for the registry and the repository made if missing; any other
-    // registry: the configured credentials.
+    // registry: the credentials configured for its host, and none for any other.
     let ecr_registry = image.registry.as_deref().and_then(EcrRegistry::parse);
     let credentials = match &ecr_registry {
         Some(registry) => {
@@ -204,7 +204,7 @@ async fn push(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepError
             }
             Some(ecr.credentials(registry).await?)
         }
-        None => state.config.registry_credentials.clone(),
+        None => state.config.registry_logins.for_host(image.registry.as_deref()).cloned(),
     };
     let pushed = push_image(&state.docker, &image, credentials.as_ref(), logs, ctx.stop).await;
     if let (Err(_), Some(registry)) = (&pushed, &ecr_registry) {

@@ -123,30 +123,63 @@ pub struct WorkerArgs {
     pub aws: AwsArgs,
 }
 
-/// Registry credentials: workers push with them, servers delete swept images with them.
+/// Registry credentials, each for one registry host and sent to that host only:
+/// workers push with them, servers delete swept images with them.
 #[derive(Debug, Clone, Args)]
 pub struct RegistryArgs {
-    /// User name for the registry.
+    /// The registry host (`host` or `host:port`, as image references name it) the
+    /// user name and password below belong to.
+    #[arg(long, env = "SLIPWAY_REGISTRY_HOST")]
+    pub registry_host: Option<String>,
+    /// User name for that registry.
     #[arg(long, env = "SLIPWAY_REGISTRY_USERNAME")]
     pub registry_username: Option<String>,
-    /// Password or token for the registry.
+    /// Password or token for that registry.
     #[arg(long, env = "SLIPWAY_REGISTRY_PASSWORD", hide_env_values = true)]
     pub registry_password: Option<String>,
+    /// A file of credentials for several registries:
+    /// `{"<host>": {"username": "…", "password": "…"}}`.
+    #[arg(long, env = "SLIPWAY_REGISTRY_CREDENTIALS")]
+    pub registry_credentials: Option<std::path::PathBuf>,
 }
 
 impl RegistryArgs {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.registry_username.is_some() != self.registry_password.is_some() {
-            return Err(bad(
-                "SLIPWAY_REGISTRY_USERNAME",
-                "set both SLIPWAY_REGISTRY_USERNAME and SLIPWAY_REGISTRY_PASSWORD, or neither",
-            ));
-        }
-        Ok(())
+        self.logins().map(drop)
     }
 
-    pub fn credentials(&self) -> Option<(String, String)> {
-        Some((self.registry_username.clone()?, self.registry_password.clone()?))
+    /// The credentials by host; refused when a user name or password names no host,
+    /// since they would otherwise go to whatever registry a job names.
+    pub fn logins(&self) -> Result<slipway_steps::registry_logins::RegistryLogins, ConfigError> {
+        let mut logins = match &self.registry_credentials {
+            Some(path) => slipway_steps::registry_logins::RegistryLogins::read(path)
+                .map_err(|e| bad("SLIPWAY_REGISTRY_CREDENTIALS", e))?,
+            None => Default::default(),
+        };
+        match (&self.registry_host, &self.registry_username, &self.registry_password) {
+            (_, None, None) => {}
+            (Some(host), Some(username), Some(password)) => logins.insert(
+                host,
+                slipway_steps::docker::push::RegistryCredentials {
+                    username: username.clone(),
+                    password: password.clone(),
+                },
+            ),
+            (None, _, _) => {
+                return Err(bad(
+                    "SLIPWAY_REGISTRY_HOST",
+                    "name the registry host SLIPWAY_REGISTRY_USERNAME and SLIPWAY_REGISTRY_PASSWORD belong to \
+                     (they are sent to that host only)",
+                ));
+            }
+            _ => {
+                return Err(bad(
+                    "SLIPWAY_REGISTRY_USERNAME",
+                    "set both SLIPWAY_REGISTRY_USERNAME and SLIPWAY_REGISTRY_PASSWORD, or neither",
+                ));
+            }
+        }
+        Ok(logins)
     }
 }
 
@@ -235,15 +268,12 @@ impl WorkerArgs {
     }
 
     pub fn worker_config(&self, listen: SocketAddr, registry: &RegistryArgs) -> slipway_worker::WorkerConfig {
-        let credentials = registry
-            .credentials()
-            .map(|(username, password)| slipway_steps::docker::push::RegistryCredentials { username, password });
         slipway_worker::WorkerConfig {
             listen,
             worker_id: self.worker_id.clone().unwrap_or_else(|| format!("worker-{}-{}", hostname(), listen.port())),
             slots: self.slots,
             work_dir: self.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("slipway")),
-            registry_credentials: credentials,
+            registry_logins: registry.logins().unwrap_or_default(),
             builder: self.builder,
             max_context_bytes: self.max_context_bytes,
             max_line_bytes: self.max_line_bytes,

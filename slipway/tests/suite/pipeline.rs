@@ -27,7 +27,11 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
     std::fs::write(stale.join("file"), "x").unwrap();
 
     // The worker gets no DATABASE_URL: it reaches the database only through the server.
-    let credentials = [("SLIPWAY_REGISTRY_USERNAME", REGISTRY_USER), ("SLIPWAY_REGISTRY_PASSWORD", REGISTRY_PASSWORD)];
+    let credentials = [
+        ("SLIPWAY_REGISTRY_HOST", registry.addr.as_str()),
+        ("SLIPWAY_REGISTRY_USERNAME", REGISTRY_USER),
+        ("SLIPWAY_REGISTRY_PASSWORD", REGISTRY_PASSWORD),
+    ];
     let _worker = spawn_worker("worker-e2e", ports.worker, work_dir.path(), settings(&credentials));
     let _server = spawn_server("server", &db.url, &ports, &[ports.worker], []);
     wait_healthy(&ports.api(), Duration::from_secs(30)).await;
@@ -133,6 +137,20 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
     let left = job_folders(work_dir.path());
     assert!(left.is_empty(), "the work folder still holds {left:?}");
     wait_containers_gone(&id, Duration::from_secs(10)).await;
+
+    // A job naming another registry (another port on loopback) gets none of the
+    // credentials configured for this one.
+    let stranger = RecordingRegistry::start().await;
+    let image = format!("{}/e2e/app:{tag}", stranger.addr);
+    let id = submit(&ports.api(), &json!({ "repo": repo, "image": image, "retry": { "max_attempts": 1 } })).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = wait_finished(&ports.api(), &id, JOB_LIMIT).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(stranger.requests.load(std::sync::atomic::Ordering::Relaxed) > 0, "the push never reached the stranger");
+    let sent = stranger.authorizations.lock().unwrap().clone();
+    assert!(sent.is_empty(), "the stranger got credentials: {sent:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

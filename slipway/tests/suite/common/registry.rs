@@ -49,3 +49,48 @@ impl Drop for AuthRegistry {
 pub fn open_registry() -> String {
     env("SLIPWAY_TEST_REGISTRY")
 }
+
+/// A registry that is not one: it answers every request `401` with a basic-auth
+/// challenge and records the `Authorization` headers it was sent.
+pub struct RecordingRegistry {
+    pub addr: String,
+    pub authorizations: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RecordingRegistry {
+    pub async fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let authorizations = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (seen, count) = (authorizations.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let (seen, count) = (seen.clone(), count.clone());
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    let mut read = 0;
+                    while !buffer[..read].windows(4).any(|w| w == b"\r\n\r\n") && read < buffer.len() {
+                        match socket.read(&mut buffer[read..]).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => read += n,
+                        }
+                    }
+                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let head = String::from_utf8_lossy(&buffer[..read]).to_string();
+                    for line in head.lines() {
+                        if line.to_ascii_lowercase().starts_with("authorization:") {
+                            seen.lock().unwrap().push(line.to_string());
+                        }
+                    }
+                    let answer = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"r\"\r\n\
+                                  Docker-Distribution-Api-Version: registry/2.0\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        RecordingRegistry { addr, authorizations, requests }
+    }
+}
