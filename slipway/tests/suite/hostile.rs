@@ -137,3 +137,42 @@ async fn hostile_output_is_kept_with_markers_and_no_line_is_lost_without_one() {
     check_cut(lines.last().unwrap(), b'y', 50_000_000, "the unterminated 50 MB line ends the log, cut");
     check_cut(&last, b'y', 50_000_000, "alone, the 50 MB line is cut the same way");
 }
+
+/// Runs the docker CLI; its trimmed output.
+fn docker_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker").args(args).output().unwrap();
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removing_leftovers_touches_only_what_slipway_made() {
+    use slipway_steps::docker::leftovers::{Leftover, remove};
+    let docker = slipway_steps::docker::connect().unwrap();
+    // An image and a container someone else made on the same engine.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\nCOPY busybox /bin/busybox\n").unwrap();
+    std::fs::copy(env("SLIPWAY_TEST_BUSYBOX"), dir.path().join("busybox")).unwrap();
+    let name = format!("stranger-{}:1", unique("t"));
+    docker_cli(&["build", "-q", "-t", &name, &dir.path().display().to_string()]);
+    let container = docker_cli(&["create", &name, "/bin/busybox", "true"]);
+    let disguised = format!("slipway-jobs/other-installation:{}", unique("job"));
+    docker_cli(&["tag", &name, &disguised]);
+
+    let job_id = "01a22ee5-2edf-73b7-8e61-c91417b10ac9".to_string();
+    let attempts = [
+        Leftover::Container { id: container.clone(), job_id: job_id.clone() },
+        Leftover::Image { id: name.clone(), job_id: job_id.clone() },
+        Leftover::Image { id: disguised.clone(), job_id: disguised.rsplit(':').next().unwrap().to_string() },
+    ];
+    for leftover in &attempts {
+        let refused = remove(&docker, leftover).await.unwrap_err();
+        assert!(refused.message.contains("not made by Slipway"), "{leftover:?}: {}", refused.message);
+    }
+    // All still there.
+    docker_cli(&["inspect", &container]);
+    docker_cli(&["image", "inspect", &name]);
+    docker_cli(&["image", "inspect", &disguised]);
+    docker_cli(&["rm", &container]);
+    docker_cli(&["rmi", &name, &disguised]);
+}

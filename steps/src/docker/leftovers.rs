@@ -60,17 +60,42 @@ pub async fn list(docker: &Docker, instance_id: &str) -> Result<Vec<Leftover>, S
     Ok(found)
 }
 
-/// Removes one leftover from the engine; one already gone counts as removed.
+/// Removes one leftover from the engine; one already gone counts as removed. The
+/// request names it by id, so it is checked first: only a container labelled as
+/// the job's by Slipway, and only a job's tag on an image Slipway labelled, may go.
 pub async fn remove(docker: &Docker, leftover: &Leftover) -> Result<(), StepError> {
+    let not_ours =
+        |what: &str| StepError::new(ErrorCode::Internal, format!("{what} was not made by Slipway for that job"));
     match leftover {
         Leftover::Task { .. } => Err(StepError::new(ErrorCode::Internal, "an ECS task is stopped through ECS")),
-        Leftover::Container { id, .. } => remove_container(docker, id).await,
-        Leftover::Image { id: tag, .. } => {
+        Leftover::Container { id, job_id } => {
+            let labels = match docker.inspect_container(id, None).await {
+                Ok(container) => container.config.and_then(|c| c.labels).unwrap_or_default(),
+                Err(e) if status_of(&e) == Some(404) => return Ok(()),
+                Err(e) => return Err(engine_error(e, ErrorCode::Internal, "cannot inspect the container")),
+            };
+            if labels.get(JOB_LABEL) != Some(job_id) || !labels.contains_key(INSTANCE_LABEL) {
+                return Err(not_ours(&format!("container {id}")));
+            }
+            remove_container(docker, id).await
+        }
+        Leftover::Image { id: tag, job_id } => {
+            let ours = tag
+                .strip_prefix(JOB_TAG_REPOSITORY)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .and_then(|rest| rest.split_once(':'))
+                .is_some_and(|(_, job)| job == job_id);
+            if !ours {
+                return Err(not_ours(&format!("image tag {tag}")));
+            }
             let image = match docker.inspect_image(tag).await {
                 Ok(image) => image,
                 Err(e) if status_of(&e) == Some(404) => return Ok(()),
                 Err(e) => return Err(engine_error(e, ErrorCode::Internal, "cannot inspect the image")),
             };
+            if !image.config.as_ref().and_then(|c| c.labels.as_ref()).is_some_and(|l| l.contains_key(INSTANCE_LABEL)) {
+                return Err(not_ours(&format!("image {tag}")));
+            }
             // The job's tag goes; the image goes with it when no other job's tag is
             // left on it (the image's own name goes too: it was built for Slipway's jobs).
             remove_image(docker, tag, false).await?;
