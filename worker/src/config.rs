@@ -30,6 +30,8 @@ pub struct WorkerConfig {
     pub max_context_bytes: u64,
     /// The longest log line kept; longer ones are cut with a marker.
     pub max_line_bytes: usize,
+    /// What a job's container may use at most.
+    pub run_limits: slipway_steps::docker::run::RunLimits,
     /// How long a stopping worker lets running jobs finish before handing them back.
     pub shutdown_grace: Duration,
     /// Where to serve `/metrics` over HTTP; `None`: not served (in `standalone` the

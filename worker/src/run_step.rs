@@ -24,7 +24,7 @@ pub(crate) async fn run_container(
     let state = ctx.state;
     match ctx.job.spec.runtime {
         RuntimeKind::Docker => {
-            let docker = DockerRuntime { docker: state.docker.clone() };
+            let docker = DockerRuntime { docker: state.docker.clone(), limits: state.config.run_limits };
             run_on(&docker, ctx, outputs, "", logs).await
         }
         RuntimeKind::Ecs => {
@@ -117,7 +117,10 @@ async fn run_on<R: Runtime>(
 pub(crate) async fn clean_up(state: &WorkerState, job: &Assignment, outputs: &StepOutputs) {
     let Some(handle) = outputs.run_handle(job.spec.runtime) else { return };
     match job.spec.runtime {
-        RuntimeKind::Docker => clean_up_on(&DockerRuntime { docker: state.docker.clone() }, job, handle).await,
+        RuntimeKind::Docker => {
+            let docker = DockerRuntime { docker: state.docker.clone(), limits: state.config.run_limits };
+            clean_up_on(&docker, job, handle).await
+        }
         RuntimeKind::Ecs => match state.ecs().await {
             Ok(ecs) => clean_up_on(ecs, job, handle).await,
             Err(e) => {

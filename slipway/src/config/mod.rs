@@ -115,6 +115,15 @@ pub struct WorkerArgs {
     /// says how many bytes were cut.
     #[arg(long, env = "SLIPWAY_MAX_LINE_BYTES", default_value_t = slipway_steps::logs::DEFAULT_MAX_LINE_BYTES)]
     pub max_line_bytes: usize,
+    /// The most memory a job's container may use (`512m`, `2g`, or bytes); no swap beyond it.
+    #[arg(long, env = "SLIPWAY_RUN_MEMORY", default_value = "2g", value_parser = memory_size)]
+    pub run_memory: i64,
+    /// The most CPUs a job's container may use (`0.5`, `2`).
+    #[arg(long, env = "SLIPWAY_RUN_CPUS", default_value = "2", value_parser = cpus)]
+    pub run_cpus: i64,
+    /// The most processes and threads a job's container may run at once.
+    #[arg(long, env = "SLIPWAY_RUN_PIDS", default_value_t = 4096, value_parser = clap::value_parser!(i64).range(16..))]
+    pub run_pids: i64,
     /// Labels this worker offers (`region=eu-west-1,arch=arm64`): jobs that require
     /// labels run only on workers offering all of them.
     #[arg(long, env = "SLIPWAY_WORKER_LABELS", value_delimiter = ',', value_parser = aws::label)]
@@ -277,6 +286,11 @@ impl WorkerArgs {
             builder: self.builder,
             max_context_bytes: self.max_context_bytes,
             max_line_bytes: self.max_line_bytes,
+            run_limits: slipway_steps::docker::run::RunLimits {
+                memory_bytes: self.run_memory,
+                nano_cpus: self.run_cpus,
+                pids: self.run_pids,
+            },
             shutdown_grace: self.shutdown_grace,
             metrics_addr: self.metrics_addr,
             labels: self.labels.iter().cloned().collect(),
@@ -284,6 +298,33 @@ impl WorkerArgs {
             ecr: self.aws.ecr(),
         }
     }
+}
+
+/// A memory size as Docker writes it: bytes, or a number with `k`, `m` or `g`; at
+/// least 6 MiB (Docker's own floor).
+fn memory_size(text: &str) -> Result<i64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let (digits, unit) = match lower.strip_suffix(['k', 'm', 'g']) {
+        Some(digits) => (digits, &lower[digits.len()..]),
+        None => (lower.as_str(), ""),
+    };
+    let n: i64 = digits.parse().map_err(|_| format!("`{text}` is not a size like 512m or 2g"))?;
+    let bytes = n.saturating_mul(match unit {
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => 1,
+    });
+    if bytes < 6 << 20 { Err(format!("`{text}` is less than 6m")) } else { Ok(bytes) }
+}
+
+/// CPUs as a decimal (`0.5`), in billionths.
+fn cpus(text: &str) -> Result<i64, String> {
+    let n: f64 = text.trim().parse().map_err(|_| format!("`{text}` is not a number of CPUs"))?;
+    if !(0.01..=1024.0).contains(&n) {
+        return Err(format!("`{text}` CPUs is out of 0.01–1024"));
+    }
+    Ok((n * 1e9).round() as i64)
 }
 
 /// `http://addr`, with an unspecified address replaced by loopback.

@@ -176,3 +176,23 @@ async fn removing_leftovers_touches_only_what_slipway_made() {
     docker_cli(&["rm", &container]);
     docker_cli(&["rmi", &name, &disguised]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_s_container_runs_within_its_limits_and_gains_no_privileges() {
+    let standalone = Standalone::start(&[("SLIPWAY_RUN_MEMORY", "256m"), ("SLIPWAY_RUN_PIDS", "64")]).await;
+    let script = "b=/bin/busybox; $b cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null; \
+                  $b cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null; $b grep NoNewPrivs /proc/self/status";
+    let body = json!({ "repo": standalone.repo, "image": image("limits"), "run": { "command": ["/bin/busybox", "sh", "-c", script] } });
+    let id = submit(&standalone.api(), &body).await["id"].as_str().unwrap().to_string();
+    let job = wait_finished(&standalone.api(), &id, LIMIT).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let lines: Vec<String> = all_logs(&standalone.api(), &id)
+        .await
+        .iter()
+        .filter(|l| l["stream"] == "stdout")
+        .map(|l| l["line"].as_str().unwrap().to_string())
+        .collect();
+    assert!(lines.contains(&(256u64 << 20).to_string()), "no 256 MiB memory limit: {lines:?}");
+    assert!(lines.contains(&"64".to_string()), "no limit of 64 processes: {lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')), "{lines:?}");
+}

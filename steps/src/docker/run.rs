@@ -56,7 +56,12 @@ pub fn container_name(job_id: &str, attempt: u32) -> String {
 
 /// Creates the attempt's container, or finds the one an earlier try of this attempt
 /// made, and returns its id. Pulls the image when the engine does not have it.
-pub async fn create_container(docker: &Docker, request: &LaunchRequest, logs: &LogSink) -> Result<String, StepError> {
+pub async fn create_container(
+    docker: &Docker,
+    request: &LaunchRequest,
+    limits: &RunLimits,
+    logs: &LogSink,
+) -> Result<String, StepError> {
     let name = container_name(&request.job_id, request.attempt);
     let mut env: Vec<String> = request.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.sort();
@@ -69,7 +74,17 @@ pub async fn create_container(docker: &Docker, request: &LaunchRequest, logs: &L
             (ATTEMPT_LABEL.to_string(), request.attempt.to_string()),
             (INSTANCE_LABEL.to_string(), request.instance_id.clone()),
         ])),
-        host_config: Some(HostConfig { log_config: Some(job_log_config()), ..Default::default() }),
+        host_config: Some(HostConfig {
+            log_config: Some(job_log_config()),
+            memory: Some(limits.memory_bytes),
+            // No swap beyond the memory limit.
+            memory_swap: Some(limits.memory_bytes),
+            nano_cpus: Some(limits.nano_cpus),
+            pids_limit: Some(limits.pids),
+            // No set-uid program in the image gains privileges it was not started with.
+            security_opt: Some(vec!["no-new-privileges".to_string()]),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let options = CreateContainerOptionsBuilder::default().name(&name).build();
@@ -407,10 +422,27 @@ mod tests {
     }
 }
 
+/// What a job's container may use at most (`SLIPWAY_RUN_MEMORY`, `SLIPWAY_RUN_CPUS`,
+/// `SLIPWAY_RUN_PIDS`): a job cannot take the worker's machine from the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunLimits {
+    pub memory_bytes: i64,
+    /// CPUs in billionths.
+    pub nano_cpus: i64,
+    pub pids: i64,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        RunLimits { memory_bytes: 2 << 30, nano_cpus: 2_000_000_000, pids: 4096 }
+    }
+}
+
 /// The local Docker engine as a [`Runtime`]: one container per attempt.
 #[derive(Debug, Clone)]
 pub struct DockerRuntime {
     pub docker: Docker,
+    pub limits: RunLimits,
 }
 
 impl Runtime for DockerRuntime {
@@ -419,7 +451,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn launch(&self, request: &LaunchRequest, logs: &LogSink) -> Result<String, StepError> {
-        create_container(&self.docker, request, logs).await
+        create_container(&self.docker, request, &self.limits, logs).await
     }
 
     /// The engine itself is the record: the job's newest labelled container.
