@@ -18,6 +18,8 @@ pub enum Code {
     InvalidJson,
     UnsupportedMediaType,
     BodyTooLarge,
+    /// The request's body did not arrive in time.
+    RequestTimeout,
     NotFound,
     /// The endpoint exists, not with this method.
     MethodNotAllowed,
@@ -31,12 +33,13 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 11] = [
+    pub const ALL: [Code; 12] = [
         Code::InvalidField,
         Code::CredentialsInUrl,
         Code::InvalidJson,
         Code::UnsupportedMediaType,
         Code::BodyTooLarge,
+        Code::RequestTimeout,
         Code::NotFound,
         Code::MethodNotAllowed,
         Code::AlreadyFinished,
@@ -52,6 +55,7 @@ impl Code {
             Code::InvalidJson => "invalid_json",
             Code::UnsupportedMediaType => "unsupported_media_type",
             Code::BodyTooLarge => "body_too_large",
+            Code::RequestTimeout => "request_timeout",
             Code::NotFound => "not_found",
             Code::MethodNotAllowed => "method_not_allowed",
             Code::AlreadyFinished => "already_finished",
@@ -66,6 +70,7 @@ impl Code {
             Code::InvalidField | Code::CredentialsInUrl | Code::InvalidJson => StatusCode::BAD_REQUEST,
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::AlreadyFinished | Code::IdempotencyKeyReused => StatusCode::CONFLICT,
@@ -80,6 +85,7 @@ impl Code {
                 tonic::Code::InvalidArgument
             }
             Code::BodyTooLarge => tonic::Code::ResourceExhausted,
+            Code::RequestTimeout => tonic::Code::DeadlineExceeded,
             Code::NotFound => tonic::Code::NotFound,
             Code::MethodNotAllowed => tonic::Code::Unimplemented,
             Code::AlreadyFinished | Code::IdempotencyKeyReused => tonic::Code::FailedPrecondition,

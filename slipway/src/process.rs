@@ -170,7 +170,7 @@ async fn serve_orchestrator(
         )
     };
     let api = slipway_engine::api::AppState::new(store.clone(), defaults, shutdown.clone());
-    let http_task = tokio::spawn(slipway_engine::api::serve(http, api, shutdown.clone()));
+    let http_task = tokio::spawn(slipway_engine::api::serve(http, api, shutdown.clone(), args.http_limits()));
     orchestrator::run(store, config, workers, wake, shutdown).await;
     http_task.await.context("the http task panicked")??;
     sweep_task.await.context("the sweep task panicked")?;

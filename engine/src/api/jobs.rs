@@ -17,6 +17,8 @@ use tracing::Instrument;
 
 use crate::store::{CancelOutcome, Store, Submitted};
 
+/// How long a request body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 500;
 const DEFAULT_LOG_PAGE: i64 = 1000;
@@ -36,7 +38,11 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bod
             ));
         }
     }
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| {
+    // A body announced and never sent holds nothing for long.
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await.map_err(|_| {
+        ApiError::new(Code::RequestTimeout, format!("the request body did not arrive within {BODY_TIMEOUT:?}"))
+    })?;
+    let bytes = read.map_err(|_| {
         ApiError::new(Code::BodyTooLarge, format!("the request body is larger than {MAX_BODY_BYTES} bytes"))
     })?;
     let request = parse_job_request(&bytes)?;

@@ -4,6 +4,7 @@ mod error;
 mod follow;
 mod jobs;
 mod metrics;
+mod serve;
 mod views;
 
 use axum::Router;
@@ -11,6 +12,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
+pub use serve::{HttpLimits, serve};
 
 use crate::job::SubmitDefaults;
 use crate::store::Store;
@@ -54,14 +56,4 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(error::Code::MethodNotAllowed, format!("this endpoint does not take {method}"))
         })
         .with_state(state)
-}
-
-/// Serves until `shutdown`, then finishes the requests under way.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "http api listening");
-    axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
 }

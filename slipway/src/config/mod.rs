@@ -29,6 +29,14 @@ pub struct ServerArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "SLIPWAY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// HTTP connections open at once; one over the cap is closed at once.
+    #[arg(long, env = "SLIPWAY_HTTP_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_max_connections: u32,
+    /// How long an HTTP connection may take to send a request's head, or stay idle
+    /// between requests, before it is closed.
+    #[arg(long, env = "SLIPWAY_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub http_header_timeout: Duration,
     /// Address of the gRPC report service that workers report to.
     #[arg(long, env = "SLIPWAY_GRPC_ADDR", default_value = "127.0.0.1:50052")]
     pub grpc_addr: SocketAddr,
@@ -247,6 +255,13 @@ impl ServerArgs {
     }
 
     /// What submissions get unless they say otherwise, and the limits they must keep.
+    pub fn http_limits(&self) -> slipway_engine::api::HttpLimits {
+        slipway_engine::api::HttpLimits {
+            max_connections: self.http_max_connections as usize,
+            header_timeout: self.http_header_timeout,
+        }
+    }
+
     pub fn submit_defaults(&self) -> slipway_engine::job::SubmitDefaults {
         slipway_engine::job::SubmitDefaults {
             retry: slipway_engine::job::RetryPolicy {

@@ -18,7 +18,7 @@ async fn start() -> Api {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let state = slipway_engine::api::AppState::new(db.store.clone(), Default::default(), shutdown.clone());
-    tokio::spawn(slipway_engine::api::serve(listener, state, shutdown.clone()));
+    tokio::spawn(slipway_engine::api::serve(listener, state, shutdown.clone(), Default::default()));
     Api { db, base, _shutdown: shutdown.drop_guard() }
 }
 

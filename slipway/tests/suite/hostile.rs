@@ -196,3 +196,47 @@ async fn a_job_s_container_runs_within_its_limits_and_gains_no_privileges() {
     assert!(lines.contains(&"64".to_string()), "no limit of 64 processes: {lines:?}");
     assert!(lines.iter().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')), "{lines:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_and_slow_http_clients_are_closed_and_the_api_answers_again() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let settings = [("SLIPWAY_HTTP_MAX_CONNECTIONS", "50"), ("SLIPWAY_HTTP_HEADER_TIMEOUT", "1s")];
+    let standalone = Standalone::start(&settings).await;
+    let addr = standalone.api().trim_start_matches("http://").to_string();
+
+    // 200 connections that send nothing, and one that sends half a request head.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _ = slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Past the header timeout every one of them is closed by the server (a few
+    // seconds of slack for a loaded machine).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut closed = 0;
+    for stream in idle.iter_mut().chain(std::iter::once(&mut slow)) {
+        let mut byte = [0u8; 1];
+        // The end of the stream, or a reset (one over the cap, dropped with its
+        // half-sent head unread): closed either way.
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout_at(deadline, stream.read(&mut byte)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 201, "connections left open by the server");
+    let started = std::time::Instant::now();
+    let health = http().get(format!("{}/healthz", standalone.api())).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    eprintln!("/healthz after 201 hostile connections were closed: {:?}", started.elapsed());
+
+    // A body announced and never sent: 408 with the JSON error body, no row.
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(20), stream.read_to_string(&mut answer)).await.unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+}

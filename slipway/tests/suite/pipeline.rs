@@ -134,7 +134,7 @@ async fn a_job_runs_end_to_end_on_a_separate_server_and_worker() {
     assert_eq!(manifest.headers()["docker-content-digest"].to_str().unwrap(), digest);
 
     // Nothing is left behind: no clone folder, no container.
-    let left = job_folders(work_dir.path());
+    let left = job_folders_left(work_dir.path(), Duration::from_secs(10)).await;
     assert!(left.is_empty(), "the work folder still holds {left:?}");
     wait_containers_gone(&id, Duration::from_secs(10)).await;
 
@@ -215,7 +215,7 @@ async fn each_failure_ends_the_job_failed_with_its_cause() {
             _ => {}
         }
     }
-    let left = job_folders(work_dir.path());
+    let left = job_folders_left(work_dir.path(), Duration::from_secs(10)).await;
     assert!(left.is_empty(), "the work folder still holds {left:?}");
 }
 

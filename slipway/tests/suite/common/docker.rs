@@ -37,6 +37,20 @@ pub fn job_folders(work_dir: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// The job folders left under a work folder once `limit` has passed: a worker
+/// removes an attempt's folder right after reporting its end, so a test that saw
+/// the end gives it a moment.
+pub async fn job_folders_left(work_dir: &Path, limit: Duration) -> Vec<PathBuf> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = job_folders(work_dir);
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// How many containers the engine ever created for a job since `since` (unix seconds).
 pub fn containers_created(job_id: &str, since: u64) -> usize {
     let until = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1;

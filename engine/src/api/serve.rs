@@ -1,0 +1,85 @@
+//! Serving the API over HTTP/1.1 within bounds a stranger cannot stretch: at most
+//! `max_connections` connections at once (one over the cap is closed at once, never
+//! queued), and a connection that sends no complete request head within
+//! `header_timeout` (a slow or idle client, a keep-alive left open) is closed, so
+//! that descriptors stay free for those who use them. Bodies have their own limit
+//! and deadline where they are read ([`super::jobs`]). On shutdown no connection is
+//! taken and those open finish what they are answering.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{AppState, router};
+
+/// How much of itself the HTTP server gives to clients.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Connections open at once (`SLIPWAY_HTTP_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+    /// How long a connection may take to send a request's head, or stay idle
+    /// between requests (`SLIPWAY_HTTP_HEADER_TIMEOUT`).
+    pub header_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits { max_connections: 1024, header_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Serves until `shutdown`, then finishes the requests under way.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+    limits: HttpLimits,
+) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, max_connections = limits.max_connections, "http api listening");
+    let service = TowerToHyperService::new(router(state));
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let (service, shutdown) = (service.clone(), shutdown.clone());
+        connections.spawn(async move {
+            let _permit = permit;
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
