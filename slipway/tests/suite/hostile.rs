@@ -74,6 +74,19 @@ async fn hostile_repositories_fail_with_a_named_error_and_the_process_lives_on()
     assert_eq!(get_job(&standalone.api(), id_of(&ids[0])).await["state"], "failed", "the API still answers");
 }
 
+/// Submits a job that must succeed; its container's standard output, line by line.
+async fn run_and_read(standalone: &Standalone, body: &serde_json::Value) -> Vec<String> {
+    let id = submit(&standalone.api(), body).await["id"].as_str().unwrap().to_string();
+    let job = wait_finished(&standalone.api(), &id, LIMIT).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    all_logs(&standalone.api(), &id)
+        .await
+        .iter()
+        .filter(|l| l["stream"] == "stdout")
+        .map(|l| l["line"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn id_of(id: &serde_json::Value) -> &str {
     id.as_str().unwrap()
 }
@@ -87,28 +100,16 @@ async fn hostile_output_is_kept_with_markers_and_no_line_is_lost_without_one() {
 
     // 50 MB with no newline, alone: read in bounded memory.
     let long = "/bin/busybox head -c 50000000 /dev/zero | /bin/busybox tr '\\000' y";
-    let id = submit(&standalone.api(), &run(long)).await["id"].as_str().unwrap().to_string();
-    assert_eq!(wait_finished(&standalone.api(), &id, LIMIT).await["state"], "succeeded");
+    let last = run_and_read(&standalone, &run(long)).await.pop().unwrap();
     let peak = standalone.process.peak_memory();
     eprintln!("standalone memory: {} MiB idle, peak {} MiB after a 50 MB line", idle >> 20, peak >> 20);
     assert!(peak.saturating_sub(idle) < 32 << 20, "the 50 MB line was held: peak {peak}, idle {idle}");
-    let lines = all_logs(&standalone.api(), &id).await;
-    let last = lines.iter().rfind(|l| l["stream"] == "stdout").unwrap()["line"].as_str().unwrap().to_string();
 
     // A 5 MB line, the line after it, 2,000 lines of 10 KB, and the 50 MB line again.
     let script = "b=/bin/busybox; $b head -c 5000000 /dev/zero | $b tr '\\000' x; echo; echo after-the-long-line; \
                   i=0; while [ $i -lt 2000 ]; do $b head -c 10000 /dev/zero | $b tr '\\000' z; echo; i=$((i+1)); done; \
                   echo after-the-many-lines; $b head -c 50000000 /dev/zero | $b tr '\\000' y";
-    let id = submit(&standalone.api(), &run(script)).await["id"].as_str().unwrap().to_string();
-    let job = wait_finished(&standalone.api(), &id, LIMIT).await;
-    assert_eq!(job["state"], "succeeded", "{job}");
-
-    let lines: Vec<String> = all_logs(&standalone.api(), &id)
-        .await
-        .iter()
-        .filter(|l| l["stream"] == "stdout")
-        .map(|l| l["line"].as_str().unwrap().to_string())
-        .collect();
+    let lines = run_and_read(&standalone, &run(script)).await;
     let max = 64 * 1024;
     // A cut line: `max` bytes of `kept`, then a marker counting what was cut (at
     // least the rest of the line: Docker 20.10's follow mode may repeat an entry, a
@@ -183,15 +184,7 @@ async fn a_job_s_container_runs_within_its_limits_and_gains_no_privileges() {
     let script = "b=/bin/busybox; $b cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null; \
                   $b cat /sys/fs/cgroup/pids.max /sys/fs/cgroup/pids/pids.max 2>/dev/null; $b grep NoNewPrivs /proc/self/status";
     let body = json!({ "repo": standalone.repo, "image": image("limits"), "run": { "command": ["/bin/busybox", "sh", "-c", script] } });
-    let id = submit(&standalone.api(), &body).await["id"].as_str().unwrap().to_string();
-    let job = wait_finished(&standalone.api(), &id, LIMIT).await;
-    assert_eq!(job["state"], "succeeded", "{job}");
-    let lines: Vec<String> = all_logs(&standalone.api(), &id)
-        .await
-        .iter()
-        .filter(|l| l["stream"] == "stdout")
-        .map(|l| l["line"].as_str().unwrap().to_string())
-        .collect();
+    let lines = run_and_read(&standalone, &body).await;
     assert!(lines.contains(&(256u64 << 20).to_string()), "no 256 MiB memory limit: {lines:?}");
     assert!(lines.contains(&"64".to_string()), "no limit of 64 processes: {lines:?}");
     assert!(lines.iter().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')), "{lines:?}");

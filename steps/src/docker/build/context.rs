@@ -246,6 +246,10 @@ mod tests {
         (read, context.packer.await.unwrap())
     }
 
+    fn pack_app(app: &Path, limit: u64) -> ContextStream {
+        stream(app.to_path_buf(), app.join("Dockerfile"), DockerIgnore::default(), limit, CancellationToken::new())
+    }
+
     #[tokio::test]
     async fn a_context_over_the_limit_stops_with_context_too_large_having_sent_no_more() {
         let app = tempfile::tempdir().unwrap();
@@ -253,27 +257,13 @@ mod tests {
         // Zeros written out (a sparse file would travel as a sparse entry, small).
         std::fs::write(app.path().join("zeros"), vec![0u8; 32 << 20]).unwrap();
         let limit = 8 << 20;
-        let packing = stream(
-            app.path().to_path_buf(),
-            app.path().join("Dockerfile"),
-            DockerIgnore::default(),
-            limit,
-            CancellationToken::new(),
-        );
-        let (read, packed) = drain(packing).await;
+        let (read, packed) = drain(pack_app(app.path(), limit)).await;
         assert_eq!(packed.unwrap_err().code, ErrorCode::ContextTooLarge);
         assert!(read <= limit, "{read} bytes sent past the limit of {limit}");
 
         // Under the limit, every byte arrives and the count says so.
         std::fs::remove_file(app.path().join("zeros")).unwrap();
-        let packing = stream(
-            app.path().to_path_buf(),
-            app.path().join("Dockerfile"),
-            DockerIgnore::default(),
-            limit,
-            CancellationToken::new(),
-        );
-        let (read, packed) = drain(packing).await;
+        let (read, packed) = drain(pack_app(app.path(), limit)).await;
         assert_eq!(packed.unwrap(), read);
     }
 
