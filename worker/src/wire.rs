@@ -5,6 +5,9 @@
 
 use slipway_proto::convert::{outputs_from_wire, outputs_to_wire, step_from_wire, step_to_wire, stream_to_wire};
 use slipway_proto::v1::{self, step_report::Event};
+use slipway_steps::image_ref::ImageRef;
+use slipway_steps::paths::is_confined;
+use slipway_steps::repo_url;
 use slipway_steps::runtime::RuntimeKind;
 use slipway_steps::{LogLine, Step};
 use tonic::Status;
@@ -23,6 +26,7 @@ pub(crate) fn assignment(
         return Err(Status::invalid_argument("lease.job_id is not a job id"));
     }
     let spec = request.spec.ok_or_else(|| Status::invalid_argument("spec is required"))?;
+    check_spec(&spec)?;
     let runtime = if spec.runtime.is_empty() {
         RuntimeKind::Docker
     } else {
@@ -111,6 +115,30 @@ pub(crate) fn log_line(line: LogLine) -> v1::LogLine {
     }
 }
 
+/// The job's own fields, by the API's rules again: the worker trusts nothing a
+/// caller sends, and never builds a path or a command from what it has not checked.
+fn check_spec(spec: &v1::JobSpec) -> Result<(), Status> {
+    let refuse = |field: &str, why: String| Err(Status::invalid_argument(format!("spec.{field}: {why}")));
+    if let Err(why) = repo_url::check(&spec.repo) {
+        // The refusal may be read by whoever sent it: no credential in it.
+        return refuse("repo", why);
+    }
+    for (field, path) in [("dockerfile", &spec.dockerfile), ("context", &spec.context)] {
+        if path.is_empty() || !is_confined(path) {
+            return refuse(field, format!("`{path}` is not a relative path inside the repository"));
+        }
+    }
+    if let Err(why) = spec.image.parse::<ImageRef>() {
+        return refuse("image", format!("`{}` {why}", spec.image));
+    }
+    for (field, names) in [("env", &spec.env), ("build_args", &spec.build_args)] {
+        if let Some(name) = names.keys().find(|n| !repo_url::is_variable_name(n)) {
+            return refuse(field, format!("`{name}` is not a variable name"));
+        }
+    }
+    Ok(())
+}
+
 /// A wire string that may be empty, as an option.
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
@@ -123,7 +151,14 @@ mod tests {
     fn start(job_id: &str, runtime: &str) -> v1::StartJobRequest {
         v1::StartJobRequest {
             lease: Some(v1::Lease { job_id: job_id.into(), attempt: 1, lease_token: "t".into(), worker_id: "".into() }),
-            spec: Some(v1::JobSpec { runtime: runtime.into(), ..Default::default() }),
+            spec: Some(v1::JobSpec {
+                runtime: runtime.into(),
+                repo: "git://127.0.0.1/app".into(),
+                dockerfile: "Dockerfile".into(),
+                context: ".".into(),
+                image: "127.0.0.1:5000/app:1".into(),
+                ..Default::default()
+            }),
             first_step: step_to_wire(Step::Clone) as i32,
             report_to: "http://127.0.0.1:50052".into(),
             ..Default::default()
@@ -141,5 +176,30 @@ mod tests {
         assert!(e.message().contains("spec.runtime"), "{}", e.message());
         let e = assignment(v1::StartJobRequest { report_to: String::new(), ..start(id, "") }, "w", None).unwrap_err();
         assert!(e.message().contains("report_to"), "{}", e.message());
+        // What the API refuses, the worker refuses too.
+        let with_spec = |change: fn(&mut v1::JobSpec)| {
+            let mut request = start(id, "");
+            change(request.spec.as_mut().unwrap());
+            assignment(request, "w", None).unwrap_err().message().to_string()
+        };
+        assert!(with_spec(|s| s.repo = "/etc".into()).contains("spec.repo"));
+        assert!(with_spec(|s| s.repo = "file:///root/.ssh".into()).contains("spec.repo"));
+        let leaked = with_spec(|s| s.repo = "https://s3cr3t@example.com/a.git".into());
+        assert!(leaked.contains("spec.repo") && !leaked.contains("s3cr3t"), "{leaked}");
+        assert!(with_spec(|s| s.dockerfile = "../../etc/passwd".into()).contains("spec.dockerfile"));
+        assert!(with_spec(|s| s.context = ".git".into()).contains("spec.context"));
+        assert!(with_spec(|s| s.image = "Bad Image".into()).contains("spec.image"));
+        assert!(
+            with_spec(|s| {
+                s.env.insert("--privileged".into(), "1".into());
+            })
+            .contains("spec.env")
+        );
+        assert!(
+            with_spec(|s| {
+                s.build_args.insert("A\nB".into(), "1".into());
+            })
+            .contains("spec.build_args")
+        );
     }
 }

@@ -271,50 +271,16 @@ fn check_retry(request: RetryRequest, defaults: RetryPolicy) -> Result<RetryPoli
     Ok(policy)
 }
 
-/// Accepts `https://`, `http://`, `ssh://` and `git://` URLs and scp-like
-/// `user@host:path`; refuses local paths and every other scheme, which would let a
-/// job read the worker's own disk.
+/// The repo URL, by the rules the worker checks again ([`slipway_steps::repo_url`]);
+/// a credential in it has its own answer.
 fn check_repo_url(repo: &str) -> Result<(), FieldError> {
-    let bad = |m: String| Err(FieldError::new("repo", m));
-    if repo.trim().is_empty() {
-        return bad("repo must not be empty".into());
+    match slipway_steps::repo_url::check(repo) {
+        Ok(()) => Ok(()),
+        Err(message) => Err(FieldError {
+            credentials: slipway_steps::repo_url::has_credentials(repo),
+            ..FieldError::new("repo", message)
+        }),
     }
-    if slipway_steps::repo_url::has_credentials(repo) {
-        let shown = slipway_steps::repo_url::redacted(repo);
-        return Err(FieldError {
-            credentials: true,
-            ..FieldError::new(
-                "repo",
-                format!(
-                    "repo `{shown}` carries a credential; give the URL without it (the job would store and show it)"
-                ),
-            )
-        });
-    }
-    if repo.chars().any(|c| c.is_whitespace() || c.is_control()) || repo.starts_with('-') {
-        return bad(format!("repo `{repo}` is not a URL"));
-    }
-    if let Some((scheme, rest)) = repo.split_once("://") {
-        if !matches!(scheme, "https" | "http" | "ssh" | "git") {
-            return bad(format!("unsupported URL scheme `{scheme}` in repo; use https, ssh or git"));
-        }
-        let host = rest.split('/').next().unwrap_or_default();
-        if host.is_empty() || rest.len() <= host.len() + 1 {
-            return bad(format!("repo `{repo}` needs a host and a path"));
-        }
-        return Ok(());
-    }
-    // scp-like: user@host:path
-    if let Some((user_host, path)) = repo.split_once(':')
-        && let Some((user, host)) = user_host.split_once('@')
-        && !user.is_empty()
-        && !host.is_empty()
-        && !host.contains('/')
-        && !path.is_empty()
-    {
-        return Ok(());
-    }
-    bad(format!("repo `{repo}` is not an https, ssh or git URL"))
 }
 
 /// A branch, tag, full ref name or commit SHA, by git's rules for ref names.
@@ -352,9 +318,7 @@ fn check_relative_path(field: &str, path: &str) -> Result<(), FieldError> {
 fn check_variables(map: &str, what: &str, variables: &BTreeMap<String, String>) -> Result<(), FieldError> {
     for (key, value) in variables {
         let field = format!("{map}.{key}");
-        let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
+        if !slipway_steps::repo_url::is_variable_name(key) {
             return Err(FieldError::new(field, format!("{what} name must match [A-Za-z_][A-Za-z0-9_]*")));
         }
         check_no_nul(&field, value)?;
