@@ -52,7 +52,7 @@ pub async fn worker(args: WorkerArgs, registry: RegistryArgs, shutdown: Cancella
     args.validate()?;
     registry.validate()?;
     let mut config = args.worker_config(args.worker_addr, &registry);
-    config.metrics_addr = Some(args.metrics_addr.unwrap_or_else(|| ([0, 0, 0, 0], 9464).into()));
+    config.metrics_addr = Some(args.metrics_addr.unwrap_or_else(|| ([127, 0, 0, 1], 9464).into()));
     let worker = BoundWorker::bind(config).await?;
     worker.serve(shutdown).await?;
     Ok(())

@@ -92,8 +92,10 @@ pub struct ServerArgs {
 /// The worker (`slipway worker`).
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// Address of the worker's gRPC JobService.
-    #[arg(long, env = "SLIPWAY_WORKER_ADDR", default_value = "0.0.0.0:50051")]
+    /// Address of the worker's gRPC JobService. Loopback by default: the service
+    /// has no authentication yet, so reaching it from another machine is a choice
+    /// to make knowingly (on a private network only).
+    #[arg(long, env = "SLIPWAY_WORKER_ADDR", default_value = "127.0.0.1:50051")]
     pub worker_addr: SocketAddr,
     /// Names this worker [default: worker-<host>-<port>].
     #[arg(long, env = "SLIPWAY_WORKER_ID")]
@@ -105,7 +107,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "SLIPWAY_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
     /// Address of the worker's `/metrics` [default for `slipway worker`:
-    /// 0.0.0.0:9464; `standalone` serves metrics on its HTTP API instead].
+    /// 127.0.0.1:9464; `standalone` serves metrics on its HTTP API instead].
     #[arg(long, env = "SLIPWAY_WORKER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
     /// How long a stopping worker lets running jobs finish before it hands them back.
