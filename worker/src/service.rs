@@ -73,7 +73,9 @@ impl JobService for Worker {
             Some(job) => v1::GetStatusResponse {
                 running: true,
                 step: step_to_wire(*job.step.lock().unwrap_or_else(|p| p.into_inner())) as i32,
-                lease: Some(wire::lease(&job.lease)),
+                // The attempt, never its token: the service has no authentication yet,
+                // and a token lets its holder report for the attempt.
+                lease: Some(v1::Lease { lease_token: String::new(), ..wire::lease(&job.lease) }),
             },
             None => v1::GetStatusResponse::default(),
         };
