@@ -41,17 +41,16 @@ pub async fn server(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     args.validate()?;
-    registry.validate()?;
+    let logins = registry.logins()?;
     let url = db.database_url.context("DATABASE_URL is required for `slipway server`")?;
     let store = open_store(&url).await?;
-    serve_orchestrator(store, args, &registry, Vec::new(), shutdown, async { Ok(()) }).await
+    serve_orchestrator(store, args, logins, Vec::new(), shutdown, async { Ok(()) }).await
 }
 
 /// `slipway worker`
 pub async fn worker(args: WorkerArgs, registry: RegistryArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     args.validate()?;
-    registry.validate()?;
-    let mut config = args.worker_config(args.worker_addr, &registry);
+    let mut config = args.worker_config(args.worker_addr, registry.logins()?);
     config.metrics_addr = Some(args.metrics_addr.unwrap_or_else(|| ([127, 0, 0, 1], 9464).into()));
     let worker = BoundWorker::bind(config).await?;
     worker.serve(shutdown).await?;
@@ -70,7 +69,7 @@ pub async fn standalone(
 ) -> anyhow::Result<()> {
     server.validate()?;
     worker.validate()?;
-    registry.validate()?;
+    let logins = registry.logins()?;
     let local_postgres = match db.database_url {
         Some(_) => None,
         None => {
@@ -86,7 +85,7 @@ pub async fn standalone(
     };
     let result = async {
         let store = open_store(&url).await?;
-        let mut config = worker.worker_config(worker.worker_addr, &registry);
+        let mut config = worker.worker_config(worker.worker_addr, logins.clone());
         config.metrics_addr = None;
         let bound = BoundWorker::bind(config).await?;
         let local_worker = local_url(bound.local_addr());
@@ -96,7 +95,7 @@ pub async fn standalone(
             worker_task.await.context("the worker task panicked")??;
             Ok(())
         };
-        serve_orchestrator(store, server, &registry, vec![local_worker], shutdown, drained).await
+        serve_orchestrator(store, server, logins, vec![local_worker], shutdown, drained).await
     }
     .await;
     if let Some(pg) = local_postgres {
@@ -109,7 +108,7 @@ pub async fn standalone(
 async fn serve_orchestrator(
     store: Store,
     args: ServerArgs,
-    registry: &RegistryArgs,
+    logins: slipway_steps::registry_logins::RegistryLogins,
     local_workers: Vec<String>,
     shutdown: CancellationToken,
     before_close: impl std::future::Future<Output = anyhow::Result<()>>,
@@ -131,7 +130,7 @@ async fn serve_orchestrator(
     let worker_urls: Vec<String> = local_workers.into_iter().chain(args.workers.iter().cloned()).collect();
     let workers = orchestrator::WorkerLink::connect_all(&worker_urls);
     let sweep = SweepConfig { retention: args.retention, interval: args.sweep_interval, batch: 500 };
-    let registry = RegistryClient::new(registry.logins()?);
+    let registry = RegistryClient::new(logins);
     let sweeper = Sweeper::new(store.clone(), registry, sweep, instance_id.clone(), workers.clone());
     let sweep_task = tokio::spawn(sweeper.run(shutdown.clone()));
     let config = OrchestratorConfig {

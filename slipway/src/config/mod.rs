@@ -163,10 +163,6 @@ pub struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.logins().map(drop)
-    }
-
     /// The credentials by host; refused when a user name or password names no host,
     /// since they would otherwise go to whatever registry a job names.
     pub fn logins(&self) -> Result<slipway_steps::registry_logins::RegistryLogins, ConfigError> {
@@ -293,13 +289,17 @@ impl WorkerArgs {
         self.aws.validate()
     }
 
-    pub fn worker_config(&self, listen: SocketAddr, registry: &RegistryArgs) -> slipway_worker::WorkerConfig {
+    pub fn worker_config(
+        &self,
+        listen: SocketAddr,
+        registry_logins: slipway_steps::registry_logins::RegistryLogins,
+    ) -> slipway_worker::WorkerConfig {
         slipway_worker::WorkerConfig {
             listen,
             worker_id: self.worker_id.clone().unwrap_or_else(|| format!("worker-{}-{}", hostname(), listen.port())),
             slots: self.slots,
             work_dir: self.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("slipway")),
-            registry_logins: registry.logins().unwrap_or_default(),
+            registry_logins,
             builder: self.builder,
             max_context_bytes: self.max_context_bytes,
             max_line_bytes: self.max_line_bytes,
