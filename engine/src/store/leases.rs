@@ -7,6 +7,7 @@
 //! to cancel (it ends `cancelled`) or its attempts are used up (it ends `failed`
 //! with `lease_expired`). One statement does it all, with the history rows.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::PgConnection;
@@ -62,6 +63,10 @@ pub enum CancelOutcome {
 /// [`Transition::EndLease`] leaves, `$6`… the codes and error it records. Where each job goes
 /// is [`crate::job::transitions::after_lease_end`], written in SQL so that one statement
 /// ends every expired lease (a store test holds the two together).
+///
+/// `{lock}`: the sweep skips rows another transaction holds (a report being
+/// committed decides them), but a hand-back of one named lease waits for its row:
+/// skipping it would drop the hand-back and leave the job to its lease's expiry.
 const END_LEASES: &str = "
     with ended as (
         select id, state, attempt, lease_worker, cancel_requested_at, pushed_ref,
@@ -71,7 +76,7 @@ const END_LEASES: &str = "
           and (($1::uuid is null and lease_expires_at < now()) or (id = $1 and lease_token = $2))
         order by lease_expires_at
         limit 500
-        for update skip locked
+        {lock}
     ), decided as (
         select *, case
             when cancel_requested_at is not null then 'cancelled'
@@ -241,7 +246,10 @@ async fn end_leases(
     reason: &str,
     default_policy: &RetryPolicy,
 ) -> Result<Vec<EndedLease>, StoreError> {
-    let ended = sqlx::query_as::<_, EndedLease>(END_LEASES)
+    static EXPIRED: LazyLock<String> = LazyLock::new(|| END_LEASES.replace("{lock}", "for update skip locked"));
+    static NAMED: LazyLock<String> = LazyLock::new(|| END_LEASES.replace("{lock}", "for update"));
+    let statement = if job_id.is_some() { NAMED.as_str() } else { EXPIRED.as_str() };
+    let ended = sqlx::query_as::<_, EndedLease>(statement)
         .bind(job_id)
         .bind(token)
         .bind(reason)

@@ -452,6 +452,34 @@ async fn a_retried_run_starts_afresh_and_a_run_whose_lease_ended_is_resumed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_hand_back_waits_for_a_row_another_transaction_holds_instead_of_skipping_it() {
+    let db = TestDb::new().await;
+    let id = queue(&db, 1).await[0];
+    let claimed = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
+    let lease = Lease { job_id: id, attempt: 1, token: claimed.lease_token, worker: Some("w".into()) };
+    let mut conn = db.store.pool().acquire().await.unwrap();
+    reports::mark_step_started(&mut conn, &lease, Step::Clone, TTL).await.unwrap();
+
+    // Another transaction (a heartbeat, a report being committed) holds the row.
+    let mut holder = db.store.pool().begin().await.unwrap();
+    sqlx::query("select 1 from jobs where id = $1 for update").bind(id).execute(&mut *holder).await.unwrap();
+    let hand_back = tokio::spawn(async move {
+        leases::hand_back(&mut conn, id, lease.token, &Default::default()).await.unwrap().map(|l| l.to_state)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.commit().await.unwrap();
+
+    assert_eq!(hand_back.await.unwrap(), Some(JobState::Queued), "the hand-back was skipped");
+    let history: Vec<String> =
+        sqlx::query_scalar("select reason from job_events where job_id = $1 and reason is not null")
+            .bind(id)
+            .fetch_all(db.store.pool())
+            .await
+            .unwrap();
+    assert!(history.iter().any(|r| r.starts_with("handed_back")), "{history:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_lease_that_ends_sends_its_job_where_the_rule_says() {
     use slipway_engine::job::transitions::after_lease_end;
     let db = TestDb::new().await;
