@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use common::{Ports, Slipway, TestDb, settings, spawn_server, wait_healthy};
 use slipway_engine::store::Store;
+use slipway_proto::tls::{self, TlsIdentity};
 use slipway_proto::v1::{self, job_service_server::JobService, report_service_client::ReportServiceClient};
 use sqlx::Connection;
 use tonic::transport::Channel;
@@ -57,6 +58,8 @@ struct InstantWorker {
     busy: Arc<AtomicU32>,
     first_steps: FirstSteps,
     clients: Arc<Mutex<HashMap<String, ReportServiceClient<Channel>>>>,
+    /// Its certificate, as a real worker's, from the launcher's test CA.
+    tls: TlsIdentity,
 }
 
 impl InstantWorker {
@@ -64,7 +67,9 @@ impl InstantWorker {
         let mut clients = self.clients.lock().unwrap();
         clients
             .entry(url.to_string())
-            .or_insert_with(|| ReportServiceClient::new(Channel::from_shared(url.to_string()).unwrap().connect_lazy()))
+            .or_insert_with(|| {
+                ReportServiceClient::new(self.tls.endpoint(url, tls::Server::Orchestrator).unwrap().connect_lazy())
+            })
             .clone()
     }
 }
@@ -197,15 +202,23 @@ async fn start_workers(count: usize, slots: u32) -> (Vec<u16>, FirstSteps) {
     for i in 0..count {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         ports.push(listener.local_addr().unwrap().port());
+        let id = format!("bench-worker-{i}");
+        let files = common::tls_env(common::TlsRole::Worker(&id));
+        let path = |name| std::path::PathBuf::from(&files[name]);
+        let tls =
+            TlsIdentity::read(&path("SLIPWAY_TLS_CA"), &path("SLIPWAY_TLS_CERT"), &path("SLIPWAY_TLS_KEY")).unwrap();
+        let server = tonic::transport::Server::builder().tls_config(tls.server_config()).unwrap();
         let worker = InstantWorker {
-            id: format!("bench-worker-{i}"),
+            id,
+            tls,
             slots,
             busy: Arc::new(AtomicU32::new(0)),
             first_steps: first_steps.clone(),
             clients: Arc::new(Mutex::new(HashMap::new())),
         };
+        let mut server = server;
         tokio::spawn(
-            tonic::transport::Server::builder()
+            server
                 .add_service(v1::job_service_server::JobServiceServer::new(worker))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );

@@ -1,7 +1,9 @@
 //! The `slipway` binary: wiring only. Each subcommand's work lives in `process`
-//! (long-running processes) and `client` (the HTTP API's command-line client);
-//! `config` turns flags and `SLIPWAY_*` variables into validated settings.
+//! (long-running processes), `client` (the HTTP API's command-line client) and
+//! `certs` (the installation's CA); `config` turns flags and `SLIPWAY_*` variables
+//! into validated settings.
 
+mod certs;
 mod client;
 mod config;
 mod local_postgres;
@@ -9,7 +11,7 @@ mod process;
 
 use clap::{Parser, Subcommand};
 use client::{ApiArgs, SubmitArgs};
-use config::{DatabaseArgs, RegistryArgs, ServerArgs, WorkerArgs};
+use config::{DatabaseArgs, RegistryArgs, ServerArgs, TlsArgs, WorkerArgs};
 use tokio_util::sync::CancellationToken;
 
 /// Slipway: a durable build-and-run engine. Jobs are cloned, built, pushed and run,
@@ -33,6 +35,8 @@ enum Command {
         server: ServerArgs,
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// The gRPC worker that runs jobs' steps; holds no database credentials.
     Worker {
@@ -40,6 +44,8 @@ enum Command {
         worker: WorkerArgs,
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Server and one worker in one process; a private Postgres without DATABASE_URL.
     Standalone {
@@ -51,10 +57,17 @@ enum Command {
         worker: WorkerArgs,
         #[command(flatten)]
         registry: RegistryArgs,
-        /// Folder of the private Postgres used when DATABASE_URL is not set
+        /// Folder of the private Postgres (used when DATABASE_URL is not set) and of
+        /// the CA that secures the link to its worker (`tls/`)
         /// [default: /var/lib/slipway as root, else ~/.local/share/slipway].
         #[arg(long, env = "SLIPWAY_DATA_DIR")]
         data_dir: Option<std::path::PathBuf>,
+    },
+    /// The installation's CA: orchestrators and workers accept only each other's
+    /// certificates from it.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
     },
     /// Applies the migrations and exits.
     Migrate {
@@ -108,6 +121,40 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Makes a CA in DIR: `ca.pem` (every process trusts it) and `ca.key`.
+    Init { dir: std::path::PathBuf },
+    /// Issues a certificate and key from the CA in `--dir`, written beside it as
+    /// `<name>.pem` and `<name>.key`.
+    Issue {
+        /// The folder of the CA.
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+        /// For the worker of this name (its SLIPWAY_WORKER_ID).
+        #[arg(long, value_name = "NAME", conflicts_with = "orchestrator", required_unless_present = "orchestrator")]
+        worker: Option<String>,
+        /// For an orchestrator (`slipway server`), named so in the file names.
+        #[arg(long, value_name = "NAME")]
+        orchestrator: Option<String>,
+    },
+}
+
+fn certs(command: CertsCommand) -> anyhow::Result<()> {
+    match command {
+        CertsCommand::Init { dir } => certs::init(&dir),
+        CertsCommand::Issue { dir, worker: Some(name), .. } => {
+            certs::issue(&dir, &slipway_proto::tls::Role::Worker(name.clone()), &name).map(drop)
+        }
+        CertsCommand::Issue { dir, orchestrator: Some(name), .. } => {
+            certs::issue(&dir, &slipway_proto::tls::Role::Orchestrator, &name).map(drop)
+        }
+        CertsCommand::Issue { .. } => {
+            anyhow::bail!("name what the certificate is for: --worker NAME or --orchestrator NAME")
+        }
+    }
+}
+
 /// Cancels the token on the first SIGINT or SIGTERM; exits at once on the second.
 fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
@@ -145,15 +192,16 @@ async fn run() {
     let config = slipway_observability::Config { service_name: service_name.into(), ..Default::default() };
     let telemetry = slipway_observability::init(&config);
     let result: anyhow::Result<i32> = match cli.command {
-        Command::Server { db, server, registry } => {
-            process::server(db, server, registry, shutdown_on_signals()).await.map(|()| 0)
+        Command::Server { db, server, registry, tls } => {
+            process::server(db, server, registry, tls, shutdown_on_signals()).await.map(|()| 0)
         }
-        Command::Worker { worker, registry } => {
-            process::worker(worker, registry, shutdown_on_signals()).await.map(|()| 0)
+        Command::Worker { worker, registry, tls } => {
+            process::worker(worker, registry, tls, shutdown_on_signals()).await.map(|()| 0)
         }
         Command::Standalone { db, server, worker, registry, data_dir } => {
             process::standalone(db, server, worker, registry, data_dir, shutdown_on_signals()).await.map(|()| 0)
         }
+        Command::Certs { command } => certs(command).map(|()| 0),
         Command::Migrate { db } => process::migrate(db).await.map(|()| 0),
         Command::Submit { api, job } => client::submit(&api, job).await,
         Command::Get { api, id } => client::get(&api, &id).await.map(|()| 0),

@@ -5,11 +5,14 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use slipway_proto::tls::{Role, TlsIdentity};
 use slipway_proto::v1::report_service_server::ReportServiceServer;
 use slipway_worker::BoundWorker;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
-use crate::config::{DatabaseArgs, RegistryArgs, ServerArgs, WorkerArgs, local_url};
+use crate::certs::Ca;
+use crate::config::{DatabaseArgs, RegistryArgs, ServerArgs, TlsArgs, WorkerArgs, local_url, tls_error};
 use crate::local_postgres::{LocalPostgres, default_data_root};
 use slipway_engine::orchestrator::{self, OrchestratorConfig, ReportHandler, SweepConfig, Sweeper};
 use slipway_engine::registry::RegistryClient;
@@ -38,19 +41,27 @@ pub async fn server(
     db: DatabaseArgs,
     args: ServerArgs,
     registry: RegistryArgs,
+    tls: TlsArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     args.validate()?;
+    let tls = tls.identity()?;
+    tls.expect_orchestrator().map_err(tls_error)?;
     let logins = registry.logins()?;
     let url = db.database_url.context("DATABASE_URL is required for `slipway server`")?;
     let store = open_store(&url).await?;
-    serve_orchestrator(store, args, logins, Vec::new(), shutdown, async { Ok(()) }).await
+    serve_orchestrator(store, args, logins, tls, Vec::new(), shutdown, async { Ok(()) }).await
 }
 
 /// `slipway worker`
-pub async fn worker(args: WorkerArgs, registry: RegistryArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn worker(
+    args: WorkerArgs,
+    registry: RegistryArgs,
+    tls: TlsArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     args.validate()?;
-    let mut config = args.worker_config(args.worker_addr, registry.logins()?);
+    let mut config = args.worker_config(args.worker_addr, registry.logins()?, tls.identity()?)?;
     config.metrics_addr = Some(args.metrics_addr.unwrap_or_else(|| ([127, 0, 0, 1], 9464).into()));
     let worker = BoundWorker::bind(config).await?;
     worker.serve(shutdown).await?;
@@ -58,7 +69,10 @@ pub async fn worker(args: WorkerArgs, registry: RegistryArgs, shutdown: Cancella
 }
 
 /// `slipway standalone`: a server and a worker in one process, with a private
-/// Postgres when no `DATABASE_URL` is given.
+/// Postgres when no `DATABASE_URL` is given. The two speak mutual TLS like any
+/// other pair, with certificates issued at each start from a CA kept in the data
+/// folder (`tls/`, made on first start), so that other workers can be issued
+/// certificates for it with `slipway certs issue --dir <data>/tls`.
 pub async fn standalone(
     db: DatabaseArgs,
     server: ServerArgs,
@@ -70,10 +84,14 @@ pub async fn standalone(
     server.validate()?;
     worker.validate()?;
     let logins = registry.logins()?;
+    let root = data_dir.unwrap_or_else(default_data_root);
+    let ca = Ca::read_or_create(&root.join("tls"))?;
+    let worker_id = worker.standalone_worker_id(worker.worker_addr);
+    let worker_tls = ca.identity(&Role::Worker(worker_id.clone()))?;
+    let orchestrator_tls = ca.identity(&Role::Orchestrator)?;
     let local_postgres = match db.database_url {
         Some(_) => None,
         None => {
-            let root = data_dir.unwrap_or_else(default_data_root);
             tracing::info!(path = %root.display(), "no DATABASE_URL: using a private postgres in this data folder");
             Some(LocalPostgres::start(&root).await?)
         }
@@ -85,7 +103,8 @@ pub async fn standalone(
     };
     let result = async {
         let store = open_store(&url).await?;
-        let mut config = worker.worker_config(worker.worker_addr, logins.clone());
+        let worker = WorkerArgs { worker_id: Some(worker_id), ..worker };
+        let mut config = worker.worker_config(worker.worker_addr, logins.clone(), worker_tls)?;
         config.metrics_addr = None;
         let bound = BoundWorker::bind(config).await?;
         let local_worker = local_url(bound.local_addr());
@@ -95,7 +114,7 @@ pub async fn standalone(
             worker_task.await.context("the worker task panicked")??;
             Ok(())
         };
-        serve_orchestrator(store, server, logins, vec![local_worker], shutdown, drained).await
+        serve_orchestrator(store, server, logins, orchestrator_tls, vec![local_worker], shutdown, drained).await
     }
     .await;
     if let Some(pg) = local_postgres {
@@ -109,6 +128,7 @@ async fn serve_orchestrator(
     store: Store,
     args: ServerArgs,
     logins: slipway_steps::registry_logins::RegistryLogins,
+    tls: TlsIdentity,
     local_workers: Vec<String>,
     shutdown: CancellationToken,
     before_close: impl std::future::Future<Output = anyhow::Result<()>>,
@@ -128,7 +148,7 @@ async fn serve_orchestrator(
     let defaults = args.submit_defaults();
     let instance_id = store.instance_id().await?;
     let worker_urls: Vec<String> = local_workers.into_iter().chain(args.workers.iter().cloned()).collect();
-    let workers = orchestrator::WorkerLink::connect_all(&worker_urls);
+    let workers = orchestrator::WorkerLink::connect_all(&worker_urls, &tls);
     let sweep = SweepConfig { retention: args.retention, interval: args.sweep_interval, batch: 500 };
     let registry = RegistryClient::new(logins);
     let sweeper = Sweeper::new(store.clone(), registry, sweep, instance_id.clone(), workers.clone());
@@ -155,14 +175,15 @@ async fn serve_orchestrator(
     let grpc_task = {
         let stop = grpc_stop.clone();
         tracing::info!(addr = %grpc_addr, "report service listening");
+        let reports = ReportServiceServer::new(reports)
+            .max_decoding_message_size(slipway_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(slipway_proto::MAX_MESSAGE_BYTES);
+        // Only a worker's certificate of the installation's CA gets a report in.
+        let mut server = tonic::transport::Server::builder().tls_config(tls.server_config())?;
         tokio::spawn(
-            tonic::transport::Server::builder()
+            server
                 .add_service(health_service)
-                .add_service(
-                    ReportServiceServer::new(reports)
-                        .max_decoding_message_size(slipway_proto::MAX_MESSAGE_BYTES)
-                        .max_encoding_message_size(slipway_proto::MAX_MESSAGE_BYTES),
-                )
+                .add_service(InterceptedService::new(reports, slipway_proto::tls::workers_only))
                 .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(grpc), async move {
                     stop.cancelled().await
                 }),

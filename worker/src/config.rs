@@ -15,8 +15,10 @@ use slipway_steps::registry_logins::RegistryLogins;
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub listen: SocketAddr,
-    /// Names this worker in leases, events and logs.
+    /// Names this worker in leases, events and logs: the name its certificate holds.
     pub worker_id: String,
+    /// Its certificate, with which it serves and reports.
+    pub tls: slipway_proto::tls::TlsIdentity,
     /// How many jobs may run at once.
     pub slots: u32,
     /// Where clones go: a folder per worker, in it a folder per job attempt,

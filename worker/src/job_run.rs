@@ -42,14 +42,19 @@ pub(crate) async fn run(state: Arc<WorkerState>, job: JobRun) {
 
 async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
     let (lines_tx, lines_rx) = mpsc::channel(LOG_BUFFER);
-    let reporter =
-        match Reporter::start(&job.assignment.report_to, state.orchestrators(), &job.assignment.lease, lines_rx) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(job.id = %job.assignment.lease.job_id, error = %e, "cannot report; giving the job up");
-                return;
-            }
-        };
+    let reporter = match Reporter::start(
+        &state.config.tls,
+        &job.assignment.report_to,
+        state.orchestrators(),
+        &job.assignment.lease,
+        lines_rx,
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(job.id = %job.assignment.lease.job_id, error = %e, "cannot report; giving the job up");
+            return;
+        }
+    };
     // A cancel or a hand-back stops the running step.
     let stop = job.cancel.child_token();
     let _link = {

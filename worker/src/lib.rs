@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use slipway_proto::v1::job_service_server::JobServiceServer;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 pub use config::WorkerConfig;
 use service::Worker;
@@ -87,14 +88,16 @@ impl BoundWorker {
         let close = CancellationToken::new();
         let server = {
             let close = close.clone();
+            let jobs = JobServiceServer::new(Worker::new(state.clone(), shutdown.clone()))
+                .max_decoding_message_size(slipway_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(slipway_proto::MAX_MESSAGE_BYTES);
+            // Only a client with a certificate of the installation's CA gets through
+            // the handshake; only an orchestrator's gets past the interceptor.
+            let mut server = tonic::transport::Server::builder().tls_config(state.config.tls.server_config())?;
             tokio::spawn(
-                tonic::transport::Server::builder()
+                server
                     .add_service(health_service)
-                    .add_service(
-                        JobServiceServer::new(Worker::new(state.clone(), shutdown.clone()))
-                            .max_decoding_message_size(slipway_proto::MAX_MESSAGE_BYTES)
-                            .max_encoding_message_size(slipway_proto::MAX_MESSAGE_BYTES),
-                    )
+                    .add_service(InterceptedService::new(jobs, slipway_proto::tls::orchestrators_only))
                     .serve_with_incoming_shutdown(incoming, async move { close.cancelled().await }),
             )
         };

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use slipway_observability::trace;
+use slipway_proto::tls::{Server, TlsIdentity};
 use slipway_proto::v1::{self, report_service_client::ReportServiceClient};
 use slipway_steps::{LogLine, Step};
 use tokio::sync::{mpsc, oneshot};
@@ -34,7 +35,7 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// Why a report could not be delivered.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReportError {
-    #[error("report_to `{0}` is not a URL")]
+    #[error("cannot report to it: {0}")]
     BadAddress(String),
     #[error("the orchestrator refused the report: {0}")]
     Refused(tonic::Status),
@@ -52,13 +53,19 @@ pub(crate) struct Reporter {
 impl Reporter {
     /// `known`: report URLs of orchestrators that pinged lately, to fail over to.
     pub fn start(
+        tls: &TlsIdentity,
         report_to: &str,
         known: Arc<Mutex<Vec<String>>>,
         lease: &JobLease,
         lines: mpsc::Receiver<LogLine>,
     ) -> Result<Self, ReportError> {
-        let mut link =
-            Link { primary: report_to.to_string(), known, current: report_to.to_string(), clients: HashMap::new() };
+        let mut link = Link {
+            tls: tls.clone(),
+            primary: report_to.to_string(),
+            known,
+            current: report_to.to_string(),
+            clients: HashMap::new(),
+        };
         link.client(report_to)?;
         let (reports, reports_rx) = mpsc::channel(4);
         let pump = tokio::spawn(pump(link, wire::lease(lease), lines, reports_rx));
@@ -85,6 +92,7 @@ impl Reporter {
 
 /// The orchestrator reports go to, and the others to fail over to.
 struct Link {
+    tls: TlsIdentity,
     primary: String,
     known: Arc<Mutex<Vec<String>>>,
     current: String,
@@ -96,8 +104,10 @@ impl Link {
         if let Some(client) = self.clients.get(url) {
             return Ok(client.clone());
         }
-        let channel = Channel::from_shared(url.to_string())
-            .map_err(|_| ReportError::BadAddress(url.to_string()))?
+        let channel = self
+            .tls
+            .endpoint(url, Server::Orchestrator)
+            .map_err(|e| ReportError::BadAddress(e.to_string()))?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(30))
             .connect_lazy();

@@ -6,10 +6,11 @@
 use std::time::Duration;
 
 use slipway_proto::convert::step_to_wire;
+use slipway_proto::tls::{Server, TlsIdentity};
 use slipway_proto::v1::{self, job_service_client::JobServiceClient, leftover::Kind};
 use slipway_steps::Step;
 use slipway_steps::runtime::RuntimeKind;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::OrchestratorConfig;
 use crate::job::JobId;
@@ -61,10 +62,12 @@ pub(super) struct Leftover {
 }
 
 impl WorkerLink {
-    /// Links to every worker URL; a URL that is not one is logged and left out.
-    pub fn connect_all(urls: &[String]) -> Vec<WorkerLink> {
+    /// Links to every worker URL (`https://` only), presenting this orchestrator's
+    /// certificate and accepting only a worker's; a URL that is not one is logged
+    /// and left out.
+    pub fn connect_all(urls: &[String], tls: &TlsIdentity) -> Vec<WorkerLink> {
         urls.iter()
-            .filter_map(|url| match Endpoint::from_shared(url.clone()) {
+            .filter_map(|url| match tls.endpoint(url, Server::Worker) {
                 Ok(endpoint) => Some(WorkerLink {
                     url: url.clone(),
                     client: JobServiceClient::new(endpoint.connect_timeout(CALL_TIMEOUT).connect_lazy())

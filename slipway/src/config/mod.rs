@@ -40,12 +40,12 @@ pub struct ServerArgs {
     /// Address of the gRPC report service that workers report to.
     #[arg(long, env = "SLIPWAY_GRPC_ADDR", default_value = "127.0.0.1:50052")]
     pub grpc_addr: SocketAddr,
-    /// URL by which workers reach the report service [default: http://<grpc addr>,
+    /// URL by which workers reach the report service [default: https://<grpc addr>,
     /// with 127.0.0.1 for an unspecified address].
     #[arg(long, env = "SLIPWAY_REPORT_URL")]
     pub report_url: Option<String>,
     /// Comma-separated gRPC URLs of the workers to dispatch to, such as
-    /// http://10.0.0.5:50051 (`standalone` adds its own worker).
+    /// https://10.0.0.5:50051 (`standalone` adds its own worker).
     #[arg(long, env = "SLIPWAY_WORKERS", value_delimiter = ',')]
     pub workers: Vec<String>,
     /// Names this orchestrator in leases [default: orchestrator-<host>-<pid>].
@@ -92,12 +92,12 @@ pub struct ServerArgs {
 /// The worker (`slipway worker`).
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// Address of the worker's gRPC JobService. Loopback by default: the service
-    /// has no authentication yet, so reaching it from another machine is a choice
-    /// to make knowingly (on a private network only).
+    /// Address of the worker's gRPC JobService (mutual TLS: only orchestrators
+    /// with a certificate of the same CA may call it). Loopback by default.
     #[arg(long, env = "SLIPWAY_WORKER_ADDR", default_value = "127.0.0.1:50051")]
     pub worker_addr: SocketAddr,
-    /// Names this worker [default: worker-<host>-<port>].
+    /// Names this worker; must be the name in its certificate [default: that name;
+    /// in `standalone`, worker-<host>-<port>].
     #[arg(long, env = "SLIPWAY_WORKER_ID")]
     pub worker_id: Option<String>,
     /// How many jobs the worker runs at once.
@@ -198,6 +198,53 @@ impl RegistryArgs {
     }
 }
 
+/// The certificate of this process and the CA it trusts (`slipway certs`).
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// The installation's CA certificate (`ca.pem` of `slipway certs init`).
+    #[arg(long, env = "SLIPWAY_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This process's certificate (`slipway certs issue --worker|--orchestrator NAME`).
+    #[arg(long, env = "SLIPWAY_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This process's private key.
+    #[arg(long, env = "SLIPWAY_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The identity the three files make; each is required, since orchestrators and
+    /// workers speak TLS only.
+    pub fn identity(&self) -> Result<slipway_proto::tls::TlsIdentity, ConfigError> {
+        let required = |setting: &'static str, path: &Option<PathBuf>| {
+            path.clone().ok_or_else(|| {
+                bad(
+                    setting,
+                    "is required: orchestrators and workers speak mutual TLS only. Make a CA with \
+                     `slipway certs init DIR` and a certificate with `slipway certs issue --dir DIR \
+                     --worker NAME` (or `--orchestrator NAME`)",
+                )
+            })
+        };
+        let ca = required("SLIPWAY_TLS_CA", &self.tls_ca)?;
+        let cert = required("SLIPWAY_TLS_CERT", &self.tls_cert)?;
+        let key = required("SLIPWAY_TLS_KEY", &self.tls_key)?;
+        slipway_proto::tls::TlsIdentity::read(&ca, &cert, &key).map_err(tls_error)
+    }
+}
+
+/// A TLS error as a configuration error naming its setting.
+pub fn tls_error(e: slipway_proto::tls::TlsError) -> ConfigError {
+    match e {
+        slipway_proto::tls::TlsError::Read { setting, .. } | slipway_proto::tls::TlsError::Invalid { setting, .. } => {
+            let message = e.to_string();
+            let message = message.strip_prefix(&format!("{setting}: ")).unwrap_or(&message).to_string();
+            ConfigError { setting, message }
+        }
+        other => bad("SLIPWAY_TLS_CERT", other.to_string()),
+    }
+}
+
 /// A configuration error, naming the setting at fault.
 #[derive(Debug, thiserror::Error)]
 #[error("{setting}: {message}")]
@@ -212,8 +259,11 @@ fn bad(setting: &'static str, message: impl Into<String>) -> ConfigError {
 
 fn check_url(setting: &'static str, url: &str) -> Result<(), ConfigError> {
     match url.split_once("://") {
-        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(()),
-        _ => Err(bad(setting, format!("`{url}` is not an http:// or https:// URL"))),
+        Some(("https", rest)) if !rest.is_empty() => Ok(()),
+        Some(("http", _)) => {
+            Err(bad(setting, format!("`{url}`: orchestrators and workers speak TLS only; write https://")))
+        }
+        _ => Err(bad(setting, format!("`{url}` is not an https:// URL"))),
     }
 }
 
@@ -289,14 +339,40 @@ impl WorkerArgs {
         self.aws.validate()
     }
 
+    /// The worker's name in `standalone`, whose certificate is made for it: the
+    /// configured one, or `worker-<host>-<port>`.
+    pub fn standalone_worker_id(&self, listen: SocketAddr) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let name: String = format!("worker-{}-{}", hostname(), listen.port())
+                .to_ascii_lowercase()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            name.trim_matches('-').chars().take(63).collect::<String>().trim_end_matches('-').to_string()
+        })
+    }
+
+    /// The worker's settings; its name is the one its certificate holds, which
+    /// `SLIPWAY_WORKER_ID`, if set, must repeat.
     pub fn worker_config(
         &self,
         listen: SocketAddr,
         registry_logins: slipway_steps::registry_logins::RegistryLogins,
-    ) -> slipway_worker::WorkerConfig {
-        slipway_worker::WorkerConfig {
+        tls: slipway_proto::tls::TlsIdentity,
+    ) -> Result<slipway_worker::WorkerConfig, ConfigError> {
+        let worker_id = tls.expect_worker().map_err(tls_error)?.to_string();
+        if let Some(configured) = self.worker_id.as_deref().filter(|id| *id != worker_id) {
+            return Err(bad(
+                "SLIPWAY_WORKER_ID",
+                format!(
+                    "`{configured}` is not the name in SLIPWAY_TLS_CERT (`{worker_id}`); leave it unset or issue a certificate for it"
+                ),
+            ));
+        }
+        Ok(slipway_worker::WorkerConfig {
             listen,
-            worker_id: self.worker_id.clone().unwrap_or_else(|| format!("worker-{}-{}", hostname(), listen.port())),
+            worker_id,
+            tls,
             slots: self.slots,
             work_dir: self.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("slipway")),
             registry_logins,
@@ -313,7 +389,7 @@ impl WorkerArgs {
             labels: self.labels.iter().cloned().collect(),
             ecs: self.aws.ecs(),
             ecr: self.aws.ecr(),
-        }
+        })
     }
 }
 
@@ -347,7 +423,7 @@ fn cpus(text: &str) -> Result<i64, String> {
 /// `http://addr`, with an unspecified address replaced by loopback.
 pub fn local_url(addr: SocketAddr) -> String {
     let host = if addr.ip().is_unspecified() { "127.0.0.1".parse().expect("loopback") } else { addr.ip() };
-    format!("http://{}", SocketAddr::new(host, addr.port()))
+    format!("https://{}", SocketAddr::new(host, addr.port()))
 }
 
 fn hostname() -> String {

@@ -21,6 +21,7 @@ pub mod moto;
 mod processes;
 mod registry;
 mod sse;
+mod tls;
 
 pub use api::*;
 pub use db::*;
@@ -29,6 +30,7 @@ pub use git::*;
 pub use processes::*;
 pub use registry::*;
 pub use sse::*;
+pub use tls::*;
 
 pub fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the tests through scripts/test"))

@@ -26,7 +26,12 @@ pub struct Slipway {
 
 impl Slipway {
     pub fn spawn(name: &str, args: &[&str], envs: &BTreeMap<&str, String>) -> Self {
-        let log_dir = tempfile::tempdir().unwrap();
+        Self::spawn_in(tempfile::tempdir().unwrap(), name, args, envs)
+    }
+
+    /// Spawns with its output (and whatever else the caller put there) in `log_dir`,
+    /// removed when the process is dropped.
+    fn spawn_in(log_dir: tempfile::TempDir, name: &str, args: &[&str], envs: &BTreeMap<&str, String>) -> Self {
         let log = log_dir.path().join("out.log");
         let file = std::fs::File::create(&log).unwrap();
         let mut command = slipway_command();
@@ -154,6 +159,7 @@ pub fn spawn_worker(
 ) -> Slipway {
     let mut env = worker_env(port, work_dir);
     env.insert("SLIPWAY_WORKER_ID", id.to_string());
+    env.extend(tls_env(TlsRole::Worker(id)));
     env.extend(extra);
     Slipway::spawn(id, &["worker"], &env)
 }
@@ -169,7 +175,8 @@ pub fn spawn_server(
 ) -> Slipway {
     let mut env = ports.server_env();
     env.insert("DATABASE_URL", db_url.to_string());
-    let urls: Vec<String> = workers.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
+    env.extend(tls_env(TlsRole::Orchestrator));
+    let urls: Vec<String> = workers.iter().map(|p| format!("https://127.0.0.1:{p}")).collect();
     env.insert("SLIPWAY_WORKERS", urls.join(","));
     env.insert("SLIPWAY_ORCHESTRATOR_ID", name.to_string());
     env.extend(extra);
@@ -187,11 +194,14 @@ pub fn spawn_standalone(
 ) -> Slipway {
     let mut env = ports.server_env();
     env.extend(worker_env(ports.worker, work_dir));
+    // Its data folder (its CA, at least) is the process's own, not the machine's.
+    let dir = tempfile::tempdir().unwrap();
+    env.insert("SLIPWAY_DATA_DIR", dir.path().join("data").display().to_string());
     if let Some(url) = db_url {
         env.insert("DATABASE_URL", url.to_string());
     }
     env.extend(extra);
-    Slipway::spawn(name, &["standalone"], &env)
+    Slipway::spawn_in(dir, name, &["standalone"], &env)
 }
 
 /// A `standalone` process on a fresh database, with an app repository to build.
