@@ -65,11 +65,14 @@ pub async fn append_logs(
         return Ok(());
     }
     let used: Option<i64> = sqlx::query_scalar(
-        "select log_bytes from jobs where id = $1 and lease_token = $2 and state = any($3) for update",
+        "select log_bytes from jobs
+         where id = $1 and lease_token = $2 and lease_worker = coalesce($4, lease_worker) and state = any($3)
+         for update",
     )
     .bind(lease.job_id)
     .bind(lease.token)
     .bind(Transition::KeepLease.from_states())
+    .bind(&lease.worker)
     .fetch_optional(&mut *conn)
     .await?;
     let used = used.ok_or(StoreError::LeaseLost)?;

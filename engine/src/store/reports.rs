@@ -1,5 +1,6 @@
 //! The writes a worker's step reports cause, each one statement fenced by the
-//! lease token and guarded by the from-states of its [`Transition`].
+//! lease token and the worker it was given to, and guarded by the from-states of
+//! its [`Transition`].
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -22,8 +23,9 @@ pub struct Lease {
     pub job_id: JobId,
     pub attempt: i32,
     pub token: Uuid,
-    /// The worker that sent the report; `None` from a worker that does not say,
-    /// whose rows then name the lease's worker.
+    /// The worker that sent the report: a write is fenced to the lease's own
+    /// worker (the report service sets it from the caller's certificate). `None`:
+    /// any worker holding the token, as the engine's own writes are.
     pub worker: Option<String>,
 }
 
@@ -94,7 +96,8 @@ pub async fn mark_step_started(
     let (rows, waited): (i64, Option<f64>) = sqlx::query_as(
         "with prev as (
              select state, lease_worker from jobs
-             where id = $1 and lease_token = $2 and state = any($8) and cancel_requested_at is null
+             where id = $1 and lease_token = $2 and lease_worker = coalesce($7, lease_worker)
+               and state = any($8) and cancel_requested_at is null
              for update
          ), upd as (
              update jobs j set state = $3, updated_at = now(),
@@ -163,7 +166,7 @@ async fn store_outputs(
         format!(
             "with upd as (
                  update jobs j set {}, updated_at = now(), lease_expires_at = now() + make_interval(secs => $11)
-                 where id = $8 and lease_token = $9 and state = any($13)
+                 where id = $8 and lease_token = $9 and lease_worker = coalesce($15, lease_worker) and state = any($13)
                  returning id
              ), st as (
                  update job_steps s set finished_at = now(), outcome = 'succeeded'
@@ -182,6 +185,7 @@ async fn store_outputs(
         .bind(ended)
         .bind(transition.from_states())
         .bind(lease.attempt)
+        .bind(&lease.worker)
         .fetch_one(&mut *conn)
         .await?;
     fenced(rows)
@@ -204,7 +208,7 @@ pub async fn mark_finished(
         format!(
             "with prev as (
                  select state, lease_worker from jobs
-                 where id = $8 and lease_token = $9 and state = any($18)
+                 where id = $8 and lease_token = $9 and lease_worker = coalesce($17, lease_worker) and state = any($18)
                  for update
              ), upd as (
                  update jobs j set state = $10, finished_at = now(), updated_at = now(),
@@ -255,7 +259,7 @@ pub async fn mark_retry(conn: &mut PgConnection, lease: &Lease, step: Step, retr
     let rows: i64 = sqlx::query_scalar(
         "with prev as (
              select state, lease_worker from jobs
-             where id = $1 and lease_token = $2 and state = any($12)
+             where id = $1 and lease_token = $2 and lease_worker = coalesce($11, lease_worker) and state = any($12)
              for update
          ), upd as (
              update jobs j set state = $3, attempt = $10 + 1,

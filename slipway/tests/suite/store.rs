@@ -293,6 +293,31 @@ async fn every_fenced_write_to_a_finished_job_is_refused_and_writes_nothing() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_report_from_a_worker_other_than_the_lease_s_is_refused_and_writes_nothing() {
+    let db = TestDb::new().await;
+    let reports = [
+        (FencedWrite::StepStarted, Step::Build),
+        (FencedWrite::Outputs, Step::Clone),
+        (FencedWrite::StepSucceeded, Step::Clone),
+        (FencedWrite::Finished, Step::Clone),
+        (FencedWrite::Logs, Step::Clone),
+        // Last: the job it retries would be claimed again by the next case.
+        (FencedWrite::Retry, Step::Clone),
+    ];
+    for (write, step) in reports {
+        let (id, lease) = job_at(&db, Some(Step::Clone)).await;
+        let before = stored(&db, id).await;
+        let intruder = Lease { worker: Some("intruder".into()), ..lease.clone() };
+        assert!(
+            refused_at(&db, write, &intruder, step).await,
+            "{write:?} from another worker with the token was accepted"
+        );
+        assert_eq!(stored(&db, id).await, before, "{write:?} from another worker changed the job");
+        assert!(!refused_at(&db, write, &lease, step).await, "{write:?} from the lease's own worker was refused");
+    }
+}
+
 /// A job claimed by worker `w` and taken through its steps up to `step` (started),
 /// with the lease of that attempt; `None`: claimed, no step started.
 async fn job_at(db: &TestDb, step: Option<Step>) -> (JobId, Lease) {
@@ -363,7 +388,7 @@ async fn history_rows_name_the_attempt_and_worker_of_the_report() {
         .fetch_one(db.store.pool())
         .await
         .unwrap();
-    let lease = Lease { job_id: id, attempt: 2, token, worker: Some("w2-reporting".into()) };
+    let lease = Lease { job_id: id, attempt: 2, token, worker: Some("w2".into()) };
     let mut conn = db.store.pool().acquire().await.unwrap();
     let line = NewLogLine { step: Step::Clone, stream: "stdout", at: chrono::Utc::now(), line: "hi".into() };
     logs::append_logs(&mut conn, &lease, &[line], None, 1 << 20).await.unwrap();
@@ -388,7 +413,7 @@ async fn history_rows_name_the_attempt_and_worker_of_the_report() {
     let w = |s: &str| Some(s.to_string());
     assert_eq!(
         events,
-        [("cloning".into(), 1, w("w1")), ("cloning".into(), 2, w("w2")), ("building".into(), 2, w("w2-reporting")),]
+        [("cloning".into(), 1, w("w1")), ("cloning".into(), 2, w("w2")), ("building".into(), 2, w("w2")),]
     );
     let retried: (i32, Option<String>) =
         sqlx::query_as("select attempt, worker from job_events where job_id = $1 order by id desc limit 1")
@@ -396,16 +421,16 @@ async fn history_rows_name_the_attempt_and_worker_of_the_report() {
             .fetch_one(db.store.pool())
             .await
             .unwrap();
-    assert_eq!(retried, (3, w("w2-reporting")), "the retry names the next attempt and the reporting worker");
+    assert_eq!(retried, (3, w("w2")), "the retry names the next attempt and the reporting worker");
     let logged = db.store.logs(id, 0, 10).await.unwrap();
-    assert_eq!((logged[0].attempt, logged[0].worker.as_deref()), (2, Some("w2-reporting")));
+    assert_eq!((logged[0].attempt, logged[0].worker.as_deref()), (2, Some("w2")));
     let build: (i32, Option<String>) =
         sqlx::query_as("select attempt, worker from job_steps where job_id = $1 and step = 'build'")
             .bind(id)
             .fetch_one(db.store.pool())
             .await
             .unwrap();
-    assert_eq!(build, (2, w("w2-reporting")));
+    assert_eq!(build, (2, w("w2")));
 }
 
 #[tokio::test(flavor = "multi_thread")]
