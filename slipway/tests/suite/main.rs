@@ -7,6 +7,7 @@ mod aws_clients;
 mod common;
 mod ecs;
 mod faults;
+mod grpc_auth;
 mod hostile;
 mod iam;
 mod observability;
