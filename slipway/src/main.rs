@@ -11,7 +11,7 @@ mod process;
 
 use clap::{Parser, Subcommand};
 use client::{ApiArgs, SubmitArgs};
-use config::{DatabaseArgs, RegistryArgs, ServerArgs, TlsArgs, WorkerArgs};
+use config::{DatabaseArgs, RegistryArgs, RepoArgs, ServerArgs, TlsArgs, WorkerArgs};
 use tokio_util::sync::CancellationToken;
 
 /// Slipway: a durable build-and-run engine. Jobs are cloned, built, pushed and run,
@@ -37,6 +37,8 @@ enum Command {
         registry: RegistryArgs,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        repo: RepoArgs,
     },
     /// The gRPC worker that runs jobs' steps; holds no database credentials.
     Worker {
@@ -46,6 +48,8 @@ enum Command {
         registry: RegistryArgs,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        repo: RepoArgs,
     },
     /// Server and one worker in one process; a private Postgres without DATABASE_URL.
     Standalone {
@@ -57,6 +61,8 @@ enum Command {
         worker: WorkerArgs,
         #[command(flatten)]
         registry: RegistryArgs,
+        #[command(flatten)]
+        repo: RepoArgs,
         /// Folder of the private Postgres (used when DATABASE_URL is not set) and of
         /// the CA that secures the link to its worker (`tls/`)
         /// [default: /var/lib/slipway as root, else ~/.local/share/slipway].
@@ -192,14 +198,15 @@ async fn run() {
     let config = slipway_observability::Config { service_name: service_name.into(), ..Default::default() };
     let telemetry = slipway_observability::init(&config);
     let result: anyhow::Result<i32> = match cli.command {
-        Command::Server { db, server, registry, tls } => {
-            process::server(db, server, registry, tls, shutdown_on_signals()).await.map(|()| 0)
+        Command::Server { db, server, registry, tls, repo } => {
+            process::server(db, server, registry, tls, repo, shutdown_on_signals()).await.map(|()| 0)
         }
-        Command::Worker { worker, registry, tls } => {
-            process::worker(worker, registry, tls, shutdown_on_signals()).await.map(|()| 0)
+        Command::Worker { worker, registry, tls, repo } => {
+            process::worker(worker, registry, tls, repo, shutdown_on_signals()).await.map(|()| 0)
         }
-        Command::Standalone { db, server, worker, registry, data_dir } => {
-            process::standalone(db, server, worker, registry, data_dir, shutdown_on_signals()).await.map(|()| 0)
+        Command::Standalone { db, server, worker, registry, repo, data_dir } => {
+            let parts = process::Parts { db, server, worker, registry, repo, data_dir };
+            process::standalone(parts, shutdown_on_signals()).await.map(|()| 0)
         }
         Command::Certs { command } => certs(command).map(|()| 0),
         Command::Migrate { db } => process::migrate(db).await.map(|()| 0),

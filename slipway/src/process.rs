@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::certs::Ca;
-use crate::config::{DatabaseArgs, RegistryArgs, ServerArgs, TlsArgs, WorkerArgs, local_url, tls_error};
+use crate::config::{DatabaseArgs, RegistryArgs, RepoArgs, ServerArgs, TlsArgs, WorkerArgs, local_url, tls_error};
 use crate::local_postgres::{LocalPostgres, default_data_root};
 use slipway_engine::orchestrator::{self, OrchestratorConfig, ReportHandler, SweepConfig, Sweeper};
 use slipway_engine::registry::RegistryClient;
@@ -42,6 +42,7 @@ pub async fn server(
     args: ServerArgs,
     registry: RegistryArgs,
     tls: TlsArgs,
+    repo: RepoArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     args.validate()?;
@@ -50,7 +51,8 @@ pub async fn server(
     let logins = registry.logins()?;
     let url = db.database_url.context("DATABASE_URL is required for `slipway server`")?;
     let store = open_store(&url).await?;
-    serve_orchestrator(store, args, logins, tls, Vec::new(), shutdown, async { Ok(()) }).await
+    let links = Links { logins, tls, repo: repo.policy() };
+    serve_orchestrator(store, args, links, Vec::new(), shutdown, async { Ok(()) }).await
 }
 
 /// `slipway worker`
@@ -58,10 +60,11 @@ pub async fn worker(
     args: WorkerArgs,
     registry: RegistryArgs,
     tls: TlsArgs,
+    repo: RepoArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     args.validate()?;
-    let mut config = args.worker_config(args.worker_addr, registry.logins()?, tls.identity()?)?;
+    let mut config = args.worker_config(args.worker_addr, registry.logins()?, tls.identity()?, repo.policy())?;
     config.metrics_addr = Some(args.metrics_addr.unwrap_or_else(|| ([127, 0, 0, 1], 9464).into()));
     let worker = BoundWorker::bind(config).await?;
     worker.serve(shutdown).await?;
@@ -73,14 +76,8 @@ pub async fn worker(
 /// other pair, with certificates issued at each start from a CA kept in the data
 /// folder (`tls/`, made on first start), so that other workers can be issued
 /// certificates for it with `slipway certs issue --dir <data>/tls`.
-pub async fn standalone(
-    db: DatabaseArgs,
-    server: ServerArgs,
-    worker: WorkerArgs,
-    registry: RegistryArgs,
-    data_dir: Option<std::path::PathBuf>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn standalone(parts: Parts, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let Parts { db, server, worker, registry, repo, data_dir } = parts;
     server.validate()?;
     worker.validate()?;
     let logins = registry.logins()?;
@@ -104,7 +101,7 @@ pub async fn standalone(
     let result = async {
         let store = open_store(&url).await?;
         let worker = WorkerArgs { worker_id: Some(worker_id), ..worker };
-        let mut config = worker.worker_config(worker.worker_addr, logins.clone(), worker_tls)?;
+        let mut config = worker.worker_config(worker.worker_addr, logins.clone(), worker_tls, repo.policy())?;
         config.metrics_addr = None;
         let bound = BoundWorker::bind(config).await?;
         let local_worker = local_url(bound.local_addr());
@@ -114,7 +111,8 @@ pub async fn standalone(
             worker_task.await.context("the worker task panicked")??;
             Ok(())
         };
-        serve_orchestrator(store, server, logins, orchestrator_tls, vec![local_worker], shutdown, drained).await
+        let links = Links { logins, tls: orchestrator_tls, repo: repo.policy() };
+        serve_orchestrator(store, server, links, vec![local_worker], shutdown, drained).await
     }
     .await;
     if let Some(pg) = local_postgres {
@@ -123,12 +121,29 @@ pub async fn standalone(
     result
 }
 
+/// What `slipway standalone` is made of.
+pub struct Parts {
+    pub db: DatabaseArgs,
+    pub server: ServerArgs,
+    pub worker: WorkerArgs,
+    pub registry: RegistryArgs,
+    pub repo: RepoArgs,
+    pub data_dir: Option<std::path::PathBuf>,
+}
+
+/// What an orchestrator may reach, and as whom: registries with their credentials,
+/// workers with its certificate, repositories by the policy.
+struct Links {
+    logins: slipway_steps::registry_logins::RegistryLogins,
+    tls: TlsIdentity,
+    repo: slipway_steps::repo_url::RepoPolicy,
+}
+
 /// Runs the HTTP API, the report service and the dispatch loop until `shutdown`.
 async fn serve_orchestrator(
     store: Store,
     args: ServerArgs,
-    logins: slipway_steps::registry_logins::RegistryLogins,
-    tls: TlsIdentity,
+    links: Links,
     local_workers: Vec<String>,
     shutdown: CancellationToken,
     before_close: impl std::future::Future<Output = anyhow::Result<()>>,
@@ -145,7 +160,8 @@ async fn serve_orchestrator(
         None => local_url(grpc_addr),
     };
     let wake = orchestrator::Wake::default();
-    let defaults = args.submit_defaults();
+    let Links { logins, tls, repo } = links;
+    let defaults = args.submit_defaults(repo);
     let instance_id = store.instance_id().await?;
     let worker_urls: Vec<String> = local_workers.into_iter().chain(args.workers.iter().cloned()).collect();
     let workers = orchestrator::WorkerLink::connect_all(&worker_urls, &tls);

@@ -15,7 +15,7 @@ use git2::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::repo_url::redacted;
+use crate::repo_url::{RepoPolicy, host_and_port, redacted};
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
 /// How long libgit2 waits to connect to a remote, and for any byte from it.
@@ -34,6 +34,29 @@ pub fn configure_timeouts() {
         let _ = git2::opts::set_server_connect_timeout_in_milliseconds(CONNECT_TIMEOUT_MS);
         let _ = git2::opts::set_server_timeout_in_milliseconds(READ_TIMEOUT_MS);
     }
+}
+
+/// How long resolving a repository's host may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Resolves the repository's host and refuses it when `policy` does not allow
+/// where it is (see [`crate::repo_url`]); called just before the clone connects.
+pub async fn check_remote(repo: &str, policy: &RepoPolicy) -> Result<(), StepError> {
+    let shown = redacted(repo);
+    let (host, port) = host_and_port(repo)
+        .ok_or_else(|| StepError::new(ErrorCode::RepoNotAllowed, format!("{shown} has no valid host and port")))?;
+    let name = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let addresses: Vec<std::net::IpAddr> =
+        match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name.as_str(), port))).await {
+            Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+            Ok(Err(_)) | Err(_) => {
+                return Err(StepError::new(
+                    ErrorCode::CloneFailed,
+                    format!("could not clone {shown}: cannot resolve `{host}`"),
+                ));
+            }
+        };
+    policy.check_addresses(&host, &addresses).map_err(|why| StepError::new(ErrorCode::RepoNotAllowed, why))
 }
 
 /// What to fetch.
@@ -206,12 +229,14 @@ fn callbacks<'a>(logs: &'a LogSink, cancel: &'a CancellationToken) -> RemoteCall
     cb
 }
 
-/// Sorts a libgit2 error into what it means for the job.
-/// What a failed fetch means, in a message that shows no credential of the URL
-/// (neither where it names the URL nor where git's own message does).
+/// What a failed fetch means for the job, in a message that names the URL without
+/// its credential and never repeats what the remote said (a banner or an error page
+/// would tell whoever submitted the job what listens there). libgit2's own words go
+/// to the worker's log only.
 fn classify(repo: &str, e: git2::Error) -> StepError {
     let text = e.message().to_ascii_lowercase();
-    let (shown, said) = (redacted(repo), e.message().replace(repo, &redacted(repo)));
+    let shown = redacted(repo);
+    tracing::info!(repo = %shown, error = %e.message().replace(repo, &shown), "clone failed");
     let repo = shown.as_str();
     let code = if e.code() == GitCode::Auth
         || text.contains("authentication")
@@ -231,10 +256,17 @@ fn classify(repo: &str, e: git2::Error) -> StepError {
     } else {
         ErrorCode::CloneFailed
     };
+    let why = match e.class() {
+        ErrorClass::Net | ErrorClass::Os => "the connection failed or was closed",
+        ErrorClass::Ssh => "the ssh session failed",
+        ErrorClass::Http => "the http exchange failed",
+        ErrorClass::Ssl => "the TLS handshake failed",
+        _ => "the remote did not answer as a git server",
+    };
     let message = match code {
-        ErrorCode::RepoNotFound => format!("repository {repo} does not exist or cannot be read: {said}"),
-        ErrorCode::AuthRefused => format!("{repo} refused the credentials: {said}"),
-        _ => format!("cannot fetch {repo}: {said}"),
+        ErrorCode::RepoNotFound => format!("could not clone {repo}: it does not exist or cannot be read"),
+        ErrorCode::AuthRefused => format!("could not clone {repo}: the credentials were refused"),
+        _ => format!("could not clone {repo}: {why}"),
     };
     StepError::new(code, message).with_source(e)
 }

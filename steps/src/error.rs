@@ -8,6 +8,9 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     RepoNotFound,
+    /// The repository's host is not one this worker may fetch from (an internal
+    /// address not in `SLIPWAY_REPO_ALLOW_HOSTS`).
+    RepoNotAllowed,
     RefNotFound,
     AuthRefused,
     CloneFailed,
@@ -43,6 +46,7 @@ impl ErrorCode {
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::RepoNotFound => "repo_not_found",
+            ErrorCode::RepoNotAllowed => "repo_not_allowed",
             ErrorCode::RefNotFound => "ref_not_found",
             ErrorCode::AuthRefused => "auth_refused",
             ErrorCode::CloneFailed => "clone_failed",

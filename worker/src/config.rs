@@ -32,6 +32,8 @@ pub struct WorkerConfig {
     pub max_context_bytes: u64,
     /// The longest log line kept; longer ones are cut with a marker.
     pub max_line_bytes: usize,
+    /// Where repositories may be fetched from, checked again at each clone.
+    pub repo_policy: slipway_steps::repo_url::RepoPolicy,
     /// What a job's container may use at most.
     pub run_limits: slipway_steps::docker::run::RunLimits,
     /// How long a stopping worker lets running jobs finish before handing them back.

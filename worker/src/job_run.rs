@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use slipway_observability::{fields, metrics, trace};
 use slipway_steps::aws::ecr::EcrRegistry;
-use slipway_steps::clone::{CloneRequest, clone_repo};
+use slipway_steps::clone::{CloneRequest, check_remote, clone_repo};
 use slipway_steps::docker::build::{BuildRequest, build_image};
 use slipway_steps::docker::push::push_image;
 use slipway_steps::image_ref::ImageRef;
@@ -162,6 +162,10 @@ async fn clone(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepErro
         git_ref: job.spec.git_ref.clone(),
         pinned_sha: job.outputs.commit_sha.clone(),
     };
+    tokio::select! {
+        checked = check_remote(&request.repo, &ctx.state.config.repo_policy) => checked?,
+        _ = stop.cancelled() => return Err(StepError::cancelled()),
+    }
     let dest = checkout_dir(ctx.folder);
     if dest.exists() {
         tokio::fs::remove_dir_all(&dest).await.map_err(|e| internal("cannot clear the clone folder", e))?;

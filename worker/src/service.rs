@@ -29,7 +29,12 @@ impl Worker {
 impl JobService for Worker {
     async fn start_job(&self, request: Request<v1::StartJobRequest>) -> Result<Response<v1::StartJobResponse>, Status> {
         let traceparent = request.metadata().get("traceparent").and_then(|v| v.to_str().ok()).map(String::from);
-        let assignment = wire::assignment(request.into_inner(), &self.state.config.worker_id, traceparent)?;
+        let assignment = wire::assignment(
+            request.into_inner(),
+            &self.state.config.worker_id,
+            &self.state.config.repo_policy,
+            traceparent,
+        )?;
         let (lease, first_step) = (assignment.lease.clone(), assignment.first_step);
         if self.shutdown.is_cancelled() {
             return Err(Status::unavailable("the worker is shutting down"));

@@ -7,7 +7,7 @@ use slipway_proto::convert::{outputs_from_wire, outputs_to_wire, step_from_wire,
 use slipway_proto::v1::{self, step_report::Event};
 use slipway_steps::image_ref::ImageRef;
 use slipway_steps::paths::is_confined;
-use slipway_steps::repo_url;
+use slipway_steps::repo_url::{self, RepoPolicy};
 use slipway_steps::runtime::RuntimeKind;
 use slipway_steps::{LogLine, Step};
 use tonic::Status;
@@ -18,6 +18,7 @@ use crate::assignment::{Assignment, JobLease, JobSpec, StepEvent};
 pub(crate) fn assignment(
     request: v1::StartJobRequest,
     worker_id: &str,
+    repo_policy: &RepoPolicy,
     traceparent: Option<String>,
 ) -> Result<Assignment, Status> {
     let lease = request.lease.ok_or_else(|| Status::invalid_argument("lease is required"))?;
@@ -26,7 +27,7 @@ pub(crate) fn assignment(
         return Err(Status::invalid_argument("lease.job_id is not a job id"));
     }
     let spec = request.spec.ok_or_else(|| Status::invalid_argument("spec is required"))?;
-    check_spec(&spec)?;
+    check_spec(&spec, repo_policy)?;
     let runtime = if spec.runtime.is_empty() {
         RuntimeKind::Docker
     } else {
@@ -117,9 +118,9 @@ pub(crate) fn log_line(line: LogLine) -> v1::LogLine {
 
 /// The job's own fields, by the API's rules again: the worker trusts nothing a
 /// caller sends, and never builds a path or a command from what it has not checked.
-fn check_spec(spec: &v1::JobSpec) -> Result<(), Status> {
+fn check_spec(spec: &v1::JobSpec, repo_policy: &RepoPolicy) -> Result<(), Status> {
     let refuse = |field: &str, why: String| Err(Status::invalid_argument(format!("spec.{field}: {why}")));
-    if let Err(why) = repo_url::check(&spec.repo) {
+    if let Err(why) = repo_url::check(&spec.repo, repo_policy) {
         // The refusal may be read by whoever sent it: no credential in it.
         return refuse("repo", why);
     }
@@ -148,6 +149,11 @@ fn non_empty(s: String) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// The tests' repositories are served over git:// on loopback.
+    fn test_policy() -> RepoPolicy {
+        RepoPolicy { allow_insecure: true, allow_hosts: vec!["127.0.0.1".into()] }
+    }
+
     fn start(job_id: &str, runtime: &str) -> v1::StartJobRequest {
         v1::StartJobRequest {
             lease: Some(v1::Lease { job_id: job_id.into(), attempt: 1, lease_token: "t".into(), worker_id: "".into() }),
@@ -168,19 +174,24 @@ mod tests {
     #[test]
     fn a_start_naming_a_path_or_an_unknown_runtime_is_refused_naming_the_field() {
         let id = "01a22ee5-2edf-73b7-8e61-c91417b10ac9";
-        let job = assignment(start(id, ""), "w", None).unwrap();
+        let job = assignment(start(id, ""), "w", &test_policy(), None).unwrap();
         assert_eq!((job.spec.runtime, job.lease.worker_id.as_str()), (RuntimeKind::Docker, "w"));
-        let e = assignment(start("../../../../victim", "docker"), "w", None).unwrap_err();
+        let e = assignment(start("../../../../victim", "docker"), "w", &test_policy(), None).unwrap_err();
         assert!(e.message().contains("lease.job_id"), "{}", e.message());
-        let e = assignment(start(id, "kubernetes"), "w", None).unwrap_err();
+        let e = assignment(start(id, "kubernetes"), "w", &test_policy(), None).unwrap_err();
         assert!(e.message().contains("spec.runtime"), "{}", e.message());
-        let e = assignment(v1::StartJobRequest { report_to: String::new(), ..start(id, "") }, "w", None).unwrap_err();
+        let e =
+            assignment(v1::StartJobRequest { report_to: String::new(), ..start(id, "") }, "w", &test_policy(), None)
+                .unwrap_err();
         assert!(e.message().contains("report_to"), "{}", e.message());
+        // Its own repository policy applies, whatever the orchestrator allowed.
+        let e = assignment(start(id, ""), "w", &RepoPolicy::default(), None).unwrap_err();
+        assert!(e.message().contains("spec.repo") && e.message().contains("git://"), "{}", e.message());
         // What the API refuses, the worker refuses too.
         let with_spec = |change: fn(&mut v1::JobSpec)| {
             let mut request = start(id, "");
             change(request.spec.as_mut().unwrap());
-            assignment(request, "w", None).unwrap_err().message().to_string()
+            assignment(request, "w", &test_policy(), None).unwrap_err().message().to_string()
         };
         assert!(with_spec(|s| s.repo = "/etc".into()).contains("spec.repo"));
         assert!(with_spec(|s| s.repo = "file:///root/.ssh".into()).contains("spec.repo"));

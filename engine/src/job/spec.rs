@@ -23,7 +23,7 @@ pub const MAX_ATTEMPTS: u32 = 20;
 pub const MAX_BACKOFF_MS: u64 = 3_600_000;
 
 /// What a server fills in and enforces at submission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubmitDefaults {
     pub retry: RetryPolicy,
     /// The longest `run.timeout_seconds` accepted, and the deadline of jobs that
@@ -31,6 +31,8 @@ pub struct SubmitDefaults {
     pub max_timeout_seconds: u64,
     /// The runtime of jobs that name none.
     pub runtime: RuntimeKind,
+    /// Where repositories may be fetched from.
+    pub repo: slipway_steps::repo_url::RepoPolicy,
 }
 
 impl Default for SubmitDefaults {
@@ -39,6 +41,7 @@ impl Default for SubmitDefaults {
             retry: RetryPolicy::default(),
             max_timeout_seconds: MAX_TIMEOUT_SECONDS,
             runtime: RuntimeKind::Docker,
+            repo: Default::default(),
         }
     }
 }
@@ -138,7 +141,7 @@ impl FieldError {
 impl JobRequest {
     pub fn validate(self, defaults: &SubmitDefaults) -> Result<JobSpec, FieldError> {
         let repo = self.repo.ok_or_else(|| FieldError::new("repo", "repo is required"))?;
-        check_repo_url(&repo)?;
+        check_repo_url(&repo, &defaults.repo)?;
         if let Some(r) = &self.git_ref {
             check_git_ref(r)?;
         }
@@ -273,8 +276,8 @@ fn check_retry(request: RetryRequest, defaults: RetryPolicy) -> Result<RetryPoli
 
 /// The repo URL, by the rules the worker checks again ([`slipway_steps::repo_url`]);
 /// a credential in it has its own answer.
-fn check_repo_url(repo: &str) -> Result<(), FieldError> {
-    match slipway_steps::repo_url::check(repo) {
+fn check_repo_url(repo: &str, policy: &slipway_steps::repo_url::RepoPolicy) -> Result<(), FieldError> {
+    match slipway_steps::repo_url::check(repo, policy) {
         Ok(()) => Ok(()),
         Err(message) => Err(FieldError {
             credentials: slipway_steps::repo_url::has_credentials(repo),
@@ -337,6 +340,12 @@ fn check_no_nul(field: &str, value: &str) -> Result<(), FieldError> {
 mod tests {
     use super::*;
 
+    /// The tests' repositories are served over git:// on loopback.
+    fn defaults() -> SubmitDefaults {
+        let repo = slipway_steps::repo_url::RepoPolicy { allow_insecure: true, allow_hosts: vec!["127.0.0.1".into()] };
+        SubmitDefaults { repo, ..Default::default() }
+    }
+
     fn request() -> JobRequest {
         JobRequest {
             repo: Some("git://127.0.0.1:9418/app.git".into()),
@@ -346,12 +355,12 @@ mod tests {
     }
 
     fn field_of(r: JobRequest) -> String {
-        r.validate(&SubmitDefaults::default()).unwrap_err().field
+        r.validate(&defaults()).unwrap_err().field
     }
 
     #[test]
     fn fills_in_defaults() {
-        let spec = request().validate(&SubmitDefaults::default()).unwrap();
+        let spec = request().validate(&defaults()).unwrap();
         assert_eq!(spec.dockerfile, "Dockerfile");
         assert_eq!(spec.context, ".");
         assert_eq!(spec.git_ref, None);
@@ -364,8 +373,18 @@ mod tests {
     fn accepts_the_url_kinds_users_give() {
         for repo in ["https://github.com/a/b.git", "ssh://git@h/a/b", "git@github.com:a/b.git", "git://h/b"] {
             let r = JobRequest { repo: Some(repo.into()), ..request() };
-            assert!(r.validate(&SubmitDefaults::default()).is_ok(), "{repo}");
+            assert!(r.validate(&defaults()).is_ok(), "{repo}");
         }
+    }
+
+    #[test]
+    fn the_repository_policy_is_the_configured_one() {
+        let strict = SubmitDefaults::default();
+        let refused = request().validate(&strict).unwrap_err();
+        assert_eq!(refused.field, "repo");
+        assert!(refused.message.contains("SLIPWAY_REPO_ALLOW_INSECURE"), "{}", refused.message);
+        let metadata = JobRequest { repo: Some("https://169.254.169.254/latest".into()), ..request() };
+        assert!(metadata.validate(&defaults()).unwrap_err().message.contains("internal address"));
     }
 
     #[test]
@@ -398,14 +417,11 @@ mod tests {
     #[test]
     fn fargate_sizes_are_checked() {
         let ecs = |cpu, memory| RunRequest { runtime: Some("ecs".into()), cpu, memory, ..Default::default() };
-        let spec = JobRequest { run: Some(ecs(None, None)), ..request() }.validate(&SubmitDefaults::default()).unwrap();
+        let spec = JobRequest { run: Some(ecs(None, None)), ..request() }.validate(&defaults()).unwrap();
         assert_eq!((spec.run.runtime, spec.run.cpu, spec.run.memory), (RuntimeKind::Ecs, Some(256), Some(512)));
-        let spec =
-            JobRequest { run: Some(ecs(Some(1024), None)), ..request() }.validate(&SubmitDefaults::default()).unwrap();
+        let spec = JobRequest { run: Some(ecs(Some(1024), None)), ..request() }.validate(&defaults()).unwrap();
         assert_eq!(spec.run.memory, Some(2048));
-        let e = JobRequest { run: Some(ecs(Some(256), Some(4096))), ..request() }
-            .validate(&SubmitDefaults::default())
-            .unwrap_err();
+        let e = JobRequest { run: Some(ecs(Some(256), Some(4096))), ..request() }.validate(&defaults()).unwrap_err();
         assert_eq!(e.field, "run.memory");
         assert!(e.message.contains("4096 MiB with 256 CPU units"), "{}", e.message);
         assert_eq!(field_of(JobRequest { run: Some(ecs(Some(300), None)), ..request() }), "run.cpu");

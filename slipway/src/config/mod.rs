@@ -198,6 +198,29 @@ impl RegistryArgs {
     }
 }
 
+/// Where repositories may be fetched from: checked by the API at submission and by
+/// the worker again when it clones.
+#[derive(Debug, Clone, Args)]
+pub struct RepoArgs {
+    /// Allow `http://` and `git://` repositories: code fetched without TLS, which
+    /// anyone on the path can change.
+    #[arg(long, env = "SLIPWAY_REPO_ALLOW_INSECURE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub repo_allow_insecure: bool,
+    /// Hosts (names or addresses, comma-separated) a repository may be on although
+    /// they are loopback, private, link-local or otherwise internal.
+    #[arg(long, env = "SLIPWAY_REPO_ALLOW_HOSTS", value_delimiter = ',')]
+    pub repo_allow_hosts: Vec<String>,
+}
+
+impl RepoArgs {
+    pub fn policy(&self) -> slipway_steps::repo_url::RepoPolicy {
+        slipway_steps::repo_url::RepoPolicy {
+            allow_insecure: self.repo_allow_insecure,
+            allow_hosts: self.repo_allow_hosts.iter().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect(),
+        }
+    }
+}
+
 /// The certificate of this process and the CA it trusts (`slipway certs`).
 #[derive(Debug, Clone, Args)]
 pub struct TlsArgs {
@@ -310,7 +333,7 @@ impl ServerArgs {
         }
     }
 
-    pub fn submit_defaults(&self) -> slipway_engine::job::SubmitDefaults {
+    pub fn submit_defaults(&self, repo: slipway_steps::repo_url::RepoPolicy) -> slipway_engine::job::SubmitDefaults {
         slipway_engine::job::SubmitDefaults {
             retry: slipway_engine::job::RetryPolicy {
                 max_attempts: self.retry_max_attempts,
@@ -319,6 +342,7 @@ impl ServerArgs {
             },
             max_timeout_seconds: self.max_run_time.as_secs(),
             runtime: self.default_runtime,
+            repo,
         }
     }
 
@@ -359,6 +383,7 @@ impl WorkerArgs {
         listen: SocketAddr,
         registry_logins: slipway_steps::registry_logins::RegistryLogins,
         tls: slipway_proto::tls::TlsIdentity,
+        repo_policy: slipway_steps::repo_url::RepoPolicy,
     ) -> Result<slipway_worker::WorkerConfig, ConfigError> {
         let worker_id = tls.expect_worker().map_err(tls_error)?.to_string();
         if let Some(configured) = self.worker_id.as_deref().filter(|id| *id != worker_id) {
@@ -373,6 +398,7 @@ impl WorkerArgs {
             listen,
             worker_id,
             tls,
+            repo_policy,
             slots: self.slots,
             work_dir: self.work_dir.clone().unwrap_or_else(|| std::env::temp_dir().join("slipway")),
             registry_logins,

@@ -17,7 +17,7 @@ async fn start() -> Api {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let state = slipway_engine::api::AppState::new(db.store.clone(), Default::default(), shutdown.clone());
+    let state = slipway_engine::api::AppState::new(db.store.clone(), test_submit_defaults(), shutdown.clone());
     tokio::spawn(slipway_engine::api::serve(listener, state, shutdown.clone(), Default::default()));
     Api { db, base, _shutdown: shutdown.drop_guard() }
 }
@@ -61,6 +61,12 @@ async fn bad_requests_get_a_json_error_naming_the_field_and_write_nothing() {
         (without("image"), 400, "invalid_field", Some("image")),
         (with("repo", json!("file:///etc")), 400, "invalid_field", Some("repo")),
         (with("repo", json!("ftp://example.com/r.git")), 400, "invalid_field", Some("repo")),
+        // Internal addresses and option-shaped hosts (the server allows 127.0.0.1 only).
+        (with("repo", json!("https://169.254.169.254/latest/meta-data")), 400, "invalid_field", Some("repo")),
+        (with("repo", json!("https://10.0.0.1/a.git")), 400, "invalid_field", Some("repo")),
+        (with("repo", json!("https://[::1]/a.git")), 400, "invalid_field", Some("repo")),
+        (with("repo", json!("ssh://-oProxyCommand=touch%20x/repo")), 400, "invalid_field", Some("repo")),
+        (with("repo", json!("git@-oProxyCommand=x:repo")), 400, "invalid_field", Some("repo")),
         (with("dockerfile", json!("../Dockerfile")), 400, "invalid_field", Some("dockerfile")),
         (with("context", json!("/etc")), 400, "invalid_field", Some("context")),
         (with("image", json!("127.0.0.1:5000/Team/App:v1")), 400, "invalid_field", Some("image")),

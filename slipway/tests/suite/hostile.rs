@@ -233,3 +233,32 @@ async fn idle_and_slow_http_clients_are_closed_and_the_api_answers_again() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_on_an_internal_host_is_refused_by_its_resolved_address_and_the_scheme_by_policy() {
+    // The launcher allows 127.0.0.1 (the tests' git server) and nothing else: the
+    // same server named `localhost` resolves to a loopback address it does not allow.
+    let standalone = Standalone::start(&[]).await;
+    let api = standalone.api();
+    let port = standalone.repo.rsplit_once(':').unwrap().1.split('/').next().unwrap().to_string();
+    let by_name = format!("git://localhost:{port}/app");
+    let job = submit(&api, &json!({ "repo": by_name, "image": image("by-name") })).await;
+    let job = wait_finished(&api, id_of(&job["id"]), LIMIT).await;
+    assert_eq!(
+        (job["state"].as_str(), job["error"]["code"].as_str()),
+        (Some("failed"), Some("repo_not_allowed")),
+        "{job}"
+    );
+    let message = job["error"]["message"].as_str().unwrap();
+    assert!(message.contains("localhost") && message.contains("internal address"), "{message}");
+    assert_eq!(job["attempt"], 1, "a refused host is not retried: {job}");
+
+    // A server that does not allow insecure schemes refuses git:// at submission.
+    let strict = Standalone::start(&[("SLIPWAY_REPO_ALLOW_INSECURE", "false")]).await;
+    let body = json!({ "repo": strict.repo, "image": image("strict") });
+    let response = http().post(format!("{}/v1/jobs", strict.api())).json(&body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("repo")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("SLIPWAY_REPO_ALLOW_INSECURE"), "{body}");
+}

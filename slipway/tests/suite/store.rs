@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::common::TestDb;
+use crate::common::{TestDb, test_submit_defaults};
 use slipway_engine::job::{JobId, JobRequest, JobState, RunRequest};
 use slipway_engine::store::{
     Finish, HeldLease, Lease, LeaseStatus, NewLogLine, Retry, StoreError, WorkerOffer, leases, logs, reports,
@@ -24,7 +24,7 @@ async fn queue(db: &TestDb, n: usize) -> Vec<JobId> {
 async fn queue_request(db: &TestDb, n: usize, request: JobRequest) -> Vec<JobId> {
     let spec =
         JobRequest { repo: Some("git://127.0.0.1/app".into()), image: Some("127.0.0.1:5000/app:1".into()), ..request }
-            .validate(&Default::default())
+            .validate(&test_submit_defaults())
             .unwrap();
     let mut ids = Vec::new();
     for _ in 0..n {

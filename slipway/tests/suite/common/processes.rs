@@ -132,12 +132,28 @@ impl Ports {
             ("SLIPWAY_HEARTBEAT_INTERVAL", "200ms".to_string()),
             ("SLIPWAY_WORKER_TIMEOUT", "2s".to_string()),
         ])
+        .into_iter()
+        .chain(repo_policy_env())
+        .collect()
     }
 }
 
 /// Settings given as pairs of string slices, as tests write them.
 pub fn settings(pairs: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
     pairs.iter().map(|(k, v)| (*k, v.to_string())).collect()
+}
+
+/// The tests' repositories are served by `git daemon` on 127.0.0.1: servers and
+/// workers are told to allow exactly that (the default would refuse both the
+/// scheme and the address).
+fn repo_policy_env() -> [(&'static str, String); 2] {
+    [("SLIPWAY_REPO_ALLOW_INSECURE", "true".into()), ("SLIPWAY_REPO_ALLOW_HOSTS", "127.0.0.1".into())]
+}
+
+/// The submission rules of an in-process API: those `repo_policy_env` gives servers.
+pub fn test_submit_defaults() -> slipway_engine::job::SubmitDefaults {
+    let repo = slipway_steps::repo_url::RepoPolicy { allow_insecure: true, allow_hosts: vec!["127.0.0.1".into()] };
+    slipway_engine::job::SubmitDefaults { repo, ..Default::default() }
 }
 
 /// A worker's settings: its port and work folder.
@@ -147,6 +163,9 @@ fn worker_env(port: u16, work_dir: &Path) -> BTreeMap<&'static str, String> {
         ("SLIPWAY_WORK_DIR", work_dir.display().to_string()),
         ("SLIPWAY_WORKER_METRICS_ADDR", format!("127.0.0.1:{}", free_port())),
     ])
+    .into_iter()
+    .chain(repo_policy_env())
+    .collect()
 }
 
 /// A `slipway worker` with id `id`, serving on `port`, working in `work_dir`;
