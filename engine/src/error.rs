@@ -27,13 +27,17 @@ pub enum Code {
     AlreadyFinished,
     /// An idempotency key came back with another body.
     IdempotencyKeyReused,
+    /// The client sent more requests than its rate allows (`Retry-After` says when).
+    RateLimited,
+    /// The cap on open live-log streams is reached, for this client or in all.
+    TooManyFollowers,
     /// The database (or the process) cannot serve now; trying again may work.
     Unavailable,
     Internal,
 }
 
 impl Code {
-    pub const ALL: [Code; 12] = [
+    pub const ALL: [Code; 14] = [
         Code::InvalidField,
         Code::CredentialsInUrl,
         Code::InvalidJson,
@@ -44,6 +48,8 @@ impl Code {
         Code::MethodNotAllowed,
         Code::AlreadyFinished,
         Code::IdempotencyKeyReused,
+        Code::RateLimited,
+        Code::TooManyFollowers,
         Code::Unavailable,
         Code::Internal,
     ];
@@ -60,6 +66,8 @@ impl Code {
             Code::MethodNotAllowed => "method_not_allowed",
             Code::AlreadyFinished => "already_finished",
             Code::IdempotencyKeyReused => "idempotency_key_reused",
+            Code::RateLimited => "rate_limited",
+            Code::TooManyFollowers => "too_many_followers",
             Code::Unavailable => "unavailable",
             Code::Internal => "internal",
         }
@@ -74,7 +82,8 @@ impl Code {
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::AlreadyFinished | Code::IdempotencyKeyReused => StatusCode::CONFLICT,
-            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::TooManyFollowers | Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -89,6 +98,7 @@ impl Code {
             Code::NotFound => tonic::Code::NotFound,
             Code::MethodNotAllowed => tonic::Code::Unimplemented,
             Code::AlreadyFinished | Code::IdempotencyKeyReused => tonic::Code::FailedPrecondition,
+            Code::RateLimited | Code::TooManyFollowers => tonic::Code::ResourceExhausted,
             Code::Unavailable => tonic::Code::Unavailable,
             Code::Internal => tonic::Code::Internal,
         }

@@ -71,9 +71,32 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a plain http client builds")
 }
 
-/// Sends a request and returns the JSON body, turning API errors into messages.
+/// How long the API asks to wait before trying again (`429`, `503` with
+/// `Retry-After`), if it asks.
+fn asked_to_wait(response: &reqwest::Response) -> Option<Duration> {
+    let busy = matches!(response.status().as_u16(), 429 | 503);
+    let seconds = response.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.parse::<u64>().ok()?;
+    busy.then(|| Duration::from_secs(seconds.clamp(1, 60)))
+}
+
+/// How many times a request the API asked to repeat later is sent again.
+const BUSY_RETRIES: u32 = 5;
+
+/// Sends a request and returns the JSON body, turning API errors into messages; a
+/// request the API asks to repeat later is repeated after the wait it names.
 async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
-    let response = request.send().await.context("cannot reach the Slipway API (is it running? see --api)")?;
+    let mut tries = 0;
+    let response = loop {
+        let response = request_send(&request).await?;
+        match asked_to_wait(&response) {
+            Some(wait) if tries < BUSY_RETRIES => {
+                tries += 1;
+                eprintln!("slipway: the API is busy; trying again in {}s", wait.as_secs());
+                tokio::time::sleep(wait).await;
+            }
+            _ => break response,
+        }
+    };
     let status = response.status();
     let body: Value = response.json().await.context("the API answered something that is not JSON")?;
     if !status.is_success() {
@@ -82,6 +105,11 @@ async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         bail!("{}{field}: {}", error["code"].as_str().unwrap_or("error"), error["message"].as_str().unwrap_or(""));
     }
     Ok(body)
+}
+
+async fn request_send(request: &reqwest::RequestBuilder) -> anyhow::Result<reqwest::Response> {
+    let request = request.try_clone().context("the request cannot be sent twice")?;
+    request.send().await.context("cannot reach the Slipway API (is it running? see --api)")
 }
 
 fn print(value: &Value) {
@@ -227,6 +255,11 @@ async fn follow(api: &ApiArgs, id: &str, raw: bool) -> anyhow::Result<i32> {
             request = request.header("Last-Event-ID", last);
         }
         let mut response = request.send().await.context("cannot reach the Slipway API (is it running? see --api)")?;
+        if let Some(wait) = asked_to_wait(&response) {
+            eprintln!("slipway: the API is busy; following again in {}s", wait.as_secs());
+            tokio::time::sleep(wait).await;
+            continue;
+        }
         if !response.status().is_success() {
             let body: Value = response.json().await.unwrap_or_default();
             bail!("{}", body["error"]["message"].as_str().unwrap_or("the API refused to stream the logs"));

@@ -13,11 +13,17 @@ pub struct ApiError {
     pub code: Code,
     pub message: String,
     pub field: Option<String>,
+    /// Sent as `Retry-After` (whole seconds, at least one).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), field: None }
+        ApiError { code, message: message.into(), field: None, retry_after: None }
+    }
+
+    pub fn retry_after(self, wait: std::time::Duration) -> Self {
+        ApiError { retry_after: Some(wait), ..self }
     }
 
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -39,6 +45,11 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code.as_str(), "message": self.message, "field": self.field } });
-        (self.code.http_status(), Json(body)).into_response()
+        let mut response = (self.code.http_status(), Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.max(1).into());
+        }
+        response
     }
 }

@@ -4,7 +4,10 @@
 //! reconnects with `Last-Event-ID` resumes after the last line it saw, with no gap
 //! and no repeat. The stream ends with an `end` event once the job has ended and
 //! every line was sent. New lines are read as soon as a report commits (the
-//! committer notifies the job's id), with a one-second poll as a fallback.
+//! committer notifies the job's id): a follower touches the database only when its
+//! job changed, or every [`FALLBACK_POLL`] in case a notification was missed (the
+//! listening connection was re-made), so that many followers cost little. Each holds
+//! a [`FollowerSlot`] while it is open: their number is capped.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -16,13 +19,14 @@ use serde_json::json;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::clients::FollowerSlot;
 use crate::job::JobId;
 use crate::store::{CHANGED_CHANNEL, LogRow, Store};
 
 /// Lines read per query.
 const PAGE: i64 = 1000;
 /// How long a follower waits for news before looking anyway.
-const FALLBACK_POLL: Duration = Duration::from_secs(1);
+const FALLBACK_POLL: Duration = Duration::from_secs(30);
 
 /// Job ids whose reports just committed, as the database announces them.
 #[derive(Debug, Clone)]
@@ -54,6 +58,7 @@ struct Follower {
     changes: broadcast::Receiver<JobId>,
     pending: VecDeque<LogRow>,
     ended: bool,
+    _slot: FollowerSlot,
 }
 
 /// The event stream of a job's lines after line `after`.
@@ -62,9 +67,10 @@ pub fn stream(
     changes: JobChanges,
     job: JobId,
     after: i64,
+    slot: FollowerSlot,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let follower =
-        Follower { store, job, after, changes: changes.sender.subscribe(), pending: VecDeque::new(), ended: false };
+    let changes = changes.sender.subscribe();
+    let follower = Follower { store, job, after, changes, pending: VecDeque::new(), ended: false, _slot: slot };
     let events = futures_util::stream::unfold(follower, |mut f| async move {
         let event = f.next_event().await?;
         Some((Ok(event), f))

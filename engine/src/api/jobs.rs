@@ -8,6 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::clients::ClientAddr;
 use super::views::{EventPage, JobPage, JobView, LogPage};
 use super::{ApiError, AppState, MAX_BODY_BYTES, follow};
 use crate::error::Code;
@@ -48,7 +49,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bod
     let request = parse_job_request(&bytes)?;
     let spec = request.validate(&state.defaults).map_err(|e| {
         let code = if e.credentials { Code::CredentialsInUrl } else { Code::InvalidField };
-        ApiError { code, message: e.message, field: Some(e.field) }
+        ApiError { field: Some(e.field), ..ApiError::new(code, e.message) }
     })?;
     let id = JobId::new();
     // The job's trace begins here; its context is stored with the job.
@@ -211,6 +212,7 @@ pub async fn logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    client: Option<axum::Extension<ClientAddr>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let store = &state.store;
@@ -239,7 +241,9 @@ pub async fn logs(
     // Read the state first: a job seen finished has all its lines stored already.
     let finished = store.job(id).await?.state.is_terminal();
     if follow {
-        return Ok(follow::stream(store.clone(), state.changes.clone(), id, after).into_response());
+        let addr = client.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.0);
+        let slot = state.clients.follow(addr)?;
+        return Ok(follow::stream(store.clone(), state.changes.clone(), id, after, slot).into_response());
     }
     let limit = page_size(params.get("limit"), DEFAULT_LOG_PAGE, MAX_LOG_PAGE)?;
     let lines = store.logs(id, after, limit).await?;

@@ -1,5 +1,6 @@
 //! The HTTP API (`/v1/jobs`): submit, follow, list, read logs.
 
+mod clients;
 mod error;
 mod follow;
 mod jobs;
@@ -11,6 +12,7 @@ use axum::Router;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
+pub use clients::ClientLimits;
 pub use error::ApiError;
 pub use serve::{HttpLimits, serve};
 
@@ -26,13 +28,15 @@ pub struct AppState {
     pub store: Store,
     pub defaults: SubmitDefaults,
     pub changes: follow::JobChanges,
+    /// What each client is using; [`serve`] sets its limits.
+    pub clients: std::sync::Arc<clients::Clients>,
 }
 
 impl AppState {
     /// Starts listening for committed reports (for live logs) until `shutdown`.
     pub fn new(store: Store, defaults: SubmitDefaults, shutdown: CancellationToken) -> Self {
         let changes = follow::JobChanges::start(store.clone(), shutdown);
-        AppState { store, defaults, changes }
+        AppState { store, defaults, changes, clients: clients::Clients::new(ClientLimits::default()) }
     }
 }
 
@@ -55,5 +59,6 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
             ApiError::new(error::Code::MethodNotAllowed, format!("this endpoint does not take {method}"))
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), clients::rate_limit))
         .with_state(state)
 }

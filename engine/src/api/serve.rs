@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::clients::{ClientAddr, ClientLimits, Clients};
 use super::{AppState, router};
 
 /// How much of itself the HTTP server gives to clients.
@@ -26,11 +27,13 @@ pub struct HttpLimits {
     /// How long a connection may take to send a request's head, or stay idle
     /// between requests (`SLIPWAY_HTTP_HEADER_TIMEOUT`).
     pub header_timeout: Duration,
+    /// What one client may take: request rate, live-log streams.
+    pub clients: ClientLimits,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
-        HttpLimits { max_connections: 1024, header_timeout: Duration::from_secs(10) }
+        HttpLimits { max_connections: 1024, header_timeout: Duration::from_secs(10), clients: ClientLimits::default() }
     }
 }
 
@@ -42,13 +45,14 @@ pub async fn serve(
     limits: HttpLimits,
 ) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, max_connections = limits.max_connections, "http api listening");
+    let state = AppState { clients: Clients::new(limits.clients), ..state };
     let service = TowerToHyperService::new(router(state));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut connections = JoinSet::new();
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors, say: wait a moment rather than spin.
                     tracing::warn!(error = %e, "cannot accept a connection");
@@ -63,7 +67,13 @@ pub async fn serve(
             drop(stream);
             continue;
         };
+        let (stream, peer) = stream;
         let (service, shutdown) = (service.clone(), shutdown.clone());
+        // Every request carries the address of its connection, for per-client limits.
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(ClientAddr(peer.ip()));
+            hyper::service::Service::call(&service, request)
+        });
         connections.spawn(async move {
             let _permit = permit;
             let connection = http1::Builder::new()

@@ -37,6 +37,22 @@ pub struct ServerArgs {
     /// between requests, before it is closed.
     #[arg(long, env = "SLIPWAY_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub http_header_timeout: Duration,
+    /// Requests a second one client (an IPv4 address, an IPv6 /64) may make on
+    /// average; past it `429` with `Retry-After` (`/healthz`, `/metrics` exempt).
+    #[arg(long, env = "SLIPWAY_HTTP_RATE", default_value_t = 20.0, value_parser = rate)]
+    pub http_rate: f64,
+    /// Requests one client may make at once after a quiet spell.
+    #[arg(long, env = "SLIPWAY_HTTP_BURST", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_burst: u32,
+    /// Live-log streams open at once, in all; past it `503` with `Retry-After`.
+    #[arg(long, env = "SLIPWAY_MAX_FOLLOWERS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_followers: u32,
+    /// Live-log streams open at once from one client.
+    #[arg(long, env = "SLIPWAY_MAX_FOLLOWERS_PER_CLIENT", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_followers_per_client: u32,
     /// Address of the gRPC report service that workers report to.
     #[arg(long, env = "SLIPWAY_GRPC_ADDR", default_value = "127.0.0.1:50052")]
     pub grpc_addr: SocketAddr,
@@ -330,6 +346,12 @@ impl ServerArgs {
         slipway_engine::api::HttpLimits {
             max_connections: self.http_max_connections as usize,
             header_timeout: self.http_header_timeout,
+            clients: slipway_engine::api::ClientLimits {
+                rate: self.http_rate,
+                burst: self.http_burst,
+                max_followers: self.max_followers as usize,
+                max_followers_per_client: self.max_followers_per_client as usize,
+            },
         }
     }
 
@@ -416,6 +438,14 @@ impl WorkerArgs {
             ecs: self.aws.ecs(),
             ecr: self.aws.ecr(),
         })
+    }
+}
+
+/// A request rate: a positive number of requests a second (`0.5`, `20`).
+fn rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 && r <= 1e6 => Ok(r),
+        _ => Err(format!("`{text}` is not a rate: give requests a second, such as 0.5 or 20")),
     }
 }
 

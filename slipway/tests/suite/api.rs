@@ -13,12 +13,19 @@ struct Api {
 }
 
 async fn start() -> Api {
+    // Tests poll from one address as fast as they like.
+    let generous = slipway_engine::api::ClientLimits { rate: 1e5, burst: 1_000_000, ..Default::default() };
+    start_with(generous).await
+}
+
+async fn start_with(clients: slipway_engine::api::ClientLimits) -> Api {
     let db = TestDb::new().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let state = slipway_engine::api::AppState::new(db.store.clone(), test_submit_defaults(), shutdown.clone());
-    tokio::spawn(slipway_engine::api::serve(listener, state, shutdown.clone(), Default::default()));
+    let limits = slipway_engine::api::HttpLimits { clients, ..Default::default() };
+    tokio::spawn(slipway_engine::api::serve(listener, state, shutdown.clone(), limits));
     Api { db, base, _shutdown: shutdown.drop_guard() }
 }
 
@@ -268,4 +275,79 @@ async fn the_cli_submits_lists_gets_and_cancels() {
     let (code, _, err) = cli(&[&ecs[..], &["--runtime", "ecs", "--cpu", "256", "--memory", "4096"]].concat());
     assert_eq!(code, Some(1));
     assert!(err.contains("field `run.memory`") && err.contains("512, 1024 or 2048 MiB"), "{err}");
+}
+
+/// A client on loopback address `from` (the server is on 127.0.0.1): each address
+/// is a client of its own.
+fn client_at(from: &str) -> reqwest::Client {
+    reqwest::Client::builder().local_address(from.parse::<std::net::IpAddr>().unwrap()).build().unwrap()
+}
+
+async fn get_status(client: &reqwest::Client, url: &str) -> (u16, Option<u64>, Value) {
+    let response = client.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    let retry = response.headers().get("retry-after").map(|v| v.to_str().unwrap().parse().unwrap());
+    (status, retry, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_over_its_rate_gets_429_with_retry_after_and_others_are_served() {
+    let limits = slipway_engine::api::ClientLimits { rate: 1.0, burst: 5, ..Default::default() };
+    let api = start_with(limits).await;
+    let list = format!("{}/v1/jobs", api.base);
+    let first = client_at("127.0.0.1");
+    for i in 0..5 {
+        assert_eq!(get_status(&first, &list).await.0, 200, "request {i} is within the burst");
+    }
+    let (status, retry, body) = get_status(&first, &list).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (429, Some("rate_limited")), "{body}");
+    assert_eq!(retry, Some(1), "Retry-After says when one more request is allowed");
+    // Health checks are not counted; another client has a bucket of its own.
+    assert_eq!(get_status(&first, &format!("{}/healthz", api.base)).await.0, 200);
+    assert_eq!(get_status(&client_at("127.0.0.2"), &list).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get_status(&first, &list).await.0, 200, "the bucket refilled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_log_streams_are_capped_per_client_and_in_all_with_503_and_retry_after() {
+    let limits = slipway_engine::api::ClientLimits {
+        rate: 1e5,
+        burst: 1_000_000,
+        max_followers: 3,
+        max_followers_per_client: 2,
+    };
+    let api = start_with(limits).await;
+    // A queued job (no worker here): its stream stays open.
+    let (status, job) = post_raw(&api, serde_json::to_vec(&valid()).unwrap(), "application/json").await;
+    assert_eq!(status, 201, "{job}");
+    let follow = format!("{}/v1/jobs/{}/logs?follow=true", api.base, job["id"].as_str().unwrap());
+    let open = |from: &'static str| {
+        let follow = follow.clone();
+        async move { client_at(from).get(&follow).send().await.unwrap() }
+    };
+    let a1 = open("127.0.0.1").await;
+    let a2 = open("127.0.0.1").await;
+    assert_eq!((a1.status().as_u16(), a2.status().as_u16()), (200, 200));
+    let a3 = open("127.0.0.1").await;
+    assert_eq!(a3.status().as_u16(), 503);
+    assert!(a3.headers().contains_key("retry-after"));
+    let body: Value = a3.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_followers", "{body}");
+    let b1 = open("127.0.0.2").await;
+    assert_eq!(b1.status().as_u16(), 200, "another client has room");
+    assert_eq!(open("127.0.0.3").await.status().as_u16(), 503, "but the total is reached");
+    drop(a1);
+    // The server sees the stream closed at its next write (a keep-alive comes every 15 s):
+    // wait until the slot is given back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c1 = open("127.0.0.3").await;
+        if c1.status().as_u16() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "a closed stream never gave its slot back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop((a2, b1));
 }

@@ -131,6 +131,11 @@ impl Ports {
             ("SLIPWAY_GRPC_ADDR", format!("127.0.0.1:{}", self.grpc)),
             ("SLIPWAY_HEARTBEAT_INTERVAL", "200ms".to_string()),
             ("SLIPWAY_WORKER_TIMEOUT", "2s".to_string()),
+            // Every test's client is 127.0.0.1, polling as fast as it likes: the
+            // per-client limits are tried by tests of their own.
+            ("SLIPWAY_HTTP_RATE", "100000".to_string()),
+            ("SLIPWAY_HTTP_BURST", "1000000".to_string()),
+            ("SLIPWAY_MAX_FOLLOWERS_PER_CLIENT", "1000".to_string()),
         ])
         .into_iter()
         .chain(repo_policy_env())
