@@ -27,6 +27,9 @@ pub struct JobView {
     pub task: Option<TaskView>,
     pub exit_code: Option<i64>,
     pub error: Option<ErrorView>,
+    /// Attempts that ended because their worker went silent (killed, crashed, cut
+    /// off): a job that keeps taking workers down shows it here.
+    pub workers_lost: i32,
     /// Every step of every attempt; absent in lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<StepRow>>,
@@ -72,6 +75,7 @@ impl JobView {
             }),
             exit_code: row.exit_code,
             error,
+            workers_lost: row.workers_lost,
             steps,
         }
     }

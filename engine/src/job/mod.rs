@@ -7,8 +7,8 @@ pub mod transitions;
 
 pub use retry::{RetryDecision, RetryPolicy};
 pub use spec::{
-    FieldError, JobRequest, JobSpec, MAX_ATTEMPTS, MAX_BACKOFF_MS, MAX_TIMEOUT_SECONDS, RetryRequest, RunRequest,
-    RunSpec, SubmitDefaults,
+    DEFAULT_ATTEMPTS_CAP, FieldError, JobRequest, JobSpec, MAX_ATTEMPTS, MAX_BACKOFF_MS, MAX_TIMEOUT_SECONDS,
+    RetryRequest, RunRequest, RunSpec, SubmitDefaults,
 };
 pub use state::{JobState, state_of_step};
 

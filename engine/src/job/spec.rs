@@ -19,6 +19,8 @@ use slipway_steps::runtime::RuntimeKind;
 pub const MAX_TIMEOUT_SECONDS: u64 = 86_400;
 /// The most attempts a job may ask for.
 pub const MAX_ATTEMPTS: u32 = 20;
+/// The most attempts a job may ask for unless the server says otherwise.
+pub const DEFAULT_ATTEMPTS_CAP: u32 = 10;
 /// The longest backoff a job may ask for (one hour).
 pub const MAX_BACKOFF_MS: u64 = 3_600_000;
 
@@ -33,6 +35,9 @@ pub struct SubmitDefaults {
     pub runtime: RuntimeKind,
     /// Where repositories may be fetched from.
     pub repo: slipway_steps::repo_url::RepoPolicy,
+    /// The most attempts a job may ask for (at most [`MAX_ATTEMPTS`]): a job that
+    /// crashes its worker cannot be made into a crash loop longer than this.
+    pub max_attempts: u32,
 }
 
 impl Default for SubmitDefaults {
@@ -42,6 +47,7 @@ impl Default for SubmitDefaults {
             max_timeout_seconds: MAX_TIMEOUT_SECONDS,
             runtime: RuntimeKind::Docker,
             repo: Default::default(),
+            max_attempts: DEFAULT_ATTEMPTS_CAP,
         }
     }
 }
@@ -176,7 +182,7 @@ impl JobRequest {
                 format!("run.timeout_seconds must be between 1 and {max}"),
             ));
         }
-        let retry = check_retry(self.retry.unwrap_or_default(), defaults.retry)?;
+        let retry = check_retry(self.retry.unwrap_or_default(), defaults.retry, defaults.max_attempts)?;
         let runtime = match &run.runtime {
             Some(name) => name.parse::<RuntimeKind>().map_err(|why| FieldError::new("run.runtime", why))?,
             None => defaults.runtime,
@@ -247,16 +253,17 @@ fn check_size(
     Ok((Some(cpu), Some(memory)))
 }
 
-fn check_retry(request: RetryRequest, defaults: RetryPolicy) -> Result<RetryPolicy, FieldError> {
+fn check_retry(request: RetryRequest, defaults: RetryPolicy, cap: u32) -> Result<RetryPolicy, FieldError> {
     let policy = RetryPolicy {
         max_attempts: request.max_attempts.unwrap_or(defaults.max_attempts),
         initial_backoff_ms: request.initial_backoff_ms.unwrap_or(defaults.initial_backoff_ms),
         max_backoff_ms: request.max_backoff_ms.unwrap_or(defaults.max_backoff_ms),
     };
-    if !(1..=MAX_ATTEMPTS).contains(&policy.max_attempts) {
+    let cap = cap.min(MAX_ATTEMPTS);
+    if !(1..=cap).contains(&policy.max_attempts) {
         return Err(FieldError::new(
             "retry.max_attempts",
-            format!("retry.max_attempts must be between 1 and {MAX_ATTEMPTS}"),
+            format!("retry.max_attempts must be between 1 and {cap} (this server's SLIPWAY_MAX_ATTEMPTS)"),
         ));
     }
     if policy.max_backoff_ms > MAX_BACKOFF_MS {
@@ -405,6 +412,8 @@ mod tests {
         let run = RunRequest { command: Some(vec![]), ..Default::default() };
         assert_eq!(field_of(JobRequest { run: Some(run), ..request() }), "run.command");
         let retry = RetryRequest { max_attempts: Some(0), ..Default::default() };
+        assert_eq!(field_of(JobRequest { retry: Some(retry), ..request() }), "retry.max_attempts");
+        let retry = RetryRequest { max_attempts: Some(DEFAULT_ATTEMPTS_CAP + 1), ..Default::default() };
         assert_eq!(field_of(JobRequest { retry: Some(retry), ..request() }), "retry.max_attempts");
         let retry = RetryRequest { initial_backoff_ms: Some(10), max_backoff_ms: Some(5), ..Default::default() };
         assert_eq!(field_of(JobRequest { retry: Some(retry), ..request() }), "retry.initial_backoff_ms");

@@ -60,7 +60,8 @@ pub enum CancelOutcome {
 
 /// The shared body of lease expiry and hand-back; `$1`/`$2` select the leases,
 /// `$3` is the reason recorded, `$4` the default attempt limit, `$5` the states
-/// [`Transition::EndLease`] leaves, `$6`… the codes and error it records. Where each job goes
+/// [`Transition::EndLease`] leaves, `$6`… the codes and error it records, `$10`
+/// whether the worker was lost (counted in `jobs.workers_lost`). Where each job goes
 /// is [`crate::job::transitions::after_lease_end`], written in SQL so that one statement
 /// ends every expired lease (a store test holds the two together).
 ///
@@ -90,6 +91,7 @@ const END_LEASES: &str = "
             attempt = case when d.next_state in ('cancelled', 'failed') then j.attempt else j.attempt + 1 end,
             lease_owner = null, lease_worker = null, lease_token = null, lease_expires_at = null,
             run_after = now(), updated_at = now(),
+            workers_lost = j.workers_lost + case when $10 then 1 else 0 end,
             finished_at = case when d.next_state in ('cancelled', 'failed') then now() end,
             error_code = case d.next_state when 'cancelled' then $6
                               when 'failed' then $8 else j.error_code end,
@@ -259,6 +261,8 @@ async fn end_leases(
         .bind(CANCELLED_BY_REQUEST)
         .bind(EngineCode::LeaseExpired.as_str())
         .bind(EngineCode::LeaseLost.as_str())
+        // Every expired lease is a worker lost; a hand-back is not.
+        .bind(job_id.is_none())
         .fetch_all(&mut *conn)
         .await?;
     Ok(ended)

@@ -28,6 +28,7 @@ pub struct JobRow {
     pub exit_code: Option<i64>,
     pub error_code: Option<String>,
     pub error: Option<String>,
+    pub workers_lost: i32,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -58,7 +59,7 @@ macro_rules! job_columns {
     () => {
         "id, state, attempt, spec, created_at, updated_at, finished_at, lease_worker,
          commit_sha, image_id, pushed_ref, container_id, task_arn, stop_code, stopped_reason,
-         exit_code, error_code, error"
+         exit_code, error_code, error, workers_lost"
     };
 }
 

@@ -78,6 +78,10 @@ pub struct ServerArgs {
     /// Attempts a job gets unless it says otherwise.
     #[arg(long, env = "SLIPWAY_RETRY_MAX_ATTEMPTS", default_value_t = 3)]
     pub retry_max_attempts: u32,
+    /// The most attempts a job may ask for (`retry.max_attempts`), so that a job
+    /// that crashes workers cannot be made into a long crash loop.
+    #[arg(long, env = "SLIPWAY_MAX_ATTEMPTS", default_value_t = slipway_engine::job::DEFAULT_ATTEMPTS_CAP)]
+    pub max_attempts: u32,
     /// Wait before a job's second attempt unless it says otherwise.
     #[arg(long, env = "SLIPWAY_RETRY_INITIAL_BACKOFF", default_value = "1s", value_parser = duration)]
     pub retry_initial_backoff: Duration,
@@ -320,6 +324,16 @@ impl ServerArgs {
                 format!("must be from 1 to {}", slipway_engine::job::MAX_ATTEMPTS),
             ));
         }
+        if !(self.retry_max_attempts..=slipway_engine::job::MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return Err(bad(
+                "SLIPWAY_MAX_ATTEMPTS",
+                format!(
+                    "must be from SLIPWAY_RETRY_MAX_ATTEMPTS ({}) to {}",
+                    self.retry_max_attempts,
+                    slipway_engine::job::MAX_ATTEMPTS
+                ),
+            ));
+        }
         if self.retry_initial_backoff > self.retry_max_backoff {
             return Err(bad("SLIPWAY_RETRY_INITIAL_BACKOFF", "must not exceed SLIPWAY_RETRY_MAX_BACKOFF"));
         }
@@ -365,6 +379,7 @@ impl ServerArgs {
             max_timeout_seconds: self.max_run_time.as_secs(),
             runtime: self.default_runtime,
             repo,
+            max_attempts: self.max_attempts,
         }
     }
 

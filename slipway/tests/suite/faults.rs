@@ -70,6 +70,7 @@ async fn a_job_whose_worker_is_killed_while_building_succeeds_on_another_worker(
     let job = wait_finished(&ports.api(), &id, LIMIT).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["attempt"], 2);
+    assert_eq!(job["workers_lost"], 1, "the killed worker is counted on the job: {job}");
     let events = events(db, &id).await;
     let expiry = events.iter().position(|e| e.3.as_deref().is_some_and(|r| r.starts_with("lease_expired")));
     let expiry = expiry.unwrap_or_else(|| panic!("no lease expiry in {events:?}"));
@@ -323,6 +324,7 @@ async fn a_worker_stopped_with_sigterm_hands_its_job_back_within_the_grace_perio
 
     let job = wait_finished(&ports.api(), &id, LIMIT).await;
     assert_eq!((job["state"].as_str(), job["attempt"].as_i64()), (Some("succeeded"), Some(2)), "{job}");
+    assert_eq!(job["workers_lost"], 0, "a hand-back loses no worker: {job}");
     let events = events(db, &id).await;
     let handed = events.iter().find(|e| e.3.as_deref().is_some_and(|r| r.starts_with("handed_back")));
     let handed = handed.unwrap_or_else(|| panic!("no hand-back in {events:?}"));

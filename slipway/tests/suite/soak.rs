@@ -48,7 +48,8 @@ impl Cluster {
     fn spawn_server(&self, i: usize) -> Slipway {
         // A worker killed between a run's committed end and its clean-up leaves the
         // container to the sweep.
-        let sweep = settings(&[("SLIPWAY_SWEEP_INTERVAL", "500ms")]);
+        // Its jobs ask for the most attempts Slipway gives, to outlive the kills.
+        let sweep = settings(&[("SLIPWAY_SWEEP_INTERVAL", "500ms"), ("SLIPWAY_MAX_ATTEMPTS", "20")]);
         spawn_server(&format!("soak-orchestrator-{i}"), &self.db_url, &self.server_ports[i], &self.worker_ports, sweep)
     }
 }
