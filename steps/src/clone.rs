@@ -67,6 +67,8 @@ pub struct CloneRequest {
     pub git_ref: Option<String>,
     /// A SHA an earlier attempt resolved; when set it wins over `git_ref`.
     pub pinned_sha: Option<String>,
+    /// The most bytes fetched, and the most bytes of files checked out.
+    pub max_bytes: u64,
 }
 
 /// Clones into `dest` (an empty or missing folder) and returns the checked-out SHA.
@@ -81,9 +83,11 @@ pub fn clone_repo(
     let repo = Repository::init(dest).map_err(|e| internal("cannot initialise the clone", e))?;
     let mut remote = repo.remote_anonymous(&request.repo).map_err(|e| classify(&request.repo, e))?;
 
+    let too_large = std::sync::atomic::AtomicBool::new(false);
+    let limit = Limit { max_bytes: request.max_bytes, exceeded: &too_large };
     let target = {
         let connection = remote
-            .connect_auth(Direction::Fetch, Some(callbacks(logs, cancel)), None)
+            .connect_auth(Direction::Fetch, Some(callbacks(logs, cancel, limit)), None)
             .map_err(|e| classify(&request.repo, e))?;
         let heads: Vec<(String, Oid)> = connection
             .list()
@@ -97,7 +101,7 @@ pub fn clone_repo(
     logs.blocking_line(LogStream::System, format!("fetching {} from {}", target.describe(), redacted(&request.repo)));
 
     let mut fetch = FetchOptions::new();
-    fetch.remote_callbacks(callbacks(logs, cancel)).download_tags(AutotagOption::None);
+    fetch.remote_callbacks(callbacks(logs, cancel, limit)).download_tags(AutotagOption::None);
     let refspecs: Vec<String> = match &target.refname {
         Some(name) => {
             fetch.depth(1);
@@ -106,13 +110,22 @@ pub fn clone_repo(
         // A commit no ref points at: fetch everything and look for it.
         None => vec!["+refs/heads/*:refs/remotes/origin/*".into(), "+refs/tags/*:refs/tags/*".into()],
     };
-    remote
-        .fetch(&refspecs, Some(&mut fetch), None)
-        .map_err(|e| if cancel.is_cancelled() { StepError::cancelled() } else { classify(&request.repo, e) })?;
+    let fetched = remote.fetch(&refspecs, Some(&mut fetch), None);
+    if too_large.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(too_large_error(&request.repo, "its download", request.max_bytes));
+    }
+    fetched.map_err(|e| if cancel.is_cancelled() { StepError::cancelled() } else { classify(&request.repo, e) })?;
 
     let commit = repo.find_commit(target.oid).map_err(|_| {
         StepError::new(ErrorCode::RefNotFound, format!("commit {} is not in {}", target.oid, redacted(&request.repo)))
     })?;
+    // A small pack can hold huge files (a gigabyte of zeros compresses to little):
+    // their sizes are read from the object headers before anything is written.
+    let files =
+        checkout_bytes(&repo, &commit, request.max_bytes).map_err(|e| internal("cannot read the commit's tree", e))?;
+    if files > request.max_bytes {
+        return Err(too_large_error(&request.repo, "its files", request.max_bytes));
+    }
     let mut checkout = git2::build::CheckoutBuilder::new();
     checkout.force();
     repo.checkout_tree(commit.as_object(), Some(&mut checkout))
@@ -180,7 +193,47 @@ fn ref_not_found(request: &CloneRequest, wanted: &str) -> StepError {
     StepError::new(ErrorCode::RefNotFound, format!("ref `{wanted}` does not exist in {}", redacted(&request.repo)))
 }
 
-fn callbacks<'a>(logs: &'a LogSink, cancel: &'a CancellationToken) -> RemoteCallbacks<'a> {
+/// The size bound of one clone, and whether it was crossed.
+#[derive(Clone, Copy)]
+struct Limit<'a> {
+    max_bytes: u64,
+    exceeded: &'a std::sync::atomic::AtomicBool,
+}
+
+fn too_large_error(repo: &str, what: &str, max_bytes: u64) -> StepError {
+    StepError::new(
+        ErrorCode::CloneTooLarge,
+        format!("could not clone {}: {what} exceed {max_bytes} bytes (SLIPWAY_MAX_CLONE_BYTES)", redacted(repo)),
+    )
+}
+
+/// The bytes of the files a checkout of `commit` writes, counted until past `max`.
+fn checkout_bytes(repo: &Repository, commit: &git2::Commit<'_>, max: u64) -> Result<u64, git2::Error> {
+    let odb = repo.odb()?;
+    let mut total = 0u64;
+    let mut failed = None;
+    commit
+        .tree()?
+        .walk(git2::TreeWalkMode::PreOrder, |_, entry| {
+            if entry.kind() == Some(git2::ObjectType::Blob) {
+                match odb.read_header(entry.id()) {
+                    Ok((size, _)) => total = total.saturating_add(size as u64),
+                    Err(e) => {
+                        failed = Some(e);
+                        return git2::TreeWalkResult::Abort;
+                    }
+                }
+            }
+            if total > max { git2::TreeWalkResult::Abort } else { git2::TreeWalkResult::Ok }
+        })
+        .or_else(|e| if total > max { Ok(()) } else { Err(e) })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
+}
+
+fn callbacks<'a>(logs: &'a LogSink, cancel: &'a CancellationToken, limit: Limit<'a>) -> RemoteCallbacks<'a> {
     let mut cb = RemoteCallbacks::new();
     let mut credential_tries = 0;
     cb.credentials(move |_url, username, allowed| {
@@ -196,6 +249,10 @@ fn callbacks<'a>(logs: &'a LogSink, cancel: &'a CancellationToken) -> RemoteCall
     });
     let mut last = Instant::now() - Duration::from_secs(1);
     cb.transfer_progress(move |p| {
+        if p.received_bytes() as u64 > limit.max_bytes {
+            limit.exceeded.store(true, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
         let done = p.received_objects() == p.total_objects();
         if done || last.elapsed() >= Duration::from_millis(500) {
             last = Instant::now();
@@ -284,7 +341,12 @@ mod tests {
     }
 
     fn request(git_ref: Option<&str>) -> CloneRequest {
-        CloneRequest { repo: "git://x/r".into(), git_ref: git_ref.map(String::from), pinned_sha: None }
+        CloneRequest {
+            repo: "git://x/r".into(),
+            git_ref: git_ref.map(String::from),
+            pinned_sha: None,
+            max_bytes: 1 << 30,
+        }
     }
 
     fn heads() -> Vec<(String, Oid)> {

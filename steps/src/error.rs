@@ -11,6 +11,9 @@ pub enum ErrorCode {
     /// The repository's host is not one this worker may fetch from (an internal
     /// address not in `SLIPWAY_REPO_ALLOW_HOSTS`).
     RepoNotAllowed,
+    /// The repository's download or checkout is larger than the worker takes
+    /// (`SLIPWAY_MAX_CLONE_BYTES`).
+    CloneTooLarge,
     RefNotFound,
     AuthRefused,
     CloneFailed,
@@ -47,6 +50,7 @@ impl ErrorCode {
         match self {
             ErrorCode::RepoNotFound => "repo_not_found",
             ErrorCode::RepoNotAllowed => "repo_not_allowed",
+            ErrorCode::CloneTooLarge => "clone_too_large",
             ErrorCode::RefNotFound => "ref_not_found",
             ErrorCode::AuthRefused => "auth_refused",
             ErrorCode::CloneFailed => "clone_failed",

@@ -30,6 +30,10 @@ pub struct WorkerConfig {
     pub builder: Option<Builder>,
     /// The most bytes of build context a job may send.
     pub max_context_bytes: u64,
+    /// The most bytes a clone may download, and the most its files may take.
+    pub max_clone_bytes: u64,
+    /// The longest a clone may take.
+    pub clone_timeout: Duration,
     /// The longest log line kept; longer ones are cut with a marker.
     pub max_line_bytes: usize,
     /// Where repositories may be fetched from, checked again at each clone.

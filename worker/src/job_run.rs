@@ -161,6 +161,7 @@ async fn clone(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepErro
         repo: job.spec.repo.clone(),
         git_ref: job.spec.git_ref.clone(),
         pinned_sha: job.outputs.commit_sha.clone(),
+        max_bytes: ctx.state.config.max_clone_bytes,
     };
     tokio::select! {
         checked = check_remote(&request.repo, &ctx.state.config.repo_policy) => checked?,
@@ -170,13 +171,24 @@ async fn clone(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepErro
     if dest.exists() {
         tokio::fs::remove_dir_all(&dest).await.map_err(|e| internal("cannot clear the clone folder", e))?;
     }
-    let (logs, cancel) = (logs.clone(), stop.clone());
+    // Past its time the clone is stopped like a cancel, and fails as slow.
+    let (logs, cancel) = (logs.clone(), stop.child_token());
+    let abort = cancel.clone();
     let fetch = tokio::task::spawn_blocking(move || clone_repo(&request, &dest, &logs, &cancel));
+    let limit = ctx.state.config.clone_timeout;
     tokio::select! {
         done = fetch => done.map_err(|e| StepError::new(ErrorCode::Internal, format!("the clone panicked: {e}")))?,
         // libgit2 sees a cancel only between transfers; a remote that stalls must not
         // hold the job: the fetch thread is left to end on libgit2's timeout.
         _ = stop.cancelled() => Err(StepError::cancelled()),
+        _ = tokio::time::sleep(limit) => {
+            abort.cancel();
+            let repo = slipway_steps::repo_url::redacted(&job.spec.repo);
+            Err(StepError::new(
+                ErrorCode::CloneFailed,
+                format!("could not clone {repo} within {:?} (SLIPWAY_CLONE_TIMEOUT)", limit),
+            ))
+        }
     }
 }
 

@@ -141,6 +141,14 @@ pub struct WorkerArgs {
     /// build fails `context_too_large`.
     #[arg(long, env = "SLIPWAY_MAX_CONTEXT_BYTES", default_value_t = 1 << 30)]
     pub max_context_bytes: u64,
+    /// The most bytes a clone may download, and the most bytes its checked-out
+    /// files may take; past either the job fails `clone_too_large`.
+    #[arg(long, env = "SLIPWAY_MAX_CLONE_BYTES", default_value_t = 2 << 30)]
+    pub max_clone_bytes: u64,
+    /// The longest a clone may take (libgit2 also gives up on a remote silent for
+    /// 2 minutes).
+    #[arg(long, env = "SLIPWAY_CLONE_TIMEOUT", default_value = "10m", value_parser = duration)]
+    pub clone_timeout: Duration,
     /// The longest log line kept (at most 1 MiB); a longer one keeps its start and
     /// says how many bytes were cut.
     #[arg(long, env = "SLIPWAY_MAX_LINE_BYTES", default_value_t = slipway_steps::logs::DEFAULT_MAX_LINE_BYTES)]
@@ -441,6 +449,8 @@ impl WorkerArgs {
             registry_logins,
             builder: self.builder,
             max_context_bytes: self.max_context_bytes,
+            max_clone_bytes: self.max_clone_bytes,
+            clone_timeout: self.clone_timeout,
             max_line_bytes: self.max_line_bytes,
             run_limits: slipway_steps::docker::run::RunLimits {
                 memory_bytes: self.run_memory,

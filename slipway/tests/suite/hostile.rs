@@ -24,9 +24,13 @@ fn repo_with(git: &GitServer, name: &str, extra: Vec<(&str, Entry)>) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_repositories_fail_with_a_named_error_and_the_process_lives_on() {
     let context_limit = 32 << 20;
-    let standalone =
-        Standalone::start(&[("SLIPWAY_WORKER_SLOTS", "4"), ("SLIPWAY_MAX_CONTEXT_BYTES", &context_limit.to_string())])
-            .await;
+    let clone_limit = 3 * context_limit;
+    let standalone = Standalone::start(&[
+        ("SLIPWAY_WORKER_SLOTS", "4"),
+        ("SLIPWAY_MAX_CONTEXT_BYTES", &context_limit.to_string()),
+        ("SLIPWAY_MAX_CLONE_BYTES", &clone_limit.to_string()),
+    ])
+    .await;
     let idle = standalone.process.memory();
     let git = &standalone.git;
     let stars = "*".repeat(200_000);
@@ -41,6 +45,18 @@ async fn hostile_repositories_fail_with_a_named_error_and_the_process_lives_on()
             "dockerignore_invalid",
         ),
         ("zeros", repo_with(git, "big", vec![("zeros", Entry::Zeros(zeros))]), "context_too_large"),
+        // A download larger than the clone may take.
+        (
+            "noise",
+            repo_with(git, "noise", vec![("noise", Entry::Noise(clone_limit as usize + (1 << 20)))]),
+            "clone_too_large",
+        ),
+        // A tiny pack whose checkout would write more than the clone may take.
+        (
+            "huge",
+            repo_with(git, "huge", vec![("zeros", Entry::Zeros(clone_limit as usize + (1 << 20)))]),
+            "clone_too_large",
+        ),
     ];
     let backtracking_repo = repo_with(
         git,
@@ -62,6 +78,13 @@ async fn hostile_repositories_fail_with_a_named_error_and_the_process_lives_on()
             "{name}: {job}"
         );
         assert_eq!(job["attempt"], 1, "{name}: a job that cannot be built is not retried: {job}");
+    }
+    // The noise is stopped while it downloads, the zeros before they are written.
+    for (name, said) in [("noise", "its download"), ("huge", "its files")] {
+        let at = cases.iter().position(|c| c.0 == name).unwrap();
+        let job = get_job(&standalone.api(), id_of(&ids[at])).await;
+        let message = job["error"]["message"].as_str().unwrap();
+        assert!(message.contains(said) && message.contains("SLIPWAY_MAX_CLONE_BYTES"), "{name}: {message}");
     }
     let job = wait_finished(&standalone.api(), &backtracking_id, LIMIT).await;
     assert_eq!(job["state"], "succeeded", "a pattern made to backtrack is matched in linear time: {job}");

@@ -19,6 +19,8 @@ pub enum Entry<'a> {
     Symlink(&'a str),
     /// A file of this many zero bytes.
     Zeros(usize),
+    /// A file of this many bytes that do not compress (a fixed pseudo-random sequence).
+    Noise(usize),
 }
 
 impl GitServer {
@@ -53,6 +55,18 @@ impl GitServer {
                 }
                 Entry::Symlink(to) => std::os::unix::fs::symlink(to, &target).unwrap(),
                 Entry::Zeros(len) => std::fs::write(&target, vec![0u8; *len]).unwrap(),
+                Entry::Noise(len) => {
+                    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+                    let bytes: Vec<u8> = (0..*len)
+                        .map(|_| {
+                            state ^= state << 13;
+                            state ^= state >> 7;
+                            state ^= state << 17;
+                            (state >> 24) as u8
+                        })
+                        .collect();
+                    std::fs::write(&target, bytes).unwrap()
+                }
             }
         }
         git(&dir, &["add", "-A"]);
