@@ -46,10 +46,10 @@ pub struct SubmitArgs {
     /// Where to run: `docker` (the worker's engine) or `ecs` (Fargate) [default: the server's].
     #[arg(long)]
     pub runtime: Option<String>,
-    /// Fargate CPU units (`ecs` only).
+    /// CPU units, 1024 a CPU (Fargate's sizes for `ecs`) [default: the worker's].
     #[arg(long)]
     pub cpu: Option<u32>,
-    /// Fargate memory in MiB (`ecs` only).
+    /// Memory in MiB (Fargate's sizes for `ecs`) [default: the worker's].
     #[arg(long)]
     pub memory: Option<u32>,
     /// A label KEY=VALUE the worker must offer, such as region=eu-west-1 (repeatable).

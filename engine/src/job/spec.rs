@@ -222,19 +222,34 @@ impl JobRequest {
     }
 }
 
+/// The most CPU units (1024 a CPU) and memory a `docker` run may name; each worker
+/// allows what it allows within these (`SLIPWAY_RUN_MAX_CPUS`, `SLIPWAY_RUN_MAX_MEMORY`).
+const DOCKER_MAX_CPU_UNITS: u32 = 256 * 1024;
+const DOCKER_MIN_MEMORY_MIB: u32 = 6;
+const DOCKER_MAX_MEMORY_MIB: u32 = 1 << 20;
+
 /// Fargate's size for `ecs` runs (a quarter vCPU and 512 MiB unless given), among
-/// the pairs Fargate allows; no size for `docker` runs.
+/// the pairs Fargate allows; for `docker` runs, what the job names if anything.
 fn check_size(
     runtime: RuntimeKind,
     cpu: Option<u32>,
     memory: Option<u32>,
 ) -> Result<(Option<u32>, Option<u32>), FieldError> {
     if runtime == RuntimeKind::Docker {
-        if cpu.is_some() || memory.is_some() {
-            let field = if cpu.is_some() { "run.cpu" } else { "run.memory" };
-            return Err(FieldError::new(field, format!("{field} applies to `ecs` runs only")));
+        // The worker's defaults unless given; the worker refuses more than it allows.
+        if let Some(cpu) = cpu.filter(|c| !(1..=DOCKER_MAX_CPU_UNITS).contains(c)) {
+            return Err(FieldError::new(
+                "run.cpu",
+                format!("run.cpu {cpu} must be between 1 and {DOCKER_MAX_CPU_UNITS} (1024 units are one CPU)"),
+            ));
         }
-        return Ok((None, None));
+        if let Some(memory) = memory.filter(|m| !(DOCKER_MIN_MEMORY_MIB..=DOCKER_MAX_MEMORY_MIB).contains(m)) {
+            return Err(FieldError::new(
+                "run.memory",
+                format!("run.memory {memory} MiB must be between {DOCKER_MIN_MEMORY_MIB} and {DOCKER_MAX_MEMORY_MIB}"),
+            ));
+        }
+        return Ok((cpu, memory));
     }
     let cpu = cpu.unwrap_or(256);
     if !FARGATE_CPU.contains(&cpu) {
@@ -434,7 +449,12 @@ mod tests {
         assert_eq!(e.field, "run.memory");
         assert!(e.message.contains("4096 MiB with 256 CPU units"), "{}", e.message);
         assert_eq!(field_of(JobRequest { run: Some(ecs(Some(300), None)), ..request() }), "run.cpu");
-        let docker = RunRequest { cpu: Some(256), ..Default::default() };
+        let docker = RunRequest { cpu: Some(0), ..Default::default() };
         assert_eq!(field_of(JobRequest { run: Some(docker), ..request() }), "run.cpu");
+        let docker = RunRequest { memory: Some(4), ..Default::default() };
+        assert_eq!(field_of(JobRequest { run: Some(docker), ..request() }), "run.memory");
+        let docker = RunRequest { cpu: Some(512), memory: Some(256), ..Default::default() };
+        let spec = JobRequest { run: Some(docker), ..request() }.validate(&defaults()).unwrap();
+        assert_eq!((spec.run.cpu, spec.run.memory), (Some(512), Some(256)), "a docker run names its own size");
     }
 }

@@ -162,6 +162,12 @@ pub struct WorkerArgs {
     /// The most processes and threads a job's container may run at once.
     #[arg(long, env = "SLIPWAY_RUN_PIDS", default_value_t = 4096, value_parser = clap::value_parser!(i64).range(16..))]
     pub run_pids: i64,
+    /// The most memory a job may ask for in `run.memory`.
+    #[arg(long, env = "SLIPWAY_RUN_MAX_MEMORY", default_value = "8g", value_parser = memory_size)]
+    pub run_max_memory: i64,
+    /// The most CPUs a job may ask for in `run.cpu`.
+    #[arg(long, env = "SLIPWAY_RUN_MAX_CPUS", default_value = "4", value_parser = cpus)]
+    pub run_max_cpus: i64,
     /// Labels this worker offers (`region=eu-west-1,arch=arm64`): jobs that require
     /// labels run only on workers offering all of them.
     #[arg(long, env = "SLIPWAY_WORKER_LABELS", value_delimiter = ',', value_parser = aws::label)]
@@ -401,6 +407,12 @@ impl WorkerArgs {
         if self.slots == 0 {
             return Err(bad("SLIPWAY_WORKER_SLOTS", "must be at least 1"));
         }
+        if self.run_memory > self.run_max_memory {
+            return Err(bad("SLIPWAY_RUN_MEMORY", "must not exceed SLIPWAY_RUN_MAX_MEMORY"));
+        }
+        if self.run_cpus > self.run_max_cpus {
+            return Err(bad("SLIPWAY_RUN_CPUS", "must not exceed SLIPWAY_RUN_MAX_CPUS"));
+        }
         let most = slipway_steps::logs::MAX_LINE_BYTES_LIMIT;
         if self.max_line_bytes == 0 || self.max_line_bytes > most {
             return Err(bad("SLIPWAY_MAX_LINE_BYTES", format!("must be between 1 and {most}")));
@@ -456,6 +468,8 @@ impl WorkerArgs {
                 memory_bytes: self.run_memory,
                 nano_cpus: self.run_cpus,
                 pids: self.run_pids,
+                max_memory_bytes: self.run_max_memory,
+                max_nano_cpus: self.run_max_cpus,
             },
             shutdown_grace: self.shutdown_grace,
             metrics_addr: self.metrics_addr,

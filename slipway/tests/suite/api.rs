@@ -90,7 +90,7 @@ async fn bad_requests_get_a_json_error_naming_the_field_and_write_nothing() {
             Some("run.memory"),
         ),
         (with("run", json!({ "runtime": "ecs", "cpu": 100 })), 400, "invalid_field", Some("run.cpu")),
-        (with("run", json!({ "memory": 512 })), 400, "invalid_field", Some("run.memory")),
+        (with("run", json!({ "memory": 4 })), 400, "invalid_field", Some("run.memory")),
         (with("requires", json!({ "region": "" })), 400, "invalid_field", Some("requires.region")),
         (with("retry", json!({ "max_attempts": 11 })), 400, "invalid_field", Some("retry.max_attempts")),
         (with("repo", json!("https://s3cr3t-token@example.com/a.git")), 400, "credentials_in_url", Some("repo")),

@@ -211,6 +211,20 @@ async fn a_job_s_container_runs_within_its_limits_and_gains_no_privileges() {
     assert!(lines.contains(&(256u64 << 20).to_string()), "no 256 MiB memory limit: {lines:?}");
     assert!(lines.contains(&"64".to_string()), "no limit of 64 processes: {lines:?}");
     assert!(lines.iter().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')), "{lines:?}");
+
+    // A job may ask for its own size, within the worker's maximum.
+    let cpu = "b=/bin/busybox; $b cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null; \
+               $b cat /sys/fs/cgroup/cpu.max /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null; true";
+    let command = json!(["/bin/busybox", "sh", "-c", cpu]);
+    let body = json!({ "repo": standalone.repo, "image": image("sized"), "run": { "command": command, "memory": 64, "cpu": 512 } });
+    let lines = run_and_read(&standalone, &body).await;
+    assert!(lines.contains(&(64u64 << 20).to_string()), "no 64 MiB memory limit: {lines:?}");
+    assert!(lines.iter().any(|l| l.starts_with("50000")), "no half-CPU quota (50000 µs a 100 ms period): {lines:?}");
+    let body = json!({ "repo": standalone.repo, "image": image("greedy"), "run": { "memory": 64 * 1024 } });
+    let id = submit(&standalone.api(), &body).await["id"].as_str().unwrap().to_string();
+    let job = wait_finished(&standalone.api(), &id, LIMIT).await;
+    assert_eq!((job["state"].as_str(), job["error"]["code"].as_str()), (Some("failed"), Some("run_failed")), "{job}");
+    assert!(job["error"]["message"].as_str().unwrap().contains("SLIPWAY_RUN_MAX_MEMORY"), "{job}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -56,6 +56,7 @@ pub async fn create_container(
     limits: &RunLimits,
     logs: &LogSink,
 ) -> Result<String, StepError> {
+    let (memory, nano_cpus) = limits.for_request(request)?;
     let name = container_name(&request.job_id, request.attempt);
     let mut env: Vec<String> = request.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.sort();
@@ -70,10 +71,10 @@ pub async fn create_container(
         ])),
         host_config: Some(HostConfig {
             log_config: Some(job_log_config()),
-            memory: Some(limits.memory_bytes),
+            memory: Some(memory),
             // No swap beyond the memory limit.
-            memory_swap: Some(limits.memory_bytes),
-            nano_cpus: Some(limits.nano_cpus),
+            memory_swap: Some(memory),
+            nano_cpus: Some(nano_cpus),
             pids_limit: Some(limits.pids),
             // No set-uid program in the image gains privileges it was not started with.
             security_opt: Some(vec!["no-new-privileges".to_string()]),
@@ -226,19 +227,66 @@ pub async fn remove_container(docker: &Docker, container_id: &str) -> Result<(),
     }
 }
 
-/// What a job's container may use at most (`SLIPWAY_RUN_MEMORY`, `SLIPWAY_RUN_CPUS`,
-/// `SLIPWAY_RUN_PIDS`): a job cannot take the worker's machine from the others.
+/// What a job's container may use (`SLIPWAY_RUN_MEMORY`, `SLIPWAY_RUN_CPUS`,
+/// `SLIPWAY_RUN_PIDS`), and the most a job may ask for instead
+/// (`SLIPWAY_RUN_MAX_MEMORY`, `SLIPWAY_RUN_MAX_CPUS`): a job cannot take the
+/// worker's machine from the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunLimits {
     pub memory_bytes: i64,
     /// CPUs in billionths.
     pub nano_cpus: i64,
     pub pids: i64,
+    pub max_memory_bytes: i64,
+    pub max_nano_cpus: i64,
 }
 
 impl Default for RunLimits {
     fn default() -> Self {
-        RunLimits { memory_bytes: 2 << 30, nano_cpus: 2_000_000_000, pids: 4096 }
+        RunLimits {
+            memory_bytes: 2 << 30,
+            nano_cpus: 2_000_000_000,
+            pids: 4096,
+            max_memory_bytes: 8 << 30,
+            max_nano_cpus: 4_000_000_000,
+        }
+    }
+}
+
+impl RunLimits {
+    /// The memory (bytes) and CPUs (billionths) of a job's container: what the job
+    /// asked for (`run.memory` MiB, `run.cpu` units of 1/1024 CPU), else the
+    /// defaults; more than the worker allows fails the run, naming the setting.
+    pub fn for_request(&self, request: &LaunchRequest) -> Result<(i64, i64), StepError> {
+        let memory = match request.memory {
+            0 => self.memory_bytes,
+            mib => i64::from(mib) << 20,
+        };
+        let nano_cpus = match request.cpu {
+            0 => self.nano_cpus,
+            units => i64::from(units) * 1_000_000_000 / 1024,
+        };
+        if memory > self.max_memory_bytes {
+            return Err(StepError::new(
+                ErrorCode::RunFailed,
+                format!(
+                    "run.memory {} MiB is more than this worker allows a job (SLIPWAY_RUN_MAX_MEMORY, {} MiB)",
+                    memory >> 20,
+                    self.max_memory_bytes >> 20
+                ),
+            ));
+        }
+        if nano_cpus > self.max_nano_cpus {
+            return Err(StepError::new(
+                ErrorCode::RunFailed,
+                format!(
+                    "run.cpu {} units is more than this worker allows a job (SLIPWAY_RUN_MAX_CPUS, {} CPUs)",
+                    request.cpu,
+                    self.max_nano_cpus as f64 / 1e9
+                ),
+            ));
+        }
+        Ok((memory, nano_cpus))
     }
 }
 
