@@ -299,3 +299,48 @@ async fn a_repository_on_an_internal_host_is_refused_by_its_resolved_address_and
     assert_eq!((status, body["error"]["field"].as_str()), (400, Some("repo")), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("SLIPWAY_REPO_ALLOW_INSECURE"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_s_container_reaches_neither_another_job_nor_the_worker_s_port() {
+    let standalone = Standalone::start(&[]).await;
+    let api = standalone.api();
+    // A job that says its address and listens.
+    let listen = "b=/bin/busybox; echo ip=$($b ip -4 -o addr show eth0 | $b awk '{print $4}' | $b cut -d/ -f1); \
+                  echo gw=$($b ip route | $b awk '/default/ {print $3}'); $b nc -l -p 8080";
+    let body = json!({ "repo": standalone.repo, "image": image("listener"),
+                       "run": { "command": ["/bin/busybox", "sh", "-c", listen], "timeout_seconds": 120 } });
+    let listener = submit(&api, &body).await["id"].as_str().unwrap().to_string();
+    let said = |key: &'static str| {
+        let (api, listener) = (api.clone(), listener.clone());
+        async move {
+            let deadline = std::time::Instant::now() + LIMIT;
+            loop {
+                let lines = all_logs(&api, &listener).await;
+                if let Some(value) = lines.iter().filter_map(|l| l["line"].as_str()?.strip_prefix(key)).next() {
+                    return value.to_string();
+                }
+                assert!(std::time::Instant::now() < deadline, "the listener never said {key}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let (ip, gateway) = (said("ip=").await, said("gw=").await);
+    assert!(!ip.is_empty() && !gateway.is_empty(), "{ip} {gateway}");
+
+    // Another job tries the listener, and the worker's port through the gateway.
+    let worker_port = standalone.ports.worker;
+    let probe = format!(
+        "b=/bin/busybox; for target in '{ip} 8080' '{gateway} {worker_port}'; do \
+         if echo x | $b nc -w 3 $target; then echo \"reached $target\"; else echo \"unreachable $target\"; fi; done"
+    );
+    let body = json!({ "repo": standalone.repo, "image": image("probe"),
+                       "run": { "command": ["/bin/busybox", "sh", "-c", probe] } });
+    let lines = run_and_read(&standalone, &body).await;
+    assert!(lines.contains(&format!("unreachable {ip} 8080")), "a job reached another job: {lines:?}");
+    assert!(lines.contains(&format!("unreachable {gateway} {worker_port}")), "a job reached the worker: {lines:?}");
+    cancel(&api, &listener).await;
+    wait_finished(&api, &listener, LIMIT).await;
+
+    let network = docker_cli(&["network", "inspect", "slipway-jobs", "--format", "{{json .Options}}"]);
+    assert!(network.contains("\"com.docker.network.bridge.enable_icc\":\"false\""), "{network}");
+}

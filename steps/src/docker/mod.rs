@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod leftovers;
+pub mod network;
 mod output;
 pub mod push;
 pub mod run;
