@@ -221,6 +221,17 @@ pub fn check(repo: &str, policy: &RepoPolicy) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `text` holds a character that changes how text around it is shown
+/// without being seen itself: bidirectional overrides and isolates (`U+202E` makes
+/// `gpj.exe` read as `exe.jpg`), zero-width characters, line and paragraph
+/// separators, the byte-order mark. A ref or a path holding one would mislead
+/// whoever reads it in a log or a list.
+pub fn has_deceptive_chars(text: &str) -> bool {
+    text.chars().any(|c| {
+        matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}' | '\u{061C}')
+    })
+}
+
 /// An environment variable or build argument name: `[A-Za-z_][A-Za-z0-9_]*`.
 pub fn is_variable_name(name: &str) -> bool {
     name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
@@ -328,6 +339,16 @@ mod tests {
         assert_eq!(policy.check_addresses("GIT.internal", &[loopback]), Ok(()));
         assert_eq!(policy.check_addresses("example.com", &[public]), Ok(()));
         assert!(policy.check_addresses("nowhere", &[]).is_err());
+    }
+
+    #[test]
+    fn text_direction_and_invisible_characters_are_found() {
+        for deceptive in ["\u{202e}gpj.exe", "main\u{200b}", "a\u{2028}b", "\u{feff}x", "x\u{2066}y"] {
+            assert!(has_deceptive_chars(deceptive), "{deceptive:?}");
+        }
+        for plain in ["main", "release/v1.2", "docs/ünïcödé.md", "日本語"] {
+            assert!(!has_deceptive_chars(plain), "{plain:?}");
+        }
     }
 
     #[test]

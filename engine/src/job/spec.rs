@@ -318,13 +318,20 @@ fn check_git_ref(r: &str) -> Result<(), FieldError> {
         && !r.contains("..")
         && !r.contains("//")
         && !r.contains("@{")
-        && !r.chars().any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c));
+        && !r.chars().any(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\".contains(c))
+        && !slipway_steps::repo_url::has_deceptive_chars(r);
     if valid { Ok(()) } else { Err(FieldError::new("ref", format!("ref `{r}` is not a valid branch, tag or commit"))) }
 }
 
 fn check_relative_path(field: &str, path: &str) -> Result<(), FieldError> {
     if path.is_empty() {
         return Err(FieldError::new(field, format!("{field} must not be empty")));
+    }
+    if slipway_steps::repo_url::has_deceptive_chars(path) || path.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            format!("{field} holds a control, invisible or text-direction character; name the file plainly"),
+        ));
     }
     if !is_confined(path) {
         return Err(FieldError::new(

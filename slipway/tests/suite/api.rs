@@ -1,6 +1,8 @@
 //! The HTTP API against a real Postgres: bad input is refused with a JSON error that
 //! names the field and writes nothing; jobs read back, page and filter.
 
+mod hostile_requests;
+
 use std::time::Duration;
 
 use crate::common::*;

@@ -2,8 +2,11 @@
 
 use super::*;
 
+/// One client for the test process (each test runs in a process of its own, on one
+/// runtime): building a client loads the system's certificates, tens of ms each time.
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()).clone()
 }
 
 pub async fn wait_healthy(api: &str, limit: Duration) {
