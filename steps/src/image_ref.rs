@@ -188,4 +188,15 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad} should be refused");
         }
     }
+
+    proptest::proptest! {
+        /// Nothing makes the parser panic, and what it accepts reads back the same.
+        #[test]
+        fn an_accepted_reference_reads_back_as_itself(text in "[a-zA-Z0-9._:/@-]{0,80}|\\PC{0,40}") {
+            if let Ok(image) = parse(&text) {
+                let again = parse(&image.to_string());
+                proptest::prop_assert_eq!(again.as_ref(), Ok(&image), "{} → {}", text, image);
+            }
+        }
+    }
 }

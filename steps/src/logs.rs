@@ -228,4 +228,37 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().text, cut);
         assert!(cut.ends_with("[slipway: 992 more bytes of this line cut at 8 bytes]"), "{cut}");
     }
+
+    proptest::proptest! {
+        /// However the bytes arrive, the same lines come out, each within the limit.
+        #[test]
+        fn lines_do_not_depend_on_how_the_bytes_are_cut(
+            bytes in proptest::collection::vec(proptest::prelude::prop_oneof![
+                proptest::prelude::Just(b'\n'), proptest::prelude::Just(b'\r'), 0x20u8..0x7f, 0x80u8..=0xff
+            ], 0..600),
+            cuts in proptest::collection::vec(0usize..600, 0..12),
+            max in 8usize..64,
+        ) {
+            let whole = {
+                let mut s = LineSplitter::new(max);
+                let mut lines = s.push(&bytes);
+                lines.extend(s.finish());
+                lines
+            };
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort_unstable();
+            let mut s = LineSplitter::new(max);
+            let (mut pieces, mut from) = (Vec::new(), 0);
+            for cut in cuts.into_iter().chain([bytes.len()]) {
+                pieces.extend(s.push(&bytes[from..cut]));
+                from = cut;
+            }
+            pieces.extend(s.finish());
+            proptest::prop_assert_eq!(&pieces, &whole);
+            for line in &whole {
+                // The kept start (at most `max` bytes) and the marker saying what was cut.
+                proptest::prop_assert!(line.len() <= max + 96, "{} bytes: {line:?}", line.len());
+            }
+        }
+    }
 }

@@ -464,4 +464,66 @@ mod tests {
         let spec = JobRequest { run: Some(docker), ..request() }.validate(&defaults()).unwrap();
         assert_eq!((spec.run.cpu, spec.run.memory), (Some(512), Some(256)), "a docker run names its own size");
     }
+
+    /// Pieces a field is made of: valid ones, and ones made to break a rule.
+    fn piece() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("git://127.0.0.1/app".to_string()),
+            Just("https://example.com/a.git".to_string()),
+            Just("127.0.0.1:5000/app:1".to_string()),
+            Just("Dockerfile".to_string()),
+            Just(".".to_string()),
+            Just("..".to_string()),
+            Just("/".to_string()),
+            Just(".git".to_string()),
+            Just("@".to_string()),
+            Just(":".to_string()),
+            Just("-o".to_string()),
+            Just("\u{202e}".to_string()),
+            Just("\n".to_string()),
+            "[a-zA-Z0-9_./:@-]{0,12}",
+            "\\PC{0,6}",
+        ]
+    }
+
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::collection::vec(piece(), 0..4).prop_map(|parts| parts.concat())
+    }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// Whatever is sent, the validator answers (no panic), and what it accepts
+        /// the worker's own checks accept too: the shared rules are one copy.
+        #[test]
+        fn what_the_api_accepts_the_worker_accepts(
+            repo in proptest::prop_oneof![proptest::strategy::Just("git://127.0.0.1/app".to_string()), text()],
+            image in proptest::prop_oneof![proptest::strategy::Just("127.0.0.1:5000/app:1".to_string()), text()],
+            dockerfile in text(), context in text(), git_ref in text(),
+            env_name in proptest::prop_oneof!["[A-Z_][A-Z0-9_]{0,5}", text()],
+            arg_name in proptest::prop_oneof!["[A-Z_][A-Z0-9_]{0,5}", text()],
+        ) {
+            let request = JobRequest {
+                repo: Some(repo),
+                image: Some(image),
+                dockerfile: Some(dockerfile),
+                context: Some(context),
+                git_ref: Some(git_ref),
+                env: Some(BTreeMap::from([(env_name, "v".to_string())])),
+                build_args: Some(BTreeMap::from([(arg_name, "v".to_string())])),
+                ..Default::default()
+            };
+            let policy = defaults().repo.clone();
+            if let Ok(spec) = request.validate(&defaults()) {
+                proptest::prop_assert_eq!(slipway_steps::repo_url::check(&spec.repo, &policy), Ok(()));
+                proptest::prop_assert!(is_confined(&spec.dockerfile) && is_confined(&spec.context));
+                proptest::prop_assert!(spec.image.parse::<ImageRef>().is_ok());
+                let names = spec.env.keys().chain(spec.build_args.keys());
+                for name in names {
+                    proptest::prop_assert!(slipway_steps::repo_url::is_variable_name(name), "{:?}", name);
+                }
+            }
+        }
+    }
 }

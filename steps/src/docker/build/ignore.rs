@@ -323,4 +323,63 @@ mod tests {
         std::fs::write(context.path().join(".dockerignore"), "*.log\n").unwrap();
         assert!(DockerIgnore::read(context.path()).unwrap().excludes("a.log"));
     }
+
+    /// What a wildcard means, by plain recursion: exponential, so for small inputs
+    /// only, and obviously right.
+    fn naive<P, I>(pattern: &[P], items: &[I], is_star: &dyn Fn(&P) -> bool, takes: &dyn Fn(&P, &I) -> bool) -> bool {
+        match pattern.split_first() {
+            None => items.is_empty(),
+            Some((first, rest)) if is_star(first) => {
+                (0..=items.len()).any(|skip| naive(rest, &items[skip..], is_star, takes))
+            }
+            Some((first, rest)) => {
+                items.split_first().is_some_and(|(item, more)| takes(first, item) && naive(rest, more, is_star, takes))
+            }
+        }
+    }
+
+    fn token() -> impl proptest::strategy::Strategy<Value = Token> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Token::Char('a')),
+            Just(Token::Char('b')),
+            Just(Token::One),
+            Just(Token::Star),
+            Just(Token::Class { negated: false, ranges: vec![('a', 'a')] }),
+            Just(Token::Class { negated: true, ranges: vec![('a', 'a')] }),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_linear_matcher_agrees_with_plain_recursion(
+            tokens in proptest::collection::vec(token(), 0..8),
+            name in "[ab]{0,10}",
+        ) {
+            let name: Vec<char> = name.chars().collect();
+            let linear = matches_name(&tokens, &name);
+            let reference = naive(&tokens, &name, &|t: &Token| *t == Token::Star, &|t: &Token, c: &char| t.takes(*c));
+            proptest::prop_assert_eq!(linear, reference, "{:?} against {:?}", tokens, name);
+        }
+
+        #[test]
+        fn any_dockerignore_and_any_path_are_matched_without_a_panic(
+            text in "[ab*?!/\\\\\\[\\]^.#\n-]{0,200}",
+            path in "[ab/.]{0,40}",
+        ) {
+            if let Ok(ignore) = DockerIgnore::parse(&text) {
+                let _ = ignore.excludes(&path);
+            }
+        }
+
+        #[test]
+        fn a_literal_pattern_excludes_its_own_path_and_what_is_inside(name in "[a-z]{1,12}", inner in "[a-z]{1,12}") {
+            let ignore = DockerIgnore::parse(&name).unwrap();
+            proptest::prop_assert!(ignore.excludes(&name));
+            let inside = format!("{}/{}", name, inner);
+            proptest::prop_assert!(ignore.excludes(&inside));
+            let reincluded = DockerIgnore::parse(&format!("{}\n!{}", name, name)).unwrap();
+            proptest::prop_assert!(!reincluded.excludes(&name));
+        }
+    }
 }
