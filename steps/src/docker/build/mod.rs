@@ -102,9 +102,15 @@ pub async fn build_image(
         }
     };
     // The build is over (or stopped): the engine no longer reads, and the packer
-    // ends. When it stopped first, its reason is the build's.
+    // ends. A cancel is the reason whatever else failed; a context over its limit
+    // is the reason the build failed; a packer that only saw the engine stop
+    // reading says less than the build's own error.
     let packed = packing.packer.await.map_err(panicked)?;
+    if cancel.is_cancelled() {
+        return Err(StepError::cancelled());
+    }
     let image_id = match (built, packed) {
+        (Err(e), Err(why)) if why.code != ErrorCode::ContextTooLarge => return Err(e),
         (Err(_), Err(why)) => return Err(why),
         (Err(e), Ok(_)) => return Err(e),
         (Ok(_), Err(why)) => return Err(why),
