@@ -139,6 +139,11 @@ pub static OLDEST_QUEUED_AGE: Gauge = Gauge::new(
     "Age of the oldest job waiting to be claimed, read when scraped (0 when none waits).",
     &[],
 );
+pub static WORKER_HEALTHY: Gauge = Gauge::new(
+    "slipway_worker_healthy",
+    "1 while a worker's engine answers and builds, 0 while the worker takes no job.",
+    &["worker"],
+);
 pub static WORKER_SLOTS: Gauge =
     Gauge::new("slipway_worker_slots", "A worker's slots: total and busy.", &["worker", "kind"]);
 
@@ -161,6 +166,7 @@ static ALL: LazyLock<Vec<Metric>> = LazyLock::new(|| {
         Metric::Gauge(&QUEUE_DEPTH),
         Metric::Gauge(&OLDEST_QUEUED_AGE),
         Metric::Gauge(&WORKER_SLOTS),
+        Metric::Gauge(&WORKER_HEALTHY),
     ]
 });
 

@@ -176,6 +176,7 @@ impl JobService for InstantWorker {
             running: Vec::new(),
             labels: Default::default(),
             runtimes: vec!["docker".into()],
+            ..Default::default()
         }))
     }
 

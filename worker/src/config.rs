@@ -34,6 +34,8 @@ pub struct WorkerConfig {
     pub max_clone_bytes: u64,
     /// The longest a clone may take.
     pub clone_timeout: Duration,
+    /// How long the engine may take to say anything about a build.
+    pub build_start_timeout: Duration,
     /// The longest log line kept; longer ones are cut with a marker.
     pub max_line_bytes: usize,
     /// Where repositories may be fetched from, checked again at each clone.

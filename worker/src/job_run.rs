@@ -7,7 +7,7 @@ use std::sync::Arc;
 use slipway_observability::{fields, metrics, trace};
 use slipway_steps::aws::ecr::EcrRegistry;
 use slipway_steps::clone::{CloneRequest, check_remote, clone_repo};
-use slipway_steps::docker::build::{BuildRequest, build_image};
+use slipway_steps::docker::build::{BuildRequest, Builder, build_image};
 use slipway_steps::docker::push::push_image;
 use slipway_steps::image_ref::ImageRef;
 use slipway_steps::{ErrorCode, LogSink, LogStream, Step, StepError, StepOutputs};
@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::assignment::{JobRun, StepEvent};
+use crate::engine_health::AfterFailedBuild;
 use crate::reporter::{Reporter, send};
 use crate::run_step::{clean_up, run_container};
 use crate::state::WorkerState;
@@ -202,9 +203,25 @@ async fn build(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepErro
         context: job.spec.context.clone(),
         build_args: job.spec.build_args.clone(),
         max_context_bytes: state.config.max_context_bytes,
+        start_timeout: state.config.build_start_timeout,
     };
     let builder = state.builder().await?;
-    build_image(&state.docker, builder, &checkout_dir(ctx.folder), &request, logs, ctx.stop).await
+    let checkout = checkout_dir(ctx.folder);
+    match build_image(&state.docker, builder, &checkout, &request, logs, ctx.stop).await {
+        // A wedged engine is noticed: probed, and BuildKit left for the classic
+        // builder when only BuildKit is wedged.
+        Err(e) if e.code == ErrorCode::EngineUnavailable && !ctx.stop.is_cancelled() => {
+            match state.engine.after_failed_build(&state.docker, builder).await {
+                AfterFailedBuild::UseClassic => {
+                    let why = format!("{}; the classic builder answers: building with it", e.message);
+                    logs.line(LogStream::System, why).await;
+                    build_image(&state.docker, Builder::Classic, &checkout, &request, logs, ctx.stop).await
+                }
+                AfterFailedBuild::Unhealthy | AfterFailedBuild::Passed => Err(e),
+            }
+        }
+        built => built,
+    }
 }
 
 async fn push(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepError> {

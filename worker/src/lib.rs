@@ -6,6 +6,7 @@
 
 mod assignment;
 mod config;
+mod engine_health;
 mod job_run;
 mod reporter;
 mod run_step;
@@ -105,12 +106,32 @@ impl BoundWorker {
             serve_metrics(addr, close.clone()).await?;
         }
         state.record_slots(0);
+        // The engine is watched; the gRPC health service says what the watch finds.
+        let watch = {
+            let (state, close) = (state.clone(), close.clone());
+            tokio::spawn(async move { state.engine.watch(&state.docker, close).await })
+        };
+        let health = {
+            let mut changes = state.engine.subscribe();
+            tokio::spawn(async move {
+                while changes.changed().await.is_ok() {
+                    let unhealthy = changes.borrow_and_update().is_some();
+                    if unhealthy {
+                        health_reporter.set_not_serving::<JobServiceServer<Worker>>().await;
+                    } else {
+                        health_reporter.set_serving::<JobServiceServer<Worker>>().await;
+                    }
+                }
+            })
+        };
         shutdown.cancelled().await;
         tracing::info!(grace = ?state.config.shutdown_grace, "worker stopping: running jobs may finish");
         state.wait_idle(state.config.shutdown_grace).await;
         state.hand_back_all();
         state.wait_idle(Duration::from_secs(30)).await;
         close.cancel();
+        let _ = watch.await;
+        health.abort();
         server.await.map_err(|e| WorkerError::Join(e.to_string()))??;
         Ok(())
     }

@@ -39,6 +39,9 @@ impl JobService for Worker {
         if self.shutdown.is_cancelled() {
             return Err(Status::unavailable("the worker is shutting down"));
         }
+        if let Some(why) = self.state.engine.unhealthy() {
+            return Err(Status::unavailable(format!("the worker takes no job: {why}")));
+        }
         let step = Arc::new(Mutex::new(first_step));
         let cancel = CancellationToken::new();
         let hand_back = CancellationToken::new();
@@ -111,6 +114,7 @@ impl JobService for Worker {
             running: running.values().map(|j| wire::lease(&j.lease)).collect(),
             labels: self.state.config.labels.clone().into_iter().collect(),
             runtimes: self.state.runtimes(),
+            unhealthy: self.state.engine.unhealthy().unwrap_or_default(),
         }))
     }
 

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::assignment::JobLease;
 use crate::config::WorkerConfig;
+use crate::engine_health::EngineHealth;
 
 /// A job this worker holds.
 pub(crate) struct RunningJob {
@@ -37,6 +38,8 @@ pub(crate) struct WorkerState {
     pub docker: Docker,
     /// The builder, decided at the first build (the engine may be down at start).
     builder: tokio::sync::OnceCell<Builder>,
+    /// Whether the engine answers and builds.
+    pub engine: EngineHealth,
     /// AWS clients, made at the first job that needs them.
     aws: tokio::sync::OnceCell<AwsConfig>,
     ecs: tokio::sync::OnceCell<Ecs>,
@@ -53,6 +56,7 @@ pub(crate) struct WorkerState {
 impl WorkerState {
     pub fn new(config: WorkerConfig, docker: Docker) -> Self {
         WorkerState {
+            engine: EngineHealth::new(&config.worker_id),
             config,
             docker,
             builder: tokio::sync::OnceCell::new(),
@@ -66,14 +70,25 @@ impl WorkerState {
         }
     }
 
-    /// The configured builder, or BuildKit when the engine offers it.
+    /// The configured builder, or BuildKit when the engine offers it; the classic
+    /// builder once BuildKit was found wedged.
     pub async fn builder(&self) -> Result<Builder, StepError> {
+        if self.engine.classic_only() {
+            return Ok(Builder::Classic);
+        }
         let builder = self
             .builder
             .get_or_try_init(|| async {
                 let builder = match self.config.builder {
                     Some(b) => b,
-                    None => detect_builder(&self.docker).await?,
+                    None => tokio::time::timeout(Duration::from_secs(10), detect_builder(&self.docker))
+                        .await
+                        .map_err(|_| {
+                            StepError::new(
+                                ErrorCode::EngineUnavailable,
+                                "the Docker engine did not say its version within 10s",
+                            )
+                        })??,
                 };
                 tracing::info!(builder = ?builder, "builds use this builder");
                 Ok::<_, StepError>(builder)

@@ -20,6 +20,9 @@ struct WorkerClient {
     link: WorkerLink,
     /// Whether the last ping failed, so that a dead worker is logged once, not every round.
     unreachable: bool,
+    /// Whether the worker said it takes no job (its engine is wedged): no claim is
+    /// made for it until it says otherwise.
+    unhealthy: bool,
     /// The worker's id, from its last answer.
     id: Option<String>,
     /// Free slots as of the last ping, less the jobs started since, plus the
@@ -54,6 +57,7 @@ impl Dispatcher {
             .map(|link| WorkerClient {
                 link,
                 unreachable: false,
+                unhealthy: false,
                 id: None,
                 free: 0,
                 slots: 0,
@@ -147,7 +151,7 @@ impl Dispatcher {
     async fn claim_and_start(&mut self) -> Result<(), StoreError> {
         for i in 0..self.workers.len() {
             let (Some(worker_id), free) = (self.workers[i].id.clone(), self.workers[i].free) else { continue };
-            if free == 0 || self.workers[i].unreachable {
+            if free == 0 || self.workers[i].unreachable || self.workers[i].unhealthy {
                 continue;
             }
             let offer = &self.workers[i].offer;
@@ -176,6 +180,14 @@ impl Dispatcher {
                         tracing::info!(worker.url = %worker.link.url, "worker reachable again");
                     }
                     worker.unreachable = false;
+                    match (&ping.unhealthy, worker.unhealthy) {
+                        (Some(why), false) => {
+                            tracing::warn!(worker.url = %worker.link.url, reason = %why, "worker unhealthy: no job is sent to it")
+                        }
+                        (None, true) => tracing::info!(worker.url = %worker.link.url, "worker healthy again"),
+                        _ => {}
+                    }
+                    worker.unhealthy = ping.unhealthy.is_some();
                     worker.id = Some(ping.worker_id.clone());
                     worker.free = ping.slots_total.saturating_sub(ping.slots_busy);
                     worker.slots = ping.slots_total;

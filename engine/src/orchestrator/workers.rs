@@ -38,6 +38,8 @@ pub(super) struct WorkerPing {
     pub offer: WorkerOffer,
     /// The leases of the attempts it runs (those it named unreadably left out).
     pub held: Vec<HeldLease>,
+    /// Why it takes no job now (its engine is wedged), if it says so.
+    pub unhealthy: Option<String>,
 }
 
 /// What a worker's engine (or ECS) holds that this installation made.
@@ -211,6 +213,7 @@ fn ping(ping: v1::PingResponse) -> WorkerPing {
         worker_id: ping.worker_id,
         slots_total: ping.slots_total,
         slots_busy: ping.slots_busy,
+        unhealthy: (!ping.unhealthy.is_empty()).then_some(ping.unhealthy),
     }
 }
 

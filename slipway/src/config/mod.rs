@@ -149,6 +149,11 @@ pub struct WorkerArgs {
     /// 2 minutes).
     #[arg(long, env = "SLIPWAY_CLONE_TIMEOUT", default_value = "10m", value_parser = duration)]
     pub clone_timeout: Duration,
+    /// How long the engine may take to say anything about a build; past it the
+    /// worker probes its engine (and leaves BuildKit for the classic builder, or
+    /// takes no job until the engine answers).
+    #[arg(long, env = "SLIPWAY_BUILD_START_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub build_start_timeout: Duration,
     /// The longest log line kept (at most 1 MiB); a longer one keeps its start and
     /// says how many bytes were cut.
     #[arg(long, env = "SLIPWAY_MAX_LINE_BYTES", default_value_t = slipway_steps::logs::DEFAULT_MAX_LINE_BYTES)]
@@ -463,6 +468,7 @@ impl WorkerArgs {
             max_context_bytes: self.max_context_bytes,
             max_clone_bytes: self.max_clone_bytes,
             clone_timeout: self.clone_timeout,
+            build_start_timeout: self.build_start_timeout,
             max_line_bytes: self.max_line_bytes,
             run_limits: slipway_steps::docker::run::RunLimits {
                 memory_bytes: self.run_memory,

@@ -6,6 +6,7 @@ mod api;
 mod aws_clients;
 mod common;
 mod ecs;
+mod engine;
 mod faults;
 mod grpc_auth;
 mod hostile;

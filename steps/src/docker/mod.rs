@@ -6,6 +6,7 @@ pub mod build;
 pub mod leftovers;
 pub mod network;
 mod output;
+pub mod probe;
 pub mod push;
 pub mod run;
 

@@ -15,6 +15,7 @@ mod ignore;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bollard::Docker;
 use bollard::query_parameters::{BuildImageOptionsBuilder, BuilderVersion, TagImageOptionsBuilder};
@@ -41,6 +42,10 @@ pub struct BuildRequest {
     pub build_args: HashMap<String, String>,
     /// The most bytes of build context sent (`SLIPWAY_MAX_CONTEXT_BYTES`).
     pub max_context_bytes: u64,
+    /// How long the engine may take to say anything about the build once it has
+    /// the whole context (`SLIPWAY_BUILD_START_TIMEOUT`): an engine silent past it
+    /// is wedged.
+    pub start_timeout: std::time::Duration,
 }
 
 /// Builds with `builder` and returns the image id (`sha256:…`).
@@ -76,7 +81,9 @@ pub async fn build_image(
         Builder::Classic => "the classic builder",
     };
     logs.line(LogStream::System, format!("sending a build context to {name}")).await;
-    let packing = context::stream(context, dockerfile, ignore, request.max_context_bytes, cancel.clone());
+    // Stopped on a cancel, or when the engine says nothing within the start timeout.
+    let stop = cancel.child_token();
+    let packing = context::stream(context, dockerfile, ignore, request.max_context_bytes, stop.clone());
 
     // No job id among the labels: it would make every job's image its own.
     let labels = HashMap::from([(INSTANCE_LABEL.to_string(), request.instance_id.clone())]);
@@ -88,19 +95,55 @@ pub async fn build_image(
         .rm(true)
         .forcerm(true);
     let mut chunks = packing.chunks;
-    let body = Some(bollard::body_try_stream(futures_util::stream::poll_fn(move |cx| chunks.poll_recv(cx))));
-    let mut log = BuildLog::new(logs);
-    let built = match builder {
-        Builder::BuildKit => {
-            // The session id only has to be unique among the engine's running builds.
-            let session = format!("slipway-{}-{}", request.job_id, std::process::id());
-            let options = options.version(BuilderVersion::BuilderBuildKit).session(&session).build();
-            buildkit::follow(std::pin::pin!(docker.build_image(options, None, body)), &mut log, cancel).await
-        }
-        Builder::Classic => {
-            classic::follow(std::pin::pin!(docker.build_image(options.build(), None, body)), &mut log, cancel).await
+    // The engine answers once it has the whole context: the start timeout runs from then.
+    let uploaded = std::sync::Arc::new(tokio::sync::Notify::new());
+    let body = {
+        let uploaded = uploaded.clone();
+        Some(bollard::body_try_stream(futures_util::stream::poll_fn(move |cx| {
+            let chunk = chunks.poll_recv(cx);
+            if let std::task::Poll::Ready(None) = chunk {
+                uploaded.notify_one();
+            }
+            chunk
+        })))
+    };
+    let started = AtomicBool::new(false);
+    let mut log = BuildLog::new(logs, &started);
+    let follow = async {
+        match builder {
+            Builder::BuildKit => {
+                // The session id only has to be unique among the engine's running builds.
+                let session = format!("slipway-{}-{}", request.job_id, std::process::id());
+                let options = options.version(BuilderVersion::BuilderBuildKit).session(&session).build();
+                buildkit::follow(std::pin::pin!(docker.build_image(options, None, body)), &mut log, &stop).await
+            }
+            Builder::Classic => {
+                classic::follow(std::pin::pin!(docker.build_image(options.build(), None, body)), &mut log, &stop).await
+            }
         }
     };
+    let silent = async {
+        uploaded.notified().await;
+        tokio::time::sleep(request.start_timeout).await;
+        if !started.load(Ordering::Relaxed) {
+            stop.cancel();
+        }
+        std::future::pending::<()>().await
+    };
+    let built = tokio::select! {
+        built = follow => built,
+        () = silent => unreachable!("the watch never ends"),
+    };
+    if stop.is_cancelled() && !cancel.is_cancelled() {
+        let _ = packing.packer.await;
+        return Err(StepError::new(
+            ErrorCode::EngineUnavailable,
+            format!(
+                "{name} said nothing about the build within {:?} (SLIPWAY_BUILD_START_TIMEOUT)",
+                request.start_timeout
+            ),
+        ));
+    }
     // The build is over (or stopped): the engine no longer reads, and the packer
     // ends. A cancel is the reason whatever else failed; a context over its limit
     // is the reason the build failed; a packer that only saw the engine stop
@@ -181,11 +224,13 @@ struct BuildLog<'a> {
     logs: &'a LogSink,
     tail: VecDeque<String>,
     instruction: Option<String>,
+    /// Set at the engine's first message about the build.
+    started: &'a AtomicBool,
 }
 
 impl<'a> BuildLog<'a> {
-    fn new(logs: &'a LogSink) -> Self {
-        BuildLog { logs, tail: VecDeque::with_capacity(TAIL_LINES), instruction: None }
+    fn new(logs: &'a LogSink, started: &'a AtomicBool) -> Self {
+        BuildLog { logs, tail: VecDeque::with_capacity(TAIL_LINES), instruction: None, started }
     }
 
     async fn line(&mut self, line: String) {
@@ -204,6 +249,7 @@ impl<'a> BuildLog<'a> {
     /// A progress message, or the build's end: an error the engine reported in the
     /// stream is the build failing; any other error means the engine could not run it.
     fn message<T>(&self, item: Result<T, bollard::errors::Error>) -> Result<T, StepError> {
+        self.started.store(true, Ordering::Relaxed);
         item.map_err(|e| match crate::docker::stream_error(&e) {
             Some(message) => self.failed(message),
             None => engine_error(e, ErrorCode::BuildFailed, "the build was refused"),
