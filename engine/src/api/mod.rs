@@ -1,6 +1,7 @@
 //! The HTTP API (`/v1/jobs`): submit, follow, list, read logs.
 
 mod clients;
+mod connections;
 mod error;
 mod follow;
 mod jobs;

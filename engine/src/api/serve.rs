@@ -1,22 +1,22 @@
 //! Serving the API over HTTP/1.1 within bounds a stranger cannot stretch: at most
-//! `max_connections` connections at once (one over the cap is closed at once, never
-//! queued), and a connection that sends no complete request head within
+//! `max_connections` connections at once (at the cap a new one takes the place of
+//! the oldest idle one, or is closed at once when all are busy: see
+//! [`super::connections`]), and a connection that sends no complete request head within
 //! `header_timeout` (a slow or idle client, a keep-alive left open) is closed, so
 //! that descriptors stay free for those who use them. Bodies have their own limit
 //! and deadline where they are read ([`super::jobs`]). On shutdown no connection is
 //! taken and those open finish what they are answering.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::clients::{ClientAddr, ClientLimits, Clients};
+use super::connections::{Connections, Counted};
 use super::{AppState, router};
 
 /// How much of itself the HTTP server gives to clients.
@@ -47,10 +47,10 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, max_connections = limits.max_connections, "http api listening");
     let state = AppState { clients: Clients::new(limits.clients), ..state };
     let service = TowerToHyperService::new(router(state));
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let open = Connections::new(limits.max_connections);
     let mut connections = JoinSet::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -63,19 +63,21 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
         };
         while connections.try_join_next().is_some() {}
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let Some(admitted) = open.admit() else {
             drop(stream);
             continue;
         };
-        let (stream, peer) = stream;
         let (service, shutdown) = (service.clone(), shutdown.clone());
-        // Every request carries the address of its connection, for per-client limits.
+        let requests = admitted.requests.clone();
+        // Every request carries the address of its connection, for per-client
+        // limits, and counts its connection busy until its response is sent.
         let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
             request.extensions_mut().insert(ClientAddr(peer.ip()));
-            hyper::service::Service::call(&service, request)
+            let busy = Counted::begin(&requests);
+            let answer = hyper::service::Service::call(&service, request);
+            async move { answer.await.map(|response| response.map(|body| Counted::wrap(body, busy))) }
         });
         connections.spawn(async move {
-            let _permit = permit;
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
@@ -87,7 +89,13 @@ pub async fn serve(
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                 }
+                // Made room for a newer connection while idle.
+                _ = admitted.evict.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
             }
+            drop(admitted);
         });
     }
     while connections.join_next().await.is_some() {}
