@@ -27,6 +27,9 @@
 #[allow(unused_imports)]
 mod common;
 
+#[path = "engine_path/load.rs"]
+mod load;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -312,35 +315,9 @@ async fn throughput(workers: usize, slots: u32, jobs: i64, extra: &[(&'static st
 
 async fn latency(rate: u32, seconds: u32, workers: usize, slots: u32) {
     let db = TestDb::new().await;
-    let store = &db.store;
     let (ports, first_steps) = start_workers(workers, slots).await;
     let (_server, api) = start_server(&db, &ports, &[]).await;
-    let http = reqwest::Client::new();
-    let body = serde_json::json!({ "repo": "git://127.0.0.1/app", "image": "127.0.0.1:5000/bench/app:1" });
-    let submitted = Arc::new(Mutex::new(HashMap::new()));
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-    let mut posts = Vec::new();
-    for _ in 0..rate * seconds {
-        tick.tick().await;
-        let (http, body, submitted, api) = (http.clone(), body.clone(), submitted.clone(), api.clone());
-        posts.push(tokio::spawn(async move {
-            let sent = Instant::now();
-            let response = http.post(format!("{api}/v1/jobs")).json(&body).send().await.unwrap();
-            assert_eq!(response.status(), 201);
-            let job: serde_json::Value = response.json().await.unwrap();
-            submitted.lock().unwrap().insert(job["id"].as_str().unwrap().to_string(), sent);
-        }));
-    }
-    for post in posts {
-        post.await.unwrap();
-    }
-    while finished(store).await < i64::from(rate * seconds) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let (submitted, first_steps) = (submitted.lock().unwrap(), first_steps.lock().unwrap());
-    let mut ms: Vec<f64> =
-        submitted.iter().map(|(id, at)| (first_steps[id].duration_since(*at)).as_secs_f64() * 1000.0).collect();
-    ms.sort_by(f64::total_cmp);
+    let ms = load::queue_waits(&api, &db.store, &first_steps, rate, seconds).await;
     println!(
         "latency at {rate} jobs/s offered ({workers} worker(s) × {slots} slots), POST /v1/jobs → first step committed: p50 {:.2} ms, p99 {:.2} ms ({} jobs)",
         percentile(&ms, 50.0),
@@ -420,11 +397,17 @@ async fn table_sizes(store: &Store, when: &str) {
 
 #[tokio::main]
 async fn main() {
+    if let Ok(spec) = std::env::var(load::IDLE_CHILD) {
+        return load::idle_child(&spec).await;
+    }
     let jobs: i64 = env_or("BENCH_JOBS", 5_000);
     let rate: u32 = env_or("BENCH_RATE", 100);
     let seconds: u32 = env_or("BENCH_SECONDS", 10);
     let slots: u32 = env_or("BENCH_SLOTS", 16);
 
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("load") {
+        return load::under_load(rate, seconds, env_or("BENCH_IDLE", 20_000), env_or("BENCH_FOLLOWERS", 1_500)).await;
+    }
     latency_floor(200).await;
     latency(rate, seconds, 2, slots).await;
     latency_floor(200).await;
@@ -444,4 +427,5 @@ async fn main() {
     }
     sqlx::query("vacuum analyze").execute(store.pool()).await.unwrap();
     table_sizes(store, "after the sweep and a vacuum").await;
+    load::under_load(rate, seconds, env_or("BENCH_IDLE", 20_000), env_or("BENCH_FOLLOWERS", 1_500)).await;
 }
