@@ -15,7 +15,7 @@ use slipway_steps::aws::AwsConfig;
 use slipway_steps::aws::ecr::{Ecr, EcrRegistry, RepositorySettings};
 use slipway_steps::docker::push::RegistryCredentials;
 use slipway_steps::image_ref::ImageRef;
-use slipway_steps::registry_logins::RegistryLogins;
+use slipway_steps::registry_logins::{RegistryLogins, is_loopback};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -154,7 +154,12 @@ impl RegistryClient {
         }
         let url = reqwest::Url::parse_with_params(&realm, &query)
             .map_err(|e| RegistryError::Refused(format!("realm `{realm}`: {e}")))?;
-        let trusted = realm_is_trusted(&url, registry_host);
+        let authority = match (url.host_str(), url.port()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_string(),
+            (None, _) => String::new(),
+        };
+        let trusted = !authority.is_empty() && self.logins.realm_is_trusted(url.scheme(), &authority, registry_host);
         let mut request = self.http.get(url);
         if let Some(login) = login.filter(|_| trusted) {
             request = request.basic_auth(&login.username, Some(&login.password));
@@ -173,22 +178,6 @@ impl RegistryClient {
     }
 }
 
-/// Whether a token realm may get the registry's credentials: on the registry's own
-/// host (and port), over https unless that host is loopback.
-fn realm_is_trusted(realm: &reqwest::Url, registry_host: &str) -> bool {
-    let Some(host) = realm.host_str() else { return false };
-    let authority = match realm.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_string(),
-    };
-    authority.eq_ignore_ascii_case(registry_host) && (realm.scheme() == "https" || is_loopback(registry_host))
-}
-
-fn is_loopback(host: &str) -> bool {
-    let name = host.rsplit_once(':').map_or(host, |(n, _)| n);
-    name == "localhost" || name.starts_with("127.") || name == "[::1]"
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,15 +188,5 @@ mod tests {
         assert!(is_loopback("localhost"));
         assert!(!is_loopback("ghcr.io"));
         assert!(!is_loopback("123456789.dkr.ecr.eu-west-1.amazonaws.com"));
-    }
-
-    #[test]
-    fn only_a_realm_on_the_registry_s_own_host_gets_its_credentials() {
-        let url = |u: &str| reqwest::Url::parse(u).unwrap();
-        assert!(realm_is_trusted(&url("http://127.0.0.1:5000/token"), "127.0.0.1:5000"));
-        assert!(!realm_is_trusted(&url("http://127.0.0.1:5001/token"), "127.0.0.1:5000"), "another port");
-        assert!(realm_is_trusted(&url("https://ghcr.io/token"), "ghcr.io"));
-        assert!(!realm_is_trusted(&url("http://ghcr.io/token"), "ghcr.io"), "plain http off loopback");
-        assert!(!realm_is_trusted(&url("https://evil.example/token"), "ghcr.io"));
     }
 }

@@ -1,16 +1,17 @@
 //! A private Postgres for `slipway standalone` when no `DATABASE_URL` is given.
 //!
 //! It runs the machine's own server binaries (`initdb`, `pg_ctl`, `postgres`) on a
-//! data folder Slipway names at start-up, listening on loopback only. Postgres
+//! data folder Slipway names at start-up. It listens on no TCP port at all: only on
+//! a Unix socket in a private folder (`<data root>/run`, mode 0700). Postgres
 //! refuses to run as root, so under root it runs as the `postgres` system user
 //! that Debian's package creates. A server left running by an earlier start (after a
 //! crash) is found through its `postmaster.pid` and reused.
 //!
-//! Loopback is shared by every account on the machine, so the cluster asks for a
-//! password (SCRAM): a random one, made at the first start and kept in
-//! `postgres.password` beside the cluster (mode 0600). A cluster made by an older
-//! Slipway, which trusted every local connection, is given a password and its
-//! trust taken away at the next start.
+//! The cluster also asks for a password (SCRAM): a random one, made at the first
+//! start and kept in `postgres.password` beside the cluster (mode 0600). A cluster
+//! made by an older Slipway, which trusted every local connection over loopback TCP,
+//! is given a password, its trust taken away and its TCP port closed at the next
+//! start.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -22,9 +23,13 @@ const DATABASE: &str = "slipway";
 /// The password's file, in the data root (not in the cluster folder, which the
 /// `postgres` user owns).
 const PASSWORD_FILE: &str = "postgres.password";
-/// Who may connect, and how: password over loopback TCP, nothing else.
-const PG_HBA: &str = "# Written by slipway: a password (SCRAM) over loopback TCP, nothing else.\n\
-                      host all all 127.0.0.1/32 scram-sha-256\n";
+/// Who may connect, and how: a password over the Unix socket, nothing else.
+const PG_HBA: &str = "# Written by slipway: a password (SCRAM) over the Unix socket, nothing else.\n\
+                      local all all scram-sha-256\n";
+/// The port only names the socket file, in a folder of its own: any number will do.
+const SOCKET_PORT: u16 = 5432;
+/// The longest path of a Unix socket.
+const MAX_SOCKET_PATH: usize = 107;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LocalPostgresError {
@@ -50,6 +55,8 @@ pub enum LocalPostgresError {
 pub struct LocalPostgres {
     bin: PathBuf,
     data: PathBuf,
+    /// The private folder of the server's socket.
+    socket_dir: PathBuf,
     run_as: Option<(u32, u32)>,
     pub url: String,
 }
@@ -74,8 +81,24 @@ impl LocalPostgres {
         }
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).map_err(io(&data))?;
+        let socket_dir = data_root.join("run");
+        let socket = socket_dir.join(format!(".s.PGSQL.{SOCKET_PORT}"));
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(LocalPostgresError::Command {
+                what: "placing the private postgres's socket".into(),
+                detail: format!(
+                    "{} is longer than a Unix socket's {MAX_SOCKET_PATH} bytes: set SLIPWAY_DATA_DIR to a shorter folder",
+                    socket.display()
+                ),
+            });
+        }
+        std::fs::create_dir_all(&socket_dir).map_err(io(&socket_dir))?;
+        if let Some((uid, gid)) = run_as {
+            std::os::unix::fs::chown(&socket_dir, Some(uid), Some(gid)).map_err(io(&socket_dir))?;
+        }
+        std::fs::set_permissions(&socket_dir, std::fs::Permissions::from_mode(0o700)).map_err(io(&socket_dir))?;
 
-        let this = LocalPostgres { bin, data, run_as, url: String::new() };
+        let this = LocalPostgres { bin, data, socket_dir, run_as, url: String::new() };
         let password_file = data_root.join(PASSWORD_FILE);
         let (password, made) = read_or_make_password(&password_file).map_err(io(&password_file))?;
         if !this.data.join("PG_VERSION").exists() {
@@ -86,16 +109,19 @@ impl LocalPostgres {
             tracing::info!(path = %this.data.display(), "giving the private postgres a password");
             this.require_password(&password).await?;
         }
-        let port = match this.running_port() {
-            Some(port) => {
-                tracing::info!(port, "reusing the private postgres already running");
-                port
-            }
-            None => this.start_server().await?,
-        };
-        this.create_database(&database_url(&password, port, "postgres")).await?;
-        let url = database_url(&password, port, DATABASE);
-        tracing::info!(data = %this.data.display(), port, password_file = %password_file.display(), "private postgres ready");
+        if this.running_port().is_some() {
+            tracing::info!("reusing the private postgres already running");
+        } else {
+            this.start_server().await?;
+        }
+        this.create_database(&this.url_of(Some(&password), "postgres")).await?;
+        let url = this.url_of(Some(&password), DATABASE);
+        tracing::info!(
+            data = %this.data.display(),
+            socket = %this.socket_dir.display(),
+            password_file = %password_file.display(),
+            "private postgres ready"
+        );
         Ok(LocalPostgres { url, ..this })
     }
 
@@ -122,18 +148,16 @@ impl LocalPostgres {
     /// connection, then takes the trust away.
     async fn require_password(&self, password: &str) -> Result<(), LocalPostgresError> {
         use sqlx::Connection;
-        let port = match self.running_port() {
-            Some(port) => port,
-            None => self.start_server().await?,
-        };
+        if self.running_port().is_none() {
+            self.start_server().await?;
+        }
         let fail = |e: sqlx::Error| LocalPostgresError::Command {
             what: "setting the private postgres's password".into(),
             detail: format!(
                 "{e} (if the cluster already has a password, {PASSWORD_FILE} beside it is gone: restore it)"
             ),
         };
-        let mut conn =
-            sqlx::PgConnection::connect(&format!("postgres://{USER}@127.0.0.1:{port}/postgres")).await.map_err(fail)?;
+        let mut conn = sqlx::PgConnection::connect(&self.url_of(None, "postgres")).await.map_err(fail)?;
         // The password is hex digits (see `read_or_make_password`): safe in a literal.
         let statement = format!("alter role {USER} password '{password}'");
         sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&mut conn).await.map_err(fail)?;
@@ -147,23 +171,59 @@ impl LocalPostgres {
         std::fs::write(&path, PG_HBA).map_err(|source| LocalPostgresError::Io { path, source })
     }
 
-    async fn start_server(&self) -> Result<u16, LocalPostgresError> {
-        let port = free_port().map_err(|source| LocalPostgresError::Io { path: "127.0.0.1:0".into(), source })?;
+    /// Starts the server on its Unix socket only: no TCP address (`-h ''`).
+    async fn start_server(&self) -> Result<(), LocalPostgresError> {
         let data = self.data.to_string_lossy().into_owned();
         let log = self.data.join("server.log").to_string_lossy().into_owned();
-        // Loopback only, no Unix socket (the data path may be too long for one).
-        let options = format!("-p {port} -h 127.0.0.1 -k ''");
-        self.run("pg_ctl", &["-D", &data, "-l", &log, "-o", &options, "-w", "-t", "60", "start"]).await?;
-        Ok(port)
+        // pg_ctl hands the options to a shell: the folder is quoted.
+        let options = format!("-p {SOCKET_PORT} -h '' -k '{}'", self.socket_dir.display());
+        self.run("pg_ctl", &["-D", &data, "-l", &log, "-o", &options, "-w", "-t", "60", "start"]).await
     }
 
-    /// The port of a server already running on this data folder, if any.
+    /// The port of a server already running on this data folder on its socket, if
+    /// any. One running without the socket (started by an older Slipway, on loopback
+    /// TCP) is stopped, to be started again the way it runs now.
     fn running_port(&self) -> Option<u16> {
         let pid_file = std::fs::read_to_string(self.data.join("postmaster.pid")).ok()?;
         let mut lines = pid_file.lines();
         let pid: u32 = lines.next()?.trim().parse().ok()?;
-        let port = lines.nth(2)?.trim().parse().ok()?;
-        Path::new(&format!("/proc/{pid}")).exists().then_some(port)
+        let port: u16 = lines.nth(2)?.trim().parse().ok()?;
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return None;
+        }
+        if port == SOCKET_PORT && self.socket_dir.join(format!(".s.PGSQL.{port}")).exists() {
+            return Some(port);
+        }
+        let data = self.data.to_string_lossy().into_owned();
+        let mut stop = std::process::Command::new(self.bin.join("pg_ctl"));
+        stop.args(["-D", &data, "-m", "fast", "-w", "stop"]).current_dir(&self.data);
+        if let Some((uid, gid)) = self.run_as {
+            use std::os::unix::process::CommandExt;
+            stop.uid(uid).gid(gid);
+        }
+        let stopped = stop.status();
+        if !stopped.is_ok_and(|s| s.success()) {
+            tracing::warn!("cannot stop the private postgres an older start left on TCP");
+        }
+        None
+    }
+
+    /// The URL of `database` over the socket, with `password` if given.
+    fn url_of(&self, password: Option<&str>, database: &str) -> String {
+        let user = match password {
+            Some(password) => format!("{USER}:{password}"),
+            None => USER.to_string(),
+        };
+        let folder: String = self
+            .socket_dir
+            .to_string_lossy()
+            .chars()
+            .map(|c| match c {
+                ' ' | '%' | '&' | '#' | '?' | '+' | '=' => format!("%{:02X}", c as u32),
+                c => c.to_string(),
+            })
+            .collect();
+        format!("postgres://{user}@localhost:{SOCKET_PORT}/{database}?host={folder}")
     }
 
     /// Creates Slipway's database unless it exists, connected to `admin_url`.
@@ -212,10 +272,6 @@ impl LocalPostgres {
             })
         }
     }
-}
-
-fn database_url(password: &str, port: u16, database: &str) -> String {
-    format!("postgres://{USER}:{password}@127.0.0.1:{port}/{database}")
 }
 
 /// The password in `path`, or a new random one written there (mode 0600); whether
@@ -282,10 +338,6 @@ fn postgres_user() -> Option<(u32, u32)> {
             .then(|| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
             .flatten()
     })
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Where `standalone` keeps its private Postgres unless `SLIPWAY_DATA_DIR` says.

@@ -14,9 +14,27 @@ pub const DEFAULT_REGISTRY: &str = "docker.io";
 #[derive(Debug, Clone, Default)]
 pub struct RegistryLogins {
     by_host: BTreeMap<String, RegistryCredentials>,
+    /// Token services on hosts of their own a registry's credentials may go to
+    /// (`SLIPWAY_REGISTRY_REALM_HOSTS`, such as `auth.docker.io`), over https only.
+    realm_hosts: Vec<String>,
 }
 
 impl RegistryLogins {
+    /// Lets the credentials go to token realms on these hosts too.
+    pub fn allow_realm_hosts(&mut self, hosts: impl IntoIterator<Item = String>) {
+        self.realm_hosts.extend(hosts.into_iter().map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()));
+    }
+
+    /// Whether a registry's token realm may get that registry's credentials: on
+    /// the registry's own host (and port), over https unless that host is loopback;
+    /// or, over https, on a host allowed with [`Self::allow_realm_hosts`].
+    pub fn realm_is_trusted(&self, scheme: &str, realm_authority: &str, registry_host: &str) -> bool {
+        let own =
+            realm_authority.eq_ignore_ascii_case(registry_host) && (scheme == "https" || is_loopback(registry_host));
+        let allowed = scheme == "https" && self.realm_hosts.iter().any(|h| h.eq_ignore_ascii_case(realm_authority));
+        own || allowed
+    }
+
     pub fn insert(&mut self, host: &str, credentials: RegistryCredentials) {
         self.by_host.insert(host.to_ascii_lowercase(), credentials);
     }
@@ -52,6 +70,12 @@ impl RegistryLogins {
     }
 }
 
+/// Whether a registry host is on this machine (plain http is fine there).
+pub fn is_loopback(host: &str) -> bool {
+    let name = host.rsplit_once(':').map_or(host, |(n, _)| n);
+    name == "localhost" || name.starts_with("127.") || name == "[::1]"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +98,19 @@ mod tests {
         assert!(RegistryLogins::read(file.path()).unwrap_err().contains("not a registry host"));
         std::fs::write(file.path(), r#"{"ghcr.io": {"user": "me"}}"#).unwrap();
         assert!(RegistryLogins::read(file.path()).is_err());
+    }
+
+    #[test]
+    fn a_realm_gets_credentials_on_the_registry_s_own_host_or_an_allowed_one_over_https() {
+        let mut logins = RegistryLogins::default();
+        assert!(logins.realm_is_trusted("http", "127.0.0.1:5000", "127.0.0.1:5000"));
+        assert!(!logins.realm_is_trusted("http", "127.0.0.1:5001", "127.0.0.1:5000"), "another port");
+        assert!(logins.realm_is_trusted("https", "ghcr.io", "ghcr.io"));
+        assert!(!logins.realm_is_trusted("http", "ghcr.io", "ghcr.io"), "plain http off loopback");
+        assert!(!logins.realm_is_trusted("https", "auth.docker.io", "registry-1.docker.io"));
+        logins.allow_realm_hosts(["Auth.Docker.io".to_string()]);
+        assert!(logins.realm_is_trusted("https", "auth.docker.io", "registry-1.docker.io"));
+        assert!(!logins.realm_is_trusted("http", "auth.docker.io", "registry-1.docker.io"), "allowed over https only");
+        assert!(!logins.realm_is_trusted("https", "evil.example", "ghcr.io"));
     }
 }

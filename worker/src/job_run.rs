@@ -204,6 +204,7 @@ async fn build(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepErro
         build_args: job.spec.build_args.clone(),
         max_context_bytes: state.config.max_context_bytes,
         start_timeout: state.config.build_start_timeout,
+        limits: state.config.run_limits,
     };
     let builder = state.builder().await?;
     let checkout = checkout_dir(ctx.folder);

@@ -9,14 +9,15 @@
 //! listening connection was re-made), so that many followers cost little. Each holds
 //! a [`FollowerSlot`] while it is open: their number is capped.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde_json::json;
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::clients::FollowerSlot;
@@ -28,34 +29,64 @@ const PAGE: i64 = 1000;
 /// How long a follower waits for news before looking anyway.
 const FALLBACK_POLL: Duration = Duration::from_secs(30);
 
-/// Job ids whose reports just committed, as the database announces them.
+/// Jobs whose reports just committed, as the database announces them, told to
+/// the followers of each job only: a change wakes the streams of its own job, not
+/// every stream open.
 #[derive(Debug, Clone)]
 pub struct JobChanges {
-    sender: broadcast::Sender<JobId>,
+    followed: Arc<Mutex<HashMap<JobId, watch::Sender<u64>>>>,
+}
+
+/// A follower's view of its job's changes; leaves the table with the job's last follower.
+struct Subscription {
+    followed: Arc<Mutex<HashMap<JobId, watch::Sender<u64>>>>,
+    job: JobId,
+    changes: watch::Receiver<u64>,
 }
 
 impl JobChanges {
     /// Listens until `shutdown`.
     pub fn start(store: Store, shutdown: CancellationToken) -> Self {
-        let (sender, _) = broadcast::channel(4096);
-        let announce = sender.clone();
+        let followed: Arc<Mutex<HashMap<JobId, watch::Sender<u64>>>> = Arc::default();
+        let table = followed.clone();
         tokio::spawn(async move {
             let on_change = move |_: &str, payload: &str| {
-                if let Ok(id) = payload.parse() {
-                    let _ = announce.send(id);
+                if let Ok(id) = payload.parse::<JobId>()
+                    && let Some(changes) = lock(&table).get(&id)
+                {
+                    changes.send_modify(|n| *n += 1);
                 }
             };
             crate::store::listen(store, &[CHANGED_CHANNEL], on_change, shutdown).await
         });
-        JobChanges { sender }
+        JobChanges { followed }
     }
+
+    fn subscribe(&self, job: JobId) -> Subscription {
+        let changes = lock(&self.followed).entry(job).or_insert_with(|| watch::channel(0).0).subscribe();
+        Subscription { followed: self.followed.clone(), job, changes }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut followed = lock(&self.followed);
+        // This receiver is still counted while it drops: it was the last one.
+        if followed.get(&self.job).is_some_and(|changes| changes.receiver_count() <= 1) {
+            followed.remove(&self.job);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 struct Follower {
     store: Store,
     job: JobId,
     after: i64,
-    changes: broadcast::Receiver<JobId>,
+    changes: Subscription,
     pending: VecDeque<LogRow>,
     ended: bool,
     _slot: FollowerSlot,
@@ -69,7 +100,7 @@ pub fn stream(
     after: i64,
     slot: FollowerSlot,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let changes = changes.sender.subscribe();
+    let changes = changes.subscribe(job);
     let follower = Follower { store, job, after, changes, pending: VecDeque::new(), ended: false, _slot: slot };
     let events = futures_util::stream::unfold(follower, |mut f| async move {
         let event = f.next_event().await?;
@@ -113,18 +144,12 @@ impl Follower {
         }
     }
 
-    /// Until this job's next committed report, or the fallback poll.
+    /// Until this job's next committed report (or one since the last look), or the
+    /// fallback poll.
     async fn wait_for_news(&mut self) {
-        let job = self.job;
         let news = async {
-            loop {
-                match self.changes.recv().await {
-                    Ok(id) if id == job => return,
-                    Ok(_) => {}
-                    // Missed some: look now.
-                    Err(broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
-                }
+            if self.changes.changes.changed().await.is_err() {
+                std::future::pending::<()>().await
             }
         };
         let _ = tokio::time::timeout(FALLBACK_POLL, news).await;

@@ -199,6 +199,11 @@ pub struct RegistryArgs {
     /// `{"<host>": {"username": "…", "password": "…"}}`.
     #[arg(long, env = "SLIPWAY_REGISTRY_CREDENTIALS")]
     pub registry_credentials: Option<std::path::PathBuf>,
+    /// Hosts of token services a registry's credentials may also be sent to, over
+    /// https, when the registry's bearer challenge names them (`auth.docker.io` for
+    /// Docker Hub); by default only a realm on the registry's own host gets them.
+    #[arg(long, env = "SLIPWAY_REGISTRY_REALM_HOSTS", value_delimiter = ',')]
+    pub registry_realm_hosts: Vec<String>,
 }
 
 impl RegistryArgs {
@@ -233,6 +238,7 @@ impl RegistryArgs {
                 ));
             }
         }
+        logins.allow_realm_hosts(self.registry_realm_hosts.iter().cloned());
         Ok(logins)
     }
 }

@@ -350,3 +350,23 @@ async fn a_job_s_container_reaches_neither_another_job_nor_the_worker_s_port() {
     let network = docker_cli(&["network", "inspect", "slipway-jobs", "--format", "{{json .Options}}"]);
     assert!(network.contains("\"com.docker.network.bridge.enable_icc\":\"false\""), "{network}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_classic_builder_builds_within_the_run_limits() {
+    let standalone = Standalone::start(&[("SLIPWAY_BUILDER", "classic"), ("SLIPWAY_RUN_MEMORY", "256m")]).await;
+    // A step of its own (never from the cache): it says the limit it runs within.
+    let dockerfile = format!(
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo {}; /bin/busybox cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null; true\"]\n",
+        unique("step")
+    );
+    let repo = repo_with(&standalone.git, "limited-build", vec![("Dockerfile", Entry::Text(&dockerfile))]);
+    let body = json!({ "repo": repo, "image": image("limited-build"), "run": { "command": ["/bin/busybox", "true"] } });
+    let id = submit(&standalone.api(), &body).await["id"].as_str().unwrap().to_string();
+    let job = wait_finished(&standalone.api(), &id, LIMIT).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let lines = all_logs(&standalone.api(), &id).await;
+    let limit = (256u64 << 20).to_string();
+    let texts: Vec<&str> = lines.iter().filter_map(|l| l["line"].as_str()).collect();
+    assert!(texts.contains(&limit.as_str()), "the build step had no 256 MiB limit: {texts:?}");
+}

@@ -290,20 +290,28 @@ async fn standalone_without_database_url_starts_a_private_postgres() {
     assert_eq!(job["state"], "succeeded", "{job}");
     assert!(slipway.output().contains(&data.path().display().to_string()), "the data folder is named at start-up");
 
-    // Any local account reaches loopback: the cluster asks for the password, which
-    // only the owner of its file may read, and no log line shows it.
+    // It listens on no TCP port, only on a socket in a private folder; the cluster
+    // asks for the password, which only the owner of its file may read, and no log
+    // line shows it.
     let password_file = data.path().join("postgres.password");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&password_file).unwrap().permissions());
-    assert_eq!(mode & 0o777, 0o600);
+    let mode_of = |path: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions()) & 0o777
+    };
+    assert_eq!(mode_of(&password_file), 0o600);
+    let socket_dir = data.path().join("run");
+    assert_eq!(mode_of(&socket_dir), 0o700);
     let password = std::fs::read_to_string(&password_file).unwrap();
     assert!(!slipway.output().contains(password.trim()), "the password is in the log");
     let pid_file = std::fs::read_to_string(data.path().join("postgres/postmaster.pid")).unwrap();
-    let port = pid_file.lines().nth(3).unwrap().trim();
-    let without = format!("postgres://slipway@127.0.0.1:{port}/slipway");
+    let port = pid_file.lines().nth(3).unwrap().trim().to_string();
+    let socket = socket_dir.display();
+    let without = format!("postgres://slipway@localhost:{port}/slipway?host={socket}");
     let refused = sqlx::PgConnection::connect(&without).await.unwrap_err().to_string();
     assert!(refused.contains("password"), "{refused}");
-    let with = format!("postgres://slipway:{}@127.0.0.1:{port}/slipway", password.trim());
-    sqlx::PgConnection::connect(&with).await.expect("the password lets Slipway in");
+    let with = format!("postgres://slipway:{}@localhost:{port}/slipway?host={socket}", password.trim());
+    let mut conn = sqlx::PgConnection::connect(&with).await.expect("the password lets Slipway in");
+    let addresses: String = sqlx::query_scalar("show listen_addresses").fetch_one(&mut conn).await.unwrap();
+    assert_eq!(addresses, "", "the private postgres listens on TCP");
 
     let status = slipway.terminate(Duration::from_secs(60)).expect("standalone stops on SIGTERM");
     assert!(status.success(), "{status:?}");

@@ -46,6 +46,9 @@ pub struct BuildRequest {
     /// the whole context (`SLIPWAY_BUILD_START_TIMEOUT`): an engine silent past it
     /// is wedged.
     pub start_timeout: std::time::Duration,
+    /// What the build's containers may use (the worker's run limits); honoured by
+    /// the classic builder only: BuildKit takes no resource limits per build.
+    pub limits: crate::docker::run::RunLimits,
 }
 
 /// Builds with `builder` and returns the image id (`sha256:…`).
@@ -118,7 +121,11 @@ pub async fn build_image(
                 buildkit::follow(std::pin::pin!(docker.build_image(options, None, body)), &mut log, &stop).await
             }
             Builder::Classic => {
-                classic::follow(std::pin::pin!(docker.build_image(options.build(), None, body)), &mut log, &stop).await
+                // The engine's API takes 32-bit numbers here: memory past 2 GiB is cut to it.
+                let memory = request.limits.memory_bytes.min(i64::from(i32::MAX)) as i32;
+                let quota = (request.limits.nano_cpus / 10_000).min(i64::from(i32::MAX)) as i32;
+                let options = options.memory(memory).memswap(memory).cpuperiod(100_000).cpuquota(quota).build();
+                classic::follow(std::pin::pin!(docker.build_image(options, None, body)), &mut log, &stop).await
             }
         }
     };
