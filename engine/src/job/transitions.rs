@@ -82,6 +82,9 @@ pub enum EngineCode {
     LeaseExpired,
     /// A step's row, when its attempt's lease ended before the step did.
     LeaseLost,
+    /// A step's row, when its worker went silent (killed, crashed, cut off) while
+    /// the step ran; each one also counts in `jobs.workers_lost`.
+    WorkerLost,
     /// The worker gave the job back unfinished (it was shutting down).
     HandedBack,
 }
@@ -91,6 +94,7 @@ impl EngineCode {
         match self {
             EngineCode::LeaseExpired => "lease_expired",
             EngineCode::LeaseLost => "lease_lost",
+            EngineCode::WorkerLost => "worker_lost",
             EngineCode::HandedBack => "handed_back",
         }
     }

@@ -260,8 +260,8 @@ async fn end_leases(
         .bind(ErrorCode::Cancelled.as_str())
         .bind(CANCELLED_BY_REQUEST)
         .bind(EngineCode::LeaseExpired.as_str())
-        .bind(EngineCode::LeaseLost.as_str())
         // Every expired lease is a worker lost; a hand-back is not.
+        .bind(if job_id.is_none() { EngineCode::WorkerLost.as_str() } else { EngineCode::HandedBack.as_str() })
         .bind(job_id.is_none())
         .fetch_all(&mut *conn)
         .await?;

@@ -71,6 +71,14 @@ async fn a_job_whose_worker_is_killed_while_building_succeeds_on_another_worker(
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["attempt"], 2);
     assert_eq!(job["workers_lost"], 1, "the killed worker is counted on the job: {job}");
+    let lost: Vec<(String, Option<String>)> = sqlx::query_as(
+        "select step::text, error_code from job_steps where job_id = $1::uuid and attempt = 1 and outcome = 'failed'",
+    )
+    .bind(&id)
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(lost, [("build".to_string(), Some("worker_lost".to_string()))], "the step its worker died in");
     let events = events(db, &id).await;
     let expiry = events.iter().position(|e| e.3.as_deref().is_some_and(|r| r.starts_with("lease_expired")));
     let expiry = expiry.unwrap_or_else(|| panic!("no lease expiry in {events:?}"));
