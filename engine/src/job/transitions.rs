@@ -90,6 +90,10 @@ pub enum EngineCode {
 }
 
 impl EngineCode {
+    /// How a step's row ends when its attempt's lease ended under it rather than the
+    /// step failing: a run ended so is resumed (re-attached) by the next attempt.
+    pub const LEASE_ENDED: [EngineCode; 3] = [EngineCode::LeaseLost, EngineCode::WorkerLost, EngineCode::HandedBack];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EngineCode::LeaseExpired => "lease_expired",

@@ -75,7 +75,8 @@ impl Store {
                        j.commit_sha, j.image_id, j.pushed_ref, j.container_id, j.task_arn, j.log_cursor,
                        exists (select 1 from job_steps s
                                where s.job_id = j.id and s.step = 'run' and s.attempt = j.attempt - 1
-                                 and s.outcome = 'failed' and s.error_code is distinct from $8)
+                                 and s.outcome = 'failed'
+                                 and (s.error_code is null or s.error_code <> all($8)))
                            as fresh_run",
         )
         .bind(i64::from(limit))
@@ -85,7 +86,7 @@ impl Store {
         .bind(Json(&offer.labels))
         .bind(&offer.runtimes)
         .bind(Transition::Claim.from_states())
-        .bind(EngineCode::LeaseLost.as_str())
+        .bind(EngineCode::LEASE_ENDED.map(EngineCode::as_str))
         .fetch_all(&self.pool)
         .await?;
         Ok(jobs)
