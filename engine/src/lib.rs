@@ -3,6 +3,7 @@
 //! `slipway` binary (crate `slipway/`) wires them into processes.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod job;
 pub mod orchestrator;

@@ -253,8 +253,9 @@ const SPEC: &str = r#"{"repo":"git://127.0.0.1/app","ref":null,"dockerfile":"Doc
 async fn queue_backlog(store: &Store, n: i64) {
     sqlx::query(
         "with ins as (
-             insert into jobs (id, spec, run_after)
-             select gen_random_uuid(), $2::jsonb, now() + interval '1 day' from generate_series(1, $1)
+             insert into jobs (id, spec, run_after, project_id)
+             select gen_random_uuid(), $2::jsonb, now() + interval '1 day', (select id from projects where name = 'default')
+             from generate_series(1, $1)
              returning id, state, attempt
          )
          insert into job_events (job_id, from_state, to_state, attempt, reason)

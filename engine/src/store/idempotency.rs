@@ -30,7 +30,8 @@ impl Store {
     ) -> Result<Submitted, StoreError> {
         const INSERT: &str = concat!(
             "with ins as (
-                 insert into jobs (id, spec, traceparent) values ($1, $2, $3)
+                 insert into jobs (id, spec, traceparent, project_id)
+                 values ($1, $2, $3, (select id from projects where name = 'default'))
                  returning *
              ), ev as (
                  insert into job_events (job_id, from_state, to_state, attempt, reason)

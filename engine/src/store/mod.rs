@@ -11,6 +11,7 @@
 
 #[macro_use]
 pub mod read;
+mod access;
 mod claim;
 mod error;
 mod idempotency;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub use access::{AuditEntry, ProjectRow, TokenGrant, TokenRow};
 pub use claim::{ClaimedJob, WorkerOffer};
 pub use error::StoreError;
 pub use idempotency::Submitted;

@@ -235,8 +235,9 @@ async fn the_sweep_stops_tasks_of_gone_jobs_and_past_their_deadline_and_deletes_
     let expired = uuid::Uuid::new_v4();
     let spec: Value = get_job(&setup.ports.api(), &waiting).await["spec"].clone();
     sqlx::query(
-        "insert into jobs (id, state, spec, pushed_ref, created_at, finished_at)
-         values ($1, 'succeeded', $2, $3, now() - interval '40 days', now() - interval '40 days')",
+        "insert into jobs (id, state, spec, pushed_ref, created_at, finished_at, project_id)
+         values ($1, 'succeeded', $2, $3, now() - interval '40 days', now() - interval '40 days',
+                 (select id from projects where name = 'default'))",
     )
     .bind(expired)
     .bind(&spec)

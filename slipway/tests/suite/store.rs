@@ -582,3 +582,63 @@ async fn a_cancel_request_sends_its_job_where_the_rule_says() {
     let (id, _) = finished_job(&db).await;
     assert_eq!(db.store.request_cancel(id).await.unwrap(), CancelOutcome::AlreadyFinished(JobState::Failed));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_are_stored_as_hashes_found_by_prefix_and_revoked_within_their_project() {
+    use slipway_engine::auth::Role;
+    use slipway_engine::auth::token::{NewToken, matches, prefix_of};
+    use slipway_engine::store::TokenGrant;
+    let db = TestDb::new().await;
+    let store = &db.store;
+    let team = store.create_project("team-a").await.unwrap().expect("a new name");
+    assert!(store.create_project("team-a").await.unwrap().is_none(), "a name is taken once");
+    let other = store.create_project("team-b").await.unwrap().unwrap();
+    let names: Vec<String> = store.projects().await.unwrap().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["default", "team-a", "team-b"], "jobs before projects belong to `default`");
+
+    let token = NewToken::generate().unwrap();
+    let grant =
+        TokenGrant { name: "ci", role: Role::Submit, project: Some(team.id), expires_at: None, created_by: None };
+    let stored = store.create_token(&token, &grant).await.unwrap();
+    assert_eq!((stored.role, stored.project.as_deref()), (Role::Submit, Some("team-a")));
+    let secrets: i64 =
+        sqlx::query_scalar("select count(*) from api_tokens where position($1 in encode(hash, 'escape')) > 0")
+            .bind(&token.secret)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(secrets, 0, "the secret itself is not stored");
+    let found = store.token_by_prefix(prefix_of(&token.secret).unwrap()).await.unwrap().unwrap();
+    assert!(matches(&token.secret, &found.hash));
+    store.touch_token(found.id).await.unwrap();
+    assert!(store.token_by_prefix(&token.prefix).await.unwrap().unwrap().last_used_at.is_some());
+
+    // An owner token belongs to no project, and only an owner token does.
+    let owner = TokenGrant { name: "root", role: Role::Owner, project: None, expires_at: None, created_by: None };
+    assert!(!store.has_owner().await.unwrap());
+    store.create_token(&NewToken::generate().unwrap(), &owner).await.unwrap();
+    assert!(store.has_owner().await.unwrap());
+    let misplaced = TokenGrant { project: Some(team.id), ..owner.clone() };
+    assert!(store.create_token(&NewToken::generate().unwrap(), &misplaced).await.is_err());
+
+    assert!(!store.revoke_token(Some(other.id), found.id).await.unwrap(), "another project cannot revoke it");
+    assert!(store.revoke_token(Some(team.id), found.id).await.unwrap());
+    assert!(!store.revoke_token(Some(team.id), found.id).await.unwrap(), "revoked once");
+    assert!(store.token_by_prefix(&token.prefix).await.unwrap().unwrap().revoked_at.is_some());
+    assert_eq!(store.tokens(Some(team.id)).await.unwrap().len(), 1);
+
+    let entry = slipway_engine::store::AuditEntry {
+        actor_token: Some(found.id),
+        actor_name: "ci",
+        action: "token.revoke",
+        project: Some(team.id),
+        target: Some(&token.prefix),
+        request_id: None,
+        client_addr: Some("127.0.0.1"),
+        outcome: "ok",
+    };
+    store.audit(&entry).await.unwrap();
+    let logged: (String, Option<String>) =
+        sqlx::query_as("select action, target from audit_log").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(logged, ("token.revoke".to_string(), Some(token.prefix.clone())));
+}
