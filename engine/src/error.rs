@@ -27,6 +27,12 @@ pub enum Code {
     AlreadyFinished,
     /// An idempotency key came back with another body.
     IdempotencyKeyReused,
+    /// No token, or one that is not a Slipway token or not known.
+    Unauthenticated,
+    TokenExpired,
+    TokenRevoked,
+    /// The token's role does not allow this.
+    Forbidden,
     /// The client sent more requests than its rate allows (`Retry-After` says when).
     RateLimited,
     /// The cap on open live-log streams is reached, for this client or in all.
@@ -37,7 +43,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 14] = [
+    pub const ALL: [Code; 18] = [
         Code::InvalidField,
         Code::CredentialsInUrl,
         Code::InvalidJson,
@@ -48,6 +54,10 @@ impl Code {
         Code::MethodNotAllowed,
         Code::AlreadyFinished,
         Code::IdempotencyKeyReused,
+        Code::Unauthenticated,
+        Code::TokenExpired,
+        Code::TokenRevoked,
+        Code::Forbidden,
         Code::RateLimited,
         Code::TooManyFollowers,
         Code::Unavailable,
@@ -66,6 +76,10 @@ impl Code {
             Code::MethodNotAllowed => "method_not_allowed",
             Code::AlreadyFinished => "already_finished",
             Code::IdempotencyKeyReused => "idempotency_key_reused",
+            Code::Unauthenticated => "unauthenticated",
+            Code::TokenExpired => "token_expired",
+            Code::TokenRevoked => "token_revoked",
+            Code::Forbidden => "forbidden",
             Code::RateLimited => "rate_limited",
             Code::TooManyFollowers => "too_many_followers",
             Code::Unavailable => "unavailable",
@@ -82,6 +96,8 @@ impl Code {
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::AlreadyFinished | Code::IdempotencyKeyReused => StatusCode::CONFLICT,
+            Code::Unauthenticated | Code::TokenExpired | Code::TokenRevoked => StatusCode::UNAUTHORIZED,
+            Code::Forbidden => StatusCode::FORBIDDEN,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Code::TooManyFollowers | Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -98,6 +114,8 @@ impl Code {
             Code::NotFound => tonic::Code::NotFound,
             Code::MethodNotAllowed => tonic::Code::Unimplemented,
             Code::AlreadyFinished | Code::IdempotencyKeyReused => tonic::Code::FailedPrecondition,
+            Code::Unauthenticated | Code::TokenExpired | Code::TokenRevoked => tonic::Code::Unauthenticated,
+            Code::Forbidden => tonic::Code::PermissionDenied,
             Code::RateLimited | Code::TooManyFollowers => tonic::Code::ResourceExhausted,
             Code::Unavailable => tonic::Code::Unavailable,
             Code::Internal => tonic::Code::Internal,

@@ -139,6 +139,8 @@ pub static OLDEST_QUEUED_AGE: Gauge = Gauge::new(
     "Age of the oldest job waiting to be claimed, read when scraped (0 when none waits).",
     &[],
 );
+pub static AUTH_FAILURES: Counter =
+    Counter::new("slipway_auth_failures_total", "HTTP calls refused for their credentials, by reason.", &["reason"]);
 pub static WORKER_HEALTHY: Gauge = Gauge::new(
     "slipway_worker_healthy",
     "1 while a worker's engine answers and builds, 0 while the worker takes no job.",
@@ -161,6 +163,7 @@ static ALL: LazyLock<Vec<Metric>> = LazyLock::new(|| {
         Metric::Counter(&RETRIES),
         Metric::Counter(&LEASE_EXPIRIES),
         Metric::Counter(&SWEEP_DELETIONS),
+        Metric::Counter(&AUTH_FAILURES),
         Metric::Histogram(&QUEUE_WAIT),
         Metric::Histogram(&STEP_DURATION),
         Metric::Gauge(&QUEUE_DEPTH),

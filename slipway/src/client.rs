@@ -1,5 +1,6 @@
 //! The command-line client of the HTTP API: `submit`, `get`, `list`, `logs`,
-//! `cancel`.
+//! `cancel`, each with the API and token from flags, variables or the credentials
+//! file ([`crate::credentials`]).
 //! Data goes to standard output (JSON, or log lines as text); progress and errors
 //! to standard error.
 
@@ -9,12 +10,74 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
-/// Where the API is.
+/// Where the API is, and the token to call it with.
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
-    /// Base URL of the Slipway HTTP API.
-    #[arg(long, env = "SLIPWAY_API", default_value = "http://127.0.0.1:8080", global = true)]
+    /// Base URL of the Slipway HTTP API [default: the profile's, else
+    /// http://127.0.0.1:8080].
+    #[arg(long, env = "SLIPWAY_API", global = true)]
+    pub api: Option<String>,
+    /// An API token [default: the profile's].
+    #[arg(long, env = "SLIPWAY_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// The profile of the credentials file to use.
+    #[arg(long, env = "SLIPWAY_PROFILE", default_value = crate::credentials::DEFAULT_PROFILE, global = true)]
+    pub profile: String,
+}
+
+/// The API to call and the token to call it with: flags and variables first, then
+/// the profile of the credentials file.
+#[derive(Debug, Clone)]
+pub struct Api {
     pub api: String,
+    token: Option<String>,
+}
+
+impl ApiArgs {
+    pub fn resolve(&self) -> anyhow::Result<Api> {
+        let profile = crate::credentials::read()?.remove(&self.profile).unwrap_or_default();
+        let api = self.api.clone().or(profile.api).unwrap_or_else(|| "http://127.0.0.1:8080".to_string());
+        Ok(Api { api: api.trim_end_matches('/').to_string(), token: self.token.clone().or(profile.token) })
+    }
+}
+
+impl Api {
+    fn headers(&self) -> anyhow::Result<reqwest::header::HeaderMap> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &self.token {
+            let mut value: reqwest::header::HeaderValue =
+                format!("Bearer {token}").parse().context("the token cannot be sent in a header")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        Ok(headers)
+    }
+
+    fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .default_headers(self.headers().unwrap_or_default())
+            .build()
+            .expect("a plain http client builds")
+    }
+
+    fn streaming(&self) -> anyhow::Result<reqwest::Client> {
+        Ok(reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .default_headers(self.headers()?)
+            .build()?)
+    }
+
+    /// What to do when the API says who is calling is not known.
+    fn no_credentials(&self) -> String {
+        match self.token {
+            None => format!(
+                "no credentials for {}: run `slipway login --api {0} --token <token>`, or set SLIPWAY_TOKEN",
+                self.api
+            ),
+            Some(_) => "the API refused this token".to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -67,10 +130,6 @@ fn key_value(raw: &str) -> Result<(String, String), String> {
     raw.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("`{raw}` is not KEY=VALUE"))
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a plain http client builds")
-}
-
 /// How long the API asks to wait before trying again (`429`, `503` with
 /// `Retry-After`), if it asks.
 fn asked_to_wait(response: &reqwest::Response) -> Option<Duration> {
@@ -84,7 +143,7 @@ const BUSY_RETRIES: u32 = 5;
 
 /// Sends a request and returns the JSON body, turning API errors into messages; a
 /// request the API asks to repeat later is repeated after the wait it names.
-async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+async fn call(api: &Api, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     let mut tries = 0;
     let response = loop {
         let response = request_send(&request).await?;
@@ -99,6 +158,10 @@ async fn call(request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     };
     let status = response.status();
     let body: Value = response.json().await.context("the API answered something that is not JSON")?;
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        let said = body["error"]["message"].as_str().unwrap_or_default();
+        bail!("{}: {said}", api.no_credentials());
+    }
     if !status.is_success() {
         let error = &body["error"];
         let field = error["field"].as_str().map(|f| format!(" (field `{f}`)")).unwrap_or_default();
@@ -117,7 +180,7 @@ fn print(value: &Value) {
 }
 
 /// `slipway submit`; returns the process exit code.
-pub async fn submit(api: &ApiArgs, args: SubmitArgs) -> anyhow::Result<i32> {
+pub async fn submit(api: &Api, args: SubmitArgs) -> anyhow::Result<i32> {
     let mut body = json!({ "repo": args.repo, "image": args.image });
     for (key, value) in [("ref", args.git_ref), ("dockerfile", args.dockerfile), ("context", args.context)] {
         if let Some(value) = value {
@@ -147,7 +210,7 @@ pub async fn submit(api: &ApiArgs, args: SubmitArgs) -> anyhow::Result<i32> {
     if run.as_object().is_some_and(|o| !o.is_empty()) {
         body["run"] = run;
     }
-    let job = call(client().post(format!("{}/v1/jobs", api.api)).json(&body)).await?;
+    let job = call(api, api.client().post(format!("{}/v1/jobs", api.api)).json(&body)).await?;
     let id = job["id"].as_str().context("the API returned a job without id")?.to_string();
     if !args.follow {
         print(&job);
@@ -158,20 +221,20 @@ pub async fn submit(api: &ApiArgs, args: SubmitArgs) -> anyhow::Result<i32> {
 }
 
 /// `slipway get ID`
-pub async fn get(api: &ApiArgs, id: &str) -> anyhow::Result<()> {
-    print(&call(client().get(format!("{}/v1/jobs/{id}", api.api))).await?);
+pub async fn get(api: &Api, id: &str) -> anyhow::Result<()> {
+    print(&call(api, api.client().get(format!("{}/v1/jobs/{id}", api.api))).await?);
     Ok(())
 }
 
 /// `slipway cancel ID`: prints the job; with `wait`, until it has ended.
-pub async fn cancel(api: &ApiArgs, id: &str, wait: bool) -> anyhow::Result<()> {
-    let job = call(client().post(format!("{}/v1/jobs/{id}/cancel", api.api))).await?;
+pub async fn cancel(api: &Api, id: &str, wait: bool) -> anyhow::Result<()> {
+    let job = call(api, api.client().post(format!("{}/v1/jobs/{id}/cancel", api.api))).await?;
     if !wait {
         print(&job);
         return Ok(());
     }
     loop {
-        let job = call(client().get(format!("{}/v1/jobs/{id}", api.api))).await?;
+        let job = call(api, api.client().get(format!("{}/v1/jobs/{id}", api.api))).await?;
         if matches!(job["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
             print(&job);
             return Ok(());
@@ -181,7 +244,7 @@ pub async fn cancel(api: &ApiArgs, id: &str, wait: bool) -> anyhow::Result<()> {
 }
 
 /// `slipway list`
-pub async fn list(api: &ApiArgs, state: Option<String>, limit: Option<u32>) -> anyhow::Result<()> {
+pub async fn list(api: &Api, state: Option<String>, limit: Option<u32>) -> anyhow::Result<()> {
     let mut query = Vec::new();
     if let Some(s) = state {
         query.push(format!("state={s}"));
@@ -189,18 +252,18 @@ pub async fn list(api: &ApiArgs, state: Option<String>, limit: Option<u32>) -> a
     if let Some(l) = limit {
         query.push(format!("limit={l}"));
     }
-    print(&call(client().get(format!("{}/v1/jobs?{}", api.api, query.join("&")))).await?);
+    print(&call(api, api.client().get(format!("{}/v1/jobs?{}", api.api, query.join("&")))).await?);
     Ok(())
 }
 
 /// `slipway logs ID [--follow] [--raw]`; with `--follow`, returns the job's exit code.
-pub async fn logs(api: &ApiArgs, id: &str, follow_on: bool, raw: bool) -> anyhow::Result<i32> {
+pub async fn logs(api: &Api, id: &str, follow_on: bool, raw: bool) -> anyhow::Result<i32> {
     if follow_on {
         return follow(api, id, raw).await;
     }
     let mut after = 0;
     loop {
-        let page = call(client().get(format!("{}/v1/jobs/{id}/logs?after={after}", api.api))).await?;
+        let page = call(api, api.client().get(format!("{}/v1/jobs/{id}/logs?after={after}", api.api))).await?;
         let lines = page["lines"].as_array().cloned().unwrap_or_default();
         print_lines(&lines, raw);
         after = page["next_after"].as_i64().unwrap_or(after);
@@ -244,8 +307,8 @@ fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 /// Prints the job's log lines as they come (Server-Sent Events, resumed from the
 /// last line seen if the connection drops) and a header when a step begins, until
 /// the job ends; 0 when it succeeded.
-async fn follow(api: &ApiArgs, id: &str, raw: bool) -> anyhow::Result<i32> {
-    let streaming = reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build()?;
+async fn follow(api: &Api, id: &str, raw: bool) -> anyhow::Result<i32> {
+    let streaming = api.streaming()?;
     let mut last_id: Option<String> = None;
     let mut step = String::new();
     loop {
@@ -259,6 +322,9 @@ async fn follow(api: &ApiArgs, id: &str, raw: bool) -> anyhow::Result<i32> {
             eprintln!("slipway: the API is busy; following again in {}s", wait.as_secs());
             tokio::time::sleep(wait).await;
             continue;
+        }
+        if response.status() == reqwest::StatusCode::UNAUTHORIZED {
+            bail!("{}", api.no_credentials());
         }
         if !response.status().is_success() {
             let body: Value = response.json().await.unwrap_or_default();
@@ -307,8 +373,8 @@ async fn follow(api: &ApiArgs, id: &str, raw: bool) -> anyhow::Result<i32> {
 }
 
 /// Prints how the job ended; 0 when it succeeded.
-async fn finished(api: &ApiArgs, id: &str) -> anyhow::Result<i32> {
-    let job = call(client().get(format!("{}/v1/jobs/{id}", api.api))).await?;
+async fn finished(api: &Api, id: &str) -> anyhow::Result<i32> {
+    let job = call(api, api.client().get(format!("{}/v1/jobs/{id}", api.api))).await?;
     let state = job["state"].as_str().unwrap_or("?");
     eprintln!("job {id} {state}");
     if let Some(message) = job["error"]["message"].as_str() {

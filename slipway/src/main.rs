@@ -3,9 +3,11 @@
 //! `certs` (the installation's CA); `config` turns flags and `SLIPWAY_*` variables
 //! into validated settings.
 
+mod access;
 mod certs;
 mod client;
 mod config;
+mod credentials;
 mod local_postgres;
 mod process;
 
@@ -74,6 +76,32 @@ enum Command {
     Certs {
         #[command(subcommand)]
         command: CertsCommand,
+    },
+    /// Stores an API and a token in the credentials file, for the commands to use.
+    Login {
+        /// Base URL of the Slipway HTTP API.
+        #[arg(long)]
+        api: String,
+        /// The token [default: read from standard input].
+        #[arg(long, env = "SLIPWAY_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The profile to store them as.
+        #[arg(long, env = "SLIPWAY_PROFILE", default_value = credentials::DEFAULT_PROFILE)]
+        profile: String,
+    },
+    /// API tokens, made from the database (whoever holds it holds the instance).
+    Token {
+        #[command(subcommand)]
+        command: access::TokenCommand,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Projects, made from the database.
+    Project {
+        #[command(subcommand)]
+        command: access::ProjectCommand,
+        #[command(flatten)]
+        db: DatabaseArgs,
     },
     /// Applies the migrations and exits.
     Migrate {
@@ -210,11 +238,18 @@ async fn run() {
         }
         Command::Certs { command } => certs(command).map(|()| 0),
         Command::Migrate { db } => process::migrate(db).await.map(|()| 0),
-        Command::Submit { api, job } => client::submit(&api, job).await,
-        Command::Get { api, id } => client::get(&api, &id).await.map(|()| 0),
-        Command::List { api, state, limit } => client::list(&api, state, limit).await.map(|()| 0),
-        Command::Logs { api, id, follow, raw } => client::logs(&api, &id, follow, raw).await,
-        Command::Cancel { api, id, wait } => client::cancel(&api, &id, wait).await.map(|()| 0),
+        Command::Submit { api, job } => async { client::submit(&api.resolve()?, job).await }.await,
+        Command::Get { api, id } => async { client::get(&api.resolve()?, &id).await.map(|()| 0) }.await,
+        Command::List { api, state, limit } => {
+            async { client::list(&api.resolve()?, state, limit).await.map(|()| 0) }.await
+        }
+        Command::Logs { api, id, follow, raw } => async { client::logs(&api.resolve()?, &id, follow, raw).await }.await,
+        Command::Cancel { api, id, wait } => {
+            async { client::cancel(&api.resolve()?, &id, wait).await.map(|()| 0) }.await
+        }
+        Command::Login { api, token, profile } => access::login(api, token, &profile).map(|()| 0),
+        Command::Token { command, db } => access::token(db, command).await.map(|()| 0),
+        Command::Project { command, db } => access::project(db, command).await.map(|()| 0),
     };
     // Flush the spans still buffered before exiting.
     drop(telemetry);

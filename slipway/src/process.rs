@@ -100,6 +100,9 @@ pub async fn standalone(parts: Parts, shutdown: CancellationToken) -> anyhow::Re
     };
     let result = async {
         let store = open_store(&url).await?;
+        // The first start makes the installation's owner token, saved for the CLI.
+        let api = local_url(server.http_addr).replacen("https://", "http://", 1);
+        crate::access::bootstrap_owner(&store, &api).await?;
         let worker = WorkerArgs { worker_id: Some(worker_id), ..worker };
         let mut config = worker.worker_config(worker.worker_addr, logins.clone(), worker_tls, repo.policy())?;
         config.metrics_addr = None;

@@ -45,7 +45,13 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "code": self.code.as_str(), "message": self.message, "field": self.field } });
-        let mut response = (self.code.http_status(), Json(body)).into_response();
+        let status = self.code.http_status();
+        let mut response = (status, Json(body)).into_response();
+        if status == axum::http::StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, "Bearer".parse().expect("a header value"));
+        }
         if let Some(wait) = self.retry_after {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.max(1).into());

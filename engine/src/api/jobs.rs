@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -16,7 +16,9 @@ use crate::job::{JobId, JobRequest, JobState};
 use slipway_observability::{metrics, trace};
 use tracing::Instrument;
 
-use crate::store::{CancelOutcome, Store, Submitted};
+use super::auth::Principal;
+use crate::auth::{DEFAULT_PROJECT, ProjectId};
+use crate::store::{CancelOutcome, JobRow, Store, Submitted, Submitter};
 
 /// How long a request body may take to arrive.
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -27,7 +29,12 @@ const MAX_LOG_PAGE: i64 = 10_000;
 
 /// `POST /v1/jobs`: validates the body and stores the job; nothing is written for
 /// a request that is refused.
-pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn submit(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let store = &state.store;
     let key = idempotency_key(&headers)?;
     if let Some(kind) = headers.get(header::CONTENT_TYPE) {
@@ -47,6 +54,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bod
         ApiError::new(Code::BodyTooLarge, format!("the request body is larger than {MAX_BODY_BYTES} bytes"))
     })?;
     let request = parse_job_request(&bytes)?;
+    let project = project_for(store, &caller, request.project.as_deref()).await?;
     let spec = request.validate(&state.defaults).map_err(|e| {
         let code = if e.credentials { Code::CredentialsInUrl } else { Code::InvalidField };
         ApiError { field: Some(e.field), ..ApiError::new(code, e.message) }
@@ -55,7 +63,8 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bod
     // The job's trace begins here; its context is stored with the job.
     let span = tracing::info_span!("job.submit", job.id = %id);
     let traceparent = trace::traceparent_of(&span).unwrap_or_else(trace::random_traceparent);
-    let submitted = store.submit(id, &spec, Some(&traceparent), key.as_deref()).instrument(span).await?;
+    let by = Submitter { project, actor: Some(caller.label()) };
+    let submitted = store.submit(id, &spec, Some(&traceparent), key.as_deref(), &by).instrument(span).await?;
     let (job, status) = match submitted {
         Submitted::Created(row) => {
             tracing::info!(job.id = %row.id, repo = %spec.repo, image = %spec.image, "job submitted");
@@ -98,11 +107,42 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// The project a submission goes to: the one it names, which must be the token's
+/// unless the token is an owner's; else the token's; else (an owner naming none)
+/// `default`.
+async fn project_for(store: &Store, caller: &Principal, named: Option<&str>) -> Result<ProjectId, ApiError> {
+    match (&caller.project, named) {
+        (Some((id, _)), None) => Ok(*id),
+        (Some((id, own)), Some(name)) if name == own => Ok(*id),
+        (Some((_, own)), Some(name)) => Err(ApiError {
+            field: Some("project".into()),
+            ..ApiError::new(Code::Forbidden, format!("this token submits to project `{own}`, not `{name}`"))
+        }),
+        (None, named) => {
+            let name = named.unwrap_or(DEFAULT_PROJECT);
+            let project = store.project_named(name).await?;
+            project.map(|p| p.id).ok_or_else(|| ApiError::invalid("project", format!("there is no project `{name}`")))
+        }
+    }
+}
+
+/// The job, if the caller may see it: a job of another project is as missing as
+/// one that never was.
+async fn visible(store: &Store, caller: &Principal, id: JobId) -> Result<JobRow, ApiError> {
+    let row = store.job(id).await?;
+    if caller.sees(row.project_id) { Ok(row) } else { Err(ApiError::not_found("job")) }
+}
+
 /// `POST /v1/jobs/{id}/cancel`: a job without a lease is cancelled at once
 /// (`200`); a leased job's worker is told to stop it (`202`), and the job ends
 /// `cancelled` when it has. A job that already ended answers `409`.
-pub async fn cancel(State(store): State<Store>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn cancel(
+    State(store): State<Store>,
+    Extension(caller): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
+    visible(&store, &caller, id).await?;
     let status = match store.request_cancel(id).await? {
         CancelOutcome::Cancelled => {
             metrics::JOBS_FINISHED.inc(&[JobState::Cancelled.as_str()]);
@@ -116,7 +156,7 @@ pub async fn cancel(State(store): State<Store>, Path(id): Path<String>) -> Resul
             ));
         }
     };
-    tracing::info!(job.id = %id, "cancel requested");
+    tracing::info!(job.id = %id, by = %caller.prefix, "cancel requested");
     let job = JobView::new(store.job(id).await?, Some(store.steps(id).await?));
     Ok((status, Json(job)).into_response())
 }
@@ -163,33 +203,53 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
 }
 
 /// `GET /v1/jobs/{id}`
-pub async fn get(State(store): State<Store>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
+pub async fn get(
+    State(store): State<Store>,
+    Extension(caller): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
     let id = job_id(&id)?;
-    let row = store.job(id).await?;
+    let row = visible(&store, &caller, id).await?;
     let steps = store.steps(id).await?;
     Ok(Json(JobView::new(row, Some(steps))))
 }
 
 /// `GET /v1/jobs/{id}/events`: the job's history, one entry per transition, oldest first.
-pub async fn events(State(store): State<Store>, Path(id): Path<String>) -> Result<Json<EventPage>, ApiError> {
+pub async fn events(
+    State(store): State<Store>,
+    Extension(caller): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<EventPage>, ApiError> {
     let id = job_id(&id)?;
-    store.job(id).await?;
+    visible(&store, &caller, id).await?;
     Ok(Json(EventPage { events: store.events(id).await? }))
 }
 
 /// `GET /v1/jobs?state=&limit=&cursor=`: newest first.
 pub async fn list(
     State(store): State<Store>,
+    Extension(caller): Extension<Principal>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<JobPage>, ApiError> {
     for key in params.keys() {
-        if !matches!(key.as_str(), "state" | "limit" | "cursor") {
+        if !matches!(key.as_str(), "state" | "limit" | "cursor" | "project") {
             return Err(ApiError::invalid(
                 key.clone(),
-                format!("unknown parameter `{key}`; use state, limit or cursor"),
+                format!("unknown parameter `{key}`; use state, limit, cursor or project"),
             ));
         }
     }
+    // A token lists its own project; an owner's lists every project, or the one named.
+    let project = match (caller.scope(), params.get("project")) {
+        (Some(own), None) => Some(own),
+        (Some(own), Some(name)) if caller.project.as_ref().is_some_and(|(_, n)| n == name) => Some(own),
+        (Some(_), Some(_)) => return Ok(Json(JobPage { jobs: Vec::new(), next_cursor: None })),
+        (None, None) => None,
+        (None, Some(name)) => match store.project_named(name).await? {
+            Some(p) => Some(p.id),
+            None => return Ok(Json(JobPage { jobs: Vec::new(), next_cursor: None })),
+        },
+    };
     let state = params
         .get("state")
         .map(|s| s.parse::<JobState>().map_err(|why| ApiError::invalid("state", why)))
@@ -199,7 +259,7 @@ pub async fn list(
         .get("cursor")
         .map(|c| c.parse::<JobId>().map_err(|_| ApiError::invalid("cursor", format!("`{c}` is not a cursor"))))
         .transpose()?;
-    let rows = store.jobs(state, cursor, limit).await?;
+    let rows = store.jobs(project, state, cursor, limit).await?;
     let next_cursor = if rows.len() as i64 == limit { rows.last().map(|r| r.id) } else { None };
     let jobs = rows.into_iter().map(|r| JobView::new(r, None)).collect();
     Ok(Json(JobPage { jobs, next_cursor }))
@@ -210,6 +270,7 @@ pub async fn list(
 /// `Last-Event-ID` or `after`, until the job ends.
 pub async fn logs(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     Path(id): Path<String>,
     headers: HeaderMap,
     client: Option<axum::Extension<ClientAddr>>,
@@ -239,7 +300,7 @@ pub async fn logs(
         Some(other) => return Err(ApiError::invalid("follow", format!("follow must be true or false, not `{other}`"))),
     };
     // Read the state first: a job seen finished has all its lines stored already.
-    let finished = store.job(id).await?.state.is_terminal();
+    let finished = visible(store, &caller, id).await?.state.is_terminal();
     if follow {
         let addr = client.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.0);
         let slot = state.clients.follow(addr)?;

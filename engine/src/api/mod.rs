@@ -1,5 +1,6 @@
 //! The HTTP API (`/v1/jobs`): submit, follow, list, read logs.
 
+pub mod auth;
 mod clients;
 mod connections;
 mod error;
@@ -10,7 +11,7 @@ mod serve;
 mod views;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{MethodRouter, get, post};
 use tokio_util::sync::CancellationToken;
 
 pub use clients::ClientLimits;
@@ -31,13 +32,16 @@ pub struct AppState {
     pub changes: follow::JobChanges,
     /// What each client is using; [`serve`] sets its limits.
     pub clients: std::sync::Arc<clients::Clients>,
+    /// Failed authentications by client: a few, then `429`.
+    pub auth_failures: std::sync::Arc<clients::Clients>,
 }
 
 impl AppState {
     /// Starts listening for committed reports (for live logs) until `shutdown`.
     pub fn new(store: Store, defaults: SubmitDefaults, shutdown: CancellationToken) -> Self {
         let changes = follow::JobChanges::start(store.clone(), shutdown);
-        AppState { store, defaults, changes, clients: clients::Clients::new(ClientLimits::default()) }
+        let clients = clients::Clients::new(ClientLimits::default());
+        AppState { store, defaults, changes, clients, auth_failures: clients::Clients::new(AUTH_FAILURE_LIMITS) }
     }
 }
 
@@ -47,13 +51,51 @@ impl axum::extract::FromRef<AppState> for Store {
     }
 }
 
+/// Failed authentications one client may make: a burst of 20, then one a second.
+const AUTH_FAILURE_LIMITS: ClientLimits =
+    ClientLimits { rate: 1.0, burst: 20, max_followers: 0, max_followers_per_client: 0 };
+
+/// One route of the API and the role a token needs for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub role: crate::auth::Role,
+}
+
+/// Every `/v1/…` route: the router is built from this table, and the
+/// authentication reads the role each needs from it.
+pub const ROUTES: &[Route] = {
+    use crate::auth::Role::{Read, Submit};
+    &[
+        Route { method: "GET", path: "/v1/jobs", role: Read },
+        Route { method: "POST", path: "/v1/jobs", role: Submit },
+        Route { method: "GET", path: "/v1/jobs/{id}", role: Read },
+        Route { method: "POST", path: "/v1/jobs/{id}/cancel", role: Submit },
+        Route { method: "GET", path: "/v1/jobs/{id}/events", role: Read },
+        Route { method: "GET", path: "/v1/jobs/{id}/logs", role: Read },
+    ]
+};
+
+fn handler(route: &Route) -> MethodRouter<AppState> {
+    match (route.method, route.path) {
+        ("GET", "/v1/jobs") => get(jobs::list),
+        ("POST", "/v1/jobs") => post(jobs::submit),
+        ("GET", "/v1/jobs/{id}") => get(jobs::get),
+        ("POST", "/v1/jobs/{id}/cancel") => post(jobs::cancel),
+        ("GET", "/v1/jobs/{id}/events") => get(jobs::events),
+        ("GET", "/v1/jobs/{id}/logs") => get(jobs::logs),
+        (method, path) => unreachable!("no handler for {method} {path}"),
+    }
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/jobs", get(jobs::list).post(jobs::submit))
-        .route("/v1/jobs/{id}", get(jobs::get))
-        .route("/v1/jobs/{id}/cancel", axum::routing::post(jobs::cancel))
-        .route("/v1/jobs/{id}/events", get(jobs::events))
-        .route("/v1/jobs/{id}/logs", get(jobs::logs))
+    let mut router = Router::new();
+    for route in ROUTES {
+        router = router.route(route.path, handler(route));
+    }
+    router
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics::metrics_text))
         .fallback(|| async { ApiError::new(error::Code::NotFound, "no such endpoint") })

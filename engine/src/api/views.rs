@@ -9,6 +9,8 @@ use crate::store::{JobRow, StepRow};
 #[derive(Debug, Serialize)]
 pub struct JobView {
     pub id: JobId,
+    /// The project the job belongs to.
+    pub project: String,
     pub state: JobState,
     pub attempt: i32,
     pub spec: JobSpec,
@@ -57,6 +59,7 @@ impl JobView {
         };
         JobView {
             id: row.id,
+            project: row.project,
             state: row.state,
             attempt: row.attempt,
             spec: row.spec.0,

@@ -56,6 +56,8 @@ impl Default for SubmitDefaults {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
+    /// The project the job is for (default: the token's); not part of the spec.
+    pub project: Option<String>,
     pub repo: Option<String>,
     #[serde(rename = "ref")]
     pub git_ref: Option<String>,

@@ -17,6 +17,14 @@ pub enum Submitted {
     Conflict(JobId),
 }
 
+/// Who submits a job, and for which project.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    pub project: uuid::Uuid,
+    /// How the job's history names the submitter (a token's prefix and name).
+    pub actor: Option<String>,
+}
+
 impl Store {
     /// Stores a new queued job (and its key, if any) and notifies idle
     /// orchestrators when it commits; the job row, its first event and the key are
@@ -27,22 +35,29 @@ impl Store {
         spec: &JobSpec,
         traceparent: Option<&str>,
         key: Option<&str>,
+        by: &Submitter,
     ) -> Result<Submitted, StoreError> {
         const INSERT: &str = concat!(
             "with ins as (
-                 insert into jobs (id, spec, traceparent, project_id)
-                 values ($1, $2, $3, (select id from projects where name = 'default'))
+                 insert into jobs (id, spec, traceparent, project_id) values ($1, $2, $3, $5)
                  returning *
              ), ev as (
-                 insert into job_events (job_id, from_state, to_state, attempt, reason)
-                 select id, null, state, attempt, 'submitted' from ins
+                 insert into job_events (job_id, from_state, to_state, attempt, reason, actor)
+                 select id, null, state, attempt, 'submitted', $6 from ins
              )
              select ",
             job_columns!(),
             ", pg_notify($4, id::text) from ins"
         );
-        let insert =
-            || sqlx::query_as::<_, JobRow>(INSERT).bind(id).bind(Json(spec)).bind(traceparent).bind(QUEUED_CHANNEL);
+        let insert = || {
+            sqlx::query_as::<_, JobRow>(INSERT)
+                .bind(id)
+                .bind(Json(spec))
+                .bind(traceparent)
+                .bind(QUEUED_CHANNEL)
+                .bind(by.project)
+                .bind(by.actor.as_deref())
+        };
         let Some(key) = key else {
             // Without a key the submission is one statement, committed on its own.
             return Ok(Submitted::Created(Box::new(insert().fetch_one(&self.pool).await?)));

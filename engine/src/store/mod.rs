@@ -29,7 +29,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 pub use access::{AuditEntry, ProjectRow, TokenGrant, TokenRow};
 pub use claim::{ClaimedJob, WorkerOffer};
 pub use error::StoreError;
-pub use idempotency::Submitted;
+pub use idempotency::{Submitted, Submitter};
 pub use leases::{CancelOutcome, EndedLease, HeldLease, LeaseStatus};
 pub use listen::listen;
 pub use logs::{LogRow, NewLogLine};

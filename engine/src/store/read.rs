@@ -29,6 +29,8 @@ pub struct JobRow {
     pub error_code: Option<String>,
     pub error: Option<String>,
     pub workers_lost: i32,
+    pub project_id: uuid::Uuid,
+    pub project: String,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -59,7 +61,8 @@ macro_rules! job_columns {
     () => {
         "id, state, attempt, spec, created_at, updated_at, finished_at, lease_worker,
          commit_sha, image_id, pushed_ref, container_id, task_arn, stop_code, stopped_reason,
-         exit_code, error_code, error, workers_lost"
+         exit_code, error_code, error, workers_lost, project_id,
+         (select p.name from projects p where p.id = project_id) as project"
     };
 }
 
@@ -71,6 +74,7 @@ impl Store {
     /// Newest first; `before` is the last id of the previous page.
     pub async fn jobs(
         &self,
+        project: Option<uuid::Uuid>,
         state: Option<JobState>,
         before: Option<JobId>,
         limit: i64,
@@ -80,11 +84,13 @@ impl Store {
             job_columns!(),
             " from jobs
              where ($1::job_state is null or state = $1) and ($2::uuid is null or id < $2)
+               and ($4::uuid is null or project_id = $4)
              order by id desc limit $3"
         ))
         .bind(state)
         .bind(before)
         .bind(limit)
+        .bind(project)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)

@@ -43,7 +43,7 @@ pub async fn queue_waits(
     rate: u32,
     seconds: u32,
 ) -> Vec<f64> {
-    let http = reqwest::Client::new();
+    let http = super::common::client_with(reqwest::Client::builder());
     let body = serde_json::json!({ "repo": "git://127.0.0.1/app", "image": "127.0.0.1:5000/bench/app:1" });
     let submitted = Arc::new(Mutex::new(Vec::new()));
     let done_before = finished(store).await;
@@ -77,6 +77,7 @@ pub async fn queue_waits(
 /// times, sorted, in ms (a failed answer counts as 10 s).
 async fn sample_health(api: String, stop: Arc<AtomicBool>) -> Vec<f64> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    // (`/healthz` needs no token.)
     let mut ms = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
@@ -146,7 +147,7 @@ pub async fn under_load(rate: u32, seconds: u32, idle: usize, followers: usize) 
         assert!(line.starts_with("ready"), "{line}");
         children.push(child);
     }
-    let http = reqwest::Client::new();
+    let http = super::common::client_with(reqwest::Client::builder());
     let parked = serde_json::json!({ "repo": "git://127.0.0.1/app", "image": "127.0.0.1:5000/bench/app:1",
                                       "requires": { "pool": "nobody" } });
     let mut jobs = Vec::new();
@@ -158,7 +159,7 @@ pub async fn under_load(rate: u32, seconds: u32, idle: usize, followers: usize) 
     let mut streams = Vec::new();
     for i in 0..followers {
         let local: std::net::IpAddr = format!("127.0.2.{}", 1 + i % 100).parse().unwrap();
-        let client = reqwest::Client::builder().local_address(local).build().unwrap();
+        let client = super::common::client_with(reqwest::Client::builder().local_address(local));
         let url = format!("{api}/v1/jobs/{}/logs?follow=true", jobs[i % jobs.len()]);
         let response = client.get(url).send().await.unwrap();
         assert_eq!(response.status(), 200, "follower {i} refused");

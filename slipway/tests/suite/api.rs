@@ -1,6 +1,7 @@
 //! The HTTP API against a real Postgres: bad input is refused with a JSON error that
 //! names the field and writes nothing; jobs read back, page and filter.
 
+mod auth;
 mod hostile_requests;
 
 use std::time::Duration;
@@ -283,7 +284,7 @@ async fn the_cli_submits_lists_gets_and_cancels() {
 /// A client on loopback address `from` (the server is on 127.0.0.1): each address
 /// is a client of its own.
 fn client_at(from: &str) -> reqwest::Client {
-    reqwest::Client::builder().local_address(from.parse::<std::net::IpAddr>().unwrap()).build().unwrap()
+    client_with(reqwest::Client::builder().local_address(from.parse::<std::net::IpAddr>().unwrap()))
 }
 
 async fn get_status(client: &reqwest::Client, url: &str) -> (u16, Option<u64>, Value) {

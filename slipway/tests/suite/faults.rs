@@ -344,6 +344,7 @@ async fn a_worker_stopped_with_sigterm_hands_its_job_back_within_the_grace_perio
 async fn every_job_of_a_batch_completes_across_a_postgres_restart() {
     let postgres = PrivatePostgres::start();
     let store = slipway_engine::store::Store::open(&postgres.url(), Duration::from_secs(30)).await.unwrap();
+    grant_test_token(&store).await;
     let git = GitServer::start();
     let app = app_repo(&git, "app");
     let work = tempfile::tempdir().unwrap();

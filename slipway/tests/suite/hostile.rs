@@ -244,7 +244,7 @@ async fn idle_and_slow_http_clients_are_closed_and_the_api_answers_again() {
     // While they hold every place, a new client still gets in: it takes the place
     // of the oldest idle connection (an idle keep-alive of its own may have been
     // that one, so it comes on a new connection).
-    let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let fresh = client_with(reqwest::Client::builder().pool_max_idle_per_host(0));
     let started = std::time::Instant::now();
     let health = fresh.get(format!("{}/healthz", standalone.api())).send().await.unwrap();
     assert_eq!(health.status(), 200);
@@ -271,7 +271,10 @@ async fn idle_and_slow_http_clients_are_closed_and_the_api_answers_again() {
 
     // A body announced and never sent: 408 with the JSON error body, no row.
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{",
+        test_token().secret
+    );
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut answer = String::new();
     tokio::time::timeout(Duration::from_secs(20), stream.read_to_string(&mut answer)).await.unwrap().unwrap();

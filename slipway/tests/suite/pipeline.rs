@@ -278,9 +278,31 @@ async fn standalone_without_database_url_starts_a_private_postgres() {
     std::fs::set_permissions(data.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let work_dir = tempfile::tempdir().unwrap();
     let ports = Ports::new();
-    let data_dir = [("SLIPWAY_DATA_DIR", data.path().display().to_string())];
+    let config = data.path().join("config");
+    let data_dir =
+        [("SLIPWAY_DATA_DIR", data.path().display().to_string()), ("XDG_CONFIG_HOME", config.display().to_string())];
     let mut slipway = spawn_standalone("standalone", None, &ports, work_dir.path(), data_dir);
     wait_healthy(&ports.api(), Duration::from_secs(90)).await;
+
+    // Its first start made an owner token and saved it for the CLI, readable by its owner only.
+    let credentials = config.join("slipway/credentials.toml");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&credentials).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let saved = std::fs::read_to_string(&credentials).unwrap();
+    let token = saved.lines().find_map(|l| l.strip_prefix("token = \"")?.strip_suffix('"')).unwrap().to_string();
+    assert!(!slipway.output().contains(&token), "the token is in the log");
+    let listed =
+        reqwest::Client::new().get(format!("{}/v1/jobs", ports.api())).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(listed.status(), 200, "the saved token lets the CLI in");
+    // The test's own token, granted in the private database, for the helpers.
+    let password = std::fs::read_to_string(data.path().join("postgres.password")).unwrap();
+    let socket_url = format!(
+        "postgres://slipway:{}@localhost:5432/slipway?host={}",
+        password.trim(),
+        data.path().join("run").display()
+    );
+    let store = slipway_engine::store::Store::connect(&socket_url, Duration::from_secs(10)).await.unwrap();
+    grant_test_token(&store).await;
 
     let git = GitServer::start();
     let repo = app_repo(&git, "app");

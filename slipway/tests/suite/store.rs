@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::common::{TestDb, test_submit_defaults};
+use crate::common::{TestDb, default_project, test_submit_defaults};
 use slipway_engine::job::{JobId, JobRequest, JobState, RunRequest};
 use slipway_engine::store::{
     Finish, HeldLease, Lease, LeaseStatus, NewLogLine, Retry, StoreError, WorkerOffer, leases, logs, reports,
@@ -29,7 +29,8 @@ async fn queue_request(db: &TestDb, n: usize, request: JobRequest) -> Vec<JobId>
     let mut ids = Vec::new();
     for _ in 0..n {
         let id = JobId::new();
-        db.store.submit(id, &spec, None, None).await.unwrap();
+        let by = slipway_engine::store::Submitter { project: default_project(db).await, actor: None };
+        db.store.submit(id, &spec, None, None, &by).await.unwrap();
         ids.push(id);
     }
     ids
@@ -615,7 +616,9 @@ async fn tokens_are_stored_as_hashes_found_by_prefix_and_revoked_within_their_pr
 
     // An owner token belongs to no project, and only an owner token does.
     let owner = TokenGrant { name: "root", role: Role::Owner, project: None, expires_at: None, created_by: None };
-    assert!(!store.has_owner().await.unwrap());
+    // (The tests' own owner token is granted in every test database: revoked here.)
+    sqlx::query("update api_tokens set revoked_at = now() where role = 'owner'").execute(store.pool()).await.unwrap();
+    assert!(!store.has_owner().await.unwrap(), "a revoked owner token is no owner");
     store.create_token(&NewToken::generate().unwrap(), &owner).await.unwrap();
     assert!(store.has_owner().await.unwrap());
     let misplaced = TokenGrant { project: Some(team.id), ..owner.clone() };

@@ -6,7 +6,15 @@ use super::*;
 /// runtime): building a client loads the system's certificates, tens of ms each time.
 pub fn http() -> reqwest::Client {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()).clone()
+    CLIENT.get_or_init(|| client_with(reqwest::Client::builder().timeout(Duration::from_secs(30)))).clone()
+}
+
+/// A client that sends the test process's token ([`test_token`]) with every request.
+pub fn client_with(builder: reqwest::ClientBuilder) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {}", test_token().secret);
+    headers.insert(reqwest::header::AUTHORIZATION, value.parse().unwrap());
+    builder.default_headers(headers).build().unwrap()
 }
 
 pub async fn wait_healthy(api: &str, limit: Duration) {

@@ -20,8 +20,35 @@ impl TestDb {
         let store = slipway_engine::store::Store::open(&url, std::time::Duration::from_secs(30))
             .await
             .expect("open the test database");
+        grant_test_token(&store).await;
         TestDb { url, store }
     }
+}
+
+/// The token every request of this test process carries (see [`http`]): an owner
+/// token, made once per process and granted in each database the test makes.
+pub fn test_token() -> &'static slipway_engine::auth::token::NewToken {
+    static TOKEN: std::sync::OnceLock<slipway_engine::auth::token::NewToken> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| slipway_engine::auth::token::NewToken::generate().unwrap())
+}
+
+/// Grants [`test_token`] in a database (once).
+pub async fn grant_test_token(store: &Store) {
+    let grant = slipway_engine::store::TokenGrant {
+        name: "tests",
+        role: slipway_engine::auth::Role::Owner,
+        project: None,
+        expires_at: None,
+        created_by: None,
+    };
+    if store.token_by_prefix(&test_token().prefix).await.unwrap().is_none() {
+        store.create_token(test_token(), &grant).await.unwrap();
+    }
+}
+
+/// The id of the project `default`.
+pub async fn default_project(db: &TestDb) -> uuid::Uuid {
+    db.store.project_named("default").await.unwrap().unwrap().id
 }
 
 /// The states the job went through, from its event history.

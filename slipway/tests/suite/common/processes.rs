@@ -13,6 +13,9 @@ pub fn slipway_command() -> Command {
             command.env(var, value);
         }
     }
+    // The CLI's token; and no credentials file of the developer's is read or written.
+    command.env("SLIPWAY_TOKEN", &test_token().secret);
+    command.env("XDG_CONFIG_HOME", std::env::temp_dir().join("slipway-test-no-config"));
     command
 }
 
@@ -221,6 +224,7 @@ pub fn spawn_standalone(
     // Its data folder (its CA, at least) is the process's own, not the machine's.
     let dir = tempfile::tempdir().unwrap();
     env.insert("SLIPWAY_DATA_DIR", dir.path().join("data").display().to_string());
+    env.insert("XDG_CONFIG_HOME", dir.path().join("config").display().to_string());
     if let Some(url) = db_url {
         env.insert("DATABASE_URL", url.to_string());
     }

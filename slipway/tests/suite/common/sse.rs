@@ -18,7 +18,7 @@ pub struct SseReader {
 
 impl SseReader {
     pub async fn open(url: &str, last_event_id: Option<&str>) -> Self {
-        let mut request = reqwest::Client::new().get(url).header("Accept", "text/event-stream");
+        let mut request = client_with(reqwest::Client::builder()).get(url).header("Accept", "text/event-stream");
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id);
         }

@@ -1,0 +1,138 @@
+//! Tokens and projects made from the database (`slipway token`, `slipway project`),
+//! `slipway login`, and the owner token `standalone` makes on its first start.
+//! Whoever holds the database holds the installation: these commands need
+//! `DATABASE_URL`, and print a token once, never log it.
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use slipway_engine::auth::token::NewToken;
+use slipway_engine::auth::{Role, is_project_name};
+use slipway_engine::store::{Store, TokenGrant};
+
+use crate::config::DatabaseArgs;
+use crate::credentials::{self, Profile};
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Makes a token and prints it (once): an owner token (`--owner`), or one of a
+    /// project with a role.
+    Create {
+        /// What the token is for, to tell it apart in lists.
+        #[arg(long)]
+        name: String,
+        /// An owner token: the whole installation.
+        #[arg(long, conflicts_with_all = ["project", "role"])]
+        owner: bool,
+        /// The project of the token.
+        #[arg(long, required_unless_present = "owner")]
+        project: Option<String>,
+        /// read, submit or admin.
+        #[arg(long, required_unless_present = "owner")]
+        role: Option<Role>,
+        /// How long it works (`30days`, `12h`) [default: until revoked].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Makes a project.
+    Create { name: String },
+    /// Lists the projects.
+    List,
+}
+
+async fn store(db: DatabaseArgs) -> anyhow::Result<Store> {
+    let url = db.database_url.context("DATABASE_URL is required: tokens and projects are made in the database")?;
+    let store =
+        Store::connect(&url, std::time::Duration::from_secs(30)).await.context("cannot connect to the database")?;
+    store.migrate().await.context("cannot apply the migrations")?;
+    Ok(store)
+}
+
+/// `slipway token …`
+pub async fn token(db: DatabaseArgs, command: TokenCommand) -> anyhow::Result<()> {
+    let store = store(db).await?;
+    match command {
+        TokenCommand::Create { name, owner, project, role, expires_in } => {
+            let (role, project) = match (owner, project, role) {
+                (true, _, _) => (Role::Owner, None),
+                (false, Some(project), Some(role)) => {
+                    if role == Role::Owner {
+                        bail!("an owner token belongs to no project: use --owner");
+                    }
+                    let found = store.project_named(&project).await?;
+                    (role, Some(found.with_context(|| format!("there is no project `{project}`"))?.id))
+                }
+                _ => bail!("name the token's project and role, or make an owner token with --owner"),
+            };
+            let expires_at = expires_in
+                .map(|d| chrono::Duration::from_std(d).map(|d| chrono::Utc::now() + d))
+                .transpose()
+                .context("--expires-in is too long")?;
+            let token = NewToken::generate().context("cannot make a token")?;
+            let grant = TokenGrant { name: &name, role, project, expires_at, created_by: None };
+            let row = store.create_token(&token, &grant).await?;
+            eprintln!("made {} ({}, {}); it is shown once:", row.prefix, row.name, row.role.as_str());
+            println!("{}", token.secret);
+            Ok(())
+        }
+    }
+}
+
+/// `slipway project …`
+pub async fn project(db: DatabaseArgs, command: ProjectCommand) -> anyhow::Result<()> {
+    let store = store(db).await?;
+    match command {
+        ProjectCommand::Create { name } => {
+            if !is_project_name(&name) {
+                bail!("`{name}` cannot name a project: use 1-63 lowercase letters, digits and `-`");
+            }
+            let made = store.create_project(&name).await?;
+            made.with_context(|| format!("project `{name}` exists already"))?;
+            println!("{name}");
+            Ok(())
+        }
+        ProjectCommand::List => {
+            for project in store.projects().await? {
+                println!("{}", project.name);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `slipway login`
+pub fn login(api: String, token: Option<String>, profile: &str) -> anyhow::Result<()> {
+    let token = match token {
+        Some(token) => token,
+        None => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("cannot read the token from standard input")?;
+            line.trim().to_string()
+        }
+    };
+    if slipway_engine::auth::token::prefix_of(&token).is_none() {
+        bail!("that is not a Slipway token (slp_…)");
+    }
+    let path = credentials::save(profile, &Profile { api: Some(api), token: Some(token) })?;
+    eprintln!("saved as profile `{profile}` in {}", path.display());
+    Ok(())
+}
+
+/// On a `standalone`'s first start (no owner token yet): makes one and writes it,
+/// with the API's URL, as the default profile of the credentials file, so that the
+/// CLI works with no step between.
+pub async fn bootstrap_owner(store: &Store, api: &str) -> anyhow::Result<()> {
+    if store.has_owner().await? {
+        return Ok(());
+    }
+    let token = NewToken::generate().context("cannot make a token")?;
+    let grant = TokenGrant { name: "standalone", role: Role::Owner, project: None, expires_at: None, created_by: None };
+    let row = store.create_token(&token, &grant).await?;
+    let profile = Profile { api: Some(api.to_string()), token: Some(token.secret) };
+    let path = credentials::save(credentials::DEFAULT_PROFILE, &profile)?;
+    tracing::info!(token = %row.prefix, path = %path.display(), "made an owner token for this installation and saved it for the CLI");
+    Ok(())
+}

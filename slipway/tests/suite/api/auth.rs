@@ -1,0 +1,193 @@
+//! Nobody gets past the API without a token of the right role and project: every
+//! route of the router's own table, with no token, a malformed one, an unknown one,
+//! a revoked one, an expired one, one of too small a role, and one of another
+//! project, is refused — and a job of another project is as missing as one that
+//! never was.
+
+use serde_json::{Value, json};
+use slipway_engine::api::ROUTES;
+use slipway_engine::auth::Role;
+use slipway_engine::auth::token::NewToken;
+use slipway_engine::store::TokenGrant;
+
+use super::{Api, job_count, start, valid};
+
+/// A token of `role` in `project` (by name; `None`: owner), valid for `ttl` if given.
+async fn token(api: &Api, role: Role, project: Option<&str>, ttl: Option<chrono::Duration>) -> String {
+    let store = &api.db.store;
+    let project = match project {
+        Some(name) => Some(match store.project_named(name).await.unwrap() {
+            Some(p) => p.id,
+            None => store.create_project(name).await.unwrap().unwrap().id,
+        }),
+        None => None,
+    };
+    let expires_at = ttl.map(|t| chrono::Utc::now() + t);
+    let token = NewToken::generate().unwrap();
+    let grant = TokenGrant { name: "t", role, project, expires_at, created_by: None };
+    store.create_token(&token, &grant).await.unwrap();
+    token.secret
+}
+
+async fn call(api: &Api, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>) -> (u16, Value, bool) {
+    call_from(api, "127.0.0.1", method, path, bearer, body).await
+}
+
+/// A call from loopback address `from`: failed authentications are limited per client.
+async fn call_from(
+    api: &Api,
+    from: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value, bool) {
+    let client = reqwest::Client::builder().local_address(from.parse::<std::net::IpAddr>().unwrap()).build().unwrap();
+    let mut request =
+        client.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{path}", api.base));
+    if let Some(token) = bearer {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let challenged = response.headers().get("www-authenticate").is_some_and(|v| v == "Bearer");
+    (status, response.json().await.unwrap_or(Value::Null), challenged)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_route_refuses_a_missing_bad_revoked_expired_weak_or_foreign_token() {
+    let api = start().await;
+    // A job of project `alpha`, made with an alpha token.
+    let alpha = token(&api, Role::Submit, Some("alpha"), None).await;
+    let (status, job, _) = call(&api, "POST", "/v1/jobs", Some(&alpha), Some(&valid())).await;
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(job["project"], "alpha");
+    let id = job["id"].as_str().unwrap().to_string();
+    let jobs_before = job_count(&api).await;
+
+    let revoked = token(&api, Role::Owner, None, None).await;
+    let prefix = &revoked[..12];
+    sqlx::query("update api_tokens set revoked_at = now() where prefix = $1")
+        .bind(prefix)
+        .execute(api.db.store.pool())
+        .await
+        .unwrap();
+    let expired = token(&api, Role::Owner, None, Some(chrono::Duration::seconds(-1))).await;
+    let unknown = NewToken::generate().unwrap().secret;
+    let reader = token(&api, Role::Read, Some("alpha"), None).await;
+    let foreign = token(&api, Role::Admin, Some("beta"), None).await;
+
+    for (i, route) in ROUTES.iter().enumerate() {
+        let from = format!("127.0.3.{}", i + 1);
+        let path = route.path.replace("{id}", &id);
+        let body = (route.method == "POST" && route.path == "/v1/jobs").then(valid);
+        let what = format!("{} {}", route.method, route.path);
+        for (bearer, code) in [
+            (None, "unauthenticated"),
+            (Some("not-a-token"), "unauthenticated"),
+            (Some(unknown.as_str()), "unauthenticated"),
+            (Some(revoked.as_str()), "token_revoked"),
+            (Some(expired.as_str()), "token_expired"),
+        ] {
+            let (status, answer, challenged) = call_from(&api, &from, route.method, &path, bearer, body.as_ref()).await;
+            assert_eq!(
+                (status, answer["error"]["code"].as_str()),
+                (401, Some(code)),
+                "{what} with {bearer:?}: {answer}"
+            );
+            assert!(challenged, "{what}: a 401 without WWW-Authenticate: Bearer");
+            assert!(!answer.to_string().contains(bearer.unwrap_or("slp_")), "{what}: the token is echoed");
+        }
+        if !Role::Read.allows(route.role) {
+            let (status, answer, _) = call(&api, route.method, &path, Some(&reader), body.as_ref()).await;
+            assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("forbidden")), "{what}: {answer}");
+            assert!(answer["error"]["message"].as_str().unwrap().contains(route.role.as_str()), "{answer}");
+        }
+        // Another project's token: the job is not there for it.
+        if route.path.contains("{id}") {
+            let (status, answer, _) = call(&api, route.method, &path, Some(&foreign), body.as_ref()).await;
+            assert_eq!((status, answer["error"]["code"].as_str()), (404, Some("not_found")), "{what}: {answer}");
+        }
+    }
+    let (_, listed, _) = call(&api, "GET", "/v1/jobs", Some(&foreign), None).await;
+    assert_eq!(listed["jobs"], json!([]), "another project lists none of alpha's jobs");
+    let (_, listed, _) = call(&api, "GET", "/v1/jobs", Some(&reader), None).await;
+    assert_eq!(listed["jobs"].as_array().unwrap().len(), 1, "alpha's reader lists alpha's job");
+    let (status, answer, _) = call(
+        &api,
+        "POST",
+        "/v1/jobs",
+        Some(&foreign),
+        Some(&json!({ "project": "alpha", "repo": valid()["repo"], "image": valid()["image"] })),
+    )
+    .await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("forbidden")), "{answer}");
+    assert_eq!(job_count(&api).await, jobs_before, "a refused call wrote a job");
+    let failures = slipway_observability::metrics::render();
+    assert!(failures.contains("slipway_auth_failures_total"), "failed authentications are counted");
+
+    // Guessing is slow: past a burst of failures, a client waits.
+    let mut statuses = Vec::new();
+    for _ in 0..25 {
+        statuses.push(call_from(&api, "127.0.4.1", "GET", "/v1/jobs", Some(&unknown), None).await.0);
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert_eq!(
+        call_from(&api, "127.0.4.1", "GET", "/v1/jobs", Some(&reader), None).await.0,
+        200,
+        "a good token still works"
+    );
+
+    // The history says who submitted.
+    let actor: Option<String> = sqlx::query_scalar("select actor from job_events where job_id = $1::uuid")
+        .bind(&id)
+        .fetch_one(api.db.store.pool())
+        .await
+        .unwrap();
+    assert!(actor.is_some_and(|a| a.starts_with(&alpha[..12])), "the submitter is named by its prefix");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_makes_tokens_from_the_database_and_keeps_one_per_profile() {
+    let api = start().await;
+    let config = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str], token: Option<&str>| {
+        let mut command = crate::common::slipway_command();
+        command.args(args).env("DATABASE_URL", &api.db.url).env("XDG_CONFIG_HOME", config.path());
+        command.env_remove("SLIPWAY_TOKEN");
+        if let Some(token) = token {
+            command.env("SLIPWAY_TOKEN", token);
+        }
+        let out = command.output().unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    // Without credentials, the CLI says how to get them.
+    let (code, _, err) = cli(&["list", "--api", &api.base], None);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("slipway login"), "{err}");
+
+    let (code, out, err) = cli(&["project", "create", "team"], None);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "team");
+    let (code, out, err) = cli(&["token", "create", "--name", "viewer", "--project", "team", "--role", "read"], None);
+    assert_eq!(code, Some(0), "{err}");
+    let token = out.trim().to_string();
+    assert!(token.starts_with("slp_") && err.contains(&token[..12]) && !err.contains(&token), "{err}");
+
+    let (code, _, err) = cli(&["login", "--api", &api.base, "--token", &token], None);
+    assert_eq!(code, Some(0), "{err}");
+    let saved = config.path().join("slipway/credentials.toml");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&saved).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    // The saved profile is used: the reader lists, and may not submit.
+    let (code, out, err) = cli(&["list"], None);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["jobs"], json!([]));
+    let (code, _, err) =
+        cli(&["submit", "--repo", "git://127.0.0.1:9418/app.git", "--image", "127.0.0.1:5000/a/b:1"], None);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("forbidden") && err.contains("submit"), "{err}");
+}
