@@ -27,6 +27,8 @@ pub enum Code {
     AlreadyFinished,
     /// An idempotency key came back with another body.
     IdempotencyKeyReused,
+    /// A name that must be unique is taken.
+    Conflict,
     /// No token, or one that is not a Slipway token or not known.
     Unauthenticated,
     TokenExpired,
@@ -43,7 +45,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 18] = [
+    pub const ALL: [Code; 19] = [
         Code::InvalidField,
         Code::CredentialsInUrl,
         Code::InvalidJson,
@@ -54,6 +56,7 @@ impl Code {
         Code::MethodNotAllowed,
         Code::AlreadyFinished,
         Code::IdempotencyKeyReused,
+        Code::Conflict,
         Code::Unauthenticated,
         Code::TokenExpired,
         Code::TokenRevoked,
@@ -76,6 +79,7 @@ impl Code {
             Code::MethodNotAllowed => "method_not_allowed",
             Code::AlreadyFinished => "already_finished",
             Code::IdempotencyKeyReused => "idempotency_key_reused",
+            Code::Conflict => "conflict",
             Code::Unauthenticated => "unauthenticated",
             Code::TokenExpired => "token_expired",
             Code::TokenRevoked => "token_revoked",
@@ -95,7 +99,7 @@ impl Code {
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Code::AlreadyFinished | Code::IdempotencyKeyReused => StatusCode::CONFLICT,
+            Code::AlreadyFinished | Code::IdempotencyKeyReused | Code::Conflict => StatusCode::CONFLICT,
             Code::Unauthenticated | Code::TokenExpired | Code::TokenRevoked => StatusCode::UNAUTHORIZED,
             Code::Forbidden => StatusCode::FORBIDDEN,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -114,6 +118,7 @@ impl Code {
             Code::NotFound => tonic::Code::NotFound,
             Code::MethodNotAllowed => tonic::Code::Unimplemented,
             Code::AlreadyFinished | Code::IdempotencyKeyReused => tonic::Code::FailedPrecondition,
+            Code::Conflict => tonic::Code::AlreadyExists,
             Code::Unauthenticated | Code::TokenExpired | Code::TokenRevoked => tonic::Code::Unauthenticated,
             Code::Forbidden => tonic::Code::PermissionDenied,
             Code::RateLimited | Code::TooManyFollowers => tonic::Code::ResourceExhausted,

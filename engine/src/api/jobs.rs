@@ -8,9 +8,10 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::body::read_json;
 use super::clients::ClientAddr;
 use super::views::{EventPage, JobPage, JobView, LogPage};
-use super::{ApiError, AppState, MAX_BODY_BYTES, follow};
+use super::{ApiError, AppState, follow};
 use crate::error::Code;
 use crate::job::{JobId, JobRequest, JobState};
 use slipway_observability::{metrics, trace};
@@ -20,8 +21,6 @@ use super::auth::Principal;
 use crate::auth::{DEFAULT_PROJECT, ProjectId};
 use crate::store::{CancelOutcome, JobRow, Store, Submitted, Submitter};
 
-/// How long a request body may take to arrive.
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 500;
 const DEFAULT_LOG_PAGE: i64 = 1000;
@@ -32,28 +31,13 @@ const MAX_LOG_PAGE: i64 = 10_000;
 pub async fn submit(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let store = &state.store;
     let key = idempotency_key(&headers)?;
-    if let Some(kind) = headers.get(header::CONTENT_TYPE) {
-        let kind = kind.to_str().unwrap_or_default();
-        if !is_json(kind) {
-            return Err(ApiError::new(
-                Code::UnsupportedMediaType,
-                format!("send the job as application/json, not `{kind}`"),
-            ));
-        }
-    }
-    // A body announced and never sent holds nothing for long.
-    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await.map_err(|_| {
-        ApiError::new(Code::RequestTimeout, format!("the request body did not arrive within {BODY_TIMEOUT:?}"))
-    })?;
-    let bytes = read.map_err(|_| {
-        ApiError::new(Code::BodyTooLarge, format!("the request body is larger than {MAX_BODY_BYTES} bytes"))
-    })?;
-    let request = parse_job_request(&bytes)?;
+    let request: JobRequest = read_json(&headers, body).await?;
     let project = project_for(store, &caller, request.project.as_deref()).await?;
     let spec = request.validate(&state.defaults).map_err(|e| {
         let code = if e.credentials { Code::CredentialsInUrl } else { Code::InvalidField };
@@ -67,8 +51,11 @@ pub async fn submit(
     let submitted = store.submit(id, &spec, Some(&traceparent), key.as_deref(), &by).instrument(span).await?;
     let (job, status) = match submitted {
         Submitted::Created(row) => {
-            tracing::info!(job.id = %row.id, repo = %spec.repo, image = %spec.image, "job submitted");
+            tracing::info!(job.id = %row.id, repo = %spec.repo, image = %spec.image, by = %caller.prefix, "job submitted");
             metrics::JOBS_SUBMITTED.inc(&[]);
+            let target = row.id.to_string();
+            super::access::audit(&state, &caller, client.map(|c| c.0), "job.submit", Some(project), Some(&target))
+                .await;
             (JobView::new(*row, Some(Vec::new())), StatusCode::CREATED)
         }
         Submitted::Existing(id) => (JobView::new(store.job(id).await?, Some(store.steps(id).await?)), StatusCode::OK),
@@ -84,13 +71,6 @@ pub async fn submit(
     };
     let location = format!("/v1/jobs/{}", job.id);
     Ok((status, [(header::LOCATION, location)], Json(job)).into_response())
-}
-
-/// Whether a `Content-Type` is JSON: `application/json`, in any case, with or without
-/// parameters (`; charset=utf-8`), and nothing else (`application/jsonp` is not).
-fn is_json(content_type: &str) -> bool {
-    let media_type = content_type.split(';').next().unwrap_or_default().trim();
-    media_type.eq_ignore_ascii_case("application/json")
 }
 
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
@@ -137,12 +117,14 @@ async fn visible(store: &Store, caller: &Principal, id: JobId) -> Result<JobRow,
 /// (`200`); a leased job's worker is told to stop it (`202`), and the job ends
 /// `cancelled` when it has. A job that already ended answers `409`.
 pub async fn cancel(
-    State(store): State<Store>,
+    State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
+    client: Option<Extension<ClientAddr>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let store = &state.store;
     let id = job_id(&id)?;
-    visible(&store, &caller, id).await?;
+    let job = visible(store, &caller, id).await?;
     let status = match store.request_cancel(id).await? {
         CancelOutcome::Cancelled => {
             metrics::JOBS_FINISHED.inc(&[JobState::Cancelled.as_str()]);
@@ -157,45 +139,10 @@ pub async fn cancel(
         }
     };
     tracing::info!(job.id = %id, by = %caller.prefix, "cancel requested");
+    let target = id.to_string();
+    super::access::audit(&state, &caller, client.map(|c| c.0), "job.cancel", Some(job.project_id), Some(&target)).await;
     let job = JobView::new(store.job(id).await?, Some(store.steps(id).await?));
     Ok((status, Json(job)).into_response())
-}
-
-/// Parses the body, naming the field at fault for unknown fields and wrong types.
-fn parse_job_request(bytes: &[u8]) -> Result<JobRequest, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed: Result<JobRequest, _> = serde_path_to_error::deserialize(&mut de);
-    let request = parsed.map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if !inner.is_data() {
-            return ApiError::new(Code::InvalidJson, format!("the body is not valid JSON: {inner}"));
-        }
-        let message = inner.to_string();
-        // The path names the unknown key itself; keep the key if the path is empty.
-        let field = match unknown_field_in(&message) {
-            Some(name) if path == "." => name.to_string(),
-            _ => path,
-        };
-        ApiError::invalid(field, strip_position(&message))
-    })?;
-    de.end().map_err(|e| ApiError::new(Code::InvalidJson, format!("the body is not valid JSON: {e}")))?;
-    Ok(request)
-}
-
-/// `unknown field `x`, expected …` → `x`.
-fn unknown_field_in(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
-    rest.split('`').next()
-}
-
-/// serde's messages end with ` at line L column C`, which means nothing to a client
-/// that sent one line of JSON.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message.to_string(),
-    }
 }
 
 fn job_id(raw: &str) -> Result<JobId, ApiError> {
@@ -320,25 +267,5 @@ fn page_size(raw: Option<&String>, default: i64, max: i64) -> Result<i64, ApiErr
             Ok(n) if (1..=max).contains(&n) => Ok(n),
             _ => Err(ApiError::invalid("limit", format!("limit must be a whole number from 1 to {max}"))),
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_unknown_fields_and_wrong_types() {
-        let e = parse_job_request(br#"{"repo":"git://h/r","imag":"x"}"#).unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), (Code::InvalidField, Some("imag")));
-        let e = parse_job_request(br#"{"run":{"timeout":3}}"#).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("run.timeout"));
-        let e = parse_job_request(br#"{"env":{"A":1}}"#).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("env.A"));
-        assert!(!e.message.contains("line"), "{}", e.message);
-        let e = parse_job_request(br#"{"repo": "#).unwrap_err();
-        assert_eq!(e.code, Code::InvalidJson);
-        let e = parse_job_request(br#"{} {}"#).unwrap_err();
-        assert_eq!(e.code, Code::InvalidJson);
     }
 }

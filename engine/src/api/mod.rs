@@ -1,6 +1,8 @@
 //! The HTTP API (`/v1/jobs`): submit, follow, list, read logs.
 
+mod access;
 pub mod auth;
+mod body;
 mod clients;
 mod connections;
 mod error;
@@ -66,7 +68,7 @@ pub struct Route {
 /// Every `/v1/…` route: the router is built from this table, and the
 /// authentication reads the role each needs from it.
 pub const ROUTES: &[Route] = {
-    use crate::auth::Role::{Read, Submit};
+    use crate::auth::Role::{Admin, Owner, Read, Submit};
     &[
         Route { method: "GET", path: "/v1/jobs", role: Read },
         Route { method: "POST", path: "/v1/jobs", role: Submit },
@@ -74,6 +76,11 @@ pub const ROUTES: &[Route] = {
         Route { method: "POST", path: "/v1/jobs/{id}/cancel", role: Submit },
         Route { method: "GET", path: "/v1/jobs/{id}/events", role: Read },
         Route { method: "GET", path: "/v1/jobs/{id}/logs", role: Read },
+        Route { method: "POST", path: "/v1/projects", role: Owner },
+        Route { method: "GET", path: "/v1/projects", role: Read },
+        Route { method: "POST", path: "/v1/projects/{project}/tokens", role: Admin },
+        Route { method: "GET", path: "/v1/projects/{project}/tokens", role: Admin },
+        Route { method: "DELETE", path: "/v1/projects/{project}/tokens/{id}", role: Admin },
     ]
 };
 
@@ -85,6 +92,11 @@ fn handler(route: &Route) -> MethodRouter<AppState> {
         ("POST", "/v1/jobs/{id}/cancel") => post(jobs::cancel),
         ("GET", "/v1/jobs/{id}/events") => get(jobs::events),
         ("GET", "/v1/jobs/{id}/logs") => get(jobs::logs),
+        ("POST", "/v1/projects") => post(access::create_project),
+        ("GET", "/v1/projects") => get(access::list_projects),
+        ("POST", "/v1/projects/{project}/tokens") => post(access::create_token),
+        ("GET", "/v1/projects/{project}/tokens") => get(access::list_tokens),
+        ("DELETE", "/v1/projects/{project}/tokens/{id}") => axum::routing::delete(access::revoke_token),
         (method, path) => unreachable!("no handler for {method} {path}"),
     }
 }

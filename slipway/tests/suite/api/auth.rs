@@ -191,3 +191,64 @@ async fn the_cli_makes_tokens_from_the_database_and_keeps_one_per_profile() {
     assert_eq!(code, Some(1));
     assert!(err.contains("forbidden") && err.contains("submit"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn owners_make_projects_admins_make_and_revoke_their_tokens_and_everything_is_audited() {
+    let api = start().await;
+    let owner = crate::common::test_token().secret.clone();
+    let (status, project, _) =
+        call(&api, "POST", "/v1/projects", Some(&owner), Some(&json!({ "name": "gamma" }))).await;
+    assert_eq!(status, 201, "{project}");
+    let (status, again, _) = call(&api, "POST", "/v1/projects", Some(&owner), Some(&json!({ "name": "gamma" }))).await;
+    assert_eq!((status, again["error"]["code"].as_str()), (409, Some("conflict")));
+    let (status, bad, _) = call(&api, "POST", "/v1/projects", Some(&owner), Some(&json!({ "name": "Bad Name" }))).await;
+    assert_eq!((status, bad["error"]["field"].as_str()), (400, Some("name")));
+
+    // The owner makes gamma's first admin; the token is shown this once.
+    let body = json!({ "name": "lead", "role": "admin", "expires_in": "30days" });
+    let (status, made, _) = call(&api, "POST", "/v1/projects/gamma/tokens", Some(&owner), Some(&body)).await;
+    assert_eq!(status, 201, "{made}");
+    let admin = made["token"].as_str().unwrap().to_string();
+    assert!(made["expires_at"].is_string());
+    // The admin makes a submitter, but nothing above its own role, and nothing elsewhere.
+    let body = json!({ "name": "ci", "role": "submit" });
+    let (status, made, _) = call(&api, "POST", "/v1/projects/gamma/tokens", Some(&admin), Some(&body)).await;
+    assert_eq!(status, 201, "{made}");
+    let ci = made["token"].as_str().unwrap().to_string();
+    let ci_id = made["id"].as_str().unwrap().to_string();
+    let body = json!({ "name": "root", "role": "owner" });
+    let (status, refused, _) = call(&api, "POST", "/v1/projects/gamma/tokens", Some(&admin), Some(&body)).await;
+    assert_eq!((status, refused["error"]["field"].as_str()), (403, Some("role")), "{refused}");
+    let body = json!({ "name": "x", "role": "read" });
+    let (status, _, _) = call(&api, "POST", "/v1/projects/default/tokens", Some(&admin), Some(&body)).await;
+    assert_eq!(status, 404, "another project's tokens are not there for gamma's admin");
+    let (status, _, _) = call(&api, "GET", "/v1/projects/gamma/tokens", Some(&ci), None).await;
+    assert_eq!(status, 403, "a submitter does not manage tokens");
+    let (_, listed, _) = call(&api, "GET", "/v1/projects/gamma/tokens", Some(&admin), None).await;
+    let tokens = listed["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 2);
+    assert!(tokens.iter().all(|t| t.get("token").is_none() && !t.to_string().contains(&ci)), "a list shows no secret");
+    let (_, projects, _) = call(&api, "GET", "/v1/projects", Some(&ci), None).await;
+    assert_eq!(projects["projects"].as_array().unwrap().len(), 1, "a project token sees its own project");
+
+    // The submitter submits and cancels; then it is revoked, and refused at once.
+    let (status, job, _) = call(&api, "POST", "/v1/jobs", Some(&ci), Some(&valid())).await;
+    assert_eq!((status, job["project"].as_str()), (201, Some("gamma")), "{job}");
+    let id = job["id"].as_str().unwrap();
+    let (status, _, _) = call(&api, "POST", &format!("/v1/jobs/{id}/cancel"), Some(&ci), None).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = call(&api, "DELETE", &format!("/v1/projects/gamma/tokens/{ci_id}"), Some(&admin), None).await;
+    assert_eq!(status, 204);
+    let (status, answer, _) = call(&api, "GET", "/v1/jobs", Some(&ci), None).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (401, Some("token_revoked")));
+
+    let actions: Vec<String> =
+        sqlx::query_scalar("select action from audit_log order by id").fetch_all(api.db.store.pool()).await.unwrap();
+    assert_eq!(actions, ["project.create", "token.create", "token.create", "job.submit", "job.cancel", "token.revoke"]);
+    let leaked: i64 = sqlx::query_scalar("select count(*) from audit_log where target like '%' || $1 || '%'")
+        .bind(&ci[13..])
+        .fetch_one(api.db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(leaked, 0, "a token's secret is in the audit log");
+}

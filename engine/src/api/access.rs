@@ -1,0 +1,213 @@
+//! `/v1/projects` and their tokens: owners make projects; a project's admins (and
+//! owners) make, list and revoke its tokens, never of a role above their own. A
+//! new token is shown once, in the answer that makes it. Every change is in the
+//! audit log.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::auth::Principal;
+use super::body::read_json;
+use super::clients::ClientAddr;
+use super::{ApiError, AppState};
+use crate::auth::token::NewToken;
+use crate::auth::{ProjectId, Role, is_project_name};
+use crate::error::Code;
+use crate::store::{AuditEntry, ProjectRow, TokenGrant, TokenRow};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProject {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTokenRequest {
+    name: String,
+    role: String,
+    /// How long the token works (`30days`, `12h`); none: until revoked.
+    expires_in: Option<String>,
+}
+
+/// A token as lists show it: never its secret.
+#[derive(Debug, Serialize)]
+pub struct TokenView {
+    id: Uuid,
+    prefix: String,
+    name: String,
+    role: Role,
+    project: Option<String>,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    last_used_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<TokenRow> for TokenView {
+    fn from(t: TokenRow) -> Self {
+        TokenView {
+            id: t.id,
+            prefix: t.prefix,
+            name: t.name,
+            role: t.role,
+            project: t.project,
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            last_used_at: t.last_used_at,
+            revoked_at: t.revoked_at,
+        }
+    }
+}
+
+/// Appends to the audit log; a failure to is logged, and does not undo the change.
+pub(super) async fn audit(
+    state: &AppState,
+    caller: &Principal,
+    client: Option<ClientAddr>,
+    action: &str,
+    project: Option<ProjectId>,
+    target: Option<&str>,
+) {
+    let client = client.map(|c| c.0.to_string());
+    let entry = AuditEntry {
+        actor_token: Some(caller.token_id),
+        actor_name: &caller.label(),
+        action,
+        project,
+        target,
+        request_id: None,
+        client_addr: client.as_deref(),
+        outcome: "ok",
+    };
+    if let Err(e) = state.store.audit(&entry).await {
+        tracing::error!(error = %e, action, "cannot write the audit log");
+    }
+}
+
+/// `POST /v1/projects` (owner): `{"name"}` → the project.
+pub async fn create_project(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    client: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let request: NewProject = read_json(&headers, body).await?;
+    if !is_project_name(&request.name) {
+        return Err(ApiError::invalid("name", "a project's name is 1-63 lowercase letters, digits and `-`"));
+    }
+    let project = state.store.create_project(&request.name).await?.ok_or_else(|| ApiError {
+        field: Some("name".into()),
+        ..ApiError::new(Code::Conflict, "a project of that name exists")
+    })?;
+    audit(&state, &caller, client.map(|c| c.0), "project.create", Some(project.id), Some(&project.name)).await;
+    Ok((StatusCode::CREATED, Json(project)).into_response())
+}
+
+/// `GET /v1/projects`: every project for an owner, a token's own project otherwise.
+pub async fn list_projects(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let projects: Vec<ProjectRow> = state.store.projects().await?.into_iter().filter(|p| caller.sees(p.id)).collect();
+    Ok(Json(serde_json::json!({ "projects": projects })))
+}
+
+/// The project named in the path, if the caller may manage it (else as missing).
+async fn managed(state: &AppState, caller: &Principal, name: &str) -> Result<ProjectRow, ApiError> {
+    let project = state.store.project_named(name).await?;
+    project.filter(|p| caller.sees(p.id)).ok_or_else(|| ApiError::not_found("project"))
+}
+
+/// `POST /v1/projects/{project}/tokens` (admin): `{"name", "role", "expires_in"}` →
+/// the token, shown this once.
+pub async fn create_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    client: Option<Extension<ClientAddr>>,
+    Path(project): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let project = managed(&state, &caller, &project).await?;
+    let request: NewTokenRequest = read_json(&headers, body).await?;
+    let role: Role = request.role.parse().map_err(|why: String| ApiError::invalid("role", why))?;
+    if role == Role::Owner || !caller.role.allows(role) {
+        return Err(ApiError {
+            field: Some("role".into()),
+            ..ApiError::new(
+                Code::Forbidden,
+                format!("a `{}` token cannot make a `{}` token", caller.role.as_str(), role.as_str()),
+            )
+        });
+    }
+    if request.name.trim().is_empty() || request.name.len() > 200 || request.name.chars().any(char::is_control) {
+        return Err(ApiError::invalid("name", "a token's name is 1-200 characters without control characters"));
+    }
+    let expires_at = match &request.expires_in {
+        None => None,
+        Some(text) => {
+            let ttl = humantime::parse_duration(text)
+                .ok()
+                .and_then(|d| chrono::Duration::from_std(d).ok())
+                .filter(|d| *d > chrono::Duration::zero() && *d <= chrono::Duration::days(3650))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "expires_in",
+                        format!("`{text}` is not a duration such as 30days (up to 10 years)"),
+                    )
+                })?;
+            Some(Utc::now() + ttl)
+        }
+    };
+    let token = NewToken::generate().map_err(|e| {
+        tracing::error!(error = %e, "cannot make a token");
+        ApiError::new(Code::Internal, "internal error")
+    })?;
+    let grant = TokenGrant {
+        name: request.name.trim(),
+        role,
+        project: Some(project.id),
+        expires_at,
+        created_by: Some(caller.token_id),
+    };
+    let row = state.store.create_token(&token, &grant).await?;
+    audit(&state, &caller, client.map(|c| c.0), "token.create", Some(project.id), Some(&row.prefix)).await;
+    let mut view = serde_json::to_value(TokenView::from(row)).unwrap_or_default();
+    view["token"] = serde_json::Value::String(token.secret);
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// `GET /v1/projects/{project}/tokens` (admin): the project's tokens, no secrets.
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    Path(project): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let project = managed(&state, &caller, &project).await?;
+    let tokens: Vec<TokenView> = state.store.tokens(Some(project.id)).await?.into_iter().map(TokenView::from).collect();
+    Ok(Json(serde_json::json!({ "tokens": tokens })))
+}
+
+/// `DELETE /v1/projects/{project}/tokens/{id}` (admin): revokes it at once.
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    client: Option<Extension<ClientAddr>>,
+    Path((project, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let project = managed(&state, &caller, &project).await?;
+    let id: Uuid = id.parse().map_err(|_| ApiError::invalid("id", format!("`{id}` is not a token id")))?;
+    if !state.store.revoke_token(Some(project.id), id).await? {
+        return Err(ApiError::not_found("token"));
+    }
+    audit(&state, &caller, client.map(|c| c.0), "token.revoke", Some(project.id), Some(&id.to_string())).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
