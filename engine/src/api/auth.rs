@@ -30,6 +30,7 @@ pub struct Principal {
     pub role: Role,
     /// The token's project; `None` for an owner token (every project).
     pub project: Option<(ProjectId, String)>,
+    pub expires_at: Option<chrono::DateTime<Utc>>,
 }
 
 impl Principal {
@@ -127,5 +128,6 @@ async fn principal(state: &AppState, headers: &axum::http::HeaderMap) -> Result<
         name: row.name,
         role: row.role,
         project: row.project_id.zip(row.project),
+        expires_at: row.expires_at,
     })
 }

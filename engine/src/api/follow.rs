@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::clients::FollowerSlot;
 use crate::job::JobId;
-use crate::store::{CHANGED_CHANNEL, LogRow, Store};
+use crate::store::{CHANGED_CHANNEL, LogRow, Store, TOKENS_CHANNEL};
 
 /// Lines read per query.
 const PAGE: i64 = 1000;
@@ -35,6 +35,8 @@ const FALLBACK_POLL: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct JobChanges {
     followed: Arc<Mutex<HashMap<JobId, watch::Sender<u64>>>>,
+    /// Bumped at every token revocation: each stream then checks its own token.
+    revocations: watch::Sender<u64>,
 }
 
 /// A follower's view of its job's changes; leaves the table with the job's last follower.
@@ -42,29 +44,33 @@ struct Subscription {
     followed: Arc<Mutex<HashMap<JobId, watch::Sender<u64>>>>,
     job: JobId,
     changes: watch::Receiver<u64>,
+    revocations: watch::Receiver<u64>,
 }
 
 impl JobChanges {
     /// Listens until `shutdown`.
     pub fn start(store: Store, shutdown: CancellationToken) -> Self {
         let followed: Arc<Mutex<HashMap<JobId, watch::Sender<u64>>>> = Arc::default();
-        let table = followed.clone();
+        let revocations = watch::channel(0).0;
+        let (table, revoked) = (followed.clone(), revocations.clone());
         tokio::spawn(async move {
-            let on_change = move |_: &str, payload: &str| {
-                if let Ok(id) = payload.parse::<JobId>()
+            let on_change = move |channel: &str, payload: &str| {
+                if channel == TOKENS_CHANNEL {
+                    revoked.send_modify(|n| *n += 1);
+                } else if let Ok(id) = payload.parse::<JobId>()
                     && let Some(changes) = lock(&table).get(&id)
                 {
                     changes.send_modify(|n| *n += 1);
                 }
             };
-            crate::store::listen(store, &[CHANGED_CHANNEL], on_change, shutdown).await
+            crate::store::listen(store, &[CHANGED_CHANNEL, TOKENS_CHANNEL], on_change, shutdown).await
         });
-        JobChanges { followed }
+        JobChanges { followed, revocations }
     }
 
     fn subscribe(&self, job: JobId) -> Subscription {
         let changes = lock(&self.followed).entry(job).or_insert_with(|| watch::channel(0).0).subscribe();
-        Subscription { followed: self.followed.clone(), job, changes }
+        Subscription { followed: self.followed.clone(), job, changes, revocations: self.revocations.subscribe() }
     }
 }
 
@@ -89,6 +95,8 @@ struct Follower {
     changes: Subscription,
     pending: VecDeque<LogRow>,
     ended: bool,
+    /// The token that opened the stream: the stream ends when it stops working.
+    token: (uuid::Uuid, Option<chrono::DateTime<chrono::Utc>>),
     _slot: FollowerSlot,
 }
 
@@ -99,9 +107,10 @@ pub fn stream(
     job: JobId,
     after: i64,
     slot: FollowerSlot,
+    token: (uuid::Uuid, Option<chrono::DateTime<chrono::Utc>>),
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let changes = changes.subscribe(job);
-    let follower = Follower { store, job, after, changes, pending: VecDeque::new(), ended: false, _slot: slot };
+    let follower = Follower { store, job, after, changes, pending: VecDeque::new(), ended: false, token, _slot: slot };
     let events = futures_util::stream::unfold(follower, |mut f| async move {
         let event = f.next_event().await?;
         Some((Ok(event), f))
@@ -117,6 +126,12 @@ impl Follower {
             }
             if self.ended {
                 return None;
+            }
+            // A token revoked or expired since the stream opened closes it.
+            let expired = self.token.1.is_some_and(|at| at <= chrono::Utc::now());
+            if expired || !self.store.token_works(self.token.0).await.unwrap_or(true) {
+                self.ended = true;
+                return Some(Event::default().event("error").data("the token of this stream was revoked or expired"));
             }
             // The state first: a job seen ended has all its lines stored already.
             let state = match self.store.job(self.job).await {
@@ -147,12 +162,15 @@ impl Follower {
     /// Until this job's next committed report (or one since the last look), or the
     /// fallback poll.
     async fn wait_for_news(&mut self) {
+        let until_expiry = self.token.1.and_then(|at| (at - chrono::Utc::now()).to_std().ok()).unwrap_or(FALLBACK_POLL);
+        let Subscription { changes, revocations, .. } = &mut self.changes;
         let news = async {
-            if self.changes.changes.changed().await.is_err() {
-                std::future::pending::<()>().await
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { std::future::pending::<()>().await },
+                revoked = revocations.changed() => if revoked.is_err() { std::future::pending::<()>().await },
             }
         };
-        let _ = tokio::time::timeout(FALLBACK_POLL, news).await;
+        let _ = tokio::time::timeout(until_expiry.min(FALLBACK_POLL), news).await;
     }
 }
 

@@ -251,7 +251,8 @@ pub async fn logs(
     if follow {
         let addr = client.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.0);
         let slot = state.clients.follow(addr)?;
-        return Ok(follow::stream(store.clone(), state.changes.clone(), id, after, slot).into_response());
+        let token = (caller.token_id, caller.expires_at);
+        return Ok(follow::stream(store.clone(), state.changes.clone(), id, after, slot, token).into_response());
     }
     let limit = page_size(params.get("limit"), DEFAULT_LOG_PAGE, MAX_LOG_PAGE)?;
     let lines = store.logs(id, after, limit).await?;

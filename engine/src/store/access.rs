@@ -144,7 +144,25 @@ impl Store {
         .bind(project)
         .execute(&self.pool)
         .await?;
+        if revoked.rows_affected() == 1 {
+            sqlx::query("select pg_notify($1, $2)")
+                .bind(super::TOKENS_CHANNEL)
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await?;
+        }
         Ok(revoked.rows_affected() == 1)
+    }
+
+    /// Whether a token still works: not revoked, not expired.
+    pub async fn token_works(&self, id: Uuid) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "select exists (select 1 from api_tokens where id = $1 and revoked_at is null
+                            and (expires_at is null or expires_at > now()))",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Whether any owner token that still works exists.

@@ -45,6 +45,9 @@ pub const QUEUED_CHANNEL: &str = "slipway_jobs";
 /// The channel a committed report notifies with its job id, so that live log
 /// followers read on at once.
 pub const CHANGED_CHANNEL: &str = "slipway_job_changes";
+/// The channel a token's revocation notifies, so that the live-log streams it
+/// opened close at once.
+pub const TOKENS_CHANNEL: &str = "slipway_tokens";
 /// The channel a cancel request notifies, so that the job's orchestrator tells its
 /// worker at once.
 pub const CANCEL_CHANNEL: &str = "slipway_cancels";

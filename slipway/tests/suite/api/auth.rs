@@ -252,3 +252,47 @@ async fn owners_make_projects_admins_make_and_revoke_their_tokens_and_everything
         .unwrap();
     assert_eq!(leaked, 0, "a token's secret is in the audit log");
 }
+
+/// Reads a live-log stream until it ends; whether it said the token stopped working.
+async fn closes_for_its_token(mut response: reqwest::Response, limit: std::time::Duration) -> bool {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, response.chunk()).await {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text.contains("event: error") && text.contains("revoked or expired")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_live_log_stream_closes_when_its_token_is_revoked_or_expires() {
+    let api = start().await;
+    let owner = crate::common::test_token().secret.clone();
+    let (_, job, _) = call(&api, "POST", "/v1/jobs", Some(&owner), Some(&valid())).await;
+    let follow = format!("{}/v1/jobs/{}/logs?follow=true", api.base, job["id"].as_str().unwrap());
+    let make = |body: Value| {
+        let owner = owner.clone();
+        let api = &api;
+        async move { call(api, "POST", "/v1/projects/default/tokens", Some(&owner), Some(&body)).await.1 }
+    };
+
+    let reader = make(json!({ "name": "watcher", "role": "read" })).await;
+    let stream =
+        reqwest::Client::new().get(&follow).bearer_auth(reader["token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let revoke = format!("/v1/projects/default/tokens/{}", reader["id"].as_str().unwrap());
+    let (status, _, _) = call(&api, "DELETE", &revoke, Some(&owner), None).await;
+    assert_eq!(status, 204);
+    assert!(
+        closes_for_its_token(stream, std::time::Duration::from_secs(5)).await,
+        "the stream outlived its revoked token"
+    );
+
+    let brief = make(json!({ "name": "brief", "role": "read", "expires_in": "2s" })).await;
+    let stream =
+        reqwest::Client::new().get(&follow).bearer_auth(brief["token"].as_str().unwrap()).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(
+        closes_for_its_token(stream, std::time::Duration::from_secs(8)).await,
+        "the stream outlived its token's expiry"
+    );
+}
