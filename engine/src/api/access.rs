@@ -211,3 +211,39 @@ pub async fn revoke_token(
     audit(&state, &caller, client.map(|c| c.0), "token.revoke", Some(project.id), Some(&id.to_string())).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+/// `GET /v1/audit?project=&action=&after=&limit=` (admin): the audit log, oldest
+/// first, of the token's project (an owner's: every project, or the one named).
+pub async fn audit_log(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    for key in params.keys() {
+        if !matches!(key.as_str(), "project" | "action" | "after" | "limit") {
+            return Err(ApiError::invalid(
+                key.clone(),
+                format!("unknown parameter `{key}`; use project, action, after or limit"),
+            ));
+        }
+    }
+    let project = match (params.get("project"), caller.scope()) {
+        (None, scope) => scope,
+        (Some(name), _) => Some(managed(&state, &caller, name).await?.id),
+    };
+    let after = match params.get("after") {
+        Some(a) => a.parse::<i64>().map_err(|_| ApiError::invalid("after", format!("`{a}` is not an entry id")))?,
+        None => 0,
+    };
+    let limit = match params.get("limit") {
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=1000).contains(l))
+            .ok_or_else(|| ApiError::invalid("limit", "limit must be 1-1000"))?,
+        None => 100,
+    };
+    let rows = state.store.audit_rows(project, params.get("action").map(String::as_str), after, limit).await?;
+    let next_after = rows.last().map_or(after, |r| r.id);
+    Ok(Json(serde_json::json!({ "entries": rows, "next_after": next_after })))
+}

@@ -81,6 +81,7 @@ pub const ROUTES: &[Route] = {
         Route { method: "POST", path: "/v1/projects/{project}/tokens", role: Admin },
         Route { method: "GET", path: "/v1/projects/{project}/tokens", role: Admin },
         Route { method: "DELETE", path: "/v1/projects/{project}/tokens/{id}", role: Admin },
+        Route { method: "GET", path: "/v1/audit", role: Admin },
     ]
 };
 
@@ -97,6 +98,7 @@ fn handler(route: &Route) -> MethodRouter<AppState> {
         ("POST", "/v1/projects/{project}/tokens") => post(access::create_token),
         ("GET", "/v1/projects/{project}/tokens") => get(access::list_tokens),
         ("DELETE", "/v1/projects/{project}/tokens/{id}") => axum::routing::delete(access::revoke_token),
+        ("GET", "/v1/audit") => get(access::audit_log),
         (method, path) => unreachable!("no handler for {method} {path}"),
     }
 }

@@ -55,6 +55,19 @@ pub struct AuditEntry<'a> {
     pub outcome: &'a str,
 }
 
+/// One row of the audit log, as read back.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub project: Option<String>,
+    pub target: Option<String>,
+    pub client_addr: Option<String>,
+    pub outcome: String,
+}
+
 const TOKEN_COLUMNS: &str = "t.id, t.prefix, t.hash, t.name, t.role, t.project_id, p.name as project, \
                              t.created_at, t.expires_at, t.last_used_at, t.revoked_at";
 
@@ -172,6 +185,29 @@ impl Store {
                             and (expires_at is null or expires_at > now()))",
         )
         .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The audit log after row `after`, oldest first, of one project (or every one)
+    /// and one action (or every one).
+    pub async fn audit_rows(
+        &self,
+        project: Option<ProjectId>,
+        action: Option<&str>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "select a.id, a.at, a.actor_name as actor, a.action, p.name as project, a.target, a.client_addr, a.outcome
+             from audit_log a left join projects p on p.id = a.project_id
+             where a.id > $1 and ($2::uuid is null or a.project_id = $2) and ($3::text is null or a.action = $3)
+             order by a.id limit $4",
+        )
+        .bind(after)
+        .bind(project)
+        .bind(action)
+        .bind(limit)
+        .fetch_all(&self.pool)
         .await?)
     }
 

@@ -26,7 +26,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-pub use access::{AuditEntry, ProjectRow, TokenGrant, TokenRow};
+pub use access::{AuditEntry, AuditRow, ProjectRow, TokenGrant, TokenRow};
 pub use claim::{ClaimedJob, WorkerOffer};
 pub use error::StoreError;
 pub use idempotency::{Submitted, Submitter};

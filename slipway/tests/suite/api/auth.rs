@@ -251,6 +251,17 @@ async fn owners_make_projects_admins_make_and_revoke_their_tokens_and_everything
         .await
         .unwrap();
     assert_eq!(leaked, 0, "a token's secret is in the audit log");
+
+    // Admins read their project's audit log; owners every project's, by action too.
+    let (status, log, _) = call(&api, "GET", "/v1/audit", Some(&admin), None).await;
+    assert_eq!(status, 200, "{log}");
+    let entries = log["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 6);
+    assert!(entries.iter().all(|e| e["project"] == "gamma" && e["actor"].as_str().unwrap().starts_with("slp_")));
+    let (_, log, _) = call(&api, "GET", "/v1/audit?action=token.create", Some(&owner), None).await;
+    assert_eq!(log["entries"].as_array().unwrap().len(), 2);
+    let (status, _, _) = call(&api, "GET", "/v1/audit?project=default", Some(&admin), None).await;
+    assert_eq!(status, 404, "another project's log is not there for gamma's admin");
 }
 
 /// Reads a live-log stream until it ends; whether it said the token stopped working.
