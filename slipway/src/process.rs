@@ -208,7 +208,8 @@ async fn serve_orchestrator(
                 }),
         )
     };
-    let api = slipway_engine::api::AppState::new(store.clone(), defaults, shutdown.clone());
+    let mut api = slipway_engine::api::AppState::new(store.clone(), defaults, shutdown.clone());
+    api.metrics_token = args.metrics_token.as_deref().map(std::sync::Arc::from);
     let http_task = tokio::spawn(slipway_engine::api::serve(http, api, shutdown.clone(), args.http_limits()));
     orchestrator::run(store, config, workers, wake, shutdown).await;
     http_task.await.context("the http task panicked")??;

@@ -1,17 +1,33 @@
-//! `GET /metrics` for Prometheus.
+//! `GET /metrics` for Prometheus: open by default (it carries no job data), or
+//! behind a bearer token of its own (`SLIPWAY_METRICS_TOKEN`), compared in constant
+//! time.
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use slipway_observability::metrics;
 
-use super::ApiError;
-use crate::store::Store;
+use super::{ApiError, AppState};
+use crate::error::Code;
 
 /// `GET /metrics`: the Prometheus text format; the queue gauges are read from the
 /// database at each scrape.
-pub async fn metrics_text(State(store): State<Store>) -> Result<Response, ApiError> {
-    let (depths, oldest) = store.queue_stats().await?;
+pub async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some(expected) = &state.metrics_token {
+        let presented =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let same = presented.is_some_and(|p| {
+            let (a, b) = (crate::auth::token::hash(p), crate::auth::token::hash(expected));
+            a.iter().zip(&b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        });
+        if !same {
+            return Err(ApiError::new(
+                Code::Unauthenticated,
+                "/metrics needs its bearer token (SLIPWAY_METRICS_TOKEN)",
+            ));
+        }
+    }
+    let (depths, oldest) = state.store.queue_stats().await?;
     metrics::QUEUE_DEPTH.set_all(depths.into_iter().map(|(state, n)| (vec![state.as_str().to_string()], n as f64)));
     metrics::OLDEST_QUEUED_AGE.set(&[], oldest);
     let body = metrics::render();

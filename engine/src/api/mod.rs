@@ -36,6 +36,8 @@ pub struct AppState {
     pub clients: std::sync::Arc<clients::Clients>,
     /// Failed authentications by client: a few, then `429`.
     pub auth_failures: std::sync::Arc<clients::Clients>,
+    /// The bearer token `/metrics` needs, if it needs one (`SLIPWAY_METRICS_TOKEN`).
+    pub metrics_token: Option<std::sync::Arc<str>>,
 }
 
 impl AppState {
@@ -43,7 +45,8 @@ impl AppState {
     pub fn new(store: Store, defaults: SubmitDefaults, shutdown: CancellationToken) -> Self {
         let changes = follow::JobChanges::start(store.clone(), shutdown);
         let clients = clients::Clients::new(ClientLimits::default());
-        AppState { store, defaults, changes, clients, auth_failures: clients::Clients::new(AUTH_FAILURE_LIMITS) }
+        let auth_failures = clients::Clients::new(AUTH_FAILURE_LIMITS);
+        AppState { store, defaults, changes, clients, auth_failures, metrics_token: None }
     }
 }
 

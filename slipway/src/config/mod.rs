@@ -53,6 +53,10 @@ pub struct ServerArgs {
     #[arg(long, env = "SLIPWAY_MAX_FOLLOWERS_PER_CLIENT", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_followers_per_client: u32,
+    /// A bearer token `/metrics` then needs (Prometheus: `authorization` in its
+    /// scrape config) [default: `/metrics` is open; it carries no job data].
+    #[arg(long, env = "SLIPWAY_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Address of the gRPC report service that workers report to.
     #[arg(long, env = "SLIPWAY_GRPC_ADDR", default_value = "127.0.0.1:50052")]
     pub grpc_addr: SocketAddr,

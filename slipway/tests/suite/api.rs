@@ -22,11 +22,16 @@ async fn start() -> Api {
 }
 
 async fn start_with(clients: slipway_engine::api::ClientLimits) -> Api {
+    start_custom(clients, None).await
+}
+
+async fn start_custom(clients: slipway_engine::api::ClientLimits, metrics_token: Option<&str>) -> Api {
     let db = TestDb::new().await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let state = slipway_engine::api::AppState::new(db.store.clone(), test_submit_defaults(), shutdown.clone());
+    let mut state = slipway_engine::api::AppState::new(db.store.clone(), test_submit_defaults(), shutdown.clone());
+    state.metrics_token = metrics_token.map(std::sync::Arc::from);
     let limits = slipway_engine::api::HttpLimits { clients, ..Default::default() };
     tokio::spawn(slipway_engine::api::serve(listener, state, shutdown.clone(), limits));
     Api { db, base, _shutdown: shutdown.drop_guard() }

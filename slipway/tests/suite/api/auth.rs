@@ -307,3 +307,22 @@ async fn a_live_log_stream_closes_when_its_token_is_revoked_or_expires() {
         "the stream outlived its token's expiry"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_open_by_default_and_need_their_own_token_when_given_one() {
+    let open = start().await;
+    assert_eq!(call(&open, "GET", "/metrics", None, None).await.0, 200);
+    assert_eq!(call(&open, "GET", "/healthz", None, None).await.0, 200);
+    let generous = slipway_engine::api::ClientLimits { rate: 1e5, burst: 1_000_000, ..Default::default() };
+    let guarded = super::start_custom(generous, Some("scrape-secret")).await;
+    let (status, answer, challenged) = call(&guarded, "GET", "/metrics", None, None).await;
+    assert_eq!((status, answer["error"]["code"].as_str(), challenged), (401, Some("unauthenticated"), true));
+    assert_eq!(call(&guarded, "GET", "/metrics", Some("wrong"), None).await.0, 401);
+    assert_eq!(call(&guarded, "GET", "/metrics", Some("scrape-secret"), None).await.0, 200);
+    let owner = crate::common::test_token().secret.clone();
+    assert_eq!(
+        call(&guarded, "GET", "/metrics", Some(&owner), None).await.0,
+        401,
+        "an API token is not the metrics token"
+    );
+}
