@@ -33,6 +33,14 @@ pub enum TokenCommand {
         #[arg(long, value_parser = humantime::parse_duration)]
         expires_in: Option<std::time::Duration>,
     },
+    /// Lists the tokens of a project (or, without one, the owner tokens): prefix,
+    /// name, role and state, never a secret.
+    List {
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Revokes the token with this prefix (`slp_` and 8 hex digits), at once.
+    Revoke { prefix: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +84,33 @@ pub async fn token(db: DatabaseArgs, command: TokenCommand) -> anyhow::Result<()
             let row = store.create_token(&token, &grant).await?;
             eprintln!("made {} ({}, {}); it is shown once:", row.prefix, row.name, row.role.as_str());
             println!("{}", token.secret);
+            Ok(())
+        }
+        TokenCommand::List { project } => {
+            let project = match project {
+                Some(name) => {
+                    Some(store.project_named(&name).await?.with_context(|| format!("there is no project `{name}`"))?.id)
+                }
+                None => None,
+            };
+            for t in store.tokens(project).await? {
+                let state = match (t.revoked_at, t.expires_at) {
+                    (Some(at), _) => format!("revoked {at}"),
+                    (None, Some(at)) if at <= chrono::Utc::now() => format!("expired {at}"),
+                    (None, Some(at)) => format!("until {at}"),
+                    (None, None) => "no expiry".to_string(),
+                };
+                let used = t.last_used_at.map_or("never used".to_string(), |at| format!("last used {at}"));
+                println!("{}\t{}\t{}\t{state}\t{used}", t.prefix, t.name, t.role.as_str());
+            }
+            Ok(())
+        }
+        TokenCommand::Revoke { prefix } => {
+            let row = store.token_by_prefix(&prefix).await?.with_context(|| format!("there is no token {prefix}"))?;
+            if !store.revoke_token(row.project_id, row.id).await? {
+                bail!("token {prefix} was revoked already");
+            }
+            eprintln!("revoked {prefix} ({})", row.name);
             Ok(())
         }
     }

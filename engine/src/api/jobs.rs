@@ -47,7 +47,7 @@ pub async fn submit(
     // The job's trace begins here; its context is stored with the job.
     let span = tracing::info_span!("job.submit", job.id = %id);
     let traceparent = trace::traceparent_of(&span).unwrap_or_else(trace::random_traceparent);
-    let by = Submitter { project, actor: Some(caller.label()) };
+    let by = Submitter { project, actor: Some(caller.label()), reason: "submitted".into() };
     let submitted = store.submit(id, &spec, Some(&traceparent), key.as_deref(), &by).instrument(span).await?;
     let (job, status) = match submitted {
         Submitted::Created(row) => {
@@ -85,6 +85,37 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
             "the Idempotency-Key header must be 1 to 255 visible ASCII characters",
         )),
     }
+}
+
+/// `POST /v1/jobs/{id}/rerun`: a new job with the same specification, in the same
+/// project, its history saying which job it re-runs; `201` with the new job.
+pub async fn rerun(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    client: Option<Extension<ClientAddr>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let store = &state.store;
+    let original = visible(store, &caller, job_id(&id)?).await?;
+    let id = JobId::new();
+    let span = tracing::info_span!("job.submit", job.id = %id);
+    let traceparent = trace::traceparent_of(&span).unwrap_or_else(trace::random_traceparent);
+    let by = Submitter {
+        project: original.project_id,
+        actor: Some(caller.label()),
+        reason: format!("re-run of {}", original.id),
+    };
+    let spec = original.spec.0;
+    let Submitted::Created(row) = store.submit(id, &spec, Some(&traceparent), None, &by).instrument(span).await? else {
+        unreachable!("a submission without a key always creates its job")
+    };
+    tracing::info!(job.id = %row.id, rerun_of = %original.id, by = %caller.prefix, "job re-run");
+    metrics::JOBS_SUBMITTED.inc(&[]);
+    let target = format!("{} (re-run of {})", row.id, original.id);
+    super::access::audit(&state, &caller, client.map(|c| c.0), "job.rerun", Some(row.project_id), Some(&target)).await;
+    let location = format!("/v1/jobs/{}", row.id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(JobView::new(*row, Some(Vec::new()))))
+        .into_response())
 }
 
 /// The project a submission goes to: the one it names, which must be the token's

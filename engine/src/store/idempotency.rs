@@ -23,6 +23,8 @@ pub struct Submitter {
     pub project: uuid::Uuid,
     /// How the job's history names the submitter (a token's prefix and name).
     pub actor: Option<String>,
+    /// The reason of the job's first history row (`submitted`, `re-run of …`).
+    pub reason: String,
 }
 
 impl Store {
@@ -43,7 +45,7 @@ impl Store {
                  returning *
              ), ev as (
                  insert into job_events (job_id, from_state, to_state, attempt, reason, actor)
-                 select id, null, state, attempt, 'submitted', $6 from ins
+                 select id, null, state, attempt, $7, $6 from ins
              )
              select ",
             job_columns!(),
@@ -57,6 +59,7 @@ impl Store {
                 .bind(QUEUED_CHANNEL)
                 .bind(by.project)
                 .bind(by.actor.as_deref())
+                .bind(&by.reason)
         };
         let Some(key) = key else {
             // Without a key the submission is one statement, committed on its own.

@@ -29,7 +29,11 @@ async fn queue_request(db: &TestDb, n: usize, request: JobRequest) -> Vec<JobId>
     let mut ids = Vec::new();
     for _ in 0..n {
         let id = JobId::new();
-        let by = slipway_engine::store::Submitter { project: default_project(db).await, actor: None };
+        let by = slipway_engine::store::Submitter {
+            project: default_project(db).await,
+            actor: None,
+            reason: "submitted".into(),
+        };
         db.store.submit(id, &spec, None, None, &by).await.unwrap();
         ids.push(id);
     }

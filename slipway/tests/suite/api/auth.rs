@@ -190,6 +190,16 @@ async fn the_cli_makes_tokens_from_the_database_and_keeps_one_per_profile() {
         cli(&["submit", "--repo", "git://127.0.0.1:9418/app.git", "--image", "127.0.0.1:5000/a/b:1"], None);
     assert_eq!(code, Some(1));
     assert!(err.contains("forbidden") && err.contains("submit"), "{err}");
+
+    // Listed without its secret, revoked by its prefix, refused from then on.
+    let (code, out, _) = cli(&["token", "list", "--project", "team"], None);
+    assert_eq!(code, Some(0));
+    assert!(out.contains(&token[..12]) && out.contains("viewer") && !out.contains(&token), "{out}");
+    let (code, _, err) = cli(&["token", "revoke", &token[..12]], None);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = cli(&["list"], None);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("revoked"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -237,6 +247,19 @@ async fn owners_make_projects_admins_make_and_revoke_their_tokens_and_everything
     let id = job["id"].as_str().unwrap();
     let (status, _, _) = call(&api, "POST", &format!("/v1/jobs/{id}/cancel"), Some(&ci), None).await;
     assert_eq!(status, 200);
+    let (status, again, _) = call(&api, "POST", &format!("/v1/jobs/{id}/rerun"), Some(&ci), None).await;
+    assert_eq!(
+        (status, again["project"].as_str(), again["state"].as_str()),
+        (201, Some("gamma"), Some("queued")),
+        "{again}"
+    );
+    assert_eq!(again["spec"], job["spec"], "a re-run runs the same specification");
+    let reason: Option<String> = sqlx::query_scalar("select reason from job_events where job_id = $1::uuid")
+        .bind(again["id"].as_str().unwrap())
+        .fetch_one(api.db.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(reason, Some(format!("re-run of {id}")));
     let (status, _, _) = call(&api, "DELETE", &format!("/v1/projects/gamma/tokens/{ci_id}"), Some(&admin), None).await;
     assert_eq!(status, 204);
     let (status, answer, _) = call(&api, "GET", "/v1/jobs", Some(&ci), None).await;
@@ -244,7 +267,10 @@ async fn owners_make_projects_admins_make_and_revoke_their_tokens_and_everything
 
     let actions: Vec<String> =
         sqlx::query_scalar("select action from audit_log order by id").fetch_all(api.db.store.pool()).await.unwrap();
-    assert_eq!(actions, ["project.create", "token.create", "token.create", "job.submit", "job.cancel", "token.revoke"]);
+    assert_eq!(
+        actions,
+        ["project.create", "token.create", "token.create", "job.submit", "job.cancel", "job.rerun", "token.revoke"]
+    );
     let leaked: i64 = sqlx::query_scalar("select count(*) from audit_log where target like '%' || $1 || '%'")
         .bind(&ci[13..])
         .fetch_one(api.db.store.pool())
@@ -256,7 +282,7 @@ async fn owners_make_projects_admins_make_and_revoke_their_tokens_and_everything
     let (status, log, _) = call(&api, "GET", "/v1/audit", Some(&admin), None).await;
     assert_eq!(status, 200, "{log}");
     let entries = log["entries"].as_array().unwrap();
-    assert_eq!(entries.len(), 6);
+    assert_eq!(entries.len(), 7);
     assert!(entries.iter().all(|e| e["project"] == "gamma" && e["actor"].as_str().unwrap().starts_with("slp_")));
     let (_, log, _) = call(&api, "GET", "/v1/audit?action=token.create", Some(&owner), None).await;
     assert_eq!(log["entries"].as_array().unwrap().len(), 2);
