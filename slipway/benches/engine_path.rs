@@ -327,6 +327,40 @@ async fn latency(rate: u32, seconds: u32, workers: usize, slots: u32) {
     );
 }
 
+/// What authentication costs a submission: `POST /v1/jobs` one after another
+/// (each authenticated), beside the token check alone (the indexed lookup by prefix
+/// and the hash comparison the middleware makes), timed the same number of times.
+async fn auth_cost(submissions: u32) {
+    let db = TestDb::new().await;
+    let (ports, _) = start_workers(1, 1).await;
+    let (_server, api) =
+        start_server(&db, &ports, &[("SLIPWAY_HTTP_RATE", "100000"), ("SLIPWAY_HTTP_BURST", "1000000")]).await;
+    let http = common::client_with(reqwest::Client::builder());
+    // Jobs no worker takes: only the submissions are measured.
+    let body = serde_json::json!({ "repo": "git://127.0.0.1/app", "image": "127.0.0.1:5000/bench/app:1",
+                                   "requires": { "pool": "nobody" } });
+    let started = Instant::now();
+    for _ in 0..submissions {
+        let response = http.post(format!("{api}/v1/jobs")).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let per_submission = started.elapsed().as_secs_f64() / f64::from(submissions);
+    let token = common::test_token();
+    let started = Instant::now();
+    for _ in 0..submissions {
+        let row = db.store.token_by_prefix(&token.prefix).await.unwrap().unwrap();
+        assert!(slipway_engine::auth::token::matches(&token.secret, &row.hash));
+    }
+    let per_check = started.elapsed().as_secs_f64() / f64::from(submissions);
+    println!(
+        "authenticated submissions, one after another: {:.0}/s ({:.2} ms each); the token check alone: {:.3} ms ({:.1} % of a submission)",
+        1.0 / per_submission,
+        per_submission * 1000.0,
+        per_check * 1000.0,
+        100.0 * per_check / per_submission
+    );
+}
+
 /// The raw floor: insert + notify on one connection, LISTEN and claim with SKIP
 /// LOCKED on another — two commits and a notification hop, no engine.
 async fn latency_floor(jobs: u32) {
@@ -406,12 +440,16 @@ async fn main() {
     let seconds: u32 = env_or("BENCH_SECONDS", 10);
     let slots: u32 = env_or("BENCH_SLOTS", 16);
 
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("auth") {
+        return auth_cost(env_or("BENCH_SUBMISSIONS", 1000)).await;
+    }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("load") {
         return load::under_load(rate, seconds, env_or("BENCH_IDLE", 20_000), env_or("BENCH_FOLLOWERS", 1_500)).await;
     }
     latency_floor(200).await;
     latency(rate, seconds, 2, slots).await;
     latency_floor(200).await;
+    auth_cost(env_or("BENCH_SUBMISSIONS", 1000)).await;
     throughput(1, 2, jobs, &[]).await;
     throughput(2, slots, jobs, &[("SLIPWAY_COMMIT_BATCH", "1")]).await;
     let db = throughput(2, slots, jobs, &[]).await;

@@ -208,6 +208,8 @@ pub async fn revoke_token(
     if !state.store.revoke_token(Some(project.id), id).await? {
         return Err(ApiError::not_found("token"));
     }
+    // Other servers hear of it through the database; this one forgets it now.
+    state.tokens.forget(id);
     audit(&state, &caller, client.map(|c| c.0), "token.revoke", Some(project.id), Some(&id.to_string())).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -5,8 +5,15 @@
 //! of another project answers `404`, exactly as a missing one. Failed
 //! authentications are counted (`slipway_auth_failures_total{reason}`), limited per
 //! client address, and never logged with the token (its prefix at most).
+//!
+//! A verified token is kept for [`CACHE_TTL`] in a [`TokenCache`] keyed by its hash,
+//! so that a busy client costs one database lookup every few seconds rather than
+//! one a request; a revocation (notified on `slipway_tokens`, from any process)
+//! drops it from every server's cache at once, and expiry is checked on every use.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -47,6 +54,37 @@ impl Principal {
     /// The project the caller's listings keep to; `None`: every project.
     pub fn scope(&self) -> Option<ProjectId> {
         self.project.as_ref().map(|(id, _)| *id)
+    }
+}
+
+/// How long a verified token is trusted without asking the database again.
+const CACHE_TTL: Duration = Duration::from_secs(10);
+/// The most tokens kept; past it the cache starts afresh.
+const CACHE_ENTRIES: usize = 10_000;
+
+/// Tokens verified lately, by the hash of what was presented.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<Vec<u8>, (Principal, Instant)>>,
+}
+
+impl TokenCache {
+    fn get(&self, hash: &[u8]) -> Option<Principal> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(hash).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(p, _)| p.clone())
+    }
+
+    fn put(&self, hash: Vec<u8>, principal: Principal) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(hash, (principal, Instant::now()));
+    }
+
+    /// Drops a revoked token.
+    pub fn forget(&self, token_id: Uuid) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, (p, _)| p.token_id != token_id);
     }
 }
 
@@ -107,6 +145,13 @@ async fn principal(state: &AppState, headers: &axum::http::HeaderMap) -> Result<
         .map(str::trim)
         .ok_or_else(|| unauthenticated("the Authorization header is not `Bearer <token>`"))?;
     let prefix = prefix_of(presented).ok_or_else(|| unauthenticated("that is not a Slipway token"))?;
+    let presented_hash = crate::auth::token::hash(presented);
+    if let Some(principal) = state.tokens.get(&presented_hash) {
+        if principal.expires_at.is_some_and(|at| at <= Utc::now()) {
+            return Err(ApiError::new(Code::TokenExpired, format!("token {} has expired", principal.prefix)));
+        }
+        return Ok(principal);
+    }
     let row = state.store.token_by_prefix(prefix).await?;
     let row = row.filter(|r| matches(presented, &r.hash)).ok_or_else(|| unauthenticated("no such token"))?;
     if row.revoked_at.is_some() {
@@ -122,12 +167,14 @@ async fn principal(state: &AppState, headers: &axum::http::HeaderMap) -> Result<
             tracing::debug!(error = %e, "cannot note a token's use");
         }
     });
-    Ok(Principal {
+    let principal = Principal {
         token_id: row.id,
         prefix: row.prefix,
         name: row.name,
         role: row.role,
         project: row.project_id.zip(row.project),
         expires_at: row.expires_at,
-    })
+    };
+    state.tokens.put(presented_hash, principal.clone());
+    Ok(principal)
 }

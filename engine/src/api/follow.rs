@@ -48,14 +48,17 @@ struct Subscription {
 }
 
 impl JobChanges {
-    /// Listens until `shutdown`.
-    pub fn start(store: Store, shutdown: CancellationToken) -> Self {
+    /// Listens until `shutdown`; a revoked token also leaves `tokens`.
+    pub fn start(store: Store, shutdown: CancellationToken, tokens: Arc<super::auth::TokenCache>) -> Self {
         let followed: Arc<Mutex<HashMap<JobId, watch::Sender<u64>>>> = Arc::default();
         let revocations = watch::channel(0).0;
         let (table, revoked) = (followed.clone(), revocations.clone());
         tokio::spawn(async move {
             let on_change = move |channel: &str, payload: &str| {
                 if channel == TOKENS_CHANNEL {
+                    if let Ok(id) = payload.parse() {
+                        tokens.forget(id);
+                    }
                     revoked.send_modify(|n| *n += 1);
                 } else if let Ok(id) = payload.parse::<JobId>()
                     && let Some(changes) = lock(&table).get(&id)

@@ -38,15 +38,18 @@ pub struct AppState {
     pub auth_failures: std::sync::Arc<clients::Clients>,
     /// The bearer token `/metrics` needs, if it needs one (`SLIPWAY_METRICS_TOKEN`).
     pub metrics_token: Option<std::sync::Arc<str>>,
+    /// Tokens verified lately.
+    pub tokens: std::sync::Arc<auth::TokenCache>,
 }
 
 impl AppState {
     /// Starts listening for committed reports (for live logs) until `shutdown`.
     pub fn new(store: Store, defaults: SubmitDefaults, shutdown: CancellationToken) -> Self {
-        let changes = follow::JobChanges::start(store.clone(), shutdown);
+        let tokens = std::sync::Arc::new(auth::TokenCache::default());
+        let changes = follow::JobChanges::start(store.clone(), shutdown, tokens.clone());
         let clients = clients::Clients::new(ClientLimits::default());
         let auth_failures = clients::Clients::new(AUTH_FAILURE_LIMITS);
-        AppState { store, defaults, changes, clients, auth_failures, metrics_token: None }
+        AppState { store, defaults, changes, clients, auth_failures, metrics_token: None, tokens }
     }
 }
 
