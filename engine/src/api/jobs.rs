@@ -156,7 +156,7 @@ pub async fn cancel(
     let store = &state.store;
     let id = job_id(&id)?;
     let job = visible(store, &caller, id).await?;
-    let status = match store.request_cancel(id).await? {
+    let status = match store.request_cancel(id, Some(&caller.label())).await? {
         CancelOutcome::Cancelled => {
             metrics::JOBS_FINISHED.inc(&[JobState::Cancelled.as_str()]);
             StatusCode::OK

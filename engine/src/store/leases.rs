@@ -70,7 +70,7 @@ pub enum CancelOutcome {
 /// skipping it would drop the hand-back and leave the job to its lease's expiry.
 const END_LEASES: &str = "
     with ended as (
-        select id, state, attempt, lease_worker, cancel_requested_at, pushed_ref,
+        select id, state, attempt, lease_worker, cancel_requested_at, cancel_requested_by, pushed_ref,
                coalesce((spec->'retry'->>'max_attempts')::int, $4) as max_attempts
         from jobs
         where lease_token is not null and state = any($5)
@@ -100,10 +100,12 @@ const END_LEASES: &str = "
         from decided d
         where j.id = d.id
         returning j.id, d.state as from_state, j.state as to_state, j.attempt, d.lease_worker as worker,
-                  d.attempt as ended_attempt
+                  d.attempt as ended_attempt, d.cancel_requested_by
     ), ev as (
-        insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
-        select id, from_state, to_state, attempt, worker, $3 from upd
+        insert into job_events (job_id, from_state, to_state, attempt, worker, reason, actor)
+        select id, from_state, to_state, attempt, worker, $3,
+               case when to_state = 'cancelled' then cancel_requested_by end
+        from upd
     ), st as (
         update job_steps s set finished_at = now(), outcome = 'failed', error_code = $9, error = $3
         from upd where s.job_id = upd.id and s.attempt = upd.ended_attempt and s.finished_at is null
@@ -173,13 +175,15 @@ impl Store {
     /// noting the request for its worker ([`crate::job::transitions::after_cancel_request`],
     /// written in SQL so that the decision and the write are one statement; a store
     /// test holds the two together). Notifies orchestrators either way.
-    pub async fn request_cancel(&self, id: JobId) -> Result<CancelOutcome, StoreError> {
+    /// `by`: who asks, named in the history row of the job's `cancelled` transition.
+    pub async fn request_cancel(&self, id: JobId, by: Option<&str>) -> Result<CancelOutcome, StoreError> {
         let (before, after): (Option<JobState>, Option<JobState>) = sqlx::query_as(
             "with prev as (
                  select state, lease_token from jobs where id = $1 for update
              ), upd as (
                  update jobs j set
                      cancel_requested_at = coalesce(j.cancel_requested_at, now()), updated_at = now(),
+                     cancel_requested_by = coalesce(j.cancel_requested_by, $6),
                      state = case when prev.lease_token is null then 'cancelled' else j.state end,
                      finished_at = case when prev.lease_token is null then now() else j.finished_at end,
                      error_code = case when prev.lease_token is null then $3 else j.error_code end,
@@ -188,8 +192,8 @@ impl Store {
                  where j.id = $1 and prev.state = any($5)
                  returning prev.state as from_state, j.state as to_state, j.attempt
              ), ev as (
-                 insert into job_events (job_id, from_state, to_state, attempt, reason)
-                 select $1, from_state, to_state, attempt, $4 from upd
+                 insert into job_events (job_id, from_state, to_state, attempt, reason, actor)
+                 select $1, from_state, to_state, attempt, $4, $6 from upd
                  where to_state = 'cancelled'
              ), notify as (
                  select pg_notify($2, $1::text) from upd
@@ -202,6 +206,7 @@ impl Store {
         .bind(ErrorCode::Cancelled.as_str())
         .bind(CANCELLED_BY_REQUEST)
         .bind(Transition::RequestCancel.from_states())
+        .bind(by)
         .fetch_one(&self.pool)
         .await?;
         match (before, after) {

@@ -215,10 +215,11 @@ pub async fn mark_finished(
                      lease_owner = null, lease_worker = null, lease_token = null, lease_expires_at = null,
                      exit_code = coalesce($11, j.exit_code), error_code = $12, error = $13, {}
                  from prev where j.id = $8
-                 returning prev.state as from_state, coalesce($17, prev.lease_worker) as worker, j.cancel_requested_at
+                 returning prev.state as from_state, coalesce($17, prev.lease_worker) as worker, j.cancel_requested_at,
+                           j.cancel_requested_by
              ), ev as (
-                 insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
-                 select $8, from_state, $10, $16, worker,
+                 insert into job_events (job_id, from_state, to_state, attempt, worker, actor, reason)
+                 select $8, from_state, $10, $16, worker, case when $10 = 'cancelled' then cancel_requested_by end,
                         case when $10 = 'cancelled' and cancel_requested_at is not null
                              then format('cancelled: stopped %s s after the request',
                                          round(extract(epoch from now() - cancel_requested_at)::numeric, 2))

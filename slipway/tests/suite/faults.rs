@@ -250,6 +250,17 @@ async fn cancel_works_in_every_state_even_with_the_worker_down() {
     let (status, body) = cancel(&api, &queued).await;
     assert_eq!((status, body["error"]["code"].as_str()), (409, Some("already_finished")));
 
+    // Each `cancelled` row names who asked, whoever wrote it (the API at once, or
+    // the sweep when the worker was gone).
+    let actors: Vec<Option<String>> =
+        sqlx::query_scalar("select actor from job_events where to_state = 'cancelled' order by id")
+            .fetch_all(db.store.pool())
+            .await
+            .unwrap();
+    assert!(!actors.is_empty());
+    let prefix = &test_token().prefix;
+    assert!(actors.iter().all(|a| a.as_deref().is_some_and(|a| a.starts_with(prefix.as_str()))), "{actors:?}");
+
     // The dead worker's container still runs; once the worker is back, the sweep
     // removes it, since its job has ended.
     assert_eq!(containers_of(&orphan).len(), 1);

@@ -223,7 +223,7 @@ async fn refused_at(db: &TestDb, write: FencedWrite, lease: &Lease, step: Step) 
         FencedWrite::Release => lost(db.store.release(lease.job_id, lease.token).await),
         FencedWrite::CancelCheck => {
             // A stale lease never learns of a cancel meant for the current attempt.
-            db.store.request_cancel(lease.job_id).await.unwrap();
+            db.store.request_cancel(lease.job_id, None).await.unwrap();
             !leases::cancel_requested(conn, lease.job_id, lease.token).await.unwrap()
         }
         FencedWrite::HandBack => {
@@ -574,7 +574,7 @@ async fn a_cancel_request_sends_its_job_where_the_rule_says() {
             .execute(db.store.pool())
             .await
             .unwrap();
-            let outcome = db.store.request_cancel(id).await.unwrap();
+            let outcome = db.store.request_cancel(id, None).await.unwrap();
             let rule = after_cancel_request(state, leased);
             let job = db.store.job(id).await.unwrap();
             assert_eq!(job.state, rule, "the statement and the rule disagree for {state:?}, leased {leased}");
@@ -585,7 +585,7 @@ async fn a_cancel_request_sends_its_job_where_the_rule_says() {
     }
     // A finished job stays as it ended.
     let (id, _) = finished_job(&db).await;
-    assert_eq!(db.store.request_cancel(id).await.unwrap(), CancelOutcome::AlreadyFinished(JobState::Failed));
+    assert_eq!(db.store.request_cancel(id, None).await.unwrap(), CancelOutcome::AlreadyFinished(JobState::Failed));
 }
 
 #[tokio::test(flavor = "multi_thread")]

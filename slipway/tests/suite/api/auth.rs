@@ -247,6 +247,13 @@ async fn owners_make_projects_admins_make_and_revoke_their_tokens_and_everything
     let id = job["id"].as_str().unwrap();
     let (status, _, _) = call(&api, "POST", &format!("/v1/jobs/{id}/cancel"), Some(&ci), None).await;
     assert_eq!(status, 200);
+    let cancelled_by: Option<String> =
+        sqlx::query_scalar("select actor from job_events where job_id = $1::uuid and to_state = 'cancelled'")
+            .bind(id)
+            .fetch_one(api.db.store.pool())
+            .await
+            .unwrap();
+    assert!(cancelled_by.is_some_and(|a| a.starts_with(&ci[..12])), "the history names who cancelled");
     let (status, again, _) = call(&api, "POST", &format!("/v1/jobs/{id}/rerun"), Some(&ci), None).await;
     assert_eq!(
         (status, again["project"].as_str(), again["state"].as_str()),
