@@ -63,12 +63,19 @@ impl axum::extract::FromRef<AppState> for Store {
 const AUTH_FAILURE_LIMITS: ClientLimits =
     ClientLimits { rate: 1.0, burst: 20, max_followers: 0, max_followers_per_client: 0 };
 
-/// One route of the API and the role a token needs for it.
-#[derive(Debug, Clone, Copy)]
+/// One route of the API, the role a token needs for it, and its handler.
+#[derive(Clone, Copy)]
 pub struct Route {
     pub method: &'static str,
     pub path: &'static str,
     pub role: crate::auth::Role,
+    handler: fn() -> MethodRouter<AppState>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} ({})", self.method, self.path, self.role.as_str())
+    }
 }
 
 /// Every `/v1/…` route: the router is built from this table, and the
@@ -76,45 +83,41 @@ pub struct Route {
 pub const ROUTES: &[Route] = {
     use crate::auth::Role::{Admin, Owner, Read, Submit};
     &[
-        Route { method: "GET", path: "/v1/jobs", role: Read },
-        Route { method: "POST", path: "/v1/jobs", role: Submit },
-        Route { method: "GET", path: "/v1/jobs/{id}", role: Read },
-        Route { method: "POST", path: "/v1/jobs/{id}/cancel", role: Submit },
-        Route { method: "POST", path: "/v1/jobs/{id}/rerun", role: Submit },
-        Route { method: "GET", path: "/v1/jobs/{id}/events", role: Read },
-        Route { method: "GET", path: "/v1/jobs/{id}/logs", role: Read },
-        Route { method: "POST", path: "/v1/projects", role: Owner },
-        Route { method: "GET", path: "/v1/projects", role: Read },
-        Route { method: "POST", path: "/v1/projects/{project}/tokens", role: Admin },
-        Route { method: "GET", path: "/v1/projects/{project}/tokens", role: Admin },
-        Route { method: "DELETE", path: "/v1/projects/{project}/tokens/{id}", role: Admin },
-        Route { method: "GET", path: "/v1/audit", role: Admin },
+        Route { method: "GET", path: "/v1/jobs", role: Read, handler: || get(jobs::list) },
+        Route { method: "POST", path: "/v1/jobs", role: Submit, handler: || post(jobs::submit) },
+        Route { method: "GET", path: "/v1/jobs/{id}", role: Read, handler: || get(jobs::get) },
+        Route { method: "POST", path: "/v1/jobs/{id}/cancel", role: Submit, handler: || post(jobs::cancel) },
+        Route { method: "POST", path: "/v1/jobs/{id}/rerun", role: Submit, handler: || post(jobs::rerun) },
+        Route { method: "GET", path: "/v1/jobs/{id}/events", role: Read, handler: || get(jobs::events) },
+        Route { method: "GET", path: "/v1/jobs/{id}/logs", role: Read, handler: || get(jobs::logs) },
+        Route { method: "POST", path: "/v1/projects", role: Owner, handler: || post(access::create_project) },
+        Route { method: "GET", path: "/v1/projects", role: Read, handler: || get(access::list_projects) },
+        Route {
+            method: "POST",
+            path: "/v1/projects/{project}/tokens",
+            role: Admin,
+            handler: || post(access::create_token),
+        },
+        Route {
+            method: "GET",
+            path: "/v1/projects/{project}/tokens",
+            role: Admin,
+            handler: || get(access::list_tokens),
+        },
+        Route {
+            method: "DELETE",
+            path: "/v1/projects/{project}/tokens/{id}",
+            role: Admin,
+            handler: || axum::routing::delete(access::revoke_token),
+        },
+        Route { method: "GET", path: "/v1/audit", role: Admin, handler: || get(access::audit_log) },
     ]
 };
-
-fn handler(route: &Route) -> MethodRouter<AppState> {
-    match (route.method, route.path) {
-        ("GET", "/v1/jobs") => get(jobs::list),
-        ("POST", "/v1/jobs") => post(jobs::submit),
-        ("GET", "/v1/jobs/{id}") => get(jobs::get),
-        ("POST", "/v1/jobs/{id}/cancel") => post(jobs::cancel),
-        ("POST", "/v1/jobs/{id}/rerun") => post(jobs::rerun),
-        ("GET", "/v1/jobs/{id}/events") => get(jobs::events),
-        ("GET", "/v1/jobs/{id}/logs") => get(jobs::logs),
-        ("POST", "/v1/projects") => post(access::create_project),
-        ("GET", "/v1/projects") => get(access::list_projects),
-        ("POST", "/v1/projects/{project}/tokens") => post(access::create_token),
-        ("GET", "/v1/projects/{project}/tokens") => get(access::list_tokens),
-        ("DELETE", "/v1/projects/{project}/tokens/{id}") => axum::routing::delete(access::revoke_token),
-        ("GET", "/v1/audit") => get(access::audit_log),
-        (method, path) => unreachable!("no handler for {method} {path}"),
-    }
-}
 
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for route in ROUTES {
-        router = router.route(route.path, handler(route));
+        router = router.route(route.path, (route.handler)());
     }
     router
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
