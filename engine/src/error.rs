@@ -39,13 +39,18 @@ pub enum Code {
     RateLimited,
     /// The cap on open live-log streams is reached, for this client or in all.
     TooManyFollowers,
+    /// An `env` or `build_args` value is one of the project's secrets: it belongs in
+    /// `secrets` or `build_secrets`, where it is never shown.
+    SecretInPlainField,
+    /// This server has no key to seal secrets with (`SLIPWAY_SECRETS_KEY`).
+    NoSecretsKey,
     /// The database (or the process) cannot serve now; trying again may work.
     Unavailable,
     Internal,
 }
 
 impl Code {
-    pub const ALL: [Code; 19] = [
+    pub const ALL: [Code; 21] = [
         Code::InvalidField,
         Code::CredentialsInUrl,
         Code::InvalidJson,
@@ -63,6 +68,8 @@ impl Code {
         Code::Forbidden,
         Code::RateLimited,
         Code::TooManyFollowers,
+        Code::SecretInPlainField,
+        Code::NoSecretsKey,
         Code::Unavailable,
         Code::Internal,
     ];
@@ -86,6 +93,8 @@ impl Code {
             Code::Forbidden => "forbidden",
             Code::RateLimited => "rate_limited",
             Code::TooManyFollowers => "too_many_followers",
+            Code::SecretInPlainField => "secret_in_plain_field",
+            Code::NoSecretsKey => "no_secrets_key",
             Code::Unavailable => "unavailable",
             Code::Internal => "internal",
         }
@@ -93,7 +102,9 @@ impl Code {
 
     pub fn http_status(self) -> StatusCode {
         match self {
-            Code::InvalidField | Code::CredentialsInUrl | Code::InvalidJson => StatusCode::BAD_REQUEST,
+            Code::InvalidField | Code::CredentialsInUrl | Code::InvalidJson | Code::SecretInPlainField => {
+                StatusCode::BAD_REQUEST
+            }
             Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Code::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -103,16 +114,19 @@ impl Code {
             Code::Unauthenticated | Code::TokenExpired | Code::TokenRevoked => StatusCode::UNAUTHORIZED,
             Code::Forbidden => StatusCode::FORBIDDEN,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Code::TooManyFollowers | Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::TooManyFollowers | Code::Unavailable | Code::NoSecretsKey => StatusCode::SERVICE_UNAVAILABLE,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     pub fn grpc(self) -> tonic::Code {
         match self {
-            Code::InvalidField | Code::CredentialsInUrl | Code::InvalidJson | Code::UnsupportedMediaType => {
-                tonic::Code::InvalidArgument
-            }
+            Code::InvalidField
+            | Code::CredentialsInUrl
+            | Code::InvalidJson
+            | Code::UnsupportedMediaType
+            | Code::SecretInPlainField => tonic::Code::InvalidArgument,
+            Code::NoSecretsKey => tonic::Code::FailedPrecondition,
             Code::BodyTooLarge => tonic::Code::ResourceExhausted,
             Code::RequestTimeout => tonic::Code::DeadlineExceeded,
             Code::NotFound => tonic::Code::NotFound,

@@ -8,4 +8,5 @@ pub mod error;
 pub mod job;
 pub mod orchestrator;
 pub mod registry;
+pub mod secrets;
 pub mod store;

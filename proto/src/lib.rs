@@ -5,6 +5,7 @@
 //! engine and the worker keep their own types past that point.
 
 pub mod convert;
+mod secrets;
 pub mod tls;
 
 /// The largest gRPC message either side sends or accepts, set explicitly on every

@@ -53,7 +53,7 @@ impl Api {
         Ok(headers)
     }
 
-    fn client(&self) -> reqwest::Client {
+    pub(crate) fn client(&self) -> reqwest::Client {
         reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .default_headers(self.headers().unwrap_or_default())
@@ -143,7 +143,7 @@ const BUSY_RETRIES: u32 = 5;
 
 /// Sends a request and returns the JSON body, turning API errors into messages; a
 /// request the API asks to repeat later is repeated after the wait it names.
-async fn call(api: &Api, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+pub(crate) async fn call(api: &Api, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
     let mut tries = 0;
     let response = loop {
         let response = request_send(&request).await?;
@@ -157,6 +157,9 @@ async fn call(api: &Api, request: reqwest::RequestBuilder) -> anyhow::Result<Val
         }
     };
     let status = response.status();
+    if status == reqwest::StatusCode::NO_CONTENT {
+        return Ok(Value::Null);
+    }
     let body: Value = response.json().await.context("the API answered something that is not JSON")?;
     if status == reqwest::StatusCode::UNAUTHORIZED {
         let said = body["error"]["message"].as_str().unwrap_or_default();
@@ -175,7 +178,7 @@ async fn request_send(request: &reqwest::RequestBuilder) -> anyhow::Result<reqwe
     request.send().await.context("cannot reach the Slipway API (is it running? see --api)")
 }
 
-fn print(value: &Value) {
+pub(crate) fn print(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 

@@ -10,6 +10,7 @@ mod config;
 mod credentials;
 mod local_postgres;
 mod process;
+mod secrets;
 
 use clap::{Parser, Subcommand};
 use client::{ApiArgs, SubmitArgs};
@@ -102,6 +103,11 @@ enum Command {
         command: access::ProjectCommand,
         #[command(flatten)]
         db: DatabaseArgs,
+    },
+    /// A project's secrets: values jobs name and never show.
+    Secret {
+        #[command(subcommand)]
+        command: secrets::SecretCommand,
     },
     /// Applies the migrations and exits.
     Migrate {
@@ -250,6 +256,7 @@ async fn run() {
         Command::Login { api, token, profile } => access::login(api, token, &profile).map(|()| 0),
         Command::Token { command, db } => access::token(db, command).await.map(|()| 0),
         Command::Project { command, db } => access::project(db, command).await.map(|()| 0),
+        Command::Secret { command } => secrets::secret(command).await.map(|()| 0),
     };
     // Flush the spans still buffered before exiting.
     drop(telemetry);

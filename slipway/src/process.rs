@@ -51,7 +51,11 @@ pub async fn server(
     let logins = registry.logins()?;
     let url = db.database_url.context("DATABASE_URL is required for `slipway server`")?;
     let store = open_store(&url).await?;
-    let links = Links { logins, tls, repo: repo.policy() };
+    let keys = args.secrets.keyring()?;
+    if keys.is_none() {
+        tracing::warn!("no SLIPWAY_SECRETS_KEY: project secrets cannot be stored or used");
+    }
+    let links = Links { logins, tls, repo: repo.policy(), keys };
     serve_orchestrator(store, args, links, Vec::new(), shutdown, async { Ok(()) }).await
 }
 
@@ -83,6 +87,7 @@ pub async fn standalone(parts: Parts, shutdown: CancellationToken) -> anyhow::Re
     let logins = registry.logins()?;
     let root = data_dir.unwrap_or_else(default_data_root);
     let ca = Ca::read_or_create(&root.join("tls"))?;
+    let keys = server.secrets.keyring_or_own(&root)?;
     let worker_id = worker.standalone_worker_id(worker.worker_addr);
     let worker_tls = ca.identity(&Role::Worker(worker_id.clone()))?;
     let orchestrator_tls = ca.identity(&Role::Orchestrator)?;
@@ -114,7 +119,7 @@ pub async fn standalone(parts: Parts, shutdown: CancellationToken) -> anyhow::Re
             worker_task.await.context("the worker task panicked")??;
             Ok(())
         };
-        let links = Links { logins, tls: orchestrator_tls, repo: repo.policy() };
+        let links = Links { logins, tls: orchestrator_tls, repo: repo.policy(), keys: Some(keys) };
         serve_orchestrator(store, server, links, vec![local_worker], shutdown, drained).await
     }
     .await;
@@ -140,6 +145,8 @@ struct Links {
     logins: slipway_steps::registry_logins::RegistryLogins,
     tls: TlsIdentity,
     repo: slipway_steps::repo_url::RepoPolicy,
+    /// The keys project secrets are sealed with, if any.
+    keys: Option<slipway_engine::secrets::keyring::Keyring>,
 }
 
 /// Runs the HTTP API, the report service and the dispatch loop until `shutdown`.
@@ -163,7 +170,8 @@ async fn serve_orchestrator(
         None => local_url(grpc_addr),
     };
     let wake = orchestrator::Wake::default();
-    let Links { logins, tls, repo } = links;
+    let Links { logins, tls, repo, keys } = links;
+    let vault = slipway_engine::secrets::vault::Vault::new(store.clone(), keys);
     let defaults = args.submit_defaults(repo);
     let instance_id = store.instance_id().await?;
     let worker_urls: Vec<String> = local_workers.into_iter().chain(args.workers.iter().cloned()).collect();
@@ -210,8 +218,9 @@ async fn serve_orchestrator(
     };
     let mut api = slipway_engine::api::AppState::new(store.clone(), defaults, shutdown.clone());
     api.metrics_token = args.metrics_token.as_deref().map(std::sync::Arc::from);
+    api.vault = vault.clone();
     let http_task = tokio::spawn(slipway_engine::api::serve(http, api, shutdown.clone(), args.http_limits()));
-    orchestrator::run(store, config, workers, wake, shutdown).await;
+    orchestrator::run(store, vault, config, workers, wake, shutdown).await;
     http_task.await.context("the http task panicked")??;
     sweep_task.await.context("the sweep task panicked")?;
     // Workers keep reporting while they drain; the report service closes last.

@@ -17,6 +17,7 @@ pub mod paths;
 pub mod registry_logins;
 pub mod repo_url;
 pub mod runtime;
+pub mod secrets;
 
 pub use error::{ErrorCode, StepError};
 pub use logs::{LogLine, LogSink, LogStream};

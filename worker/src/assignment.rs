@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use slipway_steps::runtime::RuntimeKind;
+use slipway_steps::secrets::JobSecrets;
 use slipway_steps::{Step, StepOutputs};
 use tokio_util::sync::CancellationToken;
 
@@ -38,6 +39,8 @@ pub(crate) struct JobSpec {
     pub cpu: u32,
     pub memory: u32,
     pub timeout: Option<Duration>,
+    /// Fetch the repository's submodules, recursively.
+    pub submodules: bool,
 }
 
 /// What a step report says happened.
@@ -72,6 +75,8 @@ pub(crate) struct Assignment {
     pub fresh_run: bool,
     /// The orchestrator's dispatch span, parent of this run's spans.
     pub traceparent: String,
+    /// The values of the secrets the job names, for this attempt only.
+    pub secrets: JobSecrets,
 }
 
 /// A job this worker runs: its assignment, and what stops it.

@@ -49,6 +49,7 @@ async fn run_steps(state: &WorkerState, job: JobRun, folder: &Path) {
         state.orchestrators(),
         &job.assignment.lease,
         lines_rx,
+        job.assignment.secrets.mask(),
     ) {
         Ok(r) => r,
         Err(e) => {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use slipway_observability::trace;
 use slipway_proto::tls::{Server, TlsIdentity};
 use slipway_proto::v1::{self, report_service_client::ReportServiceClient};
+use slipway_steps::secrets::Mask;
 use slipway_steps::{LogLine, Step};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -46,6 +47,8 @@ pub(crate) enum ReportError {
 type Pending = (v1::StepReport, Option<String>, oneshot::Sender<Result<bool, ReportError>>);
 
 pub(crate) struct Reporter {
+    /// Hides the job's secrets in everything that leaves: lines and failure messages.
+    mask: Arc<Mask>,
     reports: mpsc::Sender<Pending>,
     pump: JoinHandle<()>,
 }
@@ -58,6 +61,7 @@ impl Reporter {
         known: Arc<Mutex<Vec<String>>>,
         lease: &JobLease,
         lines: mpsc::Receiver<LogLine>,
+        mask: Mask,
     ) -> Result<Self, ReportError> {
         let mut link = Link {
             tls: tls.clone(),
@@ -68,8 +72,9 @@ impl Reporter {
         };
         link.client(report_to)?;
         let (reports, reports_rx) = mpsc::channel(4);
-        let pump = tokio::spawn(pump(link, wire::lease(lease), lines, reports_rx));
-        Ok(Reporter { reports, pump })
+        let mask = Arc::new(mask);
+        let pump = tokio::spawn(pump(link, wire::lease(lease), lines, reports_rx, mask.clone()));
+        Ok(Reporter { mask, reports, pump })
     }
 
     /// Sends a report after every line written before it. `Ok(false)`: the lease is
@@ -171,6 +176,7 @@ async fn pump(
     lease: v1::Lease,
     mut lines: mpsc::Receiver<LogLine>,
     mut reports: mpsc::Receiver<Pending>,
+    mask: Arc<Mask>,
 ) {
     let mut batch: Vec<v1::LogLine> = Vec::new();
     let mut lines_open = true;
@@ -184,7 +190,7 @@ async fn pump(
             // A step report: first every line written before it.
             pending = reports.recv() => match pending {
                 Some((report, traceparent, reply)) => {
-                    drain(&mut lines, &mut batch);
+                    drain(&mut lines, &mut batch, &mask);
                     flush(&mut link, &lease, &mut batch).await;
                     let result = link.call(|mut c| {
                         let mut request = tonic::Request::new(report.clone());
@@ -200,7 +206,7 @@ async fn pump(
             // A line: batched until the batch is full or the next tick.
             line = lines.recv(), if lines_open => match line {
                 Some(line) => {
-                    batch.push(wire::log_line(line));
+                    batch.push(masked(line, &mask));
                     let bytes: usize = batch.iter().map(|l| l.text.len()).sum();
                     if batch.len() >= BATCH_LINES || bytes >= BATCH_BYTES {
                         flush(&mut link, &lease, &mut batch).await;
@@ -211,14 +217,22 @@ async fn pump(
             _ = tick.tick() => flush(&mut link, &lease, &mut batch).await,
         }
     }
-    drain(&mut lines, &mut batch);
+    drain(&mut lines, &mut batch, &mask);
     flush(&mut link, &lease, &mut batch).await;
 }
 
-fn drain(lines: &mut mpsc::Receiver<LogLine>, batch: &mut Vec<v1::LogLine>) {
+fn drain(lines: &mut mpsc::Receiver<LogLine>, batch: &mut Vec<v1::LogLine>, mask: &Mask) {
     while let Ok(line) = lines.try_recv() {
-        batch.push(wire::log_line(line));
+        batch.push(masked(line, mask));
     }
+}
+
+/// A line as it leaves the worker: with the job's secrets masked.
+fn masked(mut line: LogLine, mask: &Mask) -> v1::LogLine {
+    if let std::borrow::Cow::Owned(text) = mask.apply(&line.text) {
+        line.text = text;
+    }
+    wire::log_line(line)
 }
 
 /// Sends the batch, in as many messages as its size needs.
@@ -262,6 +276,12 @@ pub(crate) async fn send(
     then_start: Option<Step>,
 ) -> bool {
     let traceparent = trace::traceparent_of(&tracing::Span::current());
+    let event = match event {
+        StepEvent::Failed { code, message, retryable } => {
+            StepEvent::Failed { code, message: reporter.mask.apply(&message).into_owned(), retryable }
+        }
+        event => event,
+    };
     let report = wire::step_report(lease, step, &event, exit_code, then_start);
     match reporter.send(report, traceparent).await {
         Ok(true) => true,

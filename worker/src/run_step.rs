@@ -50,6 +50,7 @@ async fn run_on<R: Runtime>(
 ) -> Result<(), StepError> {
     let (job, reporter, stop) = (ctx.job, ctx.reporter, ctx.stop);
     let mut env: HashMap<String, String> = job.spec.env.clone();
+    env.extend(job.secrets.env.clone());
     // An instrumented application continues the job's trace.
     if let Some(traceparent) = trace::traceparent_of(&tracing::Span::current()) {
         env.insert("TRACEPARENT".into(), traceparent);

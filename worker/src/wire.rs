@@ -9,6 +9,7 @@ use slipway_steps::image_ref::ImageRef;
 use slipway_steps::paths::is_confined;
 use slipway_steps::repo_url::{self, RepoPolicy};
 use slipway_steps::runtime::RuntimeKind;
+use slipway_steps::secrets::{GitAuth, JobSecrets, RegistryLogin};
 use slipway_steps::{LogLine, Step};
 use tonic::Status;
 
@@ -59,7 +60,9 @@ pub(crate) fn assignment(
             cpu: spec.cpu,
             memory: spec.memory,
             timeout: (spec.timeout_seconds > 0).then(|| std::time::Duration::from_secs(spec.timeout_seconds)),
+            submodules: spec.submodules,
         },
+        secrets: secrets_from_wire(request.secrets.unwrap_or_default())?,
         log_cursor: non_empty(outputs.log_cursor.clone()),
         outputs: outputs_from_wire(&outputs),
         first_step,
@@ -68,6 +71,28 @@ pub(crate) fn assignment(
         fresh_run: request.fresh_run,
         // The caller's trace context, from the call's metadata; the field is the fallback.
         traceparent: traceparent.unwrap_or(request.traceparent),
+    })
+}
+
+/// An attempt's secrets, with the names the API allows (a value is passed on as
+/// sent: the worker never builds a path or a command from one).
+fn secrets_from_wire(secrets: v1::JobSecrets) -> Result<JobSecrets, Status> {
+    use v1::git_credentials::Kind;
+    if let Some(name) = secrets.env.keys().find(|n| !repo_url::is_variable_name(n)) {
+        return Err(Status::invalid_argument(format!("secrets.env: `{name}` is not a variable name")));
+    }
+    let git = match secrets.git.and_then(|g| g.kind) {
+        None => None,
+        Some(Kind::HttpsToken(t)) => Some(GitAuth::HttpsToken { username: t.username, token: t.token }),
+        Some(Kind::SshKey(k)) => {
+            Some(GitAuth::SshKey { private_key: k.private_key, passphrase: non_empty(k.passphrase) })
+        }
+    };
+    Ok(JobSecrets {
+        env: secrets.env.into_iter().collect(),
+        build: secrets.build.into_iter().collect(),
+        git,
+        registry: secrets.registry.map(|r| RegistryLogin { username: r.username, password: r.password }),
     })
 }
 

@@ -121,7 +121,7 @@ pub async fn list_projects(
 }
 
 /// The project named in the path, if the caller may manage it (else as missing).
-async fn managed(state: &AppState, caller: &Principal, name: &str) -> Result<ProjectRow, ApiError> {
+pub(super) async fn managed(state: &AppState, caller: &Principal, name: &str) -> Result<ProjectRow, ApiError> {
     let project = state.store.project_named(name).await?;
     project.filter(|p| caller.sees(p.id)).ok_or_else(|| ApiError::not_found("project"))
 }

@@ -14,6 +14,15 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reads and parses a JSON body; nothing is done for a body that is refused.
 pub async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    read_json_within(headers, body, MAX_BODY_BYTES).await
+}
+
+/// [`read_json`] for a route whose bodies may be up to `limit` bytes.
+pub async fn read_json_within<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
     if let Some(kind) = headers.get(header::CONTENT_TYPE) {
         let kind = kind.to_str().unwrap_or_default();
         if !is_json(kind) {
@@ -21,12 +30,11 @@ pub async fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> 
         }
     }
     // A body announced and never sent holds nothing for long.
-    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES)).await.map_err(|_| {
+    let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await.map_err(|_| {
         ApiError::new(Code::RequestTimeout, format!("the request body did not arrive within {BODY_TIMEOUT:?}"))
     })?;
-    let bytes = read.map_err(|_| {
-        ApiError::new(Code::BodyTooLarge, format!("the request body is larger than {MAX_BODY_BYTES} bytes"))
-    })?;
+    let bytes =
+        read.map_err(|_| ApiError::new(Code::BodyTooLarge, format!("the request body is larger than {limit} bytes")))?;
     parse(&bytes)
 }
 

@@ -43,6 +43,7 @@ pub async fn submit(
         let code = if e.credentials { Code::CredentialsInUrl } else { Code::InvalidField };
         ApiError { field: Some(e.field), ..ApiError::new(code, e.message) }
     })?;
+    crate::secrets::for_job::check_submission(&state.vault, project, &spec).await?;
     let id = JobId::new();
     // The job's trace begins here; its context is stored with the job.
     let span = tracing::info_span!("job.submit", job.id = %id);
@@ -106,6 +107,7 @@ pub async fn rerun(
         reason: format!("re-run of {}", original.id),
     };
     let spec = original.spec.0;
+    crate::secrets::for_job::check_submission(&state.vault, original.project_id, &spec).await?;
     let Submitted::Created(row) = store.submit(id, &spec, Some(&traceparent), None, &by).instrument(span).await? else {
         unreachable!("a submission without a key always creates its job")
     };

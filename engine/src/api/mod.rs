@@ -9,6 +9,7 @@ mod error;
 mod follow;
 mod jobs;
 mod metrics;
+mod secrets;
 mod serve;
 mod views;
 
@@ -40,6 +41,8 @@ pub struct AppState {
     pub metrics_token: Option<std::sync::Arc<str>>,
     /// Tokens verified lately.
     pub tokens: std::sync::Arc<auth::TokenCache>,
+    /// Project secrets; without a key it refuses to store any.
+    pub vault: crate::secrets::vault::Vault,
 }
 
 impl AppState {
@@ -49,7 +52,8 @@ impl AppState {
         let changes = follow::JobChanges::start(store.clone(), shutdown, tokens.clone());
         let clients = clients::Clients::new(ClientLimits::default());
         let auth_failures = clients::Clients::new(AUTH_FAILURE_LIMITS);
-        AppState { store, defaults, changes, clients, auth_failures, metrics_token: None, tokens }
+        let vault = crate::secrets::vault::Vault::new(store.clone(), None);
+        AppState { store, defaults, changes, clients, auth_failures, metrics_token: None, tokens, vault }
     }
 }
 
@@ -109,6 +113,24 @@ pub const ROUTES: &[Route] = {
             path: "/v1/projects/{project}/tokens/{id}",
             role: Admin,
             handler: || axum::routing::delete(access::revoke_token),
+        },
+        Route {
+            method: "PUT",
+            path: "/v1/projects/{project}/secrets/{name}",
+            role: Admin,
+            handler: || axum::routing::put(secrets::put_secret),
+        },
+        Route {
+            method: "GET",
+            path: "/v1/projects/{project}/secrets",
+            role: Read,
+            handler: || get(secrets::list_secrets),
+        },
+        Route {
+            method: "DELETE",
+            path: "/v1/projects/{project}/secrets/{name}",
+            role: Admin,
+            handler: || axum::routing::delete(secrets::delete_secret),
         },
         Route { method: "GET", path: "/v1/audit", role: Admin, handler: || get(access::audit_log) },
     ]

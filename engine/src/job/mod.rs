@@ -1,6 +1,7 @@
 //! The job: its identity, its states, and the specification a user submits.
 
 mod retry;
+pub mod secret_refs;
 mod spec;
 mod state;
 pub mod transitions;

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use slipway_steps::image_ref::ImageRef;
 
 use super::RetryPolicy;
+use super::secret_refs::{GitRequest, Named, RegistryRequest, SecretRefs};
 use slipway_steps::aws::ecs::sizes::{FARGATE_CPU, fargate_memory_allowed, fargate_memory_choices};
 use slipway_steps::paths::is_confined;
 use slipway_steps::runtime::RuntimeKind;
@@ -69,6 +70,12 @@ pub struct JobRequest {
     pub run: Option<RunRequest>,
     pub retry: Option<RetryRequest>,
     pub requires: Option<BTreeMap<String, String>>,
+    /// Environment variable → the secret whose value it gets.
+    pub secrets: Option<BTreeMap<String, String>>,
+    /// BuildKit secret id → the secret it serves.
+    pub build_secrets: Option<BTreeMap<String, String>>,
+    pub git: Option<GitRequest>,
+    pub registry: Option<RegistryRequest>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -111,6 +118,9 @@ pub struct JobSpec {
     /// Labels a worker must offer to run the job (`region = eu-west-1`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub requires: BTreeMap<String, String>,
+    /// The secrets the job names (`secrets`, `build_secrets`, `git`, `registry`).
+    #[serde(flatten)]
+    pub named_secrets: SecretRefs,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -141,7 +151,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(super) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         FieldError { field: field.into(), message: message.into(), credentials: false }
     }
 }
@@ -158,7 +168,8 @@ impl JobRequest {
         let context = self.context.unwrap_or_else(|| ".".into());
         check_relative_path("context", &context)?;
         let image = self.image.ok_or_else(|| FieldError::new("image", "image is required"))?;
-        image.parse::<ImageRef>().map_err(|why| FieldError::new("image", format!("image `{image}` {why}")))?;
+        let image_ref =
+            image.parse::<ImageRef>().map_err(|why| FieldError::new("image", format!("image `{image}` {why}")))?;
         let build_args = self.build_args.unwrap_or_default();
         check_variables("build_args", "a build argument", &build_args)?;
         let env = self.env.unwrap_or_default();
@@ -202,6 +213,15 @@ impl JobRequest {
                 ));
             }
         }
+        let named_secrets = SecretRefs::check(Named {
+            secrets: self.secrets,
+            build_secrets: self.build_secrets,
+            git: self.git,
+            registry: self.registry,
+            env: &env,
+            image: &image_ref,
+            runtime,
+        })?;
         Ok(JobSpec {
             repo,
             git_ref: self.git_ref,
@@ -220,6 +240,7 @@ impl JobRequest {
             },
             retry,
             requires,
+            named_secrets,
         })
     }
 }

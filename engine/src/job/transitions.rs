@@ -87,6 +87,9 @@ pub enum EngineCode {
     WorkerLost,
     /// The worker gave the job back unfinished (it was shutting down).
     HandedBack,
+    /// A secret the job names was deleted (or no longer fits) before an attempt
+    /// started: the job fails for good.
+    SecretMissing,
 }
 
 impl EngineCode {
@@ -100,6 +103,7 @@ impl EngineCode {
             EngineCode::LeaseLost => "lease_lost",
             EngineCode::WorkerLost => "worker_lost",
             EngineCode::HandedBack => "handed_back",
+            EngineCode::SecretMissing => "secret_missing",
         }
     }
 }

@@ -12,7 +12,9 @@ use tracing::Instrument;
 use super::workers::{CALL_TIMEOUT, WorkerLink, WorkerPing};
 use super::{OrchestratorConfig, Wake};
 use crate::job::JobId;
-use crate::job::transitions::{CANCELLED_BY_REQUEST, first_step_of};
+use crate::job::transitions::{CANCELLED_BY_REQUEST, EngineCode, first_step_of};
+use crate::secrets::for_job::{OpenRefusal, open_for_attempt};
+use crate::secrets::vault::Vault;
 use crate::store::{ClaimedJob, HeldLease, LeaseStatus, Store, StoreError, WorkerOffer};
 
 /// A worker as the dispatch loop last saw it.
@@ -37,6 +39,8 @@ struct WorkerClient {
 
 pub struct Dispatcher {
     store: Store,
+    /// Opens the secrets a job names when an attempt starts.
+    vault: Vault,
     config: OrchestratorConfig,
     wake: Wake,
     /// Jobs asked to cancel, as their notifications arrive.
@@ -47,6 +51,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(
         store: Store,
+        vault: Vault,
         config: OrchestratorConfig,
         workers: Vec<WorkerLink>,
         wake: Wake,
@@ -64,7 +69,7 @@ impl Dispatcher {
                 offer: WorkerOffer::default(),
             })
             .collect();
-        Dispatcher { store, config, wake, cancelled, workers }
+        Dispatcher { store, vault, config, wake, cancelled, workers }
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -231,9 +236,26 @@ impl Dispatcher {
         trace::set_parent(&span, &traceparent);
         // The worker's spans are children of this one.
         let traceparent = trace::traceparent_of(&span).unwrap_or(traceparent);
+        let secrets = match open_for_attempt(&self.vault, job.project_id, &job.spec.0).await {
+            Ok(secrets) => secrets,
+            Err(OpenRefusal::Missing(why)) => {
+                // Nothing was sent to a worker: the job fails for good, its slot stays free.
+                tracing::warn!(job.id = %job.id, reason = %why, "job cannot have its secrets");
+                return self.store.fail_claimed(&job, first_step, EngineCode::SecretMissing, &why).await.or_else(|e| {
+                    match e {
+                        StoreError::LeaseLost => Ok(()),
+                        e => Err(e),
+                    }
+                });
+            }
+            Err(OpenRefusal::Store(e)) => {
+                self.store.release(job.id, job.lease_token).await.ok();
+                return Err(e);
+            }
+        };
         let worker = &mut self.workers[worker];
         worker.free = worker.free.saturating_sub(1);
-        match worker.link.start(&job, first_step, &self.config, &traceparent).instrument(span).await {
+        match worker.link.start(&job, first_step, &secrets, &self.config, &traceparent).instrument(span).await {
             Ok(()) => {
                 tracing::info!(job.id = %job.id, job.attempt = job.attempt, worker.url = %worker.link.url, job.step = first_step.as_str(), "job started");
                 Ok(())

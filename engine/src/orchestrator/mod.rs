@@ -54,6 +54,7 @@ const PENDING_CANCELS: usize = 1024;
 /// `workers` (made once with [`WorkerLink::connect_all`], shared with the sweep).
 pub async fn run(
     store: Store,
+    vault: crate::secrets::vault::Vault,
     config: OrchestratorConfig,
     workers: Vec<WorkerLink>,
     wake: Wake,
@@ -76,7 +77,7 @@ pub async fn run(
             crate::store::listen(store, &channels, on_notification, shutdown).await
         })
     };
-    Dispatcher::new(store, config, workers, wake, cancelled).run(shutdown).await;
+    Dispatcher::new(store, vault, config, workers, wake, cancelled).run(shutdown).await;
     let _ = listener.await;
 }
 

@@ -14,6 +14,8 @@ use tonic::transport::Channel;
 
 use super::OrchestratorConfig;
 use crate::job::JobId;
+use crate::secrets::GitCredentials;
+use crate::secrets::for_job::JobSecrets;
 use crate::store::{ClaimedJob, HeldLease, WorkerOffer};
 
 /// How long a call to a worker may take before the worker counts as unreachable.
@@ -96,10 +98,11 @@ impl WorkerLink {
         &self,
         job: &ClaimedJob,
         first_step: Step,
+        secrets: &JobSecrets,
         config: &OrchestratorConfig,
         traceparent: &str,
     ) -> Result<(), String> {
-        let mut request = tonic::Request::new(start_request(job, first_step, config, traceparent));
+        let mut request = tonic::Request::new(start_request(job, first_step, secrets, config, traceparent));
         if let Ok(value) = traceparent.parse() {
             request.metadata_mut().insert("traceparent", value);
         }
@@ -144,10 +147,36 @@ async fn within<T>(
     }
 }
 
+/// The opened secrets of an attempt, as `StartJob` carries them.
+fn secrets_to_wire(secrets: &JobSecrets) -> v1::JobSecrets {
+    use v1::git_credentials::Kind;
+    let git = secrets.git.as_ref().map(|git| v1::GitCredentials {
+        kind: Some(match git {
+            GitCredentials::HttpsToken { username, token } => {
+                Kind::HttpsToken(v1::HttpsToken { username: username.clone(), token: token.clone() })
+            }
+            GitCredentials::SshKey { private_key, passphrase } => Kind::SshKey(v1::SshKey {
+                private_key: private_key.clone(),
+                passphrase: passphrase.clone().unwrap_or_default(),
+            }),
+        }),
+    });
+    v1::JobSecrets {
+        env: secrets.env.clone().into_iter().collect(),
+        build: secrets.build.clone().into_iter().collect(),
+        git,
+        registry: secrets
+            .registry
+            .as_ref()
+            .map(|r| v1::RegistryLogin { username: r.username.clone(), password: r.password.clone() }),
+    }
+}
+
 /// The `StartJob` for a claimed job, starting at `first_step`.
 fn start_request(
     job: &ClaimedJob,
     first_step: Step,
+    secrets: &JobSecrets,
     config: &OrchestratorConfig,
     traceparent: &str,
 ) -> v1::StartJobRequest {
@@ -172,6 +201,7 @@ fn start_request(
             runtime: spec.run.runtime.as_str().to_string(),
             cpu: spec.run.cpu.unwrap_or_default(),
             memory: spec.run.memory.unwrap_or_default(),
+            submodules: spec.named_secrets.git.submodules,
         }),
         outputs: Some(v1::StepOutputs {
             commit_sha: job.commit_sha.clone().unwrap_or_default(),
@@ -187,6 +217,7 @@ fn start_request(
         traceparent: traceparent.to_string(),
         instance_id: config.instance_id.clone(),
         fresh_run: job.fresh_run,
+        secrets: Some(secrets_to_wire(secrets)),
     }
 }
 

@@ -17,6 +17,7 @@ use crate::job::{JobId, JobSpec, JobState};
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedJob {
     pub id: JobId,
+    pub project_id: crate::auth::ProjectId,
     pub state: JobState,
     pub attempt: i32,
     pub lease_token: Uuid,
@@ -71,7 +72,7 @@ impl Store {
                  lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
              from runnable
              where j.id = runnable.id
-             returning j.id, j.state, j.attempt, j.lease_token, j.spec, j.traceparent,
+             returning j.id, j.project_id, j.state, j.attempt, j.lease_token, j.spec, j.traceparent,
                        j.commit_sha, j.image_id, j.pushed_ref, j.container_id, j.task_arn, j.log_cursor,
                        exists (select 1 from job_steps s
                                where s.job_id = j.id and s.step = 'run' and s.attempt = j.attempt - 1
@@ -90,6 +91,28 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(jobs)
+    }
+
+    /// A claimed job that cannot start at all (a secret it names is gone): it fails
+    /// at `step` with `code`, for good, before any worker heard of it.
+    pub async fn fail_claimed(
+        &self,
+        job: &ClaimedJob,
+        step: slipway_steps::Step,
+        code: EngineCode,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let lease = super::Lease { job_id: job.id, attempt: job.attempt, token: job.lease_token, worker: None };
+        let finish = super::Finish {
+            state: crate::job::JobState::Failed,
+            exit_code: None,
+            error_code: Some(code.as_str().to_string()),
+            error: Some(message.to_string()),
+        };
+        let mut conn = self.pool.acquire().await?;
+        super::reports::mark_finished(&mut conn, &lease, step, &Default::default(), &finish).await?;
+        slipway_observability::metrics::JOBS_FINISHED.inc(&["failed"]);
+        Ok(())
     }
 
     /// Gives a lease back unused (the worker refused the job): the job is runnable

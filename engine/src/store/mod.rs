@@ -19,6 +19,7 @@ pub mod leases;
 mod listen;
 pub mod logs;
 pub mod reports;
+mod secrets;
 mod sweep;
 
 use std::time::Duration;
@@ -35,6 +36,7 @@ pub use listen::listen;
 pub use logs::{LogRow, NewLogLine};
 pub use read::{EventRow, JobRow, StepRow};
 pub use reports::{Finish, Lease, Retry};
+pub use secrets::{PutOutcome, SealedRow, SecretRow};
 pub use sweep::ExpiredJob;
 
 /// The migrations in `migrations/`, applied by `slipway migrate` and at start.

@@ -9,7 +9,9 @@ use std::time::Duration;
 use clap::Args;
 
 mod aws;
+mod secrets;
 pub use aws::AwsArgs;
+pub use secrets::SecretsKeyArgs;
 
 fn duration(raw: &str) -> Result<Duration, String> {
     humantime::parse_duration(raw).map_err(|e| format!("`{raw}` is not a duration such as 500ms or 2s: {e}"))
@@ -57,6 +59,8 @@ pub struct ServerArgs {
     /// scrape config) [default: `/metrics` is open; it carries no job data].
     #[arg(long, env = "SLIPWAY_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
+    #[command(flatten)]
+    pub secrets: SecretsKeyArgs,
     /// Address of the gRPC report service that workers report to.
     #[arg(long, env = "SLIPWAY_GRPC_ADDR", default_value = "127.0.0.1:50052")]
     pub grpc_addr: SocketAddr,

@@ -1,0 +1,137 @@
+//! `/v1/projects/{project}/secrets`: a project's admins set and delete its secrets;
+//! anyone who may read the project lists their names (jobs name them). A value goes
+//! in once and never comes out through the API. Every change is in the audit log.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::access::{audit, managed};
+use super::auth::Principal;
+use super::body::read_json_within;
+use super::clients::ClientAddr;
+use super::{ApiError, AppState};
+use crate::error::Code;
+use crate::secrets::for_job::SubmitRefusal;
+use crate::secrets::vault::VaultError;
+use crate::secrets::{MAX_PER_PROJECT, MAX_VALUE_BYTES, is_secret_name};
+use crate::store::PutOutcome;
+
+/// A value's JSON may be escaped to six bytes a byte (`\u0001`).
+const MAX_SECRET_BODY_BYTES: usize = 6 * MAX_VALUE_BYTES + 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretValue {
+    value: String,
+}
+
+impl From<VaultError> for ApiError {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::NoKey => ApiError::new(Code::NoSecretsKey, e.to_string()),
+            VaultError::Store(e) => e.into(),
+            VaultError::Open { .. } => {
+                tracing::error!(error = %e, "a stored secret does not open");
+                ApiError::new(Code::Internal, "a stored secret cannot be read; see the server's log")
+            }
+        }
+    }
+}
+
+impl From<SubmitRefusal> for ApiError {
+    fn from(refusal: SubmitRefusal) -> Self {
+        match refusal {
+            SubmitRefusal::Invalid(e) => ApiError::invalid(e.field, e.message),
+            SubmitRefusal::PlainField(field) => ApiError {
+                message: format!(
+                    "{field} holds the value of one of this project's secrets; name the secret in `secrets` \
+                     (or `build_secrets`) instead, so that it is never shown"
+                ),
+                field: Some(field),
+                ..ApiError::new(Code::SecretInPlainField, "")
+            },
+            SubmitRefusal::Vault(e) => e.into(),
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if is_secret_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "name",
+            "a secret's name is a letter or `_`, then up to 127 letters, digits, `_`, `.` or `-`",
+        ))
+    }
+}
+
+/// `PUT /v1/projects/{project}/secrets/{name}` (admin): `{"value"}` → 201 when new,
+/// 200 when replaced; the answer names the secret, never its value.
+pub async fn put_secret(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    client: Option<Extension<ClientAddr>>,
+    Path((project, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let project = managed(&state, &caller, &project).await?;
+    check_name(&name)?;
+    let request: SecretValue = read_json_within(&headers, body, MAX_SECRET_BODY_BYTES).await?;
+    let value = request.value;
+    if value.is_empty() {
+        return Err(ApiError::invalid("value", "a secret's value must not be empty"));
+    }
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(ApiError::invalid("value", format!("a secret's value is at most {MAX_VALUE_BYTES} bytes")));
+    }
+    if value.contains('\0') {
+        return Err(ApiError::invalid("value", "a secret's value must not contain a NUL character"));
+    }
+    let status = match state.vault.put(project.id, &name, &value, &caller.label()).await? {
+        PutOutcome::Created => StatusCode::CREATED,
+        PutOutcome::Updated => StatusCode::OK,
+        PutOutcome::Full => {
+            return Err(ApiError {
+                field: Some("name".into()),
+                ..ApiError::new(Code::Conflict, format!("a project holds at most {MAX_PER_PROJECT} secrets"))
+            });
+        }
+    };
+    audit(&state, &caller, client.map(|c| c.0), "secret.set", Some(project.id), Some(&name)).await;
+    let row = state.store.secrets(project.id).await?.into_iter().find(|s| s.name == name);
+    Ok((status, Json(row)).into_response())
+}
+
+/// `GET /v1/projects/{project}/secrets`: names, when they were set and by whom.
+pub async fn list_secrets(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    Path(project): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let project = managed(&state, &caller, &project).await?;
+    let secrets = state.store.secrets(project.id).await?;
+    Ok(Json(serde_json::json!({ "secrets": secrets })))
+}
+
+/// `DELETE /v1/projects/{project}/secrets/{name}` (admin). Jobs that name it and
+/// have not started fail `secret_missing`.
+pub async fn delete_secret(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    client: Option<Extension<ClientAddr>>,
+    Path((project, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let project = managed(&state, &caller, &project).await?;
+    check_name(&name)?;
+    if !state.store.delete_secret(project.id, &name).await? {
+        return Err(ApiError::new(Code::NotFound, format!("project {} has no secret `{name}`", project.name)));
+    }
+    audit(&state, &caller, client.map(|c| c.0), "secret.delete", Some(project.id), Some(&name)).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

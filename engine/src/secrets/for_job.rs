@@ -1,0 +1,151 @@
+//! A job's secrets at the two moments they matter: at submission, where every name
+//! must exist in the job's project, credentials must fit the repository, and no
+//! plain field may carry a secret's value; and when an attempt starts, where the
+//! values are opened for the worker, or the job fails `secret_missing` if one is
+//! gone.
+
+use std::collections::BTreeMap;
+
+use super::vault::{Opened, Vault, VaultError};
+use super::{GitCredentials, RegistryCredentials};
+use crate::auth::ProjectId;
+use crate::job::{FieldError, JobSpec};
+
+/// The values an attempt needs, opened. Never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct JobSecrets {
+    /// Environment variable → value.
+    pub env: BTreeMap<String, String>,
+    /// BuildKit secret id → value.
+    pub build: BTreeMap<String, String>,
+    pub git: Option<GitCredentials>,
+    pub registry: Option<RegistryCredentials>,
+}
+
+impl std::fmt::Debug for JobSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobSecrets")
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("build", &self.build.keys().collect::<Vec<_>>())
+            .field("git", &self.git.as_ref().map(GitCredentials::kind))
+            .field("registry", &self.registry.is_some())
+            .finish()
+    }
+}
+
+/// Why a submission is refused.
+#[derive(Debug)]
+pub enum SubmitRefusal {
+    /// A field names a secret that is not there or does not fit.
+    Invalid(FieldError),
+    /// This field's value is one of the project's secrets.
+    PlainField(String),
+    Vault(VaultError),
+}
+
+impl From<VaultError> for SubmitRefusal {
+    fn from(e: VaultError) -> Self {
+        SubmitRefusal::Vault(e)
+    }
+}
+
+fn invalid(field: &str, message: String) -> SubmitRefusal {
+    SubmitRefusal::Invalid(FieldError { field: field.to_string(), message, credentials: false })
+}
+
+/// Checks a valid spec's secrets against its project.
+pub async fn check_submission(vault: &Vault, project: ProjectId, spec: &JobSpec) -> Result<(), SubmitRefusal> {
+    let named = spec.named_secrets.named();
+    if !named.is_empty() {
+        let names: Vec<String> = named.iter().map(|(_, name)| name.to_string()).collect();
+        let opened = vault.open(project, &names).await?;
+        for (field, name) in &named {
+            if !opened.0.contains_key(*name) {
+                return Err(invalid(field, format!("{field}: this project has no secret `{name}`")));
+            }
+        }
+        typed(spec, &opened).map_err(|(field, message)| invalid(&field, message))?;
+    }
+    let plain = spec
+        .env
+        .iter()
+        .map(|(k, v)| (format!("env.{k}"), v))
+        .chain(spec.build_args.iter().map(|(k, v)| (format!("build_args.{k}"), v)));
+    let plain: Vec<(String, &String)> = plain.filter(|(_, v)| !v.is_empty()).collect();
+    if !plain.is_empty() {
+        let all = vault.open_all(project).await?;
+        if let Some((field, _)) = plain.into_iter().find(|(_, v)| all.0.values().any(|s| s == *v)) {
+            return Err(SubmitRefusal::PlainField(field));
+        }
+    }
+    Ok(())
+}
+
+/// Why an attempt cannot have its secrets.
+#[derive(Debug)]
+pub enum OpenRefusal {
+    /// A secret the job names is gone or no longer fits: the job fails for good.
+    Missing(String),
+    /// The store could not be read: the job waits for another try.
+    Store(crate::store::StoreError),
+}
+
+/// Opens the values an attempt of `spec` needs.
+pub async fn open_for_attempt(vault: &Vault, project: ProjectId, spec: &JobSpec) -> Result<JobSecrets, OpenRefusal> {
+    let named = spec.named_secrets.named();
+    if named.is_empty() {
+        return Ok(JobSecrets::default());
+    }
+    let names: Vec<String> = named.iter().map(|(_, name)| name.to_string()).collect();
+    let opened = match vault.open(project, &names).await {
+        Ok(opened) => opened,
+        Err(VaultError::Store(e)) => return Err(OpenRefusal::Store(e)),
+        Err(e) => return Err(OpenRefusal::Missing(e.to_string())),
+    };
+    for (field, name) in &named {
+        if !opened.0.contains_key(*name) {
+            return Err(OpenRefusal::Missing(format!("{field}: secret `{name}` was deleted from the project")));
+        }
+    }
+    let (git, registry) = typed(spec, &opened).map_err(|(_, message)| OpenRefusal::Missing(message))?;
+    let value = |name: &String| opened.0[name].clone();
+    Ok(JobSecrets {
+        env: spec.named_secrets.secrets.iter().map(|(k, name)| (k.clone(), value(name))).collect(),
+        build: spec.named_secrets.build_secrets.iter().map(|(k, name)| (k.clone(), value(name))).collect(),
+        git,
+        registry,
+    })
+}
+
+/// The credentials among `opened`, read by their kind and checked against the
+/// repository; or the field at fault and why.
+fn typed(
+    spec: &JobSpec,
+    opened: &Opened,
+) -> Result<(Option<GitCredentials>, Option<RegistryCredentials>), (String, String)> {
+    let git = match &spec.named_secrets.git.credentials {
+        None => None,
+        Some(name) => {
+            let field = "git.credentials".to_string();
+            let credentials = GitCredentials::parse(&opened.0[name])
+                .map_err(|why| (field.clone(), format!("secret `{name}` {why}")))?;
+            if !credentials.fits(&spec.repo) {
+                let message = format!(
+                    "secret `{name}` holds {} credentials, which {} cannot use (https_token for https://, ssh_key for ssh)",
+                    credentials.kind(),
+                    spec.repo
+                );
+                return Err((field, message));
+            }
+            Some(credentials)
+        }
+    };
+    let registry = match &spec.named_secrets.registry {
+        None => None,
+        Some(r) => Some(
+            RegistryCredentials::parse(&opened.0[&r.credentials])
+                .map_err(|why| ("registry.credentials".to_string(), format!("secret `{}` {why}", r.credentials)))?,
+        ),
+    };
+    Ok((git, registry))
+}
