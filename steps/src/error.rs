@@ -26,6 +26,9 @@ pub enum ErrorCode {
     /// The build context is larger than the worker sends (`SLIPWAY_MAX_CONTEXT_BYTES`).
     ContextTooLarge,
     BuildFailed,
+    /// The job names build secrets and the build cannot take them (the classic
+    /// builder, or an engine without BuildKit).
+    BuildSecretsUnsupported,
     EngineUnavailable,
     PushRefused,
     PushFailed,
@@ -60,6 +63,7 @@ impl ErrorCode {
             ErrorCode::DockerignoreInvalid => "dockerignore_invalid",
             ErrorCode::ContextTooLarge => "context_too_large",
             ErrorCode::BuildFailed => "build_failed",
+            ErrorCode::BuildSecretsUnsupported => "build_secrets_unsupported",
             ErrorCode::EngineUnavailable => "engine_unavailable",
             ErrorCode::PushRefused => "push_refused",
             ErrorCode::PushFailed => "push_failed",

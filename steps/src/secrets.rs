@@ -18,12 +18,18 @@ pub enum GitAuth {
     SshKey { private_key: String, passphrase: Option<String> },
 }
 
-/// A registry login for the job's own image.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RegistryLogin {
-    pub username: String,
-    pub password: String,
+impl std::fmt::Debug for GitAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GitAuth::HttpsToken { username, .. } => {
+                f.debug_struct("HttpsToken").field("username", username).finish_non_exhaustive()
+            }
+            GitAuth::SshKey { .. } => f.debug_struct("SshKey").finish_non_exhaustive(),
+        }
+    }
 }
+
+pub use crate::docker::push::RegistryCredentials;
 
 /// An attempt's secrets. Its Debug shows names and kinds, never values.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -33,7 +39,8 @@ pub struct JobSecrets {
     /// BuildKit secret id → value.
     pub build: BTreeMap<String, String>,
     pub git: Option<GitAuth>,
-    pub registry: Option<RegistryLogin>,
+    /// A login for the registry of the job's image (push, and base images there).
+    pub registry: Option<RegistryCredentials>,
 }
 
 impl std::fmt::Debug for JobSecrets {
@@ -144,9 +151,9 @@ mod tests {
             env: [("DB".to_string(), "v-env".to_string())].into(),
             build: [("npm".to_string(), "v-build".to_string())].into(),
             git: Some(GitAuth::SshKey { private_key: "v-key".into(), passphrase: Some("v-pass".into()) }),
-            registry: Some(RegistryLogin { username: "u".into(), password: "v-password".into() }),
+            registry: Some(RegistryCredentials { username: "u".into(), password: "v-password".into() }),
         };
-        let printed = format!("{secrets:?} {:?}", secrets.mask());
+        let printed = format!("{secrets:?} {:?} {:?}", secrets.mask(), secrets.git);
         assert!(!printed.contains("v-"), "{printed}");
         assert_eq!(secrets.values().len(), 5);
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use slipway_observability::{fields, metrics, trace};
 use slipway_steps::aws::ecr::EcrRegistry;
-use slipway_steps::clone::{CloneRequest, check_remote, clone_repo};
+use slipway_steps::clone::{CloneRequest, check_remote, clone_repo, fetch_submodules};
 use slipway_steps::docker::build::{BuildRequest, Builder, build_image};
 use slipway_steps::docker::push::push_image;
 use slipway_steps::image_ref::ImageRef;
@@ -164,6 +164,7 @@ async fn clone(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepErro
         git_ref: job.spec.git_ref.clone(),
         pinned_sha: job.outputs.commit_sha.clone(),
         max_bytes: ctx.state.config.max_clone_bytes,
+        auth: job.secrets.git.clone(),
     };
     tokio::select! {
         checked = check_remote(&request.repo, &ctx.state.config.repo_policy) => checked?,
@@ -176,10 +177,22 @@ async fn clone(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepErro
     // Past its time the clone is stopped like a cancel, and fails as slow.
     let (logs, cancel) = (logs.clone(), stop.child_token());
     let abort = cancel.clone();
-    let fetch = tokio::task::spawn_blocking(move || clone_repo(&request, &dest, &logs, &cancel));
+    let policy = &ctx.state.config.repo_policy;
+    let submodules = job.spec.submodules;
+    let fetch = async move {
+        let (parent, root) = (request.clone(), dest.clone());
+        let (lines, stop) = (logs.clone(), cancel.clone());
+        let sha = tokio::task::spawn_blocking(move || clone_repo(&request, &dest, &lines, &stop))
+            .await
+            .map_err(|e| StepError::new(ErrorCode::Internal, format!("the clone panicked: {e}")))??;
+        if submodules {
+            fetch_submodules(&parent, &root, policy, &logs, &cancel).await?;
+        }
+        Ok(sha)
+    };
     let limit = ctx.state.config.clone_timeout;
     tokio::select! {
-        done = fetch => done.map_err(|e| StepError::new(ErrorCode::Internal, format!("the clone panicked: {e}")))?,
+        done = fetch => done,
         // libgit2 sees a cancel only between transfers; a remote that stalls must not
         // hold the job: the fetch thread is left to end on libgit2's timeout.
         _ = stop.cancelled() => Err(StepError::cancelled()),
@@ -206,6 +219,8 @@ async fn build(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepErro
         max_context_bytes: state.config.max_context_bytes,
         start_timeout: state.config.build_start_timeout,
         limits: state.config.run_limits,
+        registry_login: job.secrets.registry.clone(),
+        secrets: job.secrets.build.clone(),
     };
     let builder = state.builder().await?;
     let checkout = checkout_dir(ctx.folder);
@@ -244,7 +259,12 @@ async fn push(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepError
             }
             Some(ecr.credentials(registry).await?)
         }
-        None => state.config.registry_logins.for_host(image.registry.as_deref()).cloned(),
+        // The job's own login goes to its image's registry only; ECR keeps its tokens.
+        None => job
+            .secrets
+            .registry
+            .clone()
+            .or_else(|| state.config.registry_logins.for_host(image.registry.as_deref()).cloned()),
     };
     let pushed = push_image(&state.docker, &image, credentials.as_ref(), logs, ctx.stop).await;
     if let (Err(_), Some(registry)) = (&pushed, &ecr_registry) {

@@ -9,7 +9,7 @@ use slipway_steps::image_ref::ImageRef;
 use slipway_steps::paths::is_confined;
 use slipway_steps::repo_url::{self, RepoPolicy};
 use slipway_steps::runtime::RuntimeKind;
-use slipway_steps::secrets::{GitAuth, JobSecrets, RegistryLogin};
+use slipway_steps::secrets::{GitAuth, JobSecrets, RegistryCredentials};
 use slipway_steps::{LogLine, Step};
 use tonic::Status;
 
@@ -92,7 +92,7 @@ fn secrets_from_wire(secrets: v1::JobSecrets) -> Result<JobSecrets, Status> {
         env: secrets.env.into_iter().collect(),
         build: secrets.build.into_iter().collect(),
         git,
-        registry: secrets.registry.map(|r| RegistryLogin { username: r.username, password: r.password }),
+        registry: secrets.registry.map(|r| RegistryCredentials { username: r.username, password: r.password }),
     })
 }
 

@@ -13,6 +13,7 @@ mod hostile;
 mod iam;
 mod observability;
 mod pipeline;
+mod secrets;
 mod soak;
 mod store;
 mod traces;

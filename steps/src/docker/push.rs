@@ -11,7 +11,7 @@ use crate::image_ref::ImageRef;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
 /// A user name and password (or token) for a registry.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct RegistryCredentials {
     pub username: String,
     pub password: String,

@@ -12,15 +12,18 @@ mod buildkit;
 mod classic;
 mod context;
 mod ignore;
+mod session;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bollard::Docker;
+use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{BuildImageOptionsBuilder, BuilderVersion, TagImageOptionsBuilder};
 use tokio_util::sync::CancellationToken;
 
+use crate::docker::push::RegistryCredentials;
 use crate::docker::{INSTANCE_LABEL, engine_error, job_image_tag};
 use crate::paths::resolve_inside;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
@@ -49,6 +52,11 @@ pub struct BuildRequest {
     /// What the build's containers may use (the worker's run limits); honoured by
     /// the classic builder only: BuildKit takes no resource limits per build.
     pub limits: crate::docker::run::RunLimits,
+    /// A login for the registry of `image`, for base images pulled from there.
+    pub registry_login: Option<RegistryCredentials>,
+    /// BuildKit secret id → value, served to `RUN --mount=type=secret` through the
+    /// build's session, never as a build argument.
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 /// Builds with `builder` and returns the image id (`sha256:…`).
@@ -60,6 +68,12 @@ pub async fn build_image(
     logs: &LogSink,
     cancel: &CancellationToken,
 ) -> Result<String, StepError> {
+    if !request.secrets.is_empty() && builder == Builder::Classic {
+        return Err(StepError::new(
+            ErrorCode::BuildSecretsUnsupported,
+            "the job names build_secrets, which only BuildKit serves, and this worker builds with the classic builder",
+        ));
+    }
     let context = resolve_inside(checkout, &request.context, "context")?;
     let dockerfile = resolve_inside(checkout, &request.dockerfile, "dockerfile")?;
     if !dockerfile.is_file() {
@@ -112,20 +126,46 @@ pub async fn build_image(
     };
     let started = AtomicBool::new(false);
     let mut log = BuildLog::new(logs, &started);
+    // The session id only has to be unique among the engine's running builds.
+    let session_id = format!("slipway-{}-{}", request.job_id, std::process::id());
+    let registry = registry_of(request);
+    // A build that needs secrets has a session of Slipway's own (see `session`).
+    let _own_session = match builder {
+        Builder::BuildKit if !request.secrets.is_empty() => {
+            let served = session::Served { secrets: request.secrets.clone(), registry: registry.clone() };
+            match session::open(&session_id, served).await {
+                Ok(session) => Some(session),
+                Err(e) => {
+                    stop.cancel();
+                    return Err(e);
+                }
+            }
+        }
+        _ => None,
+    };
+    let credentials = registry.map(|(host, login)| {
+        let login = DockerCredentials {
+            username: Some(login.username),
+            password: Some(login.password),
+            serveraddress: Some(host.clone()),
+            ..Default::default()
+        };
+        HashMap::from([(host, login)])
+    });
     let follow = async {
         match builder {
             Builder::BuildKit => {
-                // The session id only has to be unique among the engine's running builds.
-                let session = format!("slipway-{}-{}", request.job_id, std::process::id());
-                let options = options.version(BuilderVersion::BuilderBuildKit).session(&session).build();
-                buildkit::follow(std::pin::pin!(docker.build_image(options, None, body)), &mut log, &stop).await
+                let options = options.version(BuilderVersion::BuilderBuildKit).session(&session_id).build();
+                let build = docker.build_image(options, credentials, body);
+                buildkit::follow(std::pin::pin!(build), &mut log, &stop).await
             }
             Builder::Classic => {
                 // The engine's API takes 32-bit numbers here: memory past 2 GiB is cut to it.
                 let memory = request.limits.memory_bytes.min(i64::from(i32::MAX)) as i32;
                 let quota = (request.limits.nano_cpus / 10_000).min(i64::from(i32::MAX)) as i32;
                 let options = options.memory(memory).memswap(memory).cpuperiod(100_000).cpuquota(quota).build();
-                classic::follow(std::pin::pin!(docker.build_image(options, None, body)), &mut log, &stop).await
+                let build = docker.build_image(options, credentials, body);
+                classic::follow(std::pin::pin!(build), &mut log, &stop).await
             }
         }
     };
@@ -186,6 +226,14 @@ pub async fn build_image(
         .await
         .map_err(|e| engine_error(e, ErrorCode::BuildFailed, "cannot tag the built image for its job"))?;
     Ok(image_id)
+}
+
+/// The registry of the job's image and the job's login for it, if it has one: base
+/// images pulled from that registry use it; no other registry gets it.
+fn registry_of(request: &BuildRequest) -> Option<(String, RegistryCredentials)> {
+    let login = request.registry_login.clone()?;
+    let image: crate::image_ref::ImageRef = request.image.parse().ok()?;
+    Some((image.registry?, login))
 }
 
 /// Which builder runs the engine's builds.

@@ -10,13 +10,18 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use git2::{
-    AutotagOption, Cred, CredentialType, Direction, ErrorClass, ErrorCode as GitCode, FetchOptions, Oid,
-    RemoteCallbacks, Repository,
+    AutotagOption, Direction, ErrorClass, ErrorCode as GitCode, FetchOptions, Oid, RemoteCallbacks, Repository,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::repo_url::{RepoPolicy, host_and_port, redacted};
+use crate::secrets::GitAuth;
 use crate::{ErrorCode, LogSink, LogStream, StepError};
+
+mod auth;
+mod submodules;
+
+pub use submodules::fetch_submodules;
 
 /// How long libgit2 waits to connect to a remote, and for any byte from it.
 const CONNECT_TIMEOUT_MS: i32 = 15_000;
@@ -69,6 +74,8 @@ pub struct CloneRequest {
     pub pinned_sha: Option<String>,
     /// The most bytes fetched, and the most bytes of files checked out.
     pub max_bytes: u64,
+    /// The job's credentials; without them, the worker's ssh agent (ssh) or none.
+    pub auth: Option<GitAuth>,
 }
 
 /// Clones into `dest` (an empty or missing folder) and returns the checked-out SHA.
@@ -87,7 +94,7 @@ pub fn clone_repo(
     let limit = Limit { max_bytes: request.max_bytes, exceeded: &too_large };
     let target = {
         let connection = remote
-            .connect_auth(Direction::Fetch, Some(callbacks(logs, cancel, limit)), None)
+            .connect_auth(Direction::Fetch, Some(callbacks(request.auth.as_ref(), logs, cancel, limit)), None)
             .map_err(|e| classify(&request.repo, e))?;
         let heads: Vec<(String, Oid)> = connection
             .list()
@@ -101,7 +108,7 @@ pub fn clone_repo(
     logs.blocking_line(LogStream::System, format!("fetching {} from {}", target.describe(), redacted(&request.repo)));
 
     let mut fetch = FetchOptions::new();
-    fetch.remote_callbacks(callbacks(logs, cancel, limit)).download_tags(AutotagOption::None);
+    fetch.remote_callbacks(callbacks(request.auth.as_ref(), logs, cancel, limit)).download_tags(AutotagOption::None);
     let refspecs: Vec<String> = match &target.refname {
         Some(name) => {
             fetch.depth(1);
@@ -233,7 +240,12 @@ fn checkout_bytes(repo: &Repository, commit: &git2::Commit<'_>, max: u64) -> Res
     }
 }
 
-fn callbacks<'a>(logs: &'a LogSink, cancel: &'a CancellationToken, limit: Limit<'a>) -> RemoteCallbacks<'a> {
+fn callbacks<'a>(
+    auth: Option<&'a GitAuth>,
+    logs: &'a LogSink,
+    cancel: &'a CancellationToken,
+    limit: Limit<'a>,
+) -> RemoteCallbacks<'a> {
     let mut cb = RemoteCallbacks::new();
     let mut credential_tries = 0;
     cb.credentials(move |_url, username, allowed| {
@@ -241,11 +253,7 @@ fn callbacks<'a>(logs: &'a LogSink, cancel: &'a CancellationToken, limit: Limit<
         if credential_tries > 3 {
             return Err(git2::Error::from_str("credentials refused"));
         }
-        if allowed.contains(CredentialType::SSH_KEY) {
-            Cred::ssh_key_from_agent(username.unwrap_or("git"))
-        } else {
-            Cred::default()
-        }
+        auth::credential(auth, username, allowed)
     });
     let mut last = Instant::now() - Duration::from_secs(1);
     cb.transfer_progress(move |p| {
@@ -346,6 +354,7 @@ mod tests {
             git_ref: git_ref.map(String::from),
             pinned_sha: None,
             max_bytes: 1 << 30,
+            auth: None,
         }
     }
 

@@ -1,0 +1,123 @@
+//! Project secrets with real parts: stored sealed, named by jobs, served to the
+//! build through BuildKit's session and to the run's environment, and never shown
+//! again — not in the stored logs, the live stream, the processes' own logs, the
+//! image, its history or a dump of the database.
+
+use std::time::Duration;
+
+use crate::common::*;
+use serde_json::{Value, json};
+
+const JOB_LIMIT: Duration = Duration::from_secs(180);
+
+async fn put_secret(api: &str, project: &str, name: &str, value: &str) -> (u16, Value) {
+    let response = http()
+        .put(format!("{api}/v1/projects/{project}/secrets/{name}"))
+        .json(&json!({ "value": value }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// What `pg_dump` writes of the whole database.
+fn pg_dump(url: &str) -> String {
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.path().join("bin/pg_dump")))
+        .find(|p| p.exists())
+        .expect("pg_dump is installed with postgres");
+    let out = std::process::Command::new(bin).arg(url).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn docker_text(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker").args(args).output().unwrap();
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_reach_the_build_and_the_run_and_every_output_shows_them_masked() {
+    let sa = Standalone::start(&[]).await;
+    let api = sa.api();
+    let password = unique("pw-one-line-");
+    let key_lines = [unique("KEYLINE-A-"), unique("KEYLINE-B-")];
+    let multi = format!("-----BEGIN TEST KEY-----\n{}\n{}\n-----END TEST KEY-----\n", key_lines[0], key_lines[1]);
+    let npm = unique("npm-token-");
+    for (name, value) in [("db-password", password.as_str()), ("deploy-key", &multi), ("npm-token", &npm)] {
+        assert_eq!(put_secret(&api, "default", name, value).await.0, 201, "{name}");
+    }
+    // The build reads its secret from the mount, the run from its environment; each
+    // prints what it got. (BuildKit caches a RUN whatever its secrets hold: the
+    // command is made unique so that it runs.)
+    let dockerfile = format!(
+        "FROM scratch\nCOPY busybox /bin/busybox\n\
+         RUN --mount=type=secret,id=npm [\"/bin/busybox\", \"sh\", \"-c\", \"echo build sees $(/bin/busybox cat /run/secrets/npm) {}\"]\n\
+         CMD [\"/bin/busybox\", \"sh\", \"-c\", \"echo run sees $DB_PASSWORD; echo \\\"$KEY\\\"\"]\n",
+        unique("run-")
+    );
+    let repo = sa.git.repo("secret-app", &[("Dockerfile", Entry::Text(&dockerfile)), ("busybox", Entry::Busybox)]);
+    let image = format!("{}/secrets/app:{}", open_registry(), unique("t"));
+    let job = submit(
+        &api,
+        &json!({
+            "repo": repo, "image": image,
+            "secrets": { "DB_PASSWORD": "db-password", "KEY": "deploy-key" },
+            "build_secrets": { "npm": "npm-token" },
+        }),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    // The job shows names, never values.
+    assert_eq!(job["spec"]["secrets"], json!({ "DB_PASSWORD": "db-password", "KEY": "deploy-key" }), "{job}");
+    assert_eq!(job["spec"]["build_secrets"], json!({ "npm": "npm-token" }));
+    let live = tokio::spawn({
+        let url = format!("{api}/v1/jobs/{id}/logs?follow=true");
+        async move {
+            let mut reader = SseReader::open(&url, None).await;
+            let mut seen = String::new();
+            while let Some(event) = reader.next().await {
+                seen.push_str(&event.data);
+                seen.push('\n');
+                if event.event == "end" {
+                    break;
+                }
+            }
+            seen
+        }
+    });
+    let job = wait_finished(&api, &id, JOB_LIMIT).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+
+    let stored: Vec<String> =
+        all_logs(&api, &id).await.iter().map(|l| l["line"].as_str().unwrap().to_string()).collect();
+    let stored = stored.join("\n");
+    assert!(stored.contains("build sees ***"), "{stored}");
+    assert!(stored.contains("run sees ***"), "{stored}");
+    let live = tokio::time::timeout(Duration::from_secs(30), live).await.unwrap().unwrap();
+    assert!(live.contains("run sees ***"), "{live}");
+
+    let image_id = job["image_id"].as_str().unwrap();
+    let history = docker_text(&["history", "--no-trunc", image_id]);
+    let inspect = docker_text(&["image", "inspect", image_id]);
+    let dump = pg_dump(&sa.db.url);
+    let job_view = get_job(&api, &id).await.to_string();
+    let process = sa.process.output();
+    let values = [password.as_str(), npm.as_str(), key_lines[0].as_str(), key_lines[1].as_str()];
+    for (what, text) in [
+        ("stored logs", &stored),
+        ("live logs", &live),
+        ("image history", &history),
+        ("image inspect", &inspect),
+        ("pg_dump", &dump),
+        ("job view", &job_view),
+        ("process logs", &process),
+    ] {
+        for value in values {
+            assert!(!text.contains(value), "{what} shows a secret value");
+        }
+    }
+}
