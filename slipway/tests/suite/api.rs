@@ -3,6 +3,7 @@
 
 mod auth;
 mod hostile_requests;
+mod secrets;
 
 use std::time::Duration;
 
@@ -26,12 +27,22 @@ async fn start_with(clients: slipway_engine::api::ClientLimits) -> Api {
 }
 
 async fn start_custom(clients: slipway_engine::api::ClientLimits, metrics_token: Option<&str>) -> Api {
-    let db = TestDb::new().await;
+    start_on(TestDb::new().await, clients, metrics_token, None).await
+}
+
+/// An API on `db`, sealing secrets with `keys` if given.
+async fn start_on(
+    db: TestDb,
+    clients: slipway_engine::api::ClientLimits,
+    metrics_token: Option<&str>,
+    keys: Option<slipway_engine::secrets::keyring::Keyring>,
+) -> Api {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut state = slipway_engine::api::AppState::new(db.store.clone(), test_submit_defaults(), shutdown.clone());
     state.metrics_token = metrics_token.map(std::sync::Arc::from);
+    state.vault = slipway_engine::secrets::vault::Vault::new(db.store.clone(), keys);
     let limits = slipway_engine::api::HttpLimits { clients, ..Default::default() };
     tokio::spawn(slipway_engine::api::serve(listener, state, shutdown.clone(), limits));
     Api { db, base, _shutdown: shutdown.drop_guard() }

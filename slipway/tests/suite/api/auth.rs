@@ -13,7 +13,7 @@ use slipway_engine::store::TokenGrant;
 use super::{Api, job_count, start, valid};
 
 /// A token of `role` in `project` (by name; `None`: owner), valid for `ttl` if given.
-async fn token(api: &Api, role: Role, project: Option<&str>, ttl: Option<chrono::Duration>) -> String {
+pub(super) async fn token(api: &Api, role: Role, project: Option<&str>, ttl: Option<chrono::Duration>) -> String {
     let store = &api.db.store;
     let project = match project {
         Some(name) => Some(match store.project_named(name).await.unwrap() {
@@ -29,7 +29,13 @@ async fn token(api: &Api, role: Role, project: Option<&str>, ttl: Option<chrono:
     token.secret
 }
 
-async fn call(api: &Api, method: &str, path: &str, bearer: Option<&str>, body: Option<&Value>) -> (u16, Value, bool) {
+pub(super) async fn call(
+    api: &Api,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value, bool) {
     call_from(api, "127.0.0.1", method, path, bearer, body).await
 }
 
