@@ -121,3 +121,64 @@ async fn secrets_reach_the_build_and_the_run_and_every_output_shows_them_masked(
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_secret_is_deleted_before_it_starts_fails_secret_missing_for_good() {
+    let sa = Standalone::start(&[("SLIPWAY_WORKER_SLOTS", "1")]).await;
+    let api = sa.api();
+    assert_eq!(put_secret(&api, "default", "db-password", "will-be-deleted").await.0, 201);
+    let image = format!("{}/secrets/app:{}", open_registry(), unique("t"));
+    // The only slot is held while the second job waits in the queue.
+    let blocker =
+        submit(&api, &json!({ "repo": sa.repo, "image": image, "run": { "command": sleeping_command(60) } })).await;
+    let blocker = blocker["id"].as_str().unwrap().to_string();
+    wait_state(&api, &blocker, "running", JOB_LIMIT).await;
+    let waiting = submit(&api, &json!({ "repo": sa.repo, "image": image, "secrets": { "DB": "db-password" } })).await;
+    let waiting = waiting["id"].as_str().unwrap().to_string();
+    let deleted = http().delete(format!("{api}/v1/projects/default/secrets/db-password")).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    cancel(&api, &blocker).await;
+
+    let job = wait_finished(&api, &waiting, JOB_LIMIT).await;
+    assert_eq!(
+        (job["state"].as_str(), job["error"]["code"].as_str()),
+        (Some("failed"), Some("secret_missing")),
+        "{job}"
+    );
+    assert_eq!(job["attempt"], 1, "not retried");
+    assert!(job["error"]["message"].as_str().unwrap().contains("secrets.DB"), "{job}");
+    let history = state_history(&sa.db, &waiting).await;
+    assert_eq!(history, ["queued", "failed"], "no step ran");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_s_registry_login_pushes_its_jobs_and_no_other_project_can_name_it() {
+    let registry = AuthRegistry::start();
+    let sa = Standalone::start(&[]).await;
+    let api = sa.api();
+    let login = json!({ "username": REGISTRY_USER, "password": REGISTRY_PASSWORD }).to_string();
+    assert_eq!(put_secret(&api, "default", "registry-login", &login).await.0, 201);
+    let image = format!("{}/private/app:{}", registry.addr, unique("t"));
+
+    // Without the login the registry refuses the push; with it the job succeeds.
+    let refused = submit(&api, &json!({ "repo": sa.repo, "image": image })).await;
+    let refused = wait_finished(&api, refused["id"].as_str().unwrap(), JOB_LIMIT).await;
+    assert_eq!(refused["error"]["code"], "push_refused", "{refused}");
+    let job =
+        submit(&api, &json!({ "repo": sa.repo, "image": image, "registry": { "credentials": "registry-login" } }))
+            .await;
+    let job = wait_finished(&api, job["id"].as_str().unwrap(), JOB_LIMIT).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(job["pushed_ref"].as_str().unwrap().starts_with(&format!("{}/private/app@sha256:", registry.addr)));
+
+    // Another project's job cannot name it.
+    let made = http().post(format!("{api}/v1/projects")).json(&json!({ "name": "other" })).send().await.unwrap();
+    assert_eq!(made.status(), 201);
+    let body =
+        json!({ "project": "other", "repo": sa.repo, "image": image, "registry": { "credentials": "registry-login" } });
+    let answer = http().post(format!("{api}/v1/jobs")).json(&body).send().await.unwrap();
+    assert_eq!(answer.status(), 400);
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(answer["error"]["field"], "registry.credentials", "{answer}");
+    assert!(!sa.process.output().contains(REGISTRY_PASSWORD), "the process log shows the password");
+}
