@@ -22,6 +22,8 @@ ensure_packages() {
     [ -x /usr/lib/git-core/git-daemon ] || command -v git-daemon >/dev/null || missing+=(git)
     command -v curl >/dev/null || missing+=(curl)
     command -v prometheus >/dev/null || missing+=(prometheus)
+    # sshd serves the tests' private repositories over ssh.
+    [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" != 0 ]; then
         echo "missing packages: ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2

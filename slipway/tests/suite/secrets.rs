@@ -182,3 +182,47 @@ async fn a_project_s_registry_login_pushes_its_jobs_and_no_other_project_can_nam
     assert_eq!(answer["error"]["field"], "registry.credentials", "{answer}");
     assert!(!sa.process.output().contains(REGISTRY_PASSWORD), "the process log shows the password");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_repositories_and_their_submodules_clone_with_the_project_s_credentials_and_without_them_fail_auth_refused()
+ {
+    let git = GitServer::start();
+    // The app takes a file from a submodule that needs the same credentials.
+    git.repo("lib", &[("message.txt", Entry::Text("from the submodule\n"))]);
+    let dockerfile = "FROM scratch\nCOPY busybox /bin/busybox\nCOPY vendor/lib/message.txt /message.txt\n\
+                      CMD [\"/bin/busybox\", \"cat\", \"/message.txt\"]\n";
+    git.repo("app", &[("Dockerfile", Entry::Text(dockerfile)), ("busybox", Entry::Busybox)]);
+    git.add_submodule("app", "lib", "vendor/lib");
+    let token = unique("git-token-");
+    let https = HttpsGit::start(git.root(), "ci", &token);
+    let ssh = SshGit::start(git.root());
+    let sa = Standalone::start(&[("SSL_CERT_FILE", &https.ca_file()), ("HOME", &ssh.home())]).await;
+    let api = sa.api();
+    let https_login = json!({ "kind": "https_token", "username": "ci", "token": token }).to_string();
+    let ssh_login = json!({ "kind": "ssh_key", "private_key": ssh.deploy_key() }).to_string();
+    assert_eq!(put_secret(&api, "default", "git-token", &https_login).await.0, 201);
+    assert_eq!(put_secret(&api, "default", "deploy-key", &ssh_login).await.0, 201);
+    let image = format!("{}/private/app:{}", open_registry(), unique("t"));
+
+    for (repo, credentials) in [(https.url("app"), "git-token"), (ssh.url("app"), "deploy-key")] {
+        let body = json!({ "repo": repo, "image": image, "git": { "credentials": credentials, "submodules": true } });
+        let job = submit(&api, &body).await;
+        let id = job["id"].as_str().unwrap().to_string();
+        let job = wait_finished(&api, &id, JOB_LIMIT).await;
+        assert_eq!(job["state"], "succeeded", "{repo}: {job}");
+        let lines: Vec<String> = all_logs(&api, &id).await.iter().map(|l| l["line"].as_str().unwrap().into()).collect();
+        assert!(lines.iter().any(|l| l == "from the submodule"), "{repo}: {lines:?}");
+        assert!(lines.iter().any(|l| l.starts_with("submodule vendor/lib: ")), "{repo}: {lines:?}");
+
+        let job = submit(&api, &json!({ "repo": repo, "image": image })).await;
+        let job = wait_finished(&api, job["id"].as_str().unwrap(), JOB_LIMIT).await;
+        assert_eq!(
+            (job["state"].as_str(), job["error"]["code"].as_str()),
+            (Some("failed"), Some("auth_refused")),
+            "{repo}: {job}"
+        );
+    }
+    let process = sa.process.output();
+    assert!(!process.contains(&token), "the process log shows the token");
+    assert!(!process.contains("PRIVATE KEY-----\n"), "the process log shows the key");
+}

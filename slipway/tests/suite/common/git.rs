@@ -78,6 +78,20 @@ impl GitServer {
         format!("git://127.0.0.1:{}/{name}", self.port)
     }
 
+    /// The folder the repositories are in (other servers may serve it too).
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Adds repository `module` as a submodule of `repo` at `path`, by the relative
+    /// URL `../<module>`, and commits it.
+    pub fn add_submodule(&self, repo: &str, module: &str, path: &str) {
+        let dir = self.root.path().join(repo);
+        let url = format!("../{module}");
+        git(&dir, &["-c", "protocol.file.allow=always", "submodule", "add", "-q", &url, path]);
+        git(&dir, &["-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "submodule"]);
+    }
+
     pub fn head(&self, name: &str) -> String {
         let out =
             Command::new("git").args(["rev-parse", "HEAD"]).current_dir(self.root.path().join(name)).output().unwrap();
