@@ -103,6 +103,22 @@ pub struct SubmitArgs {
     /// Environment variable KEY=VALUE for the container (repeatable).
     #[arg(long = "env", short = 'e', value_parser = key_value)]
     pub env: Vec<(String, String)>,
+    /// Environment variable VAR=SECRET of the container, from the project's secret
+    /// named SECRET (repeatable). The job names the secret; its value never shows.
+    #[arg(long = "secret", value_parser = key_value)]
+    pub secrets: Vec<(String, String)>,
+    /// Build secret ID=SECRET for `RUN --mount=type=secret,id=ID` (repeatable).
+    #[arg(long = "build-secret", value_parser = key_value)]
+    pub build_secrets: Vec<(String, String)>,
+    /// The project's secret holding git credentials for the clone.
+    #[arg(long)]
+    pub git_credentials: Option<String>,
+    /// Fetch the repository's submodules, recursively.
+    #[arg(long)]
+    pub submodules: bool,
+    /// The project's secret holding a login for the image's registry.
+    #[arg(long)]
+    pub registry_credentials: Option<String>,
     /// Seconds the container may run.
     #[arg(long)]
     pub timeout: Option<u64>,
@@ -190,10 +206,30 @@ pub async fn submit(api: &Api, args: SubmitArgs) -> anyhow::Result<i32> {
             body[key] = json!(value);
         }
     }
-    for (key, pairs) in [("build_args", args.build_args), ("env", args.env), ("requires", args.requires)] {
+    let maps = [
+        ("build_args", args.build_args),
+        ("env", args.env),
+        ("requires", args.requires),
+        ("secrets", args.secrets),
+        ("build_secrets", args.build_secrets),
+    ];
+    for (key, pairs) in maps {
         if !pairs.is_empty() {
             body[key] = json!(pairs.into_iter().collect::<std::collections::BTreeMap<_, _>>());
         }
+    }
+    let mut git = json!({});
+    if let Some(secret) = args.git_credentials {
+        git["credentials"] = json!(secret);
+    }
+    if args.submodules {
+        git["submodules"] = json!(true);
+    }
+    if git.as_object().is_some_and(|o| !o.is_empty()) {
+        body["git"] = git;
+    }
+    if let Some(secret) = args.registry_credentials {
+        body["registry"] = json!({ "credentials": secret });
     }
     let mut run = json!({});
     if !args.command.is_empty() {

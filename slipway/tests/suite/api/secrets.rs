@@ -224,3 +224,74 @@ async fn rotating_the_key_while_secrets_change_loses_none() {
     let opened = after.open(project, &names).await.unwrap();
     assert_eq!(opened.0, expected);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_sets_secrets_from_standard_input_lists_deletes_them_and_submits_jobs_naming_them() {
+    let api = start_sealing(Some(Keyring::new(key(&SecretKey::generate_base64()), vec![]))).await;
+    let value = unique("cli-secret-value-");
+    let cli = |args: &[&str], input: Option<&str>| {
+        use std::io::Write;
+        let mut child = slipway_command()
+            .args(args)
+            .env("SLIPWAY_API", &api.base)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.unwrap_or_default().as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (code, out, err) = cli(&["secret", "set", "db", "--project", "default"], Some(&format!("{value}\n")));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.contains(&value) && !err.contains(&value));
+    let (code, _, err) = cli(&["secret", "set", "empty", "--project", "default"], Some(""));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no value"), "{err}");
+    let (_, out, _) = cli(&["secret", "list", "--project", "default"], None);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed["secrets"][0]["name"], "db", "{listed}");
+
+    // The value was stored without its final newline: a job's env equal to it is refused.
+    let (code, _, err) = cli(
+        &[
+            "submit",
+            "--repo",
+            "git://127.0.0.1:9418/app.git",
+            "--image",
+            "127.0.0.1:5000/cli/app:1",
+            "-e",
+            &format!("X={value}"),
+        ],
+        None,
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("secret_in_plain_field") && err.contains("env.X") && !err.contains(&value), "{err}");
+    let (code, out, err) = cli(
+        &[
+            "submit",
+            "--repo",
+            "git://127.0.0.1:9418/app.git",
+            "--image",
+            "127.0.0.1:5000/cli/app:1",
+            "--secret",
+            "DB=db",
+            "--build-secret",
+            "npm=db",
+            "--submodules",
+        ],
+        None,
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let job: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["spec"]["secrets"], json!({ "DB": "db" }));
+    assert_eq!(job["spec"]["build_secrets"], json!({ "npm": "db" }));
+    assert_eq!(job["spec"]["git"]["submodules"], true);
+
+    let (code, _, err) = cli(&["secret", "delete", "db", "--project", "default"], None);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = cli(&["secret", "delete", "db", "--project", "default"], None);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("not_found"), "{err}");
+}
