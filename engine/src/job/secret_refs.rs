@@ -12,7 +12,7 @@ use slipway_steps::image_ref::ImageRef;
 use slipway_steps::runtime::RuntimeKind;
 
 use super::spec::FieldError;
-use crate::secrets::is_secret_name;
+use crate::secrets::{MAX_PER_JOB, is_secret_name};
 
 /// `git` as sent.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -124,12 +124,16 @@ impl SecretRefs {
                 Some(RegistrySpec { credentials: secret })
             }
         };
-        Ok(SecretRefs {
+        let refs = SecretRefs {
             secrets,
             build_secrets,
             git: GitSpec { credentials: git.credentials, submodules: git.submodules.unwrap_or(false) },
             registry,
-        })
+        };
+        if refs.named().len() > MAX_PER_JOB {
+            return Err(FieldError::new("secrets", format!("a job names at most {MAX_PER_JOB} secrets")));
+        }
+        Ok(refs)
     }
 
     /// Every secret the spec names, with the field that names it.

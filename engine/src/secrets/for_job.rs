@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::vault::{Opened, Vault, VaultError};
-use super::{GitCredentials, RegistryCredentials};
+use super::{GitCredentials, MAX_JOB_BYTES, RegistryCredentials};
 use crate::auth::ProjectId;
 use crate::job::{FieldError, JobSpec};
 
@@ -65,6 +65,9 @@ pub async fn check_submission(vault: &Vault, project: ProjectId, spec: &JobSpec)
             }
         }
         typed(spec, &opened).map_err(|(field, message)| invalid(&field, message))?;
+        if let Some(why) = too_large(&opened) {
+            return Err(invalid("secrets", why));
+        }
     }
     let plain = spec
         .env
@@ -108,6 +111,9 @@ pub async fn open_for_attempt(vault: &Vault, project: ProjectId, spec: &JobSpec)
         }
     }
     let (git, registry) = typed(spec, &opened).map_err(|(_, message)| OpenRefusal::Missing(message))?;
+    if let Some(why) = too_large(&opened) {
+        return Err(OpenRefusal::Missing(why));
+    }
     let value = |name: &String| opened.0[name].clone();
     Ok(JobSecrets {
         env: spec.named_secrets.secrets.iter().map(|(k, name)| (k.clone(), value(name))).collect(),
@@ -115,6 +121,13 @@ pub async fn open_for_attempt(vault: &Vault, project: ProjectId, spec: &JobSpec)
         git,
         registry,
     })
+}
+
+/// Why the values a job names cannot travel to a worker, if they cannot.
+fn too_large(opened: &Opened) -> Option<String> {
+    let total: usize = opened.0.values().map(String::len).sum();
+    (total > MAX_JOB_BYTES)
+        .then(|| format!("the secrets the job names hold {total} bytes; a job's secrets hold at most {MAX_JOB_BYTES}"))
 }
 
 /// The credentials among `opened`, read by their kind and checked against the

@@ -19,6 +19,10 @@ use crate::auth::ProjectId;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// The most secrets a project may hold.
 pub const MAX_PER_PROJECT: i64 = 1000;
+/// The most secrets one job may name, and the most bytes their values may total:
+/// they travel in one `StartJob` message.
+pub const MAX_PER_JOB: usize = 64;
+pub const MAX_JOB_BYTES: usize = 1 << 20;
 
 /// Whether `name` can name a secret: `[A-Za-z_][A-Za-z0-9_.-]{0,127}` (the rule the
 /// `project_secrets` table checks too).

@@ -118,6 +118,13 @@ async fn jobs_naming_secrets_are_checked_against_their_own_project_and_refusals_
         assert_eq!(put(&api, &admin, "team", name, value).await.0, 201);
     }
     assert_eq!(put(&api, &other_admin, "other", "theirs", "their-value").await.0, 201);
+    // Seventeen values of 64 KiB: more than a job's secrets may hold together.
+    for i in 0..17 {
+        assert_eq!(put(&api, &admin, "team", &format!("big{i}"), &"x".repeat(64 * 1024)).await.0, 201);
+    }
+    let too_many: serde_json::Map<String, Value> = (0..65).map(|i| (format!("V{i}"), json!("db"))).collect();
+    let too_large: serde_json::Map<String, Value> =
+        (0..17).map(|i| (format!("V{i}"), json!(format!("big{i}")))).collect();
 
     let https = "https://127.0.0.1/team/app.git";
     let job = |extra: Value| {
@@ -136,6 +143,8 @@ async fn jobs_naming_secrets_are_checked_against_their_own_project_and_refusals_
         (job(json!({ "secrets": { "DB": "db" }, "env": { "DB": "x" } })), 400, "invalid_field", "secrets.DB"),
         (job(json!({ "build_secrets": { "a/b": "db" } })), 400, "invalid_field", "build_secrets.a/b"),
         (job(json!({ "build_secrets": { "npm": "missing" } })), 400, "invalid_field", "build_secrets.npm"),
+        (job(json!({ "secrets": too_many })), 400, "invalid_field", "secrets"),
+        (job(json!({ "secrets": too_large })), 400, "invalid_field", "secrets"),
         (job(json!({ "env": { "X": plain_value } })), 400, "secret_in_plain_field", "env.X"),
         (job(json!({ "build_args": { "X": plain_value } })), 400, "secret_in_plain_field", "build_args.X"),
         // Credentials must be credentials, of the kind the URL's scheme takes.
