@@ -16,3 +16,15 @@ create table project_secrets (
 );
 -- `slipway secret rotate-key` finds the values sealed under an older key.
 create index project_secrets_key on project_secrets (key_id);
+
+-- The secret a project's clones use for a git host when a job names none
+-- (`git.credentials`), filled into the job's spec at submission.
+create table project_git_credentials (
+    project_id uuid not null references projects (id),
+    -- A host name or address, lowercase, without port.
+    host text not null check (host ~ '^[a-z0-9.:\[\]-]{1,255}$'),
+    secret text not null check (secret ~ '^[A-Za-z_][A-Za-z0-9_.-]{0,127}$'),
+    updated_at timestamptz not null default now(),
+    updated_by text not null,
+    primary key (project_id, host)
+);

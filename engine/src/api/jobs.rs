@@ -39,10 +39,11 @@ pub async fn submit(
     let key = idempotency_key(&headers)?;
     let request: JobRequest = read_json(&headers, body).await?;
     let project = project_for(store, &caller, request.project.as_deref()).await?;
-    let spec = request.validate(&state.defaults).map_err(|e| {
+    let mut spec = request.validate(&state.defaults).map_err(|e| {
         let code = if e.credentials { Code::CredentialsInUrl } else { Code::InvalidField };
         ApiError { field: Some(e.field), ..ApiError::new(code, e.message) }
     })?;
+    crate::secrets::for_job::fill_git_default(store, project, &mut spec).await?;
     crate::secrets::for_job::check_submission(&state.vault, project, &spec).await?;
     let id = JobId::new();
     // The job's trace begins here; its context is stored with the job.

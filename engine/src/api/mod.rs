@@ -132,6 +132,24 @@ pub const ROUTES: &[Route] = {
             role: Admin,
             handler: || axum::routing::delete(secrets::delete_secret),
         },
+        Route {
+            method: "PUT",
+            path: "/v1/projects/{project}/git-credentials/{host}",
+            role: Admin,
+            handler: || axum::routing::put(secrets::put_git_default),
+        },
+        Route {
+            method: "GET",
+            path: "/v1/projects/{project}/git-credentials",
+            role: Read,
+            handler: || get(secrets::list_git_defaults),
+        },
+        Route {
+            method: "DELETE",
+            path: "/v1/projects/{project}/git-credentials/{host}",
+            role: Admin,
+            handler: || axum::routing::delete(secrets::delete_git_default),
+        },
         Route { method: "GET", path: "/v1/audit", role: Admin, handler: || get(access::audit_log) },
     ]
 };

@@ -11,13 +11,13 @@ use serde::Deserialize;
 
 use super::access::{audit, managed};
 use super::auth::Principal;
-use super::body::read_json_within;
+use super::body::{read_json, read_json_within};
 use super::clients::ClientAddr;
 use super::{ApiError, AppState};
 use crate::error::Code;
 use crate::secrets::for_job::SubmitRefusal;
 use crate::secrets::vault::VaultError;
-use crate::secrets::{MAX_PER_PROJECT, MAX_VALUE_BYTES, is_secret_name};
+use crate::secrets::{GitCredentials, MAX_PER_PROJECT, MAX_VALUE_BYTES, is_git_host, is_secret_name};
 use crate::store::PutOutcome;
 
 /// A value's JSON may be escaped to six bytes a byte (`\u0001`).
@@ -106,6 +106,70 @@ pub async fn put_secret(
     audit(&state, &caller, client.map(|c| c.0), "secret.set", Some(project.id), Some(&name)).await;
     let row = state.store.secrets(project.id).await?.into_iter().find(|s| s.name == name);
     Ok((status, Json(row)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitDefault {
+    secret: String,
+}
+
+/// `PUT /v1/projects/{project}/git-credentials/{host}` (admin): `{"secret"}` — the
+/// secret (git credentials) the project's jobs clone `host` with when they name none.
+pub async fn put_git_default(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    client: Option<Extension<ClientAddr>>,
+    Path((project, host)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let project = managed(&state, &caller, &project).await?;
+    if !is_git_host(&host) {
+        return Err(ApiError::invalid("host", "a git host is a lowercase name or address, without port"));
+    }
+    let request: GitDefault = read_json(&headers, body).await?;
+    check_name(&request.secret).map_err(|e| ApiError { field: Some("secret".into()), ..e })?;
+    let opened = state.vault.open(project.id, std::slice::from_ref(&request.secret)).await?;
+    let Some(value) = opened.0.get(&request.secret) else {
+        return Err(ApiError::invalid(
+            "secret",
+            format!("project {} has no secret `{}`", project.name, request.secret),
+        ));
+    };
+    GitCredentials::parse(value)
+        .map_err(|why| ApiError::invalid("secret", format!("secret `{}` {why}", request.secret)))?;
+    let created = state.store.put_git_default(project.id, &host, &request.secret, &caller.label()).await?;
+    let target = format!("{host}: {}", request.secret);
+    audit(&state, &caller, client.map(|c| c.0), "git_credentials.set", Some(project.id), Some(&target)).await;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let row = state.store.git_defaults(project.id).await?.into_iter().find(|g| g.host == host);
+    Ok((status, Json(row)).into_response())
+}
+
+/// `GET /v1/projects/{project}/git-credentials`: each host and the secret it uses.
+pub async fn list_git_defaults(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    Path(project): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let project = managed(&state, &caller, &project).await?;
+    Ok(Json(serde_json::json!({ "git_credentials": state.store.git_defaults(project.id).await? })))
+}
+
+/// `DELETE /v1/projects/{project}/git-credentials/{host}` (admin).
+pub async fn delete_git_default(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    client: Option<Extension<ClientAddr>>,
+    Path((project, host)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let project = managed(&state, &caller, &project).await?;
+    if !state.store.delete_git_default(project.id, &host).await? {
+        return Err(ApiError::new(Code::NotFound, format!("project {} has no credentials for `{host}`", project.name)));
+    }
+    audit(&state, &caller, client.map(|c| c.0), "git_credentials.delete", Some(project.id), Some(&host)).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `GET /v1/projects/{project}/secrets`: names, when they were set and by whom.

@@ -10,6 +10,7 @@ use super::vault::{Opened, Vault, VaultError};
 use super::{GitCredentials, MAX_JOB_BYTES, RegistryCredentials};
 use crate::auth::ProjectId;
 use crate::job::{FieldError, JobSpec};
+use crate::store::{Store, StoreError};
 
 /// The values an attempt needs, opened. Never printed.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -51,6 +52,17 @@ impl From<VaultError> for SubmitRefusal {
 
 fn invalid(field: &str, message: String) -> SubmitRefusal {
     SubmitRefusal::Invalid(FieldError { field: field.to_string(), message, credentials: false })
+}
+
+/// Fills in the project's default credentials for the repository's host when the
+/// job names none (the default in force at submission is the job's).
+pub async fn fill_git_default(store: &Store, project: ProjectId, spec: &mut JobSpec) -> Result<(), StoreError> {
+    if spec.named_secrets.git.credentials.is_some() {
+        return Ok(());
+    }
+    let Some((host, _)) = slipway_steps::repo_url::host_and_port(&spec.repo) else { return Ok(()) };
+    spec.named_secrets.git.credentials = store.git_default_for(project, &host.to_ascii_lowercase()).await?;
+    Ok(())
 }
 
 /// Checks a valid spec's secrets against its project.

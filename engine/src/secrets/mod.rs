@@ -33,6 +33,18 @@ pub fn is_secret_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
+/// Whether `host` can name a git host for default credentials: a lowercase name
+/// or address without port (an IPv6 address in brackets).
+pub fn is_git_host(host: &str) -> bool {
+    let plain = |h: &str| {
+        !h.is_empty() && h.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b))
+    };
+    let v6 = |h: &str| {
+        h.strip_prefix('[').and_then(|r| r.strip_suffix(']')).is_some_and(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+    };
+    host.len() <= 255 && (plain(host) || v6(host))
+}
+
 /// What a sealed value is bound to: its project and name.
 pub fn binding(project: ProjectId, name: &str) -> Vec<u8> {
     let mut bytes = project.as_bytes().to_vec();
@@ -113,6 +125,16 @@ mod tests {
         }
         for bad in ["", "1a", "-a", ".a", "a b", "a/b", "a\0", "é", &format!("a{}", "b".repeat(128))] {
             assert!(!is_secret_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn git_hosts_are_lowercase_names_or_addresses_without_port() {
+        for good in ["github.com", "git.example.org", "10.0.0.1", "[::1]"] {
+            assert!(is_git_host(good), "{good}");
+        }
+        for bad in ["", "GitHub.com", "host:22", "a/b", "[nope]", "x y"] {
+            assert!(!is_git_host(bad), "{bad}");
         }
     }
 

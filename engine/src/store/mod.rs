@@ -36,7 +36,7 @@ pub use listen::listen;
 pub use logs::{LogRow, NewLogLine};
 pub use read::{EventRow, JobRow, StepRow};
 pub use reports::{Finish, Lease, Retry};
-pub use secrets::{PutOutcome, SealedRow, SecretRow};
+pub use secrets::{GitDefaultRow, PutOutcome, SealedRow, SecretRow};
 pub use sweep::ExpiredJob;
 
 /// The migrations in `migrations/`, applied by `slipway migrate` and at start.

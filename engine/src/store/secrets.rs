@@ -139,3 +139,63 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 }
+
+/// The secret a project's clones use for one git host by default.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct GitDefaultRow {
+    pub host: String,
+    pub secret: String,
+    pub updated_at: DateTime<Utc>,
+    pub updated_by: String,
+}
+
+impl Store {
+    /// Sets the default credentials of `host`; true when it had none.
+    pub async fn put_git_default(
+        &self,
+        project: ProjectId,
+        host: &str,
+        secret: &str,
+        by: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "insert into project_git_credentials as g (project_id, host, secret, updated_by) values ($1, $2, $3, $4)
+             on conflict (project_id, host) do update
+                 set secret = excluded.secret, updated_by = excluded.updated_by, updated_at = now()
+             returning (xmax = 0)",
+        )
+        .bind(project)
+        .bind(host)
+        .bind(secret)
+        .bind(by)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub async fn git_defaults(&self, project: ProjectId) -> Result<Vec<GitDefaultRow>, StoreError> {
+        Ok(sqlx::query_as(
+            "select host, secret, updated_at, updated_by from project_git_credentials where project_id = $1 order by host",
+        )
+        .bind(project)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The secret named for `host`, if any.
+    pub async fn git_default_for(&self, project: ProjectId, host: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar("select secret from project_git_credentials where project_id = $1 and host = $2")
+            .bind(project)
+            .bind(host)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn delete_git_default(&self, project: ProjectId, host: &str) -> Result<bool, StoreError> {
+        let deleted = sqlx::query("delete from project_git_credentials where project_id = $1 and host = $2")
+            .bind(project)
+            .bind(host)
+            .execute(&self.pool)
+            .await?;
+        Ok(deleted.rows_affected() == 1)
+    }
+}

@@ -304,3 +304,50 @@ async fn the_cli_sets_secrets_from_standard_input_lists_deletes_them_and_submits
     assert_eq!(code, Some(1));
     assert!(err.contains("not_found"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_project_s_default_credentials_for_a_git_host_go_into_jobs_that_name_none() {
+    let api = start_sealing(Some(Keyring::new(key(&SecretKey::generate_base64()), vec![]))).await;
+    let admin = token(&api, Role::Admin, Some("team"), None).await;
+    let submitter = token(&api, Role::Submit, Some("team"), None).await;
+    let token_login = r#"{"kind": "https_token", "username": "ci", "token": "tok-123456"}"#;
+    assert_eq!(put(&api, &admin, "team", "git-token", token_login).await.0, 201);
+    assert_eq!(put(&api, &admin, "team", "plain", "not credentials").await.0, 201);
+    let set = |host: &str, secret: &str| {
+        let path = format!("/v1/projects/team/git-credentials/{host}");
+        let body = json!({ "secret": secret });
+        let admin = admin.clone();
+        let api = &api;
+        async move {
+            let (status, answer, _) = call(api, "PUT", &path, Some(&admin), Some(&body)).await;
+            (status, answer)
+        }
+    };
+    for (host, secret, field) in [
+        ("Git.Example", "git-token", "host"),
+        ("h:22", "git-token", "host"),
+        ("127.0.0.1", "plain", "secret"),
+        ("127.0.0.1", "missing", "secret"),
+    ] {
+        let (status, refused) = set(host, secret).await;
+        assert_eq!((status, refused["error"]["field"].as_str()), (400, Some(field)), "{host} {secret}: {refused}");
+    }
+    assert_eq!(set("127.0.0.1", "git-token").await.0, 201);
+    let (_, listed, _) = call(&api, "GET", "/v1/projects/team/git-credentials", Some(&submitter), None).await;
+    assert_eq!(listed["git_credentials"][0]["secret"], "git-token", "{listed}");
+
+    let body = json!({ "repo": "https://127.0.0.1/team/app.git", "image": "127.0.0.1:5000/team/app:v1" });
+    let (status, job, _) = call(&api, "POST", "/v1/jobs", Some(&submitter), Some(&body)).await;
+    assert_eq!(status, 201, "{job}");
+    assert_eq!(job["spec"]["git"]["credentials"], "git-token", "{job}");
+    // Over git://, the token does not fit: the default is refused like a named one.
+    let body = json!({ "repo": "git://127.0.0.1/team/app.git", "image": "127.0.0.1:5000/team/app:v1" });
+    let (status, refused, _) = call(&api, "POST", "/v1/jobs", Some(&submitter), Some(&body)).await;
+    assert_eq!((status, refused["error"]["field"].as_str()), (400, Some("git.credentials")), "{refused}");
+
+    let (status, _, _) = call(&api, "DELETE", "/v1/projects/team/git-credentials/127.0.0.1", Some(&admin), None).await;
+    assert_eq!(status, 204);
+    let (status, job, _) = call(&api, "POST", "/v1/jobs", Some(&submitter), Some(&body)).await;
+    assert_eq!(status, 201, "{job}");
+    assert!(job["spec"].get("git").is_none(), "{job}");
+}
