@@ -11,11 +11,62 @@ pub const MASK: &str = "***";
 /// while hiding nothing worth hiding.
 pub const MIN_MASKED_CHARS: usize = 4;
 
-/// How a clone authenticates.
-#[derive(Clone, PartialEq, Eq)]
+/// How a clone authenticates, as a secret's value holds it:
+/// `{"kind": "https_token", "username": "…", "token": "…"}` or
+/// `{"kind": "ssh_key", "private_key": "-----BEGIN …", "passphrase": "…"}`.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum GitAuth {
-    HttpsToken { username: String, token: String },
-    SshKey { private_key: String, passphrase: Option<String> },
+    HttpsToken {
+        username: String,
+        token: String,
+    },
+    SshKey {
+        private_key: String,
+        #[serde(default)]
+        passphrase: Option<String>,
+    },
+}
+
+impl GitAuth {
+    /// Reads a secret's value as git credentials, or says what is wrong with it
+    /// (never quoting it).
+    pub fn parse(value: &str) -> Result<Self, String> {
+        serde_json::from_str(value).map_err(|_| {
+            "is not git credentials: a JSON object {\"kind\": \"https_token\", \"username\", \"token\"} \
+             or {\"kind\": \"ssh_key\", \"private_key\", \"passphrase\"?}"
+                .to_string()
+        })
+    }
+
+    /// Whether these credentials can be offered to a repository at `repo`: a token
+    /// over https, a key over ssh (or the scp-like `host:path`).
+    pub fn fits(&self, repo: &str) -> bool {
+        match self {
+            GitAuth::HttpsToken { .. } => repo.starts_with("https://"),
+            GitAuth::SshKey { .. } => repo.starts_with("ssh://") || !repo.contains("://"),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GitAuth::HttpsToken { .. } => "https_token",
+            GitAuth::SshKey { .. } => "ssh_key",
+        }
+    }
+}
+
+/// Reads a secret's value as a registry login: `{"username": "…", "password": "…"}`.
+pub fn parse_registry_login(value: &str) -> Result<RegistryCredentials, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Login {
+        username: String,
+        password: String,
+    }
+    let login: Login = serde_json::from_str(value)
+        .map_err(|_| "is not a registry login: a JSON object {\"username\", \"password\"}".to_string())?;
+    Ok(RegistryCredentials { username: login.username, password: login.password })
 }
 
 impl std::fmt::Debug for GitAuth {
@@ -45,14 +96,10 @@ pub struct JobSecrets {
 
 impl std::fmt::Debug for JobSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let git = self.git.as_ref().map(|g| match g {
-            GitAuth::HttpsToken { .. } => "https_token",
-            GitAuth::SshKey { .. } => "ssh_key",
-        });
         f.debug_struct("JobSecrets")
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("build", &self.build.keys().collect::<Vec<_>>())
-            .field("git", &git)
+            .field("git", &self.git.as_ref().map(GitAuth::kind))
             .field("registry", &self.registry.as_ref().map(|r| &r.username))
             .finish()
     }
@@ -143,6 +190,19 @@ mod tests {
     fn a_value_holding_another_is_masked_whole() {
         let mask = Mask::new(["token", "token-and-more"]);
         assert_eq!(mask.apply("x token-and-more y token"), "x *** y ***");
+    }
+
+    #[test]
+    fn credentials_are_read_by_kind_and_fit_their_scheme() {
+        let token = GitAuth::parse(r#"{"kind":"https_token","username":"x","token":"t"}"#).unwrap();
+        assert!(token.fits("https://git.example/a.git") && !token.fits("ssh://git@git.example/a.git"));
+        let key = GitAuth::parse(r#"{"kind":"ssh_key","private_key":"k"}"#).unwrap();
+        assert!(key.fits("git@git.example:a.git") && key.fits("ssh://git.example/a") && !key.fits("https://x/a"));
+        for bad in ["hunter2", r#"{"kind":"password","token":"t"}"#, r#"{"kind":"ssh_key","private_key":"k","x":1}"#] {
+            assert!(!GitAuth::parse(bad).unwrap_err().contains("hunter2"));
+        }
+        assert!(parse_registry_login(r#"{"username":"u","password":"p"}"#).is_ok());
+        assert!(parse_registry_login(r#"{"username":"u"}"#).is_err());
     }
 
     #[test]

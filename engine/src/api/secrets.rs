@@ -17,7 +17,7 @@ use super::{ApiError, AppState};
 use crate::error::Code;
 use crate::secrets::for_job::SubmitRefusal;
 use crate::secrets::vault::VaultError;
-use crate::secrets::{GitCredentials, MAX_PER_PROJECT, MAX_VALUE_BYTES, is_git_host, is_secret_name};
+use crate::secrets::{MAX_PER_PROJECT, MAX_VALUE_BYTES, is_git_host, is_secret_name};
 use crate::store::PutOutcome;
 
 /// A value's JSON may be escaped to six bytes a byte (`\u0001`).
@@ -137,7 +137,7 @@ pub async fn put_git_default(
             format!("project {} has no secret `{}`", project.name, request.secret),
         ));
     };
-    GitCredentials::parse(value)
+    slipway_steps::secrets::GitAuth::parse(value)
         .map_err(|why| ApiError::invalid("secret", format!("secret `{}` {why}", request.secret)))?;
     let created = state.store.put_git_default(project.id, &host, &request.secret, &caller.label()).await?;
     let target = format!("{host}: {}", request.secret);

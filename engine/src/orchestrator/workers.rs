@@ -14,9 +14,8 @@ use tonic::transport::Channel;
 
 use super::OrchestratorConfig;
 use crate::job::JobId;
-use crate::secrets::GitCredentials;
-use crate::secrets::for_job::JobSecrets;
 use crate::store::{ClaimedJob, HeldLease, WorkerOffer};
+use slipway_steps::secrets::{GitAuth, JobSecrets};
 
 /// How long a call to a worker may take before the worker counts as unreachable.
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -152,10 +151,10 @@ fn secrets_to_wire(secrets: &JobSecrets) -> v1::JobSecrets {
     use v1::git_credentials::Kind;
     let git = secrets.git.as_ref().map(|git| v1::GitCredentials {
         kind: Some(match git {
-            GitCredentials::HttpsToken { username, token } => {
+            GitAuth::HttpsToken { username, token } => {
                 Kind::HttpsToken(v1::HttpsToken { username: username.clone(), token: token.clone() })
             }
-            GitCredentials::SshKey { private_key, passphrase } => Kind::SshKey(v1::SshKey {
+            GitAuth::SshKey { private_key, passphrase } => Kind::SshKey(v1::SshKey {
                 private_key: private_key.clone(),
                 passphrase: passphrase.clone().unwrap_or_default(),
             }),

@@ -4,35 +4,13 @@
 //! values are opened for the worker, or the job fails `secret_missing` if one is
 //! gone.
 
-use std::collections::BTreeMap;
-
 use super::vault::{Opened, Vault, VaultError};
-use super::{GitCredentials, MAX_JOB_BYTES, RegistryCredentials};
+use slipway_steps::secrets::{GitAuth, JobSecrets, RegistryCredentials, parse_registry_login};
+
+use super::MAX_JOB_BYTES;
 use crate::auth::ProjectId;
 use crate::job::{FieldError, JobSpec};
 use crate::store::{Store, StoreError};
-
-/// The values an attempt needs, opened. Never printed.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct JobSecrets {
-    /// Environment variable → value.
-    pub env: BTreeMap<String, String>,
-    /// BuildKit secret id → value.
-    pub build: BTreeMap<String, String>,
-    pub git: Option<GitCredentials>,
-    pub registry: Option<RegistryCredentials>,
-}
-
-impl std::fmt::Debug for JobSecrets {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JobSecrets")
-            .field("env", &self.env.keys().collect::<Vec<_>>())
-            .field("build", &self.build.keys().collect::<Vec<_>>())
-            .field("git", &self.git.as_ref().map(GitCredentials::kind))
-            .field("registry", &self.registry.is_some())
-            .finish()
-    }
-}
 
 /// Why a submission is refused.
 #[derive(Debug)]
@@ -105,7 +83,7 @@ pub enum OpenRefusal {
     Store(crate::store::StoreError),
 }
 
-/// Opens the values an attempt of `spec` needs.
+/// Opens the values an attempt of `spec` needs (the worker's [`JobSecrets`]).
 pub async fn open_for_attempt(vault: &Vault, project: ProjectId, spec: &JobSpec) -> Result<JobSecrets, OpenRefusal> {
     let named = spec.named_secrets.named();
     if named.is_empty() {
@@ -144,16 +122,13 @@ fn too_large(opened: &Opened) -> Option<String> {
 
 /// The credentials among `opened`, read by their kind and checked against the
 /// repository; or the field at fault and why.
-fn typed(
-    spec: &JobSpec,
-    opened: &Opened,
-) -> Result<(Option<GitCredentials>, Option<RegistryCredentials>), (String, String)> {
+fn typed(spec: &JobSpec, opened: &Opened) -> Result<(Option<GitAuth>, Option<RegistryCredentials>), (String, String)> {
     let git = match &spec.named_secrets.git.credentials {
         None => None,
         Some(name) => {
             let field = "git.credentials".to_string();
-            let credentials = GitCredentials::parse(&opened.0[name])
-                .map_err(|why| (field.clone(), format!("secret `{name}` {why}")))?;
+            let credentials =
+                GitAuth::parse(&opened.0[name]).map_err(|why| (field.clone(), format!("secret `{name}` {why}")))?;
             if !credentials.fits(&spec.repo) {
                 let message = format!(
                     "secret `{name}` holds {} credentials, which {} cannot use (https_token for https://, ssh_key for ssh)",
@@ -168,7 +143,7 @@ fn typed(
     let registry = match &spec.named_secrets.registry {
         None => None,
         Some(r) => Some(
-            RegistryCredentials::parse(&opened.0[&r.credentials])
+            parse_registry_login(&opened.0[&r.credentials])
                 .map_err(|why| ("registry.credentials".to_string(), format!("secret `{}` {why}", r.credentials)))?,
         ),
     };

@@ -4,14 +4,12 @@
 //! starts an attempt and hands them to the worker inside `StartJob`, which masks
 //! them in every line of output before it leaves.
 //!
-//! Some secrets are credentials with a shape ([`GitCredentials`],
-//! [`RegistryCredentials`]): JSON values, checked when a job names them.
+//! Some secrets are credentials with a shape (`slipway_steps::secrets::GitAuth`, a
+//! registry login): JSON values, checked when a job names them.
 
 pub mod for_job;
 pub mod keyring;
 pub mod vault;
-
-use serde::Deserialize;
 
 use crate::auth::ProjectId;
 
@@ -52,68 +50,6 @@ pub fn binding(project: ProjectId, name: &str) -> Vec<u8> {
     bytes
 }
 
-/// How a job's clone authenticates, stored as a secret's value:
-/// `{"kind": "https_token", "username": "…", "token": "…"}` or
-/// `{"kind": "ssh_key", "private_key": "-----BEGIN …", "passphrase": "…"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum GitCredentials {
-    HttpsToken {
-        username: String,
-        token: String,
-    },
-    SshKey {
-        private_key: String,
-        #[serde(default)]
-        passphrase: Option<String>,
-    },
-}
-
-impl GitCredentials {
-    /// Reads a secret's value as git credentials, or says what is wrong with it
-    /// (never quoting it).
-    pub fn parse(value: &str) -> Result<Self, String> {
-        serde_json::from_str(value).map_err(|_| {
-            "is not git credentials: a JSON object {\"kind\": \"https_token\", \"username\", \"token\"} \
-             or {\"kind\": \"ssh_key\", \"private_key\", \"passphrase\"?}"
-                .to_string()
-        })
-    }
-
-    /// Whether these credentials can be offered to a repository at `repo`:
-    /// a token over https, a key over ssh (or the scp-like `host:path`).
-    pub fn fits(&self, repo: &str) -> bool {
-        let https = repo.starts_with("https://");
-        let ssh = repo.starts_with("ssh://") || !repo.contains("://");
-        match self {
-            GitCredentials::HttpsToken { .. } => https,
-            GitCredentials::SshKey { .. } => ssh,
-        }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            GitCredentials::HttpsToken { .. } => "https_token",
-            GitCredentials::SshKey { .. } => "ssh_key",
-        }
-    }
-}
-
-/// A registry login, stored as a secret's value: `{"username": "…", "password": "…"}`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryCredentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl RegistryCredentials {
-    pub fn parse(value: &str) -> Result<Self, String> {
-        serde_json::from_str(value)
-            .map_err(|_| "is not a registry login: a JSON object {\"username\", \"password\"}".to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,19 +72,5 @@ mod tests {
         for bad in ["", "GitHub.com", "host:22", "a/b", "[nope]", "x y"] {
             assert!(!is_git_host(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn credentials_are_read_by_kind_and_fit_their_scheme() {
-        let token = GitCredentials::parse(r#"{"kind":"https_token","username":"x","token":"t"}"#).unwrap();
-        assert!(token.fits("https://git.example/a.git") && !token.fits("ssh://git@git.example/a.git"));
-        let key = GitCredentials::parse(r#"{"kind":"ssh_key","private_key":"k"}"#).unwrap();
-        assert!(key.fits("git@git.example:a.git") && key.fits("ssh://git.example/a") && !key.fits("https://x/a"));
-        for bad in ["hunter2", r#"{"kind":"password","token":"t"}"#, r#"{"kind":"ssh_key","private_key":"k","x":1}"#] {
-            let why = GitCredentials::parse(bad).unwrap_err();
-            assert!(!why.contains("hunter2"));
-        }
-        assert!(RegistryCredentials::parse(r#"{"username":"u","password":"p"}"#).is_ok());
-        assert!(RegistryCredentials::parse(r#"{"username":"u"}"#).is_err());
     }
 }
