@@ -16,6 +16,8 @@ impl fmt::Debug for JobSecrets {
             .field("build", &build)
             .field("git", &self.git)
             .field("registry", &self.registry)
+            .field("env_parameters", &self.env_parameters)
+            .field("env_references", &self.env_references)
             .finish()
     }
 }
@@ -55,6 +57,7 @@ mod tests {
                     })),
                 }),
                 registry: Some(RegistryLogin { username: "u".into(), password: "password-value-4".into() }),
+                ..Default::default()
             }),
             ..Default::default()
         };

@@ -6,7 +6,7 @@
 //! earlier attempt left so that a recovered job re-attaches to it, wait for its end
 //! while its output streams to the job's log, and clean up after it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::Duration;
 
@@ -23,7 +23,10 @@ pub struct LaunchRequest {
     pub attempt: u32,
     /// The image to run, best as `name@sha256:…`.
     pub image: String,
+    /// Plain environment variables (the job's `env` and Slipway's own).
     pub env: HashMap<String, String>,
+    /// Environment variables that hold secrets, by where each value comes from.
+    pub secrets: BTreeMap<String, SecretEnv>,
     /// Empty: the image's own command.
     pub command: Vec<String>,
     /// Fargate CPU units and memory in MiB (ECS only).
@@ -34,6 +37,29 @@ pub struct LaunchRequest {
     /// The CPU architecture the image was built for, as the engine names it
     /// (`x86_64`, `aarch64`); ECS tasks must ask Fargate for the same.
     pub architecture: String,
+}
+
+/// Where a secret environment variable of a run comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretEnv {
+    /// A project secret's value. An ECS task reads it from the SSM parameter
+    /// `parameter` (written by the worker before the launch); a Docker run gets it
+    /// in its environment.
+    Value { value: String, parameter: String },
+    /// A Secrets Manager or SSM Parameter Store ARN the job gave: the ECS task's
+    /// execution role reads it; Slipway never does.
+    Reference(String),
+}
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretEnv::Value { parameter, .. } => {
+                f.debug_struct("Value").field("parameter", parameter).finish_non_exhaustive()
+            }
+            SecretEnv::Reference(arn) => f.debug_tuple("Reference").field(arn).finish(),
+        }
+    }
 }
 
 /// What waiting on a run is given.

@@ -81,12 +81,13 @@ impl std::fmt::Debug for GitAuth {
 }
 
 pub use crate::docker::push::RegistryCredentials;
+pub use crate::runtime::SecretEnv;
 
 /// An attempt's secrets. Its Debug shows names and kinds, never values.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct JobSecrets {
-    /// Environment variable of the run → value.
-    pub env: BTreeMap<String, String>,
+    /// Environment variable of the run → its value, or where an ECS task reads it.
+    pub env: BTreeMap<String, SecretEnv>,
     /// BuildKit secret id → value.
     pub build: BTreeMap<String, String>,
     pub git: Option<GitAuth>,
@@ -108,7 +109,11 @@ impl std::fmt::Debug for JobSecrets {
 impl JobSecrets {
     /// Every value, to mask.
     pub fn values(&self) -> Vec<&str> {
-        let mut values: Vec<&str> = self.env.values().chain(self.build.values()).map(String::as_str).collect();
+        let mut values: Vec<&str> = self.build.values().map(String::as_str).collect();
+        values.extend(self.env.values().filter_map(|env| match env {
+            SecretEnv::Value { value, .. } => Some(value.as_str()),
+            SecretEnv::Reference(_) => None,
+        }));
         match &self.git {
             Some(GitAuth::HttpsToken { token, .. }) => values.push(token),
             Some(GitAuth::SshKey { private_key, passphrase }) => {
@@ -208,7 +213,11 @@ mod tests {
     #[test]
     fn debug_shows_no_value() {
         let secrets = JobSecrets {
-            env: [("DB".to_string(), "v-env".to_string())].into(),
+            env: [
+                ("DB".to_string(), SecretEnv::Value { value: "v-env".into(), parameter: "/slipway/p/db".into() }),
+                ("API".to_string(), SecretEnv::Reference("arn:aws:ssm:r:123456789012:parameter/api".into())),
+            ]
+            .into(),
             build: [("npm".to_string(), "v-build".to_string())].into(),
             git: Some(GitAuth::SshKey { private_key: "v-key".into(), passphrase: Some("v-pass".into()) }),
             registry: Some(RegistryCredentials { username: "u".into(), password: "v-password".into() }),

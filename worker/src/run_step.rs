@@ -50,7 +50,6 @@ async fn run_on<R: Runtime>(
 ) -> Result<(), StepError> {
     let (job, reporter, stop) = (ctx.job, ctx.reporter, ctx.stop);
     let mut env: HashMap<String, String> = job.spec.env.clone();
-    env.extend(job.secrets.env.clone());
     // An instrumented application continues the job's trace.
     if let Some(traceparent) = trace::traceparent_of(&tracing::Span::current()) {
         env.insert("TRACEPARENT".into(), traceparent);
@@ -63,6 +62,7 @@ async fn run_on<R: Runtime>(
         attempt: job.lease.attempt,
         image: outputs.pushed_ref.clone().unwrap_or_else(|| job.spec.image.clone()),
         env,
+        secrets: job.secrets.env.clone(),
         command: job.spec.command.clone(),
         cpu: job.spec.cpu,
         memory: job.spec.memory,

@@ -3,13 +3,16 @@
 //! and lines written for the orchestrator. Past this file, the gRPC service and the
 //! reporter, the worker speaks its own types, not prost's.
 
+use std::collections::BTreeMap;
+
 use slipway_proto::convert::{outputs_from_wire, outputs_to_wire, step_from_wire, step_to_wire, stream_to_wire};
 use slipway_proto::v1::{self, step_report::Event};
+use slipway_steps::aws::ecs::secrets as ecs_secrets;
 use slipway_steps::image_ref::ImageRef;
 use slipway_steps::paths::is_confined;
 use slipway_steps::repo_url::{self, RepoPolicy};
 use slipway_steps::runtime::RuntimeKind;
-use slipway_steps::secrets::{GitAuth, JobSecrets, RegistryCredentials};
+use slipway_steps::secrets::{GitAuth, JobSecrets, RegistryCredentials, SecretEnv};
 use slipway_steps::{LogLine, Step};
 use tonic::Status;
 
@@ -78,8 +81,25 @@ pub(crate) fn assignment(
 /// sent: the worker never builds a path or a command from one).
 fn secrets_from_wire(secrets: v1::JobSecrets) -> Result<JobSecrets, Status> {
     use v1::git_credentials::Kind;
-    if let Some(name) = secrets.env.keys().find(|n| !repo_url::is_variable_name(n)) {
+    let variables = secrets.env.keys().chain(secrets.env_references.keys());
+    if let Some(name) = variables.into_iter().find(|n| !repo_url::is_variable_name(n)) {
         return Err(Status::invalid_argument(format!("secrets.env: `{name}` is not a variable name")));
+    }
+    let mut env = BTreeMap::new();
+    for (variable, value) in secrets.env {
+        let parameter = secrets.env_parameters.get(&variable).cloned().unwrap_or_default();
+        if !ecs_secrets::is_parameter_name(&parameter) {
+            return Err(Status::invalid_argument(format!(
+                "secrets.env_parameters: `{variable}` has no valid parameter"
+            )));
+        }
+        env.insert(variable, SecretEnv::Value { value, parameter });
+    }
+    for (variable, arn) in secrets.env_references {
+        if !ecs_secrets::is_secret_arn(&arn) || env.contains_key(&variable) {
+            return Err(Status::invalid_argument(format!("secrets.env_references: `{variable}` is not one ARN")));
+        }
+        env.insert(variable, SecretEnv::Reference(arn));
     }
     let git = match secrets.git.and_then(|g| g.kind) {
         None => None,
@@ -89,7 +109,7 @@ fn secrets_from_wire(secrets: v1::JobSecrets) -> Result<JobSecrets, Status> {
         }
     };
     Ok(JobSecrets {
-        env: secrets.env.into_iter().collect(),
+        env,
         build: secrets.build.into_iter().collect(),
         git,
         registry: secrets.registry.map(|r| RegistryCredentials { username: r.username, password: r.password }),

@@ -1,4 +1,5 @@
-//! The secrets a job names: for its container's environment (`secrets`), for
+//! The secrets a job names: for its container's environment (`secrets`: a project
+//! secret, or for an ECS run also a Secrets Manager or SSM ARN), for
 //! `RUN --mount=type=secret` during its build (`build_secrets`), for its clone
 //! (`git.credentials`) and for its registry (`registry.credentials`). A spec holds
 //! names only; the values are opened when an attempt starts
@@ -8,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use slipway_steps::aws::ecs::secrets::is_secret_arn;
 use slipway_steps::image_ref::ImageRef;
 use slipway_steps::runtime::RuntimeKind;
 
@@ -35,7 +37,8 @@ pub struct RegistryRequest {
 /// What a valid spec names, as stored and shown (names, never values).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct SecretRefs {
-    /// Environment variable → secret, put in the container's environment.
+    /// Environment variable → secret (or, for ECS, an ARN), put in the container's
+    /// environment.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
     /// BuildKit secret id → secret, for `RUN --mount=type=secret,id=…`.
@@ -88,13 +91,14 @@ impl SecretRefs {
             if named.env.contains_key(variable) {
                 return Err(FieldError::new(field, format!("`{variable}` is in env as well; name it once")));
             }
-            check_secret_name(&field, secret)?;
-        }
-        if !secrets.is_empty() && named.runtime == RuntimeKind::Ecs {
-            return Err(FieldError::new(
-                "secrets",
-                "secrets reach docker runs only; for an ecs run, give the task's secrets through its task role",
-            ));
+            if !is_secret_arn(secret) {
+                check_secret_name(&field, secret)?;
+            } else if named.runtime != RuntimeKind::Ecs {
+                return Err(FieldError::new(
+                    field,
+                    "an AWS ARN is read by an ECS task's execution role; a docker run takes the name of a project secret",
+                ));
+            }
         }
         let build_secrets = named.build_secrets.unwrap_or_default();
         for (id, secret) in &build_secrets {
@@ -130,16 +134,22 @@ impl SecretRefs {
             git: GitSpec { credentials: git.credentials, submodules: git.submodules.unwrap_or(false) },
             registry,
         };
-        if refs.named().len() > MAX_PER_JOB {
+        if refs.named().len() + refs.references().count() > MAX_PER_JOB {
             return Err(FieldError::new("secrets", format!("a job names at most {MAX_PER_JOB} secrets")));
         }
         Ok(refs)
     }
 
-    /// Every secret the spec names, with the field that names it.
+    /// The environment variables an ECS task reads from an ARN the job gave.
+    pub fn references(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.secrets.iter().filter(|(_, v)| is_secret_arn(v))
+    }
+
+    /// Every project secret the spec names, with the field that names it.
     pub fn named(&self) -> Vec<(String, &str)> {
         let mut named: Vec<(String, &str)> = Vec::new();
-        named.extend(self.secrets.iter().map(|(k, v)| (format!("secrets.{k}"), v.as_str())));
+        let secrets = self.secrets.iter().filter(|(_, v)| !is_secret_arn(v));
+        named.extend(secrets.map(|(k, v)| (format!("secrets.{k}"), v.as_str())));
         named.extend(self.build_secrets.iter().map(|(k, v)| (format!("build_secrets.{k}"), v.as_str())));
         named.extend(self.git.credentials.iter().map(|v| ("git.credentials".to_string(), v.as_str())));
         named.extend(self.registry.iter().map(|r| ("registry.credentials".to_string(), r.credentials.as_str())));

@@ -3,6 +3,7 @@
 //! deadline. Calls take and give the engine's types; the messages are written and
 //! read at the end of this file, and nowhere else.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use slipway_proto::convert::step_to_wire;
@@ -15,7 +16,7 @@ use tonic::transport::Channel;
 use super::OrchestratorConfig;
 use crate::job::JobId;
 use crate::store::{ClaimedJob, HeldLease, WorkerOffer};
-use slipway_steps::secrets::{GitAuth, JobSecrets};
+use slipway_steps::secrets::{GitAuth, JobSecrets, SecretEnv};
 
 /// How long a call to a worker may take before the worker counts as unreachable.
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -160,8 +161,22 @@ fn secrets_to_wire(secrets: &JobSecrets) -> v1::JobSecrets {
             }),
         }),
     });
+    let (mut env, mut env_parameters, mut env_references) = (HashMap::new(), HashMap::new(), HashMap::new());
+    for (variable, secret) in &secrets.env {
+        match secret {
+            SecretEnv::Value { value, parameter } => {
+                env.insert(variable.clone(), value.clone());
+                env_parameters.insert(variable.clone(), parameter.clone());
+            }
+            SecretEnv::Reference(arn) => {
+                env_references.insert(variable.clone(), arn.clone());
+            }
+        }
+    }
     v1::JobSecrets {
-        env: secrets.env.clone().into_iter().collect(),
+        env,
+        env_parameters,
+        env_references,
         build: secrets.build.clone().into_iter().collect(),
         git,
         registry: secrets

@@ -4,10 +4,13 @@
 //! values are opened for the worker, or the job fails `secret_missing` if one is
 //! gone.
 
-use super::vault::{Opened, Vault, VaultError};
-use slipway_steps::secrets::{GitAuth, JobSecrets, RegistryCredentials, parse_registry_login};
+use std::collections::BTreeMap;
+
+use slipway_steps::aws::ecs::secrets::parameter_name;
+use slipway_steps::secrets::{GitAuth, JobSecrets, RegistryCredentials, SecretEnv, parse_registry_login};
 
 use super::MAX_JOB_BYTES;
+use super::vault::{Opened, Vault, VaultError};
 use crate::auth::ProjectId;
 use crate::job::{FieldError, JobSpec};
 use crate::store::{Store, StoreError};
@@ -86,8 +89,10 @@ pub enum OpenRefusal {
 /// Opens the values an attempt of `spec` needs (the worker's [`JobSecrets`]).
 pub async fn open_for_attempt(vault: &Vault, project: ProjectId, spec: &JobSpec) -> Result<JobSecrets, OpenRefusal> {
     let named = spec.named_secrets.named();
+    let references = spec.named_secrets.references().map(|(k, arn)| (k.clone(), SecretEnv::Reference(arn.clone())));
+    let references: BTreeMap<String, SecretEnv> = references.collect();
     if named.is_empty() {
-        return Ok(JobSecrets::default());
+        return Ok(JobSecrets { env: references, ..JobSecrets::default() });
     }
     let names: Vec<String> = named.iter().map(|(_, name)| name.to_string()).collect();
     let opened = match vault.open(project, &names).await {
@@ -105,8 +110,16 @@ pub async fn open_for_attempt(vault: &Vault, project: ProjectId, spec: &JobSpec)
         return Err(OpenRefusal::Missing(why));
     }
     let value = |name: &String| opened.0[name].clone();
+    let mut env = references;
+    // The variables not read from an ARN name project secrets.
+    for (variable, name) in &spec.named_secrets.secrets {
+        if !env.contains_key(variable) {
+            let parameter = parameter_name(&project.to_string(), name);
+            env.insert(variable.clone(), SecretEnv::Value { value: value(name), parameter });
+        }
+    }
     Ok(JobSecrets {
-        env: spec.named_secrets.secrets.iter().map(|(k, name)| (k.clone(), value(name))).collect(),
+        env,
         build: spec.named_secrets.build_secrets.iter().map(|(k, name)| (k.clone(), value(name))).collect(),
         git,
         registry,

@@ -342,6 +342,7 @@ async fn a_retried_run_task_asks_ecs_with_the_same_client_token() {
         attempt: 2,
         image: image.clone(),
         env: HashMap::from([("GREETING".to_string(), "hi".to_string())]),
+        secrets: Default::default(),
         command: vec!["/bin/busybox".into(), "echo".into(), "hi".into()],
         cpu: 512,
         memory: 1024,
@@ -353,7 +354,8 @@ async fn a_retried_run_task_asks_ecs_with_the_same_client_token() {
         &AwsConfig::from_sdk(crate::common::moto::sdk_at("http://127.0.0.1:9", "eu-west-1").await),
         settings(),
     );
-    let input = DefinitionInput { image, cpu: 512, memory: 1024, architecture: CpuArchitecture::X8664 };
+    let input =
+        DefinitionInput { image, cpu: 512, memory: 1024, architecture: CpuArchitecture::X8664, secrets: Vec::new() };
     let family = family_of(&input, &probe);
     let definition_arn = format!("arn:aws:ecs:eu-west-1:123456789012:task-definition/{family}:1");
     let run_task = json!({

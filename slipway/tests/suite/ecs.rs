@@ -327,3 +327,71 @@ async fn a_fargate_task_past_its_timeout_is_stopped_and_the_job_times_out() {
     let reason = task.stopped_reason().unwrap_or_default();
     assert!(reason.contains(&id) && reason.contains("past its deadline"), "{reason}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ecs_task_reads_its_secrets_through_its_definition_never_from_run_task() {
+    let key = slipway_engine::secrets::keyring::SecretKey::generate_base64();
+    let setup = EcsSetup::start(false, &[("SLIPWAY_SECRETS_KEY", &key)]).await;
+    let api = setup.ports.api();
+    let password = unique("ecs-db-password-");
+    assert_eq!(crate::secrets::put_secret(&api, "default", "db-password", &password).await.0, 201);
+    // A secret kept in Secrets Manager, which the job names by ARN: Slipway never
+    // reads it, the task's execution role does.
+    let arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:slipway/api-token-AbCdEf";
+    let image = format!("{}/ecs/app:{}", open_registry(), unique("t"));
+    let secrets = json!({ "DB_PASSWORD": "db-password", "API_TOKEN": arn });
+    let body = json!({ "repo": setup.repo, "image": image, "secrets": secrets, "run": { "runtime": "ecs" } });
+    let mut ids = Vec::new();
+    // Two jobs with the same secrets share one definition; the value is written again.
+    for _ in 0..2 {
+        let job = submit(&api, &body).await;
+        assert_eq!(job["spec"]["secrets"], secrets, "{job}");
+        let id = job["id"].as_str().unwrap().to_string();
+        let job = wait_finished(&api, &id, JOB_LIMIT).await;
+        assert_eq!(job["state"], "succeeded", "{job}");
+        ids.push((id, job["task"]["arn"].as_str().unwrap().to_string()));
+    }
+
+    let project: uuid::Uuid = sqlx::query_scalar("select id from projects where name = 'default'")
+        .fetch_one(setup.db.store.pool())
+        .await
+        .unwrap();
+    let parameter = format!("/slipway/{project}/db-password");
+    for (id, task_arn) in &ids {
+        // What DescribeTasks shows of the RunTask: the plain environment, no secret.
+        let task = setup.task(task_arn).await;
+        let printed = format!("{task:?}");
+        assert!(!printed.contains(&password) && !printed.contains("DB_PASSWORD"), "{printed}");
+        let overrides = &task.overrides().unwrap().container_overrides()[0];
+        let names: Vec<&str> = overrides.environment().iter().filter_map(|kv| kv.name()).collect();
+        assert!(!names.contains(&"API_TOKEN") && names.contains(&"SLIPWAY_JOB_ID"), "{names:?}");
+        let logs = format!("{:?}", all_logs(&api, id).await);
+        assert!(!logs.contains(&password), "{logs}");
+    }
+    let families = setup.ecs.list_task_definitions().send().await.unwrap();
+    let definitions = families.task_definition_arns();
+    assert_eq!(definitions.len(), 1, "one definition for both jobs: {definitions:?}");
+    let definition = setup.ecs.describe_task_definition().task_definition(&definitions[0]).send().await.unwrap();
+    let printed = format!("{definition:?}");
+    assert!(!printed.contains(&password), "{printed}");
+    let container = &definition.task_definition().unwrap().container_definitions()[0];
+    let from: BTreeMap<&str, &str> = container.secrets().iter().map(|s| (s.name(), s.value_from())).collect();
+    assert_eq!(from, BTreeMap::from([("API_TOKEN", arn), ("DB_PASSWORD", parameter.as_str())]));
+    assert!(container.environment().is_empty(), "{container:?}");
+
+    // The task reads the value where the worker wrote it, encrypted.
+    let ssm = aws_sdk_ssm::Client::new(&setup.moto.sdk().await);
+    let stored = ssm.get_parameter().name(&parameter).with_decryption(true).send().await.unwrap();
+    let stored = stored.parameter().unwrap();
+    assert_eq!(stored.r#type().map(|t| t.as_str()), Some("SecureString"));
+    assert_eq!(stored.value(), Some(password.as_str()));
+    let listed = ssm.describe_parameters().send().await.unwrap();
+    assert_eq!(listed.parameters().len(), 1, "only the project secret is written: {listed:?}");
+
+    // An ARN reaches ECS tasks only.
+    let docker = json!({ "repo": setup.repo, "image": image, "secrets": { "API_TOKEN": arn } });
+    let refused = http().post(format!("{api}/v1/jobs")).json(&docker).send().await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!(refused["error"]["field"], "secrets.API_TOKEN", "{refused}");
+}

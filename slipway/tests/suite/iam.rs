@@ -2,15 +2,15 @@
 //! is allowed by the policy of the process that calls it, and the policies allow
 //! nothing the code does not need.
 //!
-//! The code spells every AWS call `ecr.<operation>()`, `ecs.<operation>()` or
-//! `cloudwatch.<operation>()` (see `steps/src/aws/mod.rs`); this test reads the
+//! The code spells every AWS call `ecr.<operation>()`, `ecs.<operation>()`, `ssm.<operation>()`
+//! or `cloudwatch.<operation>()` (see `steps/src/aws/mod.rs`); this test reads the
 //! source for those calls.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// Service prefixes in IAM, by the name a client is bound to.
-const CLIENTS: [(&str, &str); 3] = [("ecr", "ecr"), ("ecs", "ecs"), ("cloudwatch", "logs")];
+const CLIENTS: [(&str, &str); 4] = [("ecr", "ecr"), ("ecs", "ecs"), ("cloudwatch", "logs"), ("ssm", "ssm")];
 
 /// Operations the server calls (the sweep deleting ECR images); the worker calls the rest.
 const SERVER_OPERATIONS: [&str; 1] = ["ecr:BatchDeleteImage"];
@@ -119,9 +119,14 @@ fn the_scan_finds_calls_spelled_as_the_code_spells_them() {
 #[test]
 fn every_aws_call_is_allowed_by_its_processes_policy_and_nothing_more() {
     let calls = code_calls();
-    for expected in
-        ["ecs:RunTask", "ecs:DescribeTasks", "ecs:StopTask", "ecr:GetAuthorizationToken", "logs:GetLogEvents"]
-    {
+    for expected in [
+        "ecs:RunTask",
+        "ecs:DescribeTasks",
+        "ecs:StopTask",
+        "ecr:GetAuthorizationToken",
+        "logs:GetLogEvents",
+        "ssm:PutParameter",
+    ] {
         assert!(calls.contains(expected), "the scan found {calls:?}, not {expected}");
     }
     let worker = policy_actions("worker-policy.json");
@@ -140,7 +145,9 @@ fn every_aws_call_is_allowed_by_its_processes_policy_and_nothing_more() {
             "{action} is allowed but nothing calls it"
         );
     }
-    // The task execution role pulls images and writes logs, nothing else.
+    // The task execution role pulls images, writes logs and reads the task's
+    // secrets (the project secrets Slipway writes, and those jobs refer to by ARN
+    // under the prefixes the policy names), nothing else.
     let execution = policy_actions("task-execution-policy.json");
     let expected: BTreeSet<String> = [
         "ecr:GetAuthorizationToken",
@@ -149,6 +156,8 @@ fn every_aws_call_is_allowed_by_its_processes_policy_and_nothing_more() {
         "ecr:BatchGetImage",
         "logs:CreateLogStream",
         "logs:PutLogEvents",
+        "ssm:GetParameters",
+        "secretsmanager:GetSecretValue",
     ]
     .map(String::from)
     .into();

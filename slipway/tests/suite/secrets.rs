@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 const JOB_LIMIT: Duration = Duration::from_secs(180);
 
-async fn put_secret(api: &str, project: &str, name: &str, value: &str) -> (u16, Value) {
+pub(crate) async fn put_secret(api: &str, project: &str, name: &str, value: &str) -> (u16, Value) {
     let response = http()
         .put(format!("{api}/v1/projects/{project}/secrets/{name}"))
         .json(&json!({ "value": value }))

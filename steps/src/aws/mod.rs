@@ -1,14 +1,15 @@
 //! Amazon's side of the steps: ECR for images, ECS Fargate for runs, CloudWatch Logs
-//! for their output.
+//! for their output, SSM Parameter Store for their secrets.
 //!
 //! Credentials and region come from the standard AWS chain (environment, profile,
 //! instance or task role); `AWS_ENDPOINT_URL` points every client elsewhere, which is
 //! how an emulator is reached. One [`AwsConfig`] is loaded per process and clients are
 //! made from it per region, since an ECR image names its own region.
 //!
-//! Every call to AWS is spelled `ecr.<operation>()`, `ecs.<operation>()` or
-//! `cloudwatch.<operation>()` on a client bound to one of those names: the policy
-//! documents in `iam/` are checked against those calls (`engine/tests/iam.rs`).
+//! Every call to AWS is spelled `ecr.<operation>()`, `ecs.<operation>()`,
+//! `cloudwatch.<operation>()` or `ssm.<operation>()` on a client bound to one of
+//! those names: the policy documents in `iam/` are checked against those calls
+//! (`slipway/tests/suite/iam.rs`).
 
 pub mod ecr;
 pub mod ecs;

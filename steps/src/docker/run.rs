@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::docker::{ATTEMPT_LABEL, INSTANCE_LABEL, JOB_LABEL, engine_error, status_of, stream_error};
-use crate::runtime::{LaunchRequest, RunEnd, Runtime, Watch};
+use crate::runtime::{LaunchRequest, RunEnd, Runtime, SecretEnv, Watch};
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
 /// The engine's log file for a job's container: its own, whatever the daemon's
@@ -60,6 +60,17 @@ pub async fn create_container(
     super::network::ensure_job_network(docker).await?;
     let name = container_name(&request.job_id, request.attempt);
     let mut env: Vec<String> = request.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for (name, secret) in &request.secrets {
+        match secret {
+            SecretEnv::Value { value, .. } => env.push(format!("{name}={value}")),
+            SecretEnv::Reference(_) => {
+                return Err(StepError::new(
+                    ErrorCode::RunFailed,
+                    format!("secrets.{name} is an AWS ARN, which only an ECS task can read; name a project secret"),
+                ));
+            }
+        }
+    }
     env.sort();
     let body = ContainerCreateBody {
         image: Some(request.image.clone()),

@@ -159,11 +159,18 @@ async fn jobs_naming_secrets_are_checked_against_their_own_project_and_refusals_
             "invalid_field",
             "registry.credentials",
         ),
+        // An ARN is for ECS tasks, and must be one of a secret or a parameter.
         (
-            json!({ "repo": https, "image": "127.0.0.1:5000/a:v1", "secrets": { "DB": "db" }, "run": { "runtime": "ecs" } }),
+            job(json!({ "secrets": { "DB": "arn:aws:ssm:eu-west-1:123456789012:parameter/db" } })),
             400,
             "invalid_field",
-            "secrets",
+            "secrets.DB",
+        ),
+        (
+            job(json!({ "secrets": { "DB": "arn:aws:s3:::bucket/db" }, "run": { "runtime": "ecs" } })),
+            400,
+            "invalid_field",
+            "secrets.DB",
         ),
     ];
     for (body, status, code, field) in cases {

@@ -1,14 +1,15 @@
 //! Task definitions: one per distinct image, size, roles and log settings.
 //!
 //! The job's command and environment go into `RunTask`'s overrides, not into the
-//! definition, so every job that runs the same image at the same size shares one.
+//! definition, so every job that runs the same image at the same size, reading the
+//! same secrets, shares one.
 //! The family is named by a hash of the definition's content: an unchanged
 //! definition is found by `DescribeTaskDefinition` (or this process's cache) and
 //! never registered again, so revisions do not pile up.
 
 use aws_sdk_ecs::types::{
     Compatibility, ContainerDefinition, CpuArchitecture, LogConfiguration, LogDriver, NetworkMode, OsFamily,
-    RuntimePlatform, Tag,
+    RuntimePlatform, Secret, Tag,
 };
 use sha2::{Digest, Sha256};
 
@@ -25,6 +26,9 @@ pub struct DefinitionInput {
     /// MiB.
     pub memory: u32,
     pub architecture: CpuArchitecture,
+    /// Secret environment variables, sorted, each with where the task reads it (an
+    /// SSM parameter's name or an ARN; never a value).
+    pub secrets: Vec<(String, String)>,
 }
 
 /// Fargate's name for an engine's architecture; Fargate runs no other.
@@ -57,6 +61,9 @@ pub fn family_of(input: &DefinitionInput, ecs: &Ecs) -> String {
     ] {
         hasher.update(part.as_bytes());
         hasher.update([0]);
+    }
+    for (variable, source) in &input.secrets {
+        hasher.update(format!("secret\0{variable}\0{source}\0").as_bytes());
     }
     let hash: String = hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
     let repository = input.image.split(['@', ':']).next().unwrap_or_default();
@@ -106,8 +113,15 @@ impl Ecs {
             .options("awslogs-stream-prefix", &s.log_stream_prefix)
             .build()
             .map_err(|e| StepError::new(ErrorCode::Internal, format!("log configuration: {e}")))?;
+        let secrets = input
+            .secrets
+            .iter()
+            .map(|(variable, source)| Secret::builder().name(variable).value_from(source).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StepError::new(ErrorCode::Internal, format!("task secrets: {e}")))?;
         let container = ContainerDefinition::builder()
             .name(CONTAINER_NAME)
+            .set_secrets((!secrets.is_empty()).then_some(secrets))
             .image(&input.image)
             .essential(true)
             .memory(input.memory as i32)

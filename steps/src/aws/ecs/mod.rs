@@ -4,11 +4,13 @@
 //! `RunTask` under a client token derived from job and attempt so that a repeated
 //! call never starts a second task ([`task`]), watched with `DescribeTasks` until it
 //! stops and its stop classified ([`stop`]), its output read from CloudWatch Logs
-//! with the forward token handed on to be stored ([`logs`]).
+//! with the forward token handed on to be stored ([`logs`]). Its secrets reach it
+//! through the task definition, never through `RunTask` ([`secrets`]).
 
 pub mod definition;
 mod leftovers;
 pub mod logs;
+pub mod secrets;
 pub mod sizes;
 pub mod stop;
 pub mod task;
@@ -52,10 +54,12 @@ pub struct EcsSettings {
     pub poll_max: Duration,
 }
 
-/// ECS and CloudWatch Logs clients bound to the settings' region.
+/// ECS, CloudWatch Logs and SSM clients bound to the settings' region.
 pub struct Ecs {
     pub(crate) ecs: aws_sdk_ecs::Client,
     pub(crate) cloudwatch: aws_sdk_cloudwatchlogs::Client,
+    /// SSM Parameter Store, where project secrets are written for tasks to read.
+    pub(crate) ssm: aws_sdk_ssm::Client,
     pub(crate) settings: EcsSettings,
     pub(crate) region: String,
     pub(crate) definitions: tokio::sync::Mutex<std::collections::HashMap<String, String>>,
@@ -68,6 +72,7 @@ impl Ecs {
         Ecs {
             ecs: aws_sdk_ecs::Client::new(&sdk),
             cloudwatch: aws_sdk_cloudwatchlogs::Client::new(&sdk),
+            ssm: aws_sdk_ssm::Client::new(&sdk),
             settings,
             region,
             definitions: Default::default(),

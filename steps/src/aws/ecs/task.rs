@@ -34,6 +34,7 @@ impl Ecs {
             cpu: request.cpu,
             memory: request.memory,
             architecture: fargate_architecture(&request.architecture)?,
+            secrets: self.task_secrets(&request.secrets).await?,
         };
         let definition = self.task_definition(&input, &request.instance_id).await?;
         let s = &self.settings;
