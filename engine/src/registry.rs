@@ -1,8 +1,9 @@
 //! Deleting pushed images from OCI registries (the distribution API), for the TTL
 //! sweep; ECR images through ECR's own `BatchDeleteImage`, with the AWS chain's
 //! credentials. Registries on loopback are spoken to over http, others over https.
-//! A registry gets the credentials configured for its own host, as basic auth, and
-//! no other; one that answers with a bearer challenge (`WWW-Authenticate: Bearer
+//! A registry gets the login of the job that pushed the image
+//! (`registry.credentials`), else the credentials configured for its own host, as
+//! basic auth, and no other; one that answers with a bearer challenge (`WWW-Authenticate: Bearer
 //! realm=…`) gets a token from its realm first. A realm is whatever URL the registry
 //! names, so it gets the credentials only when it is on the registry's own host,
 //! over https unless on loopback; elsewhere the token is asked for anonymously.
@@ -73,8 +74,13 @@ impl RegistryClient {
         }
     }
 
-    /// Deletes the manifest `name@sha256:…` names.
-    pub async fn delete(&self, pushed_ref: &str) -> Result<Deletion, RegistryError> {
+    /// Deletes the manifest `name@sha256:…` names, with `login` (the job's own
+    /// registry login) or else the one configured for the registry's host.
+    pub async fn delete(
+        &self,
+        pushed_ref: &str,
+        login: Option<&RegistryCredentials>,
+    ) -> Result<Deletion, RegistryError> {
         let bad = || RegistryError::BadReference(pushed_ref.to_string());
         let (name, digest) = pushed_ref.split_once('@').ok_or_else(bad)?;
         let image: ImageRef = name.parse().map_err(|_| bad())?;
@@ -90,7 +96,7 @@ impl RegistryClient {
         let scheme = if is_loopback(&host) { "http" } else { "https" };
         let url = format!("{scheme}://{host}/v2/{path}/manifests/{digest}");
 
-        let login = self.logins.for_host(image.registry.as_deref());
+        let login = login.or_else(|| self.logins.for_host(image.registry.as_deref()));
         let mut response = self.send(&url, None, login).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             let challenge = response

@@ -178,7 +178,7 @@ async fn serve_orchestrator(
     let workers = orchestrator::WorkerLink::connect_all(&worker_urls, &tls);
     let sweep = SweepConfig { retention: args.retention, interval: args.sweep_interval, batch: 500 };
     let registry = RegistryClient::new(logins);
-    let sweeper = Sweeper::new(store.clone(), registry, sweep, instance_id.clone(), workers.clone());
+    let sweeper = Sweeper::new(store.clone(), vault.clone(), registry, sweep, instance_id.clone(), workers.clone());
     let sweep_task = tokio::spawn(sweeper.run(shutdown.clone()));
     let config = OrchestratorConfig {
         owner: args.orchestrator_id(),

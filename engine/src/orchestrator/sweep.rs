@@ -1,7 +1,8 @@
 //! The TTL sweep: finished jobs past the retention are deleted in batches, with the
-//! images pushed for them (unless a kept job pushed the same manifest); containers
-//! and images this installation left on workers' engines are removed once their
-//! jobs are finished (containers) or gone (images). Each sweep logs its counts.
+//! images pushed for them (unless a kept job pushed the same manifest; with the
+//! job's own registry login when it named one); containers and images this
+//! installation left on workers' engines are removed once their jobs are finished
+//! (containers) or gone (images). Each sweep logs its counts.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 use super::workers::{Leftover, LeftoverKind, WorkerLink};
 use crate::job::JobId;
 use crate::registry::{Deletion, RegistryClient, RegistryError};
-use crate::store::{Store, StoreError};
+use crate::secrets::for_job::registry_login_for_sweep;
+use crate::secrets::vault::Vault;
+use crate::store::{ExpiredJob, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct SweepConfig {
@@ -52,6 +55,8 @@ impl SweepCounts {
 
 pub struct Sweeper {
     store: Store,
+    /// Opens the registry logins jobs named, to delete their images with.
+    vault: Vault,
     registry: RegistryClient,
     config: SweepConfig,
     instance_id: String,
@@ -61,12 +66,13 @@ pub struct Sweeper {
 impl Sweeper {
     pub fn new(
         store: Store,
+        vault: Vault,
         registry: RegistryClient,
         config: SweepConfig,
         instance_id: String,
         workers: Vec<WorkerLink>,
     ) -> Self {
-        Sweeper { store, registry, config, instance_id, workers }
+        Sweeper { store, vault, registry, config, instance_id, workers }
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -111,7 +117,7 @@ impl Sweeper {
             let mut deletable = Vec::new();
             for job in &expired {
                 match (&job.pushed_ref, job.image_shared) {
-                    (Some(pushed), false) => match self.registry.delete(pushed).await {
+                    (Some(pushed), false) => match self.delete_image(job, pushed).await {
                         Ok(Deletion::Deleted) => {
                             counts.registry_images += 1;
                             deletable.push(job.id);
@@ -138,6 +144,23 @@ impl Sweeper {
                 return Ok(());
             }
         }
+    }
+
+    /// Deletes a job's pushed image with the registry login the job named, if it
+    /// still opens (the server's login for the host otherwise).
+    async fn delete_image(&self, job: &ExpiredJob, pushed: &str) -> Result<Deletion, RegistryError> {
+        let login = match &job.registry_credentials {
+            None => None,
+            Some(name) => match registry_login_for_sweep(&self.vault, job.project_id, name).await {
+                Ok(None) => {
+                    tracing::info!(job.id = %job.id, secret = %name, "the job's registry login is gone; deleting its image with the server's");
+                    None
+                }
+                Ok(login) => login,
+                Err(e) => return Err(RegistryError::Unavailable(format!("cannot read the job's registry login: {e}"))),
+            },
+        };
+        self.registry.delete(pushed, login.as_ref()).await
     }
 
     async fn sweep_worker(&self, worker: &WorkerLink, counts: &mut SweepCounts) -> Result<(), StoreError> {

@@ -2,7 +2,8 @@
 //! must exist in the job's project, credentials must fit the repository, and no
 //! plain field may carry a secret's value; and when an attempt starts, where the
 //! values are opened for the worker, or the job fails `secret_missing` if one is
-//! gone.
+//! gone. (And once more after its end: the sweep deletes its image with its own
+//! registry login.)
 
 use std::collections::BTreeMap;
 
@@ -124,6 +125,21 @@ pub async fn open_for_attempt(vault: &Vault, project: ProjectId, spec: &JobSpec)
         git,
         registry,
     })
+}
+
+/// The registry login secret `name` of `project` holds, for the sweep to delete an
+/// expired job's image with: `None` when the secret is gone, no longer a login, or
+/// this server has no key (the server's own login for the host is used then).
+pub async fn registry_login_for_sweep(
+    vault: &Vault,
+    project: ProjectId,
+    name: &str,
+) -> Result<Option<RegistryCredentials>, StoreError> {
+    match vault.open(project, &[name.to_string()]).await {
+        Ok(opened) => Ok(opened.0.get(name).and_then(|value| parse_registry_login(value).ok())),
+        Err(VaultError::Store(e)) => Err(e),
+        Err(_) => Ok(None),
+    }
 }
 
 /// Why the values a job names cannot travel to a worker, if they cannot.

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use super::{Store, StoreError};
+use crate::auth::ProjectId;
 use crate::job::{JobId, JobState};
 
 /// A finished job past its retention.
@@ -14,6 +15,9 @@ pub struct ExpiredJob {
     pub pushed_ref: Option<String>,
     /// Whether a job still kept pushed the same manifest: it must stay in the registry.
     pub image_shared: bool,
+    pub project_id: ProjectId,
+    /// The secret the job named for its registry (`registry.credentials`).
+    pub registry_credentials: Option<String>,
 }
 
 impl Store {
@@ -30,7 +34,8 @@ impl Store {
                     j.pushed_ref is not null and exists (select 1 from jobs o
                             where o.pushed_ref = j.pushed_ref and o.id <> j.id
                               and (o.finished_at is null or o.finished_at >= now() - make_interval(secs => $1))
-                    ) as image_shared
+                    ) as image_shared,
+                    j.project_id, j.spec->'registry'->>'credentials' as registry_credentials
              from jobs j
              where j.state = any($3)
                and j.finished_at < now() - make_interval(secs => $1)

@@ -152,9 +152,10 @@ async fn a_job_whose_secret_is_deleted_before_it_starts_fails_secret_missing_for
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_project_s_registry_login_pushes_its_jobs_and_no_other_project_can_name_it() {
+async fn a_project_s_registry_login_pushes_its_jobs_and_deletes_their_images_and_no_other_project_can_name_it() {
     let registry = AuthRegistry::start();
-    let sa = Standalone::start(&[]).await;
+    // Jobs are kept a few seconds: the sweep then deletes the image with the job's login.
+    let sa = Standalone::start(&[("SLIPWAY_RETENTION", "4s"), ("SLIPWAY_SWEEP_INTERVAL", "300ms")]).await;
     let api = sa.api();
     let login = json!({ "username": REGISTRY_USER, "password": REGISTRY_PASSWORD }).to_string();
     assert_eq!(put_secret(&api, "default", "registry-login", &login).await.0, 201);
@@ -180,6 +181,34 @@ async fn a_project_s_registry_login_pushes_its_jobs_and_no_other_project_can_nam
     assert_eq!(answer.status(), 400);
     let answer: Value = answer.json().await.unwrap();
     assert_eq!(answer["error"]["field"], "registry.credentials", "{answer}");
+
+    // Past the retention the image goes, deleted with the job's login (the server
+    // has none for this registry).
+    let pushed = job["pushed_ref"].as_str().unwrap();
+    let (_, digest) = pushed.split_once('@').unwrap();
+    let manifest = format!("http://{}/v2/private/app/manifests/{digest}", registry.addr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = http()
+            .head(&manifest)
+            .basic_auth(REGISTRY_USER, Some(REGISTRY_PASSWORD))
+            .header(
+                "accept",
+                "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json",
+            )
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 404 {
+            break;
+        }
+        assert_eq!(status, 200, "{manifest}");
+        assert!(std::time::Instant::now() < deadline, "the sweep left {pushed}: {}", sa.process.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let gone = http().get(format!("{api}/v1/jobs/{}", job["id"].as_str().unwrap())).send().await.unwrap();
+    assert_eq!(gone.status(), 404, "the job is swept with its image");
     assert!(!sa.process.output().contains(REGISTRY_PASSWORD), "the process log shows the password");
 }
 

@@ -21,7 +21,8 @@ impl AuthRegistry {
         let addr = format!("127.0.0.1:{port}");
         std::fs::write(dir.path().join("htpasswd"), REGISTRY_HTPASSWD).unwrap();
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\nhttp:\n  addr: {addr}\n\
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {root}/data\n  delete:\n    enabled: true\n\
+             http:\n  addr: {addr}\n\
              auth:\n  htpasswd:\n    realm: slipway-test\n    path: {root}/htpasswd\n",
             root = dir.path().display()
         );
