@@ -4,6 +4,8 @@
 //! refusal a JSON error naming the field, with nothing written. Values are sealed
 //! at rest, and a key rotation loses none.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use slipway_engine::auth::Role;
 use slipway_engine::secrets::keyring::{Keyring, SecretKey};
@@ -204,7 +206,7 @@ async fn jobs_naming_secrets_are_checked_against_their_own_project_and_refusals_
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn rotating_the_key_while_secrets_change_loses_none() {
+async fn rotating_the_key_while_secrets_change_and_jobs_run_loses_none() {
     let (old, new) = (SecretKey::generate_base64(), SecretKey::generate_base64());
     let db = TestDb::new().await;
     let project = default_project(&db).await;
@@ -215,9 +217,19 @@ async fn rotating_the_key_while_secrets_change_loses_none() {
         before.put(project, &name, &value, "test").await.unwrap();
         expected.insert(name, value);
     }
-    // Servers now hold the new key and the old; the rotation runs while they set values.
+    // Servers now hold the new key and the old; the rotation runs while they set
+    // values and jobs naming secrets are submitted and run.
     let during =
         slipway_engine::secrets::vault::Vault::new(db.store.clone(), Some(Keyring::new(key(&new), vec![key(&old)])));
+    let git = GitServer::start();
+    let repo = app_repo(&git, "app");
+    let work = tempfile::tempdir().unwrap();
+    let ports = Ports::new();
+    let _worker = spawn_worker("worker", ports.worker, work.path(), settings(&[]));
+    let keys = settings(&[("SLIPWAY_SECRETS_KEY", &new), ("SLIPWAY_SECRETS_PREVIOUS_KEY", &old)]);
+    let server = spawn_server("server", &db.url, &ports, &[ports.worker], keys);
+    let api = ports.api();
+    wait_healthy(&api, Duration::from_secs(30)).await;
     let mut rotate = slipway_command();
     rotate
         .args(["secret", "rotate-key"])
@@ -225,10 +237,17 @@ async fn rotating_the_key_while_secrets_change_loses_none() {
         .env("SLIPWAY_SECRETS_KEY", &new)
         .env("SLIPWAY_SECRETS_PREVIOUS_KEY", &old);
     let rotation = tokio::task::spawn_blocking(move || rotate.output().unwrap());
+    let mut jobs = Vec::new();
     for i in (0..300).step_by(7) {
         let (name, value) = (format!("s{i}"), format!("changed-{i}"));
         during.put(project, &name, &value, "test").await.unwrap();
-        expected.insert(name, value);
+        expected.insert(name.clone(), value);
+        if i % 70 == 0 {
+            let command = json!(["/bin/busybox", "sh", "-c", "echo got $S; echo also $T"]);
+            let secrets = json!({ "S": name, "T": format!("s{}", i + 1) });
+            let body = json!({ "repo": repo, "image": format!("{}/rotation/app:{}", open_registry(), unique("t")), "secrets": secrets, "run": { "command": command } });
+            jobs.push(submit(&api, &body).await["id"].as_str().unwrap().to_string());
+        }
     }
     let out = rotation.await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -239,6 +258,14 @@ async fn rotating_the_key_while_secrets_change_loses_none() {
     let names: Vec<String> = expected.keys().cloned().collect();
     let opened = after.open(project, &names).await.unwrap();
     assert_eq!(opened.0, expected);
+    // Every job had its secrets: none failed, each printed both (masked).
+    for id in &jobs {
+        let job = wait_finished(&api, id, Duration::from_secs(180)).await;
+        assert_eq!(job["state"], "succeeded", "{job}: {}", server.output());
+        let lines: Vec<String> =
+            all_logs(&api, id).await.iter().map(|l| l["line"].as_str().unwrap().to_string()).collect();
+        assert!(lines.contains(&"got ***".to_string()) && lines.contains(&"also ***".to_string()), "{lines:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
