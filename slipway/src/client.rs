@@ -350,13 +350,22 @@ async fn follow(api: &Api, id: &str, raw: bool) -> anyhow::Result<i32> {
     let streaming = api.streaming()?;
     let mut last_id: Option<String> = None;
     let mut step = String::new();
+    // Set when the server said it was shutting down: reaching none then ends here.
+    let mut server_left = false;
     loop {
         let mut request =
             streaming.get(format!("{}/v1/jobs/{id}/logs?follow=true", api.api)).header("Accept", "text/event-stream");
         if let Some(last) = &last_id {
             request = request.header("Last-Event-ID", last);
         }
-        let mut response = request.send().await.context("cannot reach the Slipway API (is it running? see --api)")?;
+        let mut response = match request.send().await {
+            Ok(response) => response,
+            Err(_) if server_left => bail!(
+                "the server went away while following; job {id} goes on: follow it again with `slipway logs -f {id}`"
+            ),
+            Err(e) => return Err(e).context("cannot reach the Slipway API (is it running? see --api)"),
+        };
+        server_left = false;
         if let Some(wait) = asked_to_wait(&response) {
             eprintln!("slipway: the API is busy; following again in {}s", wait.as_secs());
             tokio::time::sleep(wait).await;
@@ -378,12 +387,11 @@ async fn follow(api: &Api, id: &str, raw: bool) -> anyhow::Result<i32> {
                 let (mut event, mut data, mut event_id) = ("message", String::new(), None);
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("event:") {
-                        event = if v.trim() == "end" {
-                            "end"
-                        } else if v.trim() == "line" {
-                            "line"
-                        } else {
-                            "other"
+                        event = match v.trim() {
+                            "end" => "end",
+                            "line" => "line",
+                            "shutdown" => "shutdown",
+                            _ => "other",
                         };
                     } else if let Some(v) = line.strip_prefix("data:") {
                         data.push_str(v.strip_prefix(' ').unwrap_or(v));
@@ -403,6 +411,10 @@ async fn follow(api: &Api, id: &str, raw: bool) -> anyhow::Result<i32> {
                         last_id = event_id.or(last_id);
                     }
                     "end" => return finished(api, id).await,
+                    "shutdown" => {
+                        eprintln!("slipway: {data}");
+                        server_left = true;
+                    }
                     _ => {}
                 }
             }

@@ -3,7 +3,9 @@
 //! Each stored line is one event whose id is the line's id, so a client that
 //! reconnects with `Last-Event-ID` resumes after the last line it saw, with no gap
 //! and no repeat. The stream ends with an `end` event once the job has ended and
-//! every line was sent. New lines are read as soon as a report commits (the
+//! every line was sent; when the server shuts down, with a `shutdown` event instead
+//! (the job goes on; a client follows again, from another server or this one
+//! restarted). New lines are read as soon as a report commits (the
 //! committer notifies the job's id): a follower touches the database only when its
 //! job changed, or every [`FALLBACK_POLL`] in case a notification was missed (the
 //! listening connection was re-made), so that many followers cost little. Each holds
@@ -26,6 +28,8 @@ use crate::store::{CHANGED_CHANNEL, LogRow, Store, TOKENS_CHANNEL};
 
 /// Lines read per query.
 const PAGE: i64 = 1000;
+/// The event that ends every stream when the server shuts down.
+pub const SHUTDOWN_EVENT: &str = "shutdown";
 /// How long a follower waits for news before looking anyway.
 const FALLBACK_POLL: Duration = Duration::from_secs(30);
 
@@ -37,6 +41,9 @@ pub struct JobChanges {
     followed: Arc<Mutex<HashMap<JobId, watch::Sender<u64>>>>,
     /// Bumped at every token revocation: each stream then checks its own token.
     revocations: watch::Sender<u64>,
+    /// The server's shutdown: every stream ends at once, saying so, so that a
+    /// graceful shutdown never waits on a job that has not finished.
+    shutdown: CancellationToken,
 }
 
 /// A follower's view of its job's changes; leaves the table with the job's last follower.
@@ -45,6 +52,7 @@ struct Subscription {
     job: JobId,
     changes: watch::Receiver<u64>,
     revocations: watch::Receiver<u64>,
+    shutdown: CancellationToken,
 }
 
 impl JobChanges {
@@ -52,7 +60,7 @@ impl JobChanges {
     pub fn start(store: Store, shutdown: CancellationToken, tokens: Arc<super::auth::TokenCache>) -> Self {
         let followed: Arc<Mutex<HashMap<JobId, watch::Sender<u64>>>> = Arc::default();
         let revocations = watch::channel(0).0;
-        let (table, revoked) = (followed.clone(), revocations.clone());
+        let (table, revoked, stop) = (followed.clone(), revocations.clone(), shutdown.clone());
         tokio::spawn(async move {
             let on_change = move |channel: &str, payload: &str| {
                 if channel == TOKENS_CHANNEL {
@@ -66,14 +74,20 @@ impl JobChanges {
                     changes.send_modify(|n| *n += 1);
                 }
             };
-            crate::store::listen(store, &[CHANGED_CHANNEL, TOKENS_CHANNEL], on_change, shutdown).await
+            crate::store::listen(store, &[CHANGED_CHANNEL, TOKENS_CHANNEL], on_change, stop).await
         });
-        JobChanges { followed, revocations }
+        JobChanges { followed, revocations, shutdown }
     }
 
     fn subscribe(&self, job: JobId) -> Subscription {
         let changes = lock(&self.followed).entry(job).or_insert_with(|| watch::channel(0).0).subscribe();
-        Subscription { followed: self.followed.clone(), job, changes, revocations: self.revocations.subscribe() }
+        Subscription {
+            followed: self.followed.clone(),
+            job,
+            changes,
+            revocations: self.revocations.subscribe(),
+            shutdown: self.shutdown.clone(),
+        }
     }
 }
 
@@ -130,6 +144,11 @@ impl Follower {
             if self.ended {
                 return None;
             }
+            if self.changes.shutdown.is_cancelled() {
+                self.ended = true;
+                let why = "the server is shutting down; the job goes on: follow again (Last-Event-ID resumes)";
+                return Some(Event::default().event(SHUTDOWN_EVENT).data(why));
+            }
             // A token revoked or expired since the stream opened closes it.
             let expired = self.token.1.is_some_and(|at| at <= chrono::Utc::now());
             if expired || !self.store.token_works(self.token.0).await.unwrap_or(true) {
@@ -166,11 +185,12 @@ impl Follower {
     /// fallback poll.
     async fn wait_for_news(&mut self) {
         let until_expiry = self.token.1.and_then(|at| (at - chrono::Utc::now()).to_std().ok()).unwrap_or(FALLBACK_POLL);
-        let Subscription { changes, revocations, .. } = &mut self.changes;
+        let Subscription { changes, revocations, shutdown, .. } = &mut self.changes;
         let news = async {
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { std::future::pending::<()>().await },
                 revoked = revocations.changed() => if revoked.is_err() { std::future::pending::<()>().await },
+                _ = shutdown.cancelled() => {}
             }
         };
         let _ = tokio::time::timeout(until_expiry.min(FALLBACK_POLL), news).await;

@@ -98,6 +98,8 @@ pub async fn serve(
             drop(admitted);
         });
     }
+    // No new connection waits in the backlog for an answer that will not come.
+    drop(listener);
     while connections.join_next().await.is_some() {}
     Ok(())
 }

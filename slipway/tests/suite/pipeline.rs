@@ -1,7 +1,7 @@
 //! One job end to end with real parts: separate `slipway server` and `slipway
 //! worker` processes, Postgres, git daemon, the Docker engine and a registry.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::common::*;
 use serde_json::json;
@@ -454,4 +454,49 @@ async fn submit_follow_streams_the_logs_and_exits_with_the_outcome() {
     let (code, _, err) = tokio::task::spawn_blocking(move || again("exit 4")).await.unwrap();
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("failed") && err.contains("exited with code 4"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_the_live_log_streams_of_unfinished_jobs_and_the_server_stops_within_its_grace() {
+    let mut standalone = Standalone::start(&[("SLIPWAY_SHUTDOWN_GRACE", "2s")]).await;
+    let api = standalone.api();
+    let image = format!("{}/live/app:{}", open_registry(), unique("t"));
+    let body = json!({ "repo": standalone.repo, "image": image, "run": { "command": sleeping_command(300) } });
+    let id = submit(&api, &body).await["id"].as_str().unwrap().to_string();
+    wait_state(&api, &id, "running", JOB_LIMIT).await;
+    // Followed over the API and by the CLI, neither of which would end on its own.
+    let mut stream = SseReader::open(&format!("{api}/v1/jobs/{id}/logs?follow=true"), None).await;
+    let cli = slipway_command()
+        .args(["logs", "--follow", &id])
+        .env("SLIPWAY_API", &api)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    stream.next().await.expect("the stream is open");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let stopping = Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = standalone.process.terminate(Duration::from_secs(30));
+        (status, standalone)
+    });
+    let ended = loop {
+        match stream.next().await {
+            Some(event) if event.event == "line" => continue,
+            other => break other,
+        }
+    };
+    let ended = ended.expect("the stream says why it ends");
+    assert_eq!(ended.event, "shutdown", "{ended:?}");
+    assert!(ended.data.contains("the job goes on"), "{ended:?}");
+    assert!(stream.next().await.is_none(), "the stream ends after it");
+    let (status, standalone) = status.await.unwrap();
+    let status = status.unwrap_or_else(|| panic!("standalone hangs on SIGTERM: {}", standalone.process.output()));
+    assert!(status.success(), "{status:?}");
+    println!("stopped in {:?} with a follower open", stopping.elapsed());
+    let cli = cli.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&cli.stderr);
+    assert!(said.contains("shutting down") && said.contains(&format!("slipway logs -f {id}")), "{said}");
+    assert_ne!(cli.status.code(), Some(0), "{said}");
 }
