@@ -82,13 +82,15 @@ impl Api {
 
 #[derive(Debug, Clone, Args)]
 pub struct SubmitArgs {
-    /// Git repository URL (https, ssh or git).
+    /// Git repository: a URL (https, ssh, git) or a folder on this machine (`.`),
+    /// which `slipway standalone` builds from its commits.
     #[arg(long)]
     pub repo: String,
     /// Branch, tag or commit [default: the remote's default branch].
     #[arg(long = "ref")]
     pub git_ref: Option<String>,
-    /// Image reference to build and push, such as 127.0.0.1:5000/team/app:tag.
+    /// Image to build: `app:dev` stays on the worker's engine; with a registry host
+    /// (127.0.0.1:5000/team/app:v1, docker.io/you/app) it is pushed there.
     #[arg(long)]
     pub image: String,
     /// Dockerfile path inside the repository.
@@ -198,9 +200,23 @@ pub(crate) fn print(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
+/// The repository as the API takes it: a URL as given, a folder on this machine
+/// as the absolute `file://` URL of its resolved path.
+fn repo_url(repo: &str) -> anyhow::Result<String> {
+    let scp_like =
+        repo.split_once(':').is_some_and(|(user_host, _)| user_host.contains('@') && !user_host.contains('/'));
+    if repo.contains("://") || scp_like {
+        return Ok(repo.to_string());
+    }
+    let folder = std::path::Path::new(repo)
+        .canonicalize()
+        .with_context(|| format!("--repo {repo}: no such folder here (give a folder of a git repository, or a URL)"))?;
+    Ok(slipway_steps::local_repo::fetch_url(&folder))
+}
+
 /// `slipway submit`; returns the process exit code.
 pub async fn submit(api: &Api, args: SubmitArgs) -> anyhow::Result<i32> {
-    let mut body = json!({ "repo": args.repo, "image": args.image });
+    let mut body = json!({ "repo": repo_url(&args.repo)?, "image": args.image });
     for (key, value) in [("ref", args.git_ref), ("dockerfile", args.dockerfile), ("context", args.context)] {
         if let Some(value) = value {
             body[key] = json!(value);

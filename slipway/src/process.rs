@@ -55,7 +55,7 @@ pub async fn server(
     if keys.is_none() {
         tracing::warn!("no SLIPWAY_SECRETS_KEY: project secrets cannot be stored or used");
     }
-    let links = Links { logins, tls, repo: repo.policy(), keys };
+    let links = Links { logins, tls, repo: repo.policy(false), keys };
     serve_orchestrator(store, args, links, Vec::new(), shutdown, async { Ok(()) }).await
 }
 
@@ -68,7 +68,7 @@ pub async fn worker(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     args.validate()?;
-    let mut config = args.worker_config(args.worker_addr, registry.logins()?, tls.identity()?, repo.policy())?;
+    let mut config = args.worker_config(args.worker_addr, registry.logins()?, tls.identity()?, repo.policy(false))?;
     config.metrics_addr = Some(args.metrics_addr.unwrap_or_else(|| ([127, 0, 0, 1], 9464).into()));
     let worker = BoundWorker::bind(config).await?;
     worker.serve(shutdown).await?;
@@ -103,13 +103,14 @@ pub async fn standalone(parts: Parts, shutdown: CancellationToken) -> anyhow::Re
         (None, Some(pg)) => pg.url.clone(),
         (None, None) => unreachable!("a private postgres is started when no URL is given"),
     };
+    let policy = repo.policy(true);
     let result = async {
         let store = open_store(&url).await?;
         // The first start makes the installation's owner token, saved for the CLI.
         let api = local_url(server.http_addr).replacen("https://", "http://", 1);
         crate::access::bootstrap_owner(&store, &api).await?;
         let worker = WorkerArgs { worker_id: Some(worker_id), ..worker };
-        let mut config = worker.worker_config(worker.worker_addr, logins.clone(), worker_tls, repo.policy())?;
+        let mut config = worker.worker_config(worker.worker_addr, logins.clone(), worker_tls, policy.clone())?;
         config.metrics_addr = None;
         let bound = BoundWorker::bind(config).await?;
         let local_worker = local_url(bound.local_addr());
@@ -119,7 +120,7 @@ pub async fn standalone(parts: Parts, shutdown: CancellationToken) -> anyhow::Re
             worker_task.await.context("the worker task panicked")??;
             Ok(())
         };
-        let links = Links { logins, tls: orchestrator_tls, repo: repo.policy(), keys: Some(keys) };
+        let links = Links { logins, tls: orchestrator_tls, repo: policy, keys: Some(keys) };
         serve_orchestrator(store, server, links, vec![local_worker], shutdown, drained).await
     }
     .await;

@@ -5,7 +5,9 @@
 use std::fmt;
 
 /// A validated image reference without a digest: Slipway builds and tags it, then
-/// records the digest it pushed.
+/// records the digest it pushed. A reference that names no registry host
+/// (`myapp:latest`, `team/app:v1`) is *local*: it is built and run on the worker's
+/// engine and pushed nowhere (Docker Hub is named as `docker.io/you/app`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRef {
     /// The registry host (with port), when the reference names one.
@@ -23,6 +25,11 @@ impl ImageRef {
             Some(r) => format!("{r}/{}", self.path),
             None => self.path.clone(),
         }
+    }
+
+    /// Whether the image stays on the engine that built it (no registry host).
+    pub fn is_local(&self) -> bool {
+        self.registry.is_none()
     }
 
     /// `name@digest`: the reference of one pushed manifest.
@@ -169,6 +176,16 @@ mod tests {
         let r = parse("library/busy_box__x:latest").unwrap();
         assert_eq!(r.registry, None);
         assert_eq!(r.to_string(), "library/busy_box__x:latest");
+    }
+
+    #[test]
+    fn only_a_reference_without_a_registry_host_is_local() {
+        for local in ["myapp:latest", "team/app:v1", "app"] {
+            assert!(parse(local).unwrap().is_local(), "{local}");
+        }
+        for pushed in ["docker.io/you/app", "localhost/app", "127.0.0.1:5000/app:1", "registry:5000/app"] {
+            assert!(!parse(pushed).unwrap().is_local(), "{pushed}");
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod clone;
 pub mod docker;
 mod error;
 pub mod image_ref;
+pub mod local_repo;
 pub mod logs;
 mod outputs;
 pub mod paths;

@@ -48,6 +48,10 @@ pub struct RepoPolicy {
     /// Host names or addresses a repository may be on although they are (or
     /// resolve to) loopback, private, link-local or otherwise internal addresses.
     pub allow_hosts: Vec<String>,
+    /// Folders whose repositories a job may name by `file://` URL
+    /// ([`crate::local_repo`]); empty: none (the default everywhere but
+    /// `standalone`).
+    pub local_roots: Vec<std::path::PathBuf>,
 }
 
 impl RepoPolicy {
@@ -165,7 +169,8 @@ fn is_host(host: &str) -> bool {
 }
 
 /// Accepts `https://` and `ssh://` URLs and scp-like `user@host:path` (and `http://`
-/// and `git://` when `policy` allows insecure fetches), without credentials, with
+/// and `git://` when `policy` allows insecure fetches; `file://` under the local
+/// roots it allows, [`crate::local_repo`]), without credentials, with
 /// a host that is a DNS name or an address (never option-shaped), and not an
 /// internal address unless allowed; refuses local paths and every other scheme,
 /// which would let a job read the worker's own disk. The error says why. A host
@@ -182,6 +187,15 @@ pub fn check(repo: &str, policy: &RepoPolicy) -> Result<(), String> {
     }
     if repo.chars().any(|c| c.is_whitespace() || c.is_control()) || repo.starts_with('-') {
         return Err(format!("repo `{repo}` is not a URL"));
+    }
+    if repo.starts_with("file://") {
+        return crate::local_repo::check(repo, policy).map(|_| ());
+    }
+    if repo.starts_with('/') || repo.starts_with('.') || repo.starts_with('~') {
+        return Err(format!(
+            "repo `{repo}` is a path: name a local repository as a file:// URL (file:///abs/path), which only \
+             `slipway standalone` builds"
+        ));
     }
     if let Some((scheme, rest)) = repo.split_once("://") {
         match scheme {
@@ -268,7 +282,11 @@ mod tests {
     }
 
     fn insecure_and_allowed(hosts: &[&str]) -> RepoPolicy {
-        RepoPolicy { allow_insecure: true, allow_hosts: hosts.iter().map(|h| h.to_string()).collect() }
+        RepoPolicy {
+            allow_insecure: true,
+            allow_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -105,12 +105,12 @@ async fn run_step(ctx: &StepContext<'_>, logs: &LogSink, outputs: &mut StepOutpu
                 Step::Push => {
                     let span = tracing::info_span!("docker.push");
                     let pushed = push(ctx, &logs).instrument(span.clone()).await;
-                    if let Ok(pushed) = &pushed
+                    if let Ok(Some(pushed)) = &pushed
                         && let Some((_, digest)) = pushed.split_once('@')
                     {
                         trace::set_attribute(&span, fields::IMAGE_DIGEST, digest.to_string());
                     }
-                    pushed.map(|r| outputs.pushed_ref = Some(r))
+                    pushed.map(|r| outputs.pushed_ref = r)
                 }
                 Step::Run => run_container(ctx, outputs, &logs).await,
             }
@@ -159,7 +159,7 @@ async fn run_step(ctx: &StepContext<'_>, logs: &LogSink, outputs: &mut StepOutpu
 
 async fn clone(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepError> {
     let (job, stop) = (&ctx.job, ctx.stop);
-    let request = CloneRequest {
+    let mut request = CloneRequest {
         repo: job.spec.repo.clone(),
         git_ref: job.spec.git_ref.clone(),
         pinned_sha: job.outputs.commit_sha.clone(),
@@ -167,7 +167,7 @@ async fn clone(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepErro
         auth: job.secrets.git.clone(),
     };
     tokio::select! {
-        checked = check_remote(&request.repo, &ctx.state.config.repo_policy) => checked?,
+        checked = check_remote(&request.repo, &ctx.state.config.repo_policy) => request.repo = checked?,
         _ = stop.cancelled() => return Err(StepError::cancelled()),
     }
     let dest = checkout_dir(ctx.folder);
@@ -241,13 +241,22 @@ async fn build(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepErro
     }
 }
 
-async fn push(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepError> {
+/// Pushes the built image and returns `name@digest`; a local image is not pushed.
+async fn push(ctx: &StepContext<'_>, logs: &LogSink) -> Result<Option<String>, StepError> {
     let (state, job) = (ctx.state, &ctx.job);
     let image: ImageRef = job
         .spec
         .image
         .parse()
         .map_err(|why| StepError::new(ErrorCode::Internal, format!("image `{}` {why}", job.spec.image)))?;
+    if image.is_local() {
+        let why = format!(
+            "push skipped: local image {image} names no registry host and stays on this worker's engine \
+             (name one, such as docker.io/you/app, to push it)"
+        );
+        logs.line(LogStream::System, why).await;
+        return Ok(None);
+    }
     // ECR: a token for the registry and the repository made if missing; any other
     // registry: the credentials configured for its host, and none for any other.
     let ecr_registry = image.registry.as_deref().and_then(EcrRegistry::parse);
@@ -270,7 +279,7 @@ async fn push(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepError
     if let (Err(_), Some(registry)) = (&pushed, &ecr_registry) {
         state.ecr().await.forget_repository(registry, &image.path).await;
     }
-    pushed
+    pushed.map(Some)
 }
 
 fn checkout_dir(folder: &Path) -> PathBuf {

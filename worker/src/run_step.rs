@@ -60,7 +60,12 @@ async fn run_on<R: Runtime>(
         job_id: job.lease.job_id.clone(),
         instance_id: job.instance_id.clone(),
         attempt: job.lease.attempt,
-        image: outputs.pushed_ref.clone().unwrap_or_else(|| job.spec.image.clone()),
+        // A pushed image by its digest; a local one by the id its build gave.
+        image: outputs
+            .pushed_ref
+            .clone()
+            .or_else(|| outputs.image_id.clone())
+            .unwrap_or_else(|| job.spec.image.clone()),
         env,
         secrets: job.secrets.env.clone(),
         command: job.spec.command.clone(),
@@ -70,16 +75,19 @@ async fn run_on<R: Runtime>(
         architecture: architecture.to_string(),
     };
     // A run that resumes finds what an earlier attempt started, if it is still
-    // there, instead of starting a second one; a retried run starts its own.
-    let (existing, log_cursor) = match job.first_step {
-        Step::Run if !job.fresh_run => {
-            let stored = outputs.run_handle(job.spec.runtime);
-            let found = runtime.find(&request.job_id, stored, logs).await?;
-            // The stored position belongs to the stored run only.
-            let cursor = (found.is_some() && found.as_deref() == stored).then(|| job.log_cursor.clone()).flatten();
-            (found, cursor)
-        }
-        _ => (None, None),
+    // there, instead of starting a second one; a retried run starts its own. A job
+    // of a local image starts over from its clone, but its earlier attempt's run may
+    // still be alive on this engine: it is found the same way.
+    let local = outputs.pushed_ref.is_none();
+    let resumes = job.first_step == Step::Run || (local && job.lease.attempt > 1);
+    let (existing, log_cursor) = if resumes && !job.fresh_run {
+        let stored = outputs.run_handle(job.spec.runtime);
+        let found = runtime.find(&request.job_id, stored, logs).await?;
+        // The stored position belongs to the stored run only.
+        let cursor = (found.is_some() && found.as_deref() == stored).then(|| job.log_cursor.clone()).flatten();
+        (found, cursor)
+    } else {
+        (None, None)
     };
     let handle = match existing {
         Some(handle) => handle,

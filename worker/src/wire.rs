@@ -196,7 +196,7 @@ mod tests {
 
     /// The tests' repositories are served over git:// on loopback.
     fn test_policy() -> RepoPolicy {
-        RepoPolicy { allow_insecure: true, allow_hosts: vec!["127.0.0.1".into()] }
+        RepoPolicy { allow_insecure: true, allow_hosts: vec!["127.0.0.1".into()], ..Default::default() }
     }
 
     fn start(job_id: &str, runtime: &str) -> v1::StartJobRequest {

@@ -21,8 +21,11 @@ pub struct JobView {
     pub worker: Option<String>,
     pub commit_sha: Option<String>,
     pub image_id: Option<String>,
-    /// `name@sha256:…` once pushed.
+    /// `name@sha256:…` once pushed; always `null` for a local image.
     pub pushed_ref: Option<String>,
+    /// The image names no registry host: it is built and run on the worker's engine
+    /// and pushed nowhere.
+    pub local: bool,
     pub container_id: Option<String>,
     /// The ECS task of an `ecs` run, and how ECS said it stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -57,6 +60,7 @@ impl JobView {
             (None, Some(message)) => Some(ErrorView { code: "unknown".into(), message }),
             (None, None) => None,
         };
+        let local = row.spec.0.is_local_image();
         JobView {
             id: row.id,
             project: row.project,
@@ -70,6 +74,7 @@ impl JobView {
             commit_sha: row.commit_sha,
             image_id: row.image_id,
             pushed_ref: row.pushed_ref,
+            local,
             container_id: row.container_id,
             task: row.task_arn.map(|arn| TaskView {
                 arn,

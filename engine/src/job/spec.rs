@@ -123,6 +123,14 @@ pub struct JobSpec {
     pub named_secrets: SecretRefs,
 }
 
+impl JobSpec {
+    /// Whether the job's image is built and run on the worker's engine and pushed
+    /// nowhere ([`ImageRef::is_local`]).
+    pub fn is_local_image(&self) -> bool {
+        self.image.parse::<ImageRef>().is_ok_and(|image| image.is_local())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct RunSpec {
     /// `None`: the image's own command.
@@ -201,6 +209,15 @@ impl JobRequest {
             None => defaults.runtime,
         };
         let (cpu, memory) = check_size(runtime, run.cpu, run.memory)?;
+        if runtime == RuntimeKind::Ecs && image_ref.is_local() {
+            return Err(FieldError::new(
+                "image",
+                format!(
+                    "image `{image}` names no registry host, so it stays on the worker's engine, and an ecs run \
+                     pulls its image from a registry: name one (`<account>.dkr.ecr.<region>.amazonaws.com/{image}`)"
+                ),
+            ));
+        }
         let requires = self.requires.unwrap_or_default();
         for (key, value) in &requires {
             let valid = |s: &str| {
@@ -394,7 +411,11 @@ mod tests {
 
     /// The tests' repositories are served over git:// on loopback.
     fn defaults() -> SubmitDefaults {
-        let repo = slipway_steps::repo_url::RepoPolicy { allow_insecure: true, allow_hosts: vec!["127.0.0.1".into()] };
+        let repo = slipway_steps::repo_url::RepoPolicy {
+            allow_insecure: true,
+            allow_hosts: vec!["127.0.0.1".into()],
+            ..Default::default()
+        };
         SubmitDefaults { repo, ..Default::default() }
     }
 
@@ -466,6 +487,17 @@ mod tests {
         assert_eq!(field_of(JobRequest { run: Some(run), ..request() }), "run.runtime");
         let requires = BTreeMap::from([("region".to_string(), "eu west".to_string())]);
         assert_eq!(field_of(JobRequest { requires: Some(requires), ..request() }), "requires.region");
+    }
+
+    #[test]
+    fn a_local_image_runs_on_docker_only() {
+        let local = JobRequest { image: Some("hello:dev".into()), ..request() };
+        assert!(local.clone().validate(&defaults()).unwrap().is_local_image());
+        assert!(!request().validate(&defaults()).unwrap().is_local_image());
+        let ecs = RunRequest { runtime: Some("ecs".into()), ..Default::default() };
+        let refused = JobRequest { run: Some(ecs), ..local }.validate(&defaults()).unwrap_err();
+        assert_eq!(refused.field, "image");
+        assert!(refused.message.contains("names no registry host"), "{}", refused.message);
     }
 
     #[test]

@@ -111,6 +111,11 @@ impl EngineCode {
 /// The error of a job cancelled by request, and the reason its history gives.
 pub const CANCELLED_BY_REQUEST: &str = "cancelled by request";
 
+/// The reason the history gives for a job passing `pushing` without a push: its
+/// image names no registry host and stays on the worker's engine. Such a job has
+/// no pushed image to resume at, so another attempt starts over ([`resume_state`]).
+pub const PUSH_SKIPPED_LOCAL: &str = "push skipped: local image";
+
 /// Where an unfinished attempt's job goes back to. The clone on disk and the built
 /// image live on the worker that made them, so a job that had not pushed starts over
 /// from the clone (at its pinned commit); a pushed image can run anywhere, so a job

@@ -12,7 +12,7 @@ use sqlx::query::QueryScalar;
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::job::transitions::Transition;
+use crate::job::transitions::{PUSH_SKIPPED_LOCAL, Transition};
 use crate::job::{JobId, JobState, state_of_step};
 
 /// The attempt a report speaks for. The history rows a report writes record its
@@ -93,9 +93,10 @@ pub async fn mark_step_started(
     lease_ttl: Duration,
 ) -> Result<Option<f64>, StoreError> {
     let to = state_of_step(step);
+    // The run entered from `pushing` with nothing pushed: the image is local.
     let (rows, waited): (i64, Option<f64>) = sqlx::query_as(
         "with prev as (
-             select state, lease_worker from jobs
+             select state, lease_worker, pushed_ref from jobs
              where id = $1 and lease_token = $2 and lease_worker = coalesce($7, lease_worker)
                and state = any($8) and cancel_requested_at is null
              for update
@@ -104,10 +105,13 @@ pub async fn mark_step_started(
                  lease_expires_at = now() + make_interval(secs => $5)
              from prev where j.id = $1
              returning prev.state as from_state, coalesce($7, prev.lease_worker) as worker,
+                       prev.pushed_ref is null as nothing_pushed,
                        extract(epoch from now() - j.created_at)::double precision as waited
          ), ev as (
-             insert into job_events (job_id, from_state, to_state, attempt, worker)
-             select $1, from_state, $3, $6, worker from upd
+             insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
+             select $1, from_state, $3, $6, worker,
+                    case when from_state = 'pushing' and nothing_pushed then $9 end
+             from upd
          ), st as (
              insert into job_steps (job_id, attempt, step, worker)
              select $1, $6, $4::job_step, worker from upd
@@ -125,6 +129,7 @@ pub async fn mark_step_started(
     .bind(lease.attempt)
     .bind(&lease.worker)
     .bind(Transition::StartStep(step).from_states())
+    .bind(PUSH_SKIPPED_LOCAL)
     .fetch_one(&mut *conn)
     .await?;
     fenced(rows).map(|()| waited)

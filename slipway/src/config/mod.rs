@@ -263,13 +263,35 @@ pub struct RepoArgs {
     /// they are loopback, private, link-local or otherwise internal.
     #[arg(long, env = "SLIPWAY_REPO_ALLOW_HOSTS", value_delimiter = ',')]
     pub repo_allow_hosts: Vec<String>,
+    /// Build repositories on this machine, named as file:// URLs (`slipway submit
+    /// --repo .`) [default: true for `standalone`, false otherwise].
+    #[arg(long, env = "SLIPWAY_ALLOW_LOCAL_REPOS", action = clap::ArgAction::Set)]
+    pub allow_local_repos: Option<bool>,
+    /// Folders (comma-separated) local repositories must be in [default: the home
+    /// folder and the folder Slipway was started in].
+    #[arg(long, env = "SLIPWAY_LOCAL_REPO_ROOTS", value_delimiter = ',')]
+    pub local_repo_roots: Vec<PathBuf>,
 }
 
 impl RepoArgs {
-    pub fn policy(&self) -> slipway_steps::repo_url::RepoPolicy {
+    /// The policy of a process; `standalone` builds local repositories unless told not to.
+    pub fn policy(&self, standalone: bool) -> slipway_steps::repo_url::RepoPolicy {
+        let local_roots = if self.allow_local_repos.unwrap_or(standalone) {
+            match self.local_repo_roots.is_empty() {
+                false => self.local_repo_roots.clone(),
+                true => std::env::var_os("HOME")
+                    .map(PathBuf::from)
+                    .into_iter()
+                    .chain(std::env::current_dir().ok())
+                    .collect(),
+            }
+        } else {
+            Vec::new()
+        };
         slipway_steps::repo_url::RepoPolicy {
             allow_insecure: self.repo_allow_insecure,
             allow_hosts: self.repo_allow_hosts.iter().map(|h| h.trim().to_string()).filter(|h| !h.is_empty()).collect(),
+            local_roots,
         }
     }
 }

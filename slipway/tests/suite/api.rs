@@ -110,6 +110,13 @@ async fn bad_requests_get_a_json_error_naming_the_field_and_write_nothing() {
         ),
         (with("run", json!({ "runtime": "ecs", "cpu": 100 })), 400, "invalid_field", Some("run.cpu")),
         (with("run", json!({ "memory": 4 })), 400, "invalid_field", Some("run.memory")),
+        // A local image (no registry host) stays on the worker's engine: ECS cannot pull it.
+        (
+            json!({ "repo": valid()["repo"], "image": "hello:dev", "run": { "runtime": "ecs" } }),
+            400,
+            "invalid_field",
+            Some("image"),
+        ),
         (with("requires", json!({ "region": "" })), 400, "invalid_field", Some("requires.region")),
         (with("retry", json!({ "max_attempts": 11 })), 400, "invalid_field", Some("retry.max_attempts")),
         (with("repo", json!("https://s3cr3t-token@example.com/a.git")), 400, "credentials_in_url", Some("repo")),

@@ -8,6 +8,7 @@ mod common;
 mod ecs;
 mod engine;
 mod faults;
+mod first_job;
 mod grpc_auth;
 mod hostile;
 mod iam;

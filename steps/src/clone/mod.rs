@@ -46,7 +46,14 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Resolves the repository's host and refuses it when `policy` does not allow
 /// where it is (see [`crate::repo_url`]); called just before the clone connects.
-pub async fn check_remote(repo: &str, policy: &RepoPolicy) -> Result<(), StepError> {
+/// Returns the URL to fetch from: `repo`, or for a local repository the folder it
+/// resolved to ([`crate::local_repo`]).
+pub async fn check_remote(repo: &str, policy: &RepoPolicy) -> Result<String, StepError> {
+    if repo.starts_with(crate::local_repo::SCHEME) {
+        let folder =
+            crate::local_repo::check(repo, policy).map_err(|why| StepError::new(ErrorCode::RepoNotAllowed, why))?;
+        return Ok(crate::local_repo::fetch_url(&folder));
+    }
     let shown = redacted(repo);
     let (host, port) = host_and_port(repo)
         .ok_or_else(|| StepError::new(ErrorCode::RepoNotAllowed, format!("{shown} has no valid host and port")))?;
@@ -61,7 +68,8 @@ pub async fn check_remote(repo: &str, policy: &RepoPolicy) -> Result<(), StepErr
                 ));
             }
         };
-    policy.check_addresses(&host, &addresses).map_err(|why| StepError::new(ErrorCode::RepoNotAllowed, why))
+    policy.check_addresses(&host, &addresses).map_err(|why| StepError::new(ErrorCode::RepoNotAllowed, why))?;
+    Ok(repo.to_string())
 }
 
 /// What to fetch.
@@ -111,7 +119,11 @@ pub fn clone_repo(
     fetch.remote_callbacks(callbacks(request.auth.as_ref(), logs, cancel, limit)).download_tags(AutotagOption::None);
     let refspecs: Vec<String> = match &target.refname {
         Some(name) => {
-            fetch.depth(1);
+            // libgit2's local transport fetches no shallow history; a local
+            // repository's history is on the same disk anyway.
+            if !request.repo.starts_with(crate::local_repo::SCHEME) {
+                fetch.depth(1);
+            }
             vec![format!("+{name}:refs/slipway/target")]
         }
         // A commit no ref points at: fetch everything and look for it.

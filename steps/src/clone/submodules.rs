@@ -55,14 +55,14 @@ pub async fn fetch_submodules(
                 .ok_or_else(|| refused(format!("submodule `{}` has a URL that cannot be resolved", sub.path)))?;
             repo_url::check(&sub_url, policy)
                 .map_err(|why| StepError::new(ErrorCode::RepoNotAllowed, format!("submodule `{}`: {why}", sub.path)))?;
-            check_remote(&sub_url, policy).await?;
+            let fetch_from = check_remote(&sub_url, policy).await?;
             let dest = inside(&dir, &sub.path)?;
             let used = {
                 let root = root.to_path_buf();
                 tokio::task::spawn_blocking(move || bytes_under(&root)).await.map_err(panicked)?
             };
             let request = CloneRequest {
-                repo: sub_url.clone(),
+                repo: fetch_from,
                 git_ref: None,
                 pinned_sha: Some(sub.commit.clone()),
                 max_bytes: parent.max_bytes.saturating_sub(used),

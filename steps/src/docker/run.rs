@@ -113,6 +113,14 @@ pub async fn create_container(
                     .id
                     .ok_or_else(|| StepError::new(ErrorCode::RunFailed, "the engine reported no container id"));
             }
+            // An image id names an image built on this engine (a local image): no
+            // registry holds it.
+            Err(e) if status_of(&e) == Some(404) && request.image.starts_with("sha256:") => {
+                return Err(StepError::new(
+                    ErrorCode::RunFailed,
+                    format!("image {} built for the job is no longer on this engine", request.image),
+                ));
+            }
             Err(e) if status_of(&e) == Some(404) && !pulled => {
                 pull(docker, &request.image, logs).await?;
                 pulled = true;

@@ -106,7 +106,8 @@ impl Drop for GitServer {
     }
 }
 
-fn git(dir: &Path, args: &[&str]) {
+/// Runs git in `dir`; the test fails if it does.
+pub fn git(dir: &Path, args: &[&str]) {
     let status = Command::new("git").args(args).current_dir(dir).status().unwrap();
     assert!(status.success(), "git {args:?} failed");
 }

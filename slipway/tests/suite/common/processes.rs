@@ -160,7 +160,11 @@ fn repo_policy_env() -> [(&'static str, String); 2] {
 
 /// The submission rules of an in-process API: those `repo_policy_env` gives servers.
 pub fn test_submit_defaults() -> slipway_engine::job::SubmitDefaults {
-    let repo = slipway_steps::repo_url::RepoPolicy { allow_insecure: true, allow_hosts: vec!["127.0.0.1".into()] };
+    let repo = slipway_steps::repo_url::RepoPolicy {
+        allow_insecure: true,
+        allow_hosts: vec!["127.0.0.1".into()],
+        ..Default::default()
+    };
     slipway_engine::job::SubmitDefaults { repo, ..Default::default() }
 }
 
