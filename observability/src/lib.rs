@@ -12,9 +12,9 @@ pub mod metrics;
 pub mod trace;
 
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Keeps the telemetry pipeline alive; dropping it flushes the spans still buffered.
 #[must_use = "telemetry stops when the guard is dropped"]
@@ -38,6 +38,7 @@ pub struct Config {
     pub filter: Option<String>,
     /// The service name when `OTEL_SERVICE_NAME` is not set (`slipway-server`, …).
     pub service_name: String,
+    pub format: LogFormat,
 }
 
 /// Installs the global subscriber: log lines to standard error (so that the CLI's
@@ -54,10 +55,34 @@ pub fn init(config: &Config) -> Guard {
         use opentelemetry::trace::TracerProvider;
         tracing_opentelemetry::layer().with_tracer(p.tracer("slipway"))
     });
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(otel)
-        .try_init();
+    // Colour only for a person at a terminal; a file or a pipe gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let lines = match config.format {
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).with_current_span(false).boxed(),
+    };
+    let _ = tracing_subscriber::registry().with(filter).with(lines).with(otel).try_init();
     Guard { provider }
+}
+
+/// How log lines are written: text for people, or one JSON object a line for log
+/// shippers (`SLIPWAY_LOG_FORMAT=json`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("SLIPWAY_LOG_FORMAT: `{other}` is not a log format; use text or json")),
+        }
+    }
 }

@@ -24,6 +24,10 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written: `text`, or `json` (one object a line, for log
+    /// shippers).
+    #[arg(long, global = true, env = "SLIPWAY_LOG_FORMAT", default_value = "text")]
+    log_format: slipway_observability::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,7 +233,8 @@ async fn run() {
         Command::Standalone { .. } => "slipway",
         _ => "slipway-cli",
     };
-    let config = slipway_observability::Config { service_name: service_name.into(), ..Default::default() };
+    let config =
+        slipway_observability::Config { service_name: service_name.into(), format: cli.log_format, filter: None };
     let telemetry = slipway_observability::init(&config);
     let result: anyhow::Result<i32> = match cli.command {
         Command::Server { db, server, registry, tls, repo } => {

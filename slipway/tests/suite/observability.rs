@@ -1,6 +1,7 @@
 //! Metrics as a user sees them: Prometheus (Debian's) scrapes a running Slipway,
 //! and PromQL over its HTTP API returns the job counters after a run; the shipped
-//! Grafana dashboard asks only for metrics `/metrics` exposes.
+//! Grafana dashboard asks only for metrics `/metrics` exposes. Log lines as a log
+//! shipper reads them.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -107,4 +108,28 @@ async fn prometheus_scrapes_the_job_counters_and_the_dashboard_asks_only_for_exp
     for name in &asked {
         assert!(names.binary_search(name).is_ok(), "the dashboard asks for {name}, which /metrics does not expose");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_into_a_pipe_carry_no_colour_and_the_json_format_is_one_object_a_line() {
+    let db = TestDb::new().await;
+    let logs = |format: &str| {
+        let out = slipway_command()
+            .arg("migrate")
+            .env("DATABASE_URL", &db.url)
+            .env("SLIPWAY_LOG_FORMAT", format)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let text = logs("text");
+    assert!(text.contains("migrations applied"), "{text}");
+    assert!(!text.contains('\x1b'), "colour codes in a pipe: {text:?}");
+    let json = logs("json");
+    let objects: Vec<Value> =
+        json.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))).collect();
+    let applied = objects.iter().find(|o| o["message"] == "migrations applied").expect("the line is there");
+    assert_eq!(applied["level"], "INFO");
+    assert!(applied["timestamp"].is_string() && applied["target"].is_string(), "{applied}");
 }
