@@ -56,7 +56,7 @@ pub async fn server(
         tracing::warn!("no SLIPWAY_SECRETS_KEY: project secrets cannot be stored or used");
     }
     let links = Links { logins, tls, repo: repo.policy(false), keys };
-    serve_orchestrator(store, args, links, Vec::new(), shutdown, async { Ok(()) }).await
+    serve_orchestrator(store, args, links, Vec::new(), None, shutdown, async { Ok(()) }).await
 }
 
 /// `slipway worker`
@@ -114,6 +114,7 @@ pub async fn standalone(parts: Parts, shutdown: CancellationToken) -> anyhow::Re
         config.metrics_addr = None;
         let bound = BoundWorker::bind(config).await?;
         let local_worker = local_url(bound.local_addr());
+        let ready = Ready { worker: bound.local_addr(), builder: bound.builder_description().await };
         let worker_task = tokio::spawn(bound.serve(shutdown.clone()));
         // The report service stays up until the worker has drained and reported.
         let drained = async move {
@@ -121,7 +122,7 @@ pub async fn standalone(parts: Parts, shutdown: CancellationToken) -> anyhow::Re
             Ok(())
         };
         let links = Links { logins, tls: orchestrator_tls, repo: policy, keys: Some(keys) };
-        serve_orchestrator(store, server, links, vec![local_worker], shutdown, drained).await
+        serve_orchestrator(store, server, links, vec![local_worker], Some(ready), shutdown, drained).await
     }
     .await;
     if let Some(pg) = local_postgres {
@@ -150,12 +151,20 @@ struct Links {
     keys: Option<slipway_engine::secrets::keyring::Keyring>,
 }
 
-/// Runs the HTTP API, the report service and the dispatch loop until `shutdown`.
+/// What `standalone` says in its one line once it is ready.
+struct Ready {
+    worker: std::net::SocketAddr,
+    builder: String,
+}
+
+/// Runs the HTTP API, the report service and the dispatch loop until `shutdown`;
+/// prints the ready line, when given, once the API listens.
 async fn serve_orchestrator(
     store: Store,
     args: ServerArgs,
     links: Links,
     local_workers: Vec<String>,
+    ready: Option<Ready>,
     shutdown: CancellationToken,
     before_close: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
@@ -220,7 +229,15 @@ async fn serve_orchestrator(
     let mut api = slipway_engine::api::AppState::new(store.clone(), defaults, shutdown.clone());
     api.metrics_token = args.metrics_token.as_deref().map(std::sync::Arc::from);
     api.vault = vault.clone();
+    let http_addr = http.local_addr()?;
     let http_task = tokio::spawn(slipway_engine::api::serve(http, api, shutdown.clone(), args.http_limits()));
+    if let Some(Ready { worker, builder }) = ready {
+        let reach = if worker.ip().is_loopback() { "loopback only" } else { "open to the network, mutual TLS" };
+        println!(
+            "slipway is ready: API on http://{http_addr}, its worker on {worker} ({reach}), building with {builder}. \
+             Try, in a git repository with a Dockerfile: slipway submit --repo . --image hello:dev --follow"
+        );
+    }
     orchestrator::run(store, vault, config, workers, wake, shutdown).await;
     http_task.await.context("the http task panicked")??;
     sweep_task.await.context("the sweep task panicked")?;

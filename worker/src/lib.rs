@@ -71,6 +71,16 @@ impl BoundWorker {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// What builds this worker's images, as a person reads it: BuildKit, the
+    /// classic builder, or why the engine does not answer.
+    pub async fn builder_description(&self) -> String {
+        match self.state.builder().await {
+            Ok(slipway_steps::docker::build::Builder::BuildKit) => "BuildKit".to_string(),
+            Ok(slipway_steps::docker::build::Builder::Classic) => "the classic builder".to_string(),
+            Err(e) => format!("none yet ({})", e.message),
+        }
+    }
+
     /// Serves until `shutdown` is cancelled. Then it admits no new job, lets running
     /// jobs finish for the grace period, hands back those still running, and closes
     /// once they have reported (the service keeps answering pings meanwhile, so their

@@ -116,3 +116,88 @@ async fn submit_repo_dot_builds_the_commits_of_a_local_repository_inside_the_all
         sqlx::query_scalar("select count(*) from jobs").fetch_one(standalone.db.store.pool()).await.unwrap();
     assert_eq!(count, 1, "nothing written for the refusals");
 }
+
+/// The lines of the README's code block tagged `tag` (```` ```sh tag ````).
+fn readme_block(tag: &str) -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let opening = format!("```sh {tag}\n");
+    let start = readme.find(&opening).unwrap_or_else(|| panic!("the README has no `{opening}` block")) + opening.len();
+    let length = readme[start..].find("```").unwrap();
+    readme[start..start + length].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_s_first_job_runs_as_written_against_a_fresh_data_folder() {
+    use std::os::unix::fs::PermissionsExt;
+    // A new user: a home of their own (where the CLI's credentials go), git set up,
+    // `slipway` on the PATH; nothing else.
+    let home = tempfile::tempdir().unwrap();
+    // Postgres runs as the postgres user under root: it must be able to enter the folders.
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_slipway"));
+    let path = format!("{}:{}", binary.parent().unwrap().display(), std::env::var("PATH").unwrap());
+    let shell = |block: &str| {
+        let mut command = std::process::Command::new("bash");
+        command.args(["-euc", block]).env_clear().current_dir(home.path());
+        command.env("PATH", &path).env("HOME", home.path()).env("SLIPWAY_DATA_DIR", home.path().join("data"));
+        for (name, value) in [("GIT_AUTHOR_NAME", "New User"), ("GIT_COMMITTER_NAME", "New User")] {
+            command.env(name, value);
+        }
+        for name in ["GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"] {
+            command.env(name, "new.user@example.com");
+        }
+        if let Ok(docker) = std::env::var("DOCKER_HOST") {
+            command.env("DOCKER_HOST", docker);
+        }
+        command
+    };
+
+    let server_block = readme_block("first-job-server");
+    assert_eq!(server_block.trim().lines().count(), 1, "one command, which SIGTERM stops: {server_block}");
+    let log = home.path().join("standalone.log");
+    let mut server = shell(&server_block)
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(home.path().join("standalone.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let said = || {
+        let err = std::fs::read_to_string(home.path().join("standalone.err")).unwrap_or_default();
+        format!("{}{err}", std::fs::read_to_string(&log).unwrap_or_default())
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !said().contains("slipway is ready") {
+        assert!(server.try_wait().unwrap().is_none(), "standalone ended: {}", said());
+        assert!(Instant::now() < deadline, "standalone never said it was ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ready = said();
+    assert!(ready.contains("http://127.0.0.1:8080") && ready.contains("(loopback only)"), "{ready}");
+    assert!(ready.contains("building with BuildKit"), "{ready}");
+
+    let first_job = shell(&readme_block("first-job")).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&first_job.stdout), String::from_utf8_lossy(&first_job.stderr));
+    // The job, with the token the first start saved for the CLI.
+    let saved = std::fs::read_to_string(home.path().join(".config/slipway/credentials.toml")).unwrap();
+    let token = saved.lines().find_map(|l| l.strip_prefix("token = \"")?.strip_suffix('"')).unwrap().to_string();
+    let jobs: serde_json::Value = reqwest::Client::new()
+        .get("http://127.0.0.1:8080/v1/jobs")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // `bash -c` runs the block's one command in its own place: the signal reaches it.
+    let stop = std::process::Command::new("kill").args(["-TERM", &server.id().to_string()]).status().unwrap();
+    let stopped = server.wait().unwrap();
+    let image_id = jobs["jobs"][0]["image_id"].as_str().unwrap_or_default().to_string();
+    if !image_id.is_empty() {
+        let _ = std::process::Command::new("docker").args(["rmi", "-f", &image_id]).output();
+    }
+    assert!(first_job.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("hello from slipway"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("push skipped: local image"), "{stdout}\n{stderr}");
+    assert_eq!(jobs["jobs"][0]["local"], true, "{jobs}");
+    assert!(stop.success() && stopped.success(), "standalone stops on SIGTERM: {stopped:?}");
+}
