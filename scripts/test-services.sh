@@ -22,6 +22,10 @@ ensure_packages() {
     [ -x /usr/lib/git-core/git-daemon ] || command -v git-daemon >/dev/null || missing+=(git)
     command -v curl >/dev/null || missing+=(curl)
     command -v prometheus >/dev/null || missing+=(prometheus)
+    # What the build needs: a C compiler, pkg-config and OpenSSL's headers (git2).
+    command -v cc >/dev/null || missing+=(gcc)
+    command -v pkg-config >/dev/null || missing+=(pkg-config)
+    dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
     # sshd serves the tests' private repositories over ssh.
     [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
     [ ${#missing[@]} -eq 0 ] && return 0
@@ -122,4 +126,42 @@ stop_registry() {
     local pidfile="$SLIPWAY_TEST_DIR/registry/pid"
     [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
     rm -f "$pidfile"
+}
+
+# The tools the build and the test run need besides Debian's packages: cargo (the
+# README names how to install Rust) and cargo-nextest, installed when missing.
+ensure_rust_tools() {
+    if ! command -v cargo >/dev/null; then
+        echo "cargo is missing: install Rust (https://rustup.rs), then run scripts/test again" >&2
+        return 1
+    fi
+    if ! cargo nextest --version >/dev/null 2>&1; then
+        echo "installing cargo-nextest" >&2
+        cargo install --locked cargo-nextest >/dev/null
+    fi
+}
+
+# What the tests start and must stop: their processes, their job containers.
+leftover_snapshot() {
+    {
+        pgrep -x git-daemon || true
+        pgrep -f "target/debug/slipway( |$)" || true
+        pgrep -f moto_server || true
+        pgrep -x prometheus || true
+        pgrep -f "docker-registry serve" || true
+        pgrep -f "sshd -D -e -f" || true
+    } | sort -n
+}
+
+# Fails, naming them, if processes or job containers are left that were not
+# there before the run (`before`: a leftover_snapshot taken then).
+check_leftovers() {
+    local before="$1" left containers
+    left="$(comm -13 <(echo "$before") <(leftover_snapshot) | sed '/^$/d')"
+    containers="$(docker ps -aq --filter label=slipway.job_id)"
+    [ -z "$left" ] && [ -z "$containers" ] && return 0
+    echo "the tests left these behind:" >&2
+    [ -n "$left" ] && ps -o pid,args -p $(echo $left) >&2
+    [ -n "$containers" ] && docker ps -a --filter label=slipway.job_id >&2
+    return 1
 }

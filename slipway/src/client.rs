@@ -31,13 +31,32 @@ pub struct ApiArgs {
 pub struct Api {
     pub api: String,
     token: Option<String>,
+    /// One client for every call (its connections are kept and reused).
+    http: reqwest::Client,
 }
 
 impl ApiArgs {
     pub fn resolve(&self) -> anyhow::Result<Api> {
         let profile = crate::credentials::read()?.remove(&self.profile).unwrap_or_default();
         let api = self.api.clone().or(profile.api).unwrap_or_else(|| "http://127.0.0.1:8080".to_string());
-        Ok(Api { api: api.trim_end_matches('/').to_string(), token: self.token.clone().or(profile.token) })
+        let api = with_scheme(api.trim_end_matches('/'))?;
+        let mut resolved = Api { api, token: self.token.clone().or(profile.token), http: reqwest::Client::new() };
+        resolved.http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .default_headers(resolved.headers()?)
+            .build()
+            .context("cannot make an HTTP client")?;
+        Ok(resolved)
+    }
+}
+
+/// The API's URL: `host:port` is taken as `http://host:port`; any scheme but http
+/// and https is refused.
+fn with_scheme(api: &str) -> anyhow::Result<String> {
+    match api.split_once("://") {
+        None => Ok(format!("http://{api}")),
+        Some(("http" | "https", rest)) if !rest.is_empty() => Ok(api.to_string()),
+        Some(_) => bail!("--api {api}: give the API's http:// or https:// URL, such as http://127.0.0.1:8080"),
     }
 }
 
@@ -54,11 +73,7 @@ impl Api {
     }
 
     pub(crate) fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .default_headers(self.headers().unwrap_or_default())
-            .build()
-            .expect("a plain http client builds")
+        self.http.clone()
     }
 
     fn streaming(&self) -> anyhow::Result<reqwest::Client> {
@@ -124,6 +139,9 @@ pub struct SubmitArgs {
     /// Seconds the container may run.
     #[arg(long)]
     pub timeout: Option<u64>,
+    /// Try the run again when the container exits non-zero (within the job's attempts).
+    #[arg(long)]
+    pub retry_on_failure: bool,
     /// Where to run: `docker` (the worker's engine) or `ecs` (Fargate) [default: the server's].
     #[arg(long)]
     pub runtime: Option<String>,
@@ -257,6 +275,9 @@ pub async fn submit(api: &Api, args: SubmitArgs) -> anyhow::Result<i32> {
     if let Some(runtime) = args.runtime {
         run["runtime"] = json!(runtime);
     }
+    if args.retry_on_failure {
+        run["retry_on_failure"] = json!(true);
+    }
     for (key, value) in [("cpu", args.cpu), ("memory", args.memory)] {
         if let Some(value) = value {
             run[key] = json!(value);
@@ -288,13 +309,20 @@ pub async fn cancel(api: &Api, id: &str, wait: bool) -> anyhow::Result<()> {
         print(&job);
         return Ok(());
     }
+    // Said once, and again whenever the job moves on.
+    let mut said = String::new();
     loop {
         let job = call(api, api.client().get(format!("{}/v1/jobs/{id}", api.api))).await?;
-        if matches!(job["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+        let state = job["state"].as_str().unwrap_or("?");
+        if matches!(state, "succeeded" | "failed" | "cancelled") {
             print(&job);
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if state != said {
+            eprintln!("slipway: waiting for job {id} to stop (it is {state}: its worker stops it)");
+            said = state.to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
@@ -363,9 +391,23 @@ fn printable(text: &str) -> std::borrow::Cow<'_, str> {
 /// last line seen if the connection drops) and a header when a step begins, until
 /// the job ends; 0 when it succeeded.
 async fn follow(api: &Api, id: &str, raw: bool) -> anyhow::Result<i32> {
+    tokio::select! {
+        code = follow_stream(api, id, raw) => code,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!(
+                "\nslipway: stopped following; job {id} goes on: `slipway logs -f {id}` follows it again, \
+                 `slipway cancel {id}` stops it"
+            );
+            Ok(130)
+        }
+    }
+}
+
+async fn follow_stream(api: &Api, id: &str, raw: bool) -> anyhow::Result<i32> {
     let streaming = api.streaming()?;
     let mut last_id: Option<String> = None;
-    let mut step = String::new();
+    let mut step = (0, String::new());
+    let mut waiting = Waiting::default();
     // Set when the server said it was shutting down: reaching none then ends here.
     let mut server_left = false;
     loop {
@@ -395,8 +437,17 @@ async fn follow(api: &Api, id: &str, raw: bool) -> anyhow::Result<i32> {
             bail!("{}", body["error"]["message"].as_str().unwrap_or("the API refused to stream the logs"));
         }
         let mut buffer = String::new();
-        // Reads events until the stream ends; a dropped connection is resumed.
-        while let Ok(Some(chunk)) = response.chunk().await {
+        // Reads events until the stream ends; a dropped connection is resumed. A
+        // quiet job is looked at: one still waiting for a worker is said to be.
+        loop {
+            let chunk = match tokio::time::timeout(QUIET, response.chunk()).await {
+                Ok(Ok(Some(chunk))) => chunk,
+                Ok(_) => break,
+                Err(_) => {
+                    waiting.look(api, id).await;
+                    continue;
+                }
+            };
             buffer.push_str(&String::from_utf8_lossy(&chunk));
             while let Some(end) = buffer.find("\n\n") {
                 let block: String = buffer.drain(..end + 2).collect();
@@ -418,11 +469,12 @@ async fn follow(api: &Api, id: &str, raw: bool) -> anyhow::Result<i32> {
                 match event {
                     "line" => {
                         let line: Value = serde_json::from_str(&data).unwrap_or_default();
-                        let this_step = line["step"].as_str().unwrap_or("?");
-                        if this_step != step {
-                            step = this_step.to_string();
-                            eprintln!("--- {step}");
+                        let this_step = (line["attempt"].as_i64().unwrap_or(0), line["step"].as_str().unwrap_or("?"));
+                        if (this_step.0, this_step.1) != (step.0, step.1.as_str()) {
+                            step = (this_step.0, this_step.1.to_string());
+                            eprintln!("--- attempt {}: {}", step.0, step.1);
                         }
+                        waiting.said = false;
                         print_lines(std::slice::from_ref(&line), raw);
                         last_id = event_id.or(last_id);
                     }
@@ -439,7 +491,49 @@ async fn follow(api: &Api, id: &str, raw: bool) -> anyhow::Result<i32> {
     }
 }
 
-/// Prints how the job ended; 0 when it succeeded.
+/// How long a followed job may stay silent before the CLI looks at it.
+const QUIET: Duration = Duration::from_secs(5);
+
+/// Whether the CLI said that the followed job waits for a worker (said once, until
+/// the job prints again).
+#[derive(Default)]
+struct Waiting {
+    said: bool,
+}
+
+impl Waiting {
+    /// Says why a quiet job has not started: it waits for a worker (and which
+    /// labels that worker must offer), or for its next attempt.
+    async fn look(&mut self, api: &Api, id: &str) {
+        if self.said {
+            return;
+        }
+        let Ok(job) = call(api, api.client().get(format!("{}/v1/jobs/{id}", api.api))).await else { return };
+        if job["state"] != "queued" || !job["worker"].is_null() {
+            return;
+        }
+        let requires: Vec<String> = job["spec"]["requires"]
+            .as_object()
+            .map(|labels| labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect())
+            .unwrap_or_default();
+        let runtime = job["spec"]["run"]["runtime"].as_str().unwrap_or("docker");
+        let why = if requires.is_empty() {
+            format!("no worker that runs `{runtime}` jobs has a free slot, or none is reachable")
+        } else {
+            format!(
+                "it needs a worker offering {} (SLIPWAY_WORKER_LABELS) that runs `{runtime}` jobs, and none with a \
+                 free slot does",
+                requires.join(",")
+            )
+        };
+        eprintln!("slipway: job {id} is waiting for a worker: {why}");
+        self.said = true;
+    }
+}
+
+/// Prints how the job ended and returns the exit code of `--follow`: 0 when it
+/// succeeded; the container's own code when its run exited with one (1 to 255);
+/// 1 for any other failure, and for a cancel.
 async fn finished(api: &Api, id: &str) -> anyhow::Result<i32> {
     let job = call(api, api.client().get(format!("{}/v1/jobs/{id}", api.api))).await?;
     let state = job["state"].as_str().unwrap_or("?");
@@ -447,7 +541,12 @@ async fn finished(api: &Api, id: &str) -> anyhow::Result<i32> {
     if let Some(message) = job["error"]["message"].as_str() {
         eprintln!("{message}");
     }
-    Ok(if state == "succeeded" { 0 } else { 1 })
+    let container_code = job["exit_code"].as_i64().filter(|code| (1..=255).contains(code));
+    Ok(match (state, container_code) {
+        ("succeeded", _) => 0,
+        ("failed", Some(code)) => code as i32,
+        _ => 1,
+    })
 }
 
 #[cfg(test)]

@@ -260,8 +260,20 @@ pub async fn mark_finished(
 /// goes back to `retry.resume_at` with attempt + 1, runnable after
 /// `retry.after`; the event says why; the step's row closes as failed. The ended
 /// run's task is forgotten, so that the next attempt starts its own.
+///
+/// A system line in the failed step's log says the same to whoever follows the job.
 pub async fn mark_retry(conn: &mut PgConnection, lease: &Lease, step: Step, retry: &Retry) -> Result<(), StoreError> {
     let reason = format!("retry in {:.1}s after {}: {}", retry.after.as_secs_f64(), retry.error_code, retry.error);
+    let from =
+        if retry.resume_at == JobState::Running { "at the run, with the pushed image" } else { "from the clone" };
+    let said = format!(
+        "attempt {} failed ({}): {}; attempt {} starts {from} in {:.1}s",
+        lease.attempt,
+        retry.error_code,
+        retry.error,
+        lease.attempt + 1,
+        retry.after.as_secs_f64()
+    );
     let rows: i64 = sqlx::query_scalar(
         "with prev as (
              select state, lease_worker from jobs
@@ -281,6 +293,9 @@ pub async fn mark_retry(conn: &mut PgConnection, lease: &Lease, step: Step, retr
          ), st as (
              update job_steps s set finished_at = now(), outcome = 'failed', error_code = $5, error = $6
              from upd where s.job_id = $1 and s.attempt = $10 and s.step = $9::job_step
+         ), said as (
+             insert into job_logs (job_id, attempt, worker, step, stream, at, line)
+             select $1, $10, worker, $9::job_step, 'system', now(), $13 from upd
          )
          select count(*) from upd",
     )
@@ -296,6 +311,7 @@ pub async fn mark_retry(conn: &mut PgConnection, lease: &Lease, step: Step, retr
     .bind(lease.attempt)
     .bind(&lease.worker)
     .bind(Transition::EndAttempt(step).from_states())
+    .bind(said)
     .fetch_one(&mut *conn)
     .await?;
     fenced(rows)

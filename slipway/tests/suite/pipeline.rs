@@ -449,10 +449,10 @@ async fn submit_follow_streams_the_logs_and_exits_with_the_outcome() {
     assert_eq!(code, Some(0), "{out}\n{err}");
     assert!(out.contains("[run stdout] hello cli"), "{out}");
     assert!(out.contains("[clone system]") && out.contains("[build system]"), "{out}");
-    assert!(err.contains("--- run") && err.contains("succeeded"), "{err}");
+    assert!(err.contains("--- attempt 1: run") && err.contains("succeeded"), "{err}");
 
     let (code, _, err) = tokio::task::spawn_blocking(move || again("exit 4")).await.unwrap();
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, Some(4), "--follow exits with the container's code: {err}");
     assert!(err.contains("failed") && err.contains("exited with code 4"), "{err}");
 }
 
@@ -499,4 +499,95 @@ async fn sigterm_ends_the_live_log_streams_of_unfinished_jobs_and_the_server_sto
     let said = String::from_utf8_lossy(&cli.stderr);
     assert!(said.contains("shutting down") && said.contains(&format!("slipway logs -f {id}")), "{said}");
     assert_ne!(cli.status.code(), Some(0), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn follow_shows_each_attempt_why_it_failed_and_what_a_queued_job_waits_for() {
+    let standalone = Standalone::start(&[]).await;
+    let api = standalone.api();
+    // Fails on its first attempt only; the second runs the pushed image again.
+    let image = format!("{}/attempts/app:{}", open_registry(), unique("t"));
+    let (repo, cli_api) = (standalone.repo.clone(), api.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        slipway_command()
+            .args(["submit", "--repo", &repo, "--image", &image, "--follow", "--retry-on-failure"])
+            .args(["--", "/bin/busybox", "sh", "-c", "echo try $SLIPWAY_ATTEMPT; [ $SLIPWAY_ATTEMPT -ge 2 ]"])
+            .env("SLIPWAY_API", &cli_api)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("--- attempt 1: run") && stderr.contains("--- attempt 2: run"), "{stderr}");
+    let failed = stdout.lines().find(|l| l.contains("attempt 1 failed")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(failed.contains("exited with code 1") && failed.contains("attempt 2 starts at the run"), "{failed}");
+    assert!(stdout.find("try 1") < stdout.find("attempt 1 failed") && stdout.contains("try 2"), "{stdout}");
+
+    // No worker offers what this job requires: the follower says so, and Ctrl-C
+    // leaves the job going with the commands to follow or cancel it.
+    let body = json!({ "repo": standalone.repo, "image": "waits:dev", "requires": { "region": "mars" } });
+    let id = submit(&api, &body).await["id"].as_str().unwrap().to_string();
+    let follower = slipway_command()
+        .args(["logs", "-f", &id])
+        .env("SLIPWAY_API", &api)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let interrupted = std::process::Command::new("kill").args(["-INT", &follower.id().to_string()]).status().unwrap();
+    assert!(interrupted.success());
+    let out = tokio::task::spawn_blocking(move || follower.wait_with_output().unwrap()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is waiting for a worker") && stderr.contains("region=mars"), "{stderr}");
+    assert!(stderr.contains("goes on") && stderr.contains(&format!("slipway cancel {id}")), "{stderr}");
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert_eq!(get_job(&api, &id).await["state"], "queued", "the job goes on");
+}
+
+/// A loopback TCP proxy to `target` that counts the connections it accepted.
+async fn counting_proxy(target: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (address, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_wait_says_what_it_waits_for_and_keeps_one_connection() {
+    let standalone = Standalone::start(&[]).await;
+    let api = standalone.api();
+    // Its shell is the container's first process, which ignores SIGTERM: the stop
+    // takes the engine's grace period, a wait of seconds.
+    let image = format!("{}/cancel/app:{}", open_registry(), unique("t"));
+    let body = json!({ "repo": standalone.repo, "image": image, "run": { "command": sleeping_command(120) } });
+    let id = submit(&api, &body).await["id"].as_str().unwrap().to_string();
+    wait_state(&api, &id, "running", JOB_LIMIT).await;
+    let (proxy, accepted) = counting_proxy(api.trim_start_matches("http://").to_string()).await;
+    let out = tokio::task::spawn_blocking(move || {
+        slipway_command().args(["cancel", "--wait", &id]).env("SLIPWAY_API", &proxy).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let job: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(job["state"], "cancelled", "{job}");
+    assert!(stderr.contains("waiting for job") && stderr.contains("it is running"), "{stderr}");
+    let connections = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(connections <= 2, "{connections} connections for one wait");
 }

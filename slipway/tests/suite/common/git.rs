@@ -27,8 +27,10 @@ impl GitServer {
     pub fn start() -> Self {
         let root = tempfile::tempdir().unwrap();
         let port = free_port();
-        let child = Command::new("git")
-            .args(["daemon", "--export-all", "--reuseaddr", "--listen=127.0.0.1"])
+        // `git-daemon` itself, not `git daemon`: the wrapper would leave the daemon
+        // running when it is killed.
+        let child = Command::new(git_daemon())
+            .args(["--export-all", "--reuseaddr", "--listen=127.0.0.1"])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", root.path().display()))
             .arg(root.path())
@@ -104,6 +106,12 @@ impl Drop for GitServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `git-daemon` program, from git's own folder of commands.
+fn git_daemon() -> PathBuf {
+    let out = Command::new("git").arg("--exec-path").output().expect("git runs");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("git-daemon")
 }
 
 /// Runs git in `dir`; the test fails if it does.
