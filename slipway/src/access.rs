@@ -16,6 +16,9 @@ use crate::credentials::{self, Profile};
 pub enum TokenCommand {
     /// Makes a token and prints it (once): an owner token (`--owner`), or one of a
     /// project with a role.
+    #[command(
+        after_help = "Example:\n  slipway token create --name ci --project web --role submit --expires-in 90days"
+    )]
     Create {
         /// What the token is for, to tell it apart in lists.
         #[arg(long)]
@@ -35,19 +38,30 @@ pub enum TokenCommand {
     },
     /// Lists the tokens of a project (or, without one, the owner tokens): prefix,
     /// name, role and state, never a secret.
+    #[command(after_help = "Example:\n  slipway token list --project web")]
     List {
+        /// The project [default: the owner tokens].
         #[arg(long)]
         project: Option<String>,
     },
     /// Revokes the token with this prefix (`slp_` and 8 hex digits), at once.
-    Revoke { prefix: String },
+    #[command(after_help = "Example:\n  slipway token revoke slp_2c65e9bb")]
+    Revoke {
+        /// The token's prefix, as `token list` shows it.
+        prefix: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectCommand {
     /// Makes a project.
-    Create { name: String },
+    #[command(after_help = "Example:\n  slipway project create web")]
+    Create {
+        /// Its name: lowercase letters, digits and `-`.
+        name: String,
+    },
     /// Lists the projects.
+    #[command(after_help = "Example:\n  slipway project list")]
     List,
 }
 
@@ -139,8 +153,11 @@ pub async fn project(db: DatabaseArgs, command: ProjectCommand) -> anyhow::Resul
 }
 
 /// `slipway login`
-pub fn login(api: String, token: Option<String>, profile: &str) -> anyhow::Result<()> {
-    let token = match token {
+pub fn login(args: &crate::client::ApiArgs) -> anyhow::Result<()> {
+    let profile = args.profile.as_str();
+    let api = args.api.clone().context("name the API to log in to: slipway login --api URL")?;
+    let api = crate::client::with_scheme(api.trim_end_matches('/'))?;
+    let token = match args.token.clone() {
         Some(token) => token,
         None => {
             let mut line = String::new();

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 /// Where the API is, and the token to call it with.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "API")]
 pub struct ApiArgs {
     /// Base URL of the Slipway HTTP API [default: the profile's, else
     /// http://127.0.0.1:8080].
@@ -52,7 +53,7 @@ impl ApiArgs {
 
 /// The API's URL: `host:port` is taken as `http://host:port`; any scheme but http
 /// and https is refused.
-fn with_scheme(api: &str) -> anyhow::Result<String> {
+pub(crate) fn with_scheme(api: &str) -> anyhow::Result<String> {
     match api.split_once("://") {
         None => Ok(format!("http://{api}")),
         Some(("http" | "https", rest)) if !rest.is_empty() => Ok(api.to_string()),
@@ -296,14 +297,42 @@ pub async fn submit(api: &Api, args: SubmitArgs) -> anyhow::Result<i32> {
     follow(api, &id, false).await
 }
 
+/// The fewest characters of a job id a command takes for it.
+const SHORTEST_ID_PREFIX: usize = 8;
+
+/// The job an id names: a whole id as it is, or the one job whose id starts with
+/// the given characters (at least [`SHORTEST_ID_PREFIX`]).
+async fn job_id(api: &Api, id: &str) -> anyhow::Result<String> {
+    if id.parse::<slipway_engine::job::JobId>().is_ok() {
+        return Ok(id.to_string());
+    }
+    if !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        bail!("`{id}` is not a job id (hex digits and dashes)");
+    }
+    let digits = id.chars().filter(|c| *c != '-').count();
+    if digits < SHORTEST_ID_PREFIX {
+        bail!("job id `{id}` is too short: give at least {SHORTEST_ID_PREFIX} of its characters, or all of it");
+    }
+    let request = api.client().get(format!("{}/v1/jobs?id_prefix={id}&limit=2", api.api));
+    let page = call(api, request).await?;
+    let ids: Vec<&str> = page["jobs"].as_array().into_iter().flatten().filter_map(|j| j["id"].as_str()).collect();
+    match ids.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => bail!("no job's id starts with `{id}`"),
+        several => bail!("`{id}` starts the ids of several jobs ({}, …): give more of it", several.join(", ")),
+    }
+}
+
 /// `slipway get ID`
 pub async fn get(api: &Api, id: &str) -> anyhow::Result<()> {
+    let id = &job_id(api, id).await?;
     print(&call(api, api.client().get(format!("{}/v1/jobs/{id}", api.api))).await?);
     Ok(())
 }
 
 /// `slipway cancel ID`: prints the job; with `wait`, until it has ended.
 pub async fn cancel(api: &Api, id: &str, wait: bool) -> anyhow::Result<()> {
+    let id = &job_id(api, id).await?;
     let job = call(api, api.client().post(format!("{}/v1/jobs/{id}/cancel", api.api))).await?;
     if !wait {
         print(&job);
@@ -341,6 +370,7 @@ pub async fn list(api: &Api, state: Option<String>, limit: Option<u32>) -> anyho
 
 /// `slipway logs ID [--follow] [--raw]`; with `--follow`, returns the job's exit code.
 pub async fn logs(api: &Api, id: &str, follow_on: bool, raw: bool) -> anyhow::Result<i32> {
+    let id = &job_id(api, id).await?;
     if follow_on {
         return follow(api, id, raw).await;
     }
@@ -538,7 +568,8 @@ async fn finished(api: &Api, id: &str) -> anyhow::Result<i32> {
     let job = call(api, api.client().get(format!("{}/v1/jobs/{id}", api.api))).await?;
     let state = job["state"].as_str().unwrap_or("?");
     eprintln!("job {id} {state}");
-    if let Some(message) = job["error"]["message"].as_str() {
+    // Its first line: what follows it (a failed build's last output) was just printed.
+    if let Some(message) = job["error"]["message"].as_str().and_then(|m| m.lines().next()) {
         eprintln!("{message}");
     }
     let container_code = job["exit_code"].as_i64().filter(|code| (1..=255).contains(code));

@@ -12,7 +12,7 @@ mod local_postgres;
 mod process;
 mod secrets;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use client::{ApiArgs, SubmitArgs};
 use config::{DatabaseArgs, RegistryArgs, RepoArgs, ServerArgs, TlsArgs, WorkerArgs};
 use tokio_util::sync::CancellationToken;
@@ -24,9 +24,13 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The API the client commands call, and as whom; accepted before or after the
+    /// command.
+    #[command(flatten)]
+    api: ApiArgs,
     /// How log lines are written: `text`, or `json` (one object a line, for log
     /// shippers).
-    #[arg(long, global = true, env = "SLIPWAY_LOG_FORMAT", default_value = "text")]
+    #[arg(long, global = true, env = "SLIPWAY_LOG_FORMAT", default_value = "text", help_heading = "Logging")]
     log_format: slipway_observability::LogFormat,
 }
 
@@ -35,6 +39,9 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 enum Command {
     /// HTTP API, orchestrator loops and the report service workers report to.
+    #[command(
+        after_help = "Example:\n  DATABASE_URL=postgres://slipway@db/slipway SLIPWAY_TLS_CA=ca.pem SLIPWAY_TLS_CERT=server.pem \\\n  SLIPWAY_TLS_KEY=server.key SLIPWAY_WORKERS=https://10.0.0.5:50051 slipway server"
+    )]
     Server {
         #[command(flatten)]
         db: DatabaseArgs,
@@ -48,6 +55,9 @@ enum Command {
         repo: RepoArgs,
     },
     /// The gRPC worker that runs jobs' steps; holds no database credentials.
+    #[command(
+        after_help = "Example:\n  SLIPWAY_TLS_CA=ca.pem SLIPWAY_TLS_CERT=worker-a.pem SLIPWAY_TLS_KEY=worker-a.key \\\n  SLIPWAY_WORKER_ADDR=10.0.0.5:50051 SLIPWAY_WORKER_LABELS=region=eu-west-1 slipway worker"
+    )]
     Worker {
         #[command(flatten)]
         worker: WorkerArgs,
@@ -59,6 +69,9 @@ enum Command {
         repo: RepoArgs,
     },
     /// Server and one worker in one process; a private Postgres without DATABASE_URL.
+    #[command(
+        after_help = "Example:\n  slipway standalone\n  # then, in a git repository with a Dockerfile:\n  slipway submit --repo . --image hello:dev --follow"
+    )]
     Standalone {
         #[command(flatten)]
         db: DatabaseArgs,
@@ -83,17 +96,10 @@ enum Command {
         command: CertsCommand,
     },
     /// Stores an API and a token in the credentials file, for the commands to use.
-    Login {
-        /// Base URL of the Slipway HTTP API.
-        #[arg(long)]
-        api: String,
-        /// The token [default: read from standard input].
-        #[arg(long, env = "SLIPWAY_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-        /// The profile to store them as.
-        #[arg(long, env = "SLIPWAY_PROFILE", default_value = credentials::DEFAULT_PROFILE)]
-        profile: String,
-    },
+    #[command(after_help = "Example:\n  slipway login --api https://slipway.example.com < token.txt")]
+    /// `--api` names the API, `--token` the token (read from standard input when
+    /// not given), `--profile` the profile they are stored as.
+    Login,
     /// API tokens, made from the database (whoever holds it holds the instance).
     Token {
         #[command(subcommand)]
@@ -114,46 +120,54 @@ enum Command {
         command: secrets::SecretCommand,
     },
     /// Applies the migrations and exits.
+    #[command(after_help = "Example:\n  DATABASE_URL=postgres://slipway@db/slipway slipway migrate")]
     Migrate {
         #[command(flatten)]
         db: DatabaseArgs,
     },
     /// Submits a job.
+    #[command(
+        after_help = "Examples:\n  slipway submit --repo . --image hello:dev --follow\n  slipway submit --repo https://github.com/you/app.git --ref v1.2 --image 127.0.0.1:5000/team/app:v1 \\\n      -e GREETING=hello --follow -- /app/serve --once"
+    )]
     Submit {
-        #[command(flatten)]
-        api: ApiArgs,
         #[command(flatten)]
         job: SubmitArgs,
     },
     /// Shows one job.
+    #[command(after_help = "Example:\n  slipway get 0193b1c2-7c1e-7d3a-9f10-3a1b2c3d4e5f")]
     Get {
-        #[command(flatten)]
-        api: ApiArgs,
+        /// The job's id, or its first 8 or more characters.
         id: String,
     },
     /// Lists jobs, newest first.
+    #[command(after_help = "Example:\n  slipway list --state failed --limit 20")]
     List {
-        #[command(flatten)]
-        api: ApiArgs,
         /// Only jobs in this state.
         #[arg(long)]
         state: Option<String>,
+        /// The most jobs listed (1-500) [default: 50].
         #[arg(long)]
         limit: Option<u32>,
     },
     /// Cancels a job.
+    #[command(after_help = "Example:\n  slipway cancel --wait 0193b1c2-7c1e-7d3a-9f10-3a1b2c3d4e5f")]
     Cancel {
-        #[command(flatten)]
-        api: ApiArgs,
+        /// The job's id, or its first 8 or more characters.
         id: String,
         /// Wait until the job has ended and print it.
         #[arg(long)]
         wait: bool,
     },
+    /// Prints the shell completion script of `slipway` for bash, zsh or fish.
+    #[command(after_help = "Example:\n  slipway completions bash > ~/.local/share/bash-completion/completions/slipway")]
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Prints a job's log lines.
+    #[command(after_help = "Example:\n  slipway logs -f 0193b1c2-7c1e-7d3a-9f10-3a1b2c3d4e5f")]
     Logs {
-        #[command(flatten)]
-        api: ApiArgs,
+        /// The job's id, or its first 8 or more characters.
         id: String,
         /// Keep printing until the job ends.
         #[arg(long, short = 'f')]
@@ -168,9 +182,14 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum CertsCommand {
     /// Makes a CA in DIR: `ca.pem` (every process trusts it) and `ca.key`.
-    Init { dir: std::path::PathBuf },
+    #[command(after_help = "Example:\n  slipway certs init /etc/slipway/tls")]
+    Init {
+        /// The folder to make it in.
+        dir: std::path::PathBuf,
+    },
     /// Issues a certificate and key from the CA in `--dir`, written beside it as
     /// `<name>.pem` and `<name>.key`.
+    #[command(after_help = "Example:\n  slipway certs issue --dir /etc/slipway/tls --worker worker-a")]
     Issue {
         /// The folder of the CA.
         #[arg(long, default_value = ".")]
@@ -225,8 +244,17 @@ fn main() {
     runtime.block_on(run());
 }
 
+/// The command line, each setting naming its environment variable without its
+/// value (an unset one would read `NAME=`, a secret one would show).
+fn command_line() -> clap::Command {
+    fn hide_values(command: clap::Command) -> clap::Command {
+        command.mut_args(|arg| arg.hide_env_values(true)).mut_subcommands(hide_values)
+    }
+    hide_values(Cli::command())
+}
+
 async fn run() {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command_line().get_matches()).unwrap_or_else(|e| e.exit());
     let service_name = match &cli.command {
         Command::Server { .. } => "slipway-server",
         Command::Worker { .. } => "slipway-worker",
@@ -236,6 +264,7 @@ async fn run() {
     let config =
         slipway_observability::Config { service_name: service_name.into(), format: cli.log_format, filter: None };
     let telemetry = slipway_observability::init(&config);
+    let api = cli.api;
     let result: anyhow::Result<i32> = match cli.command {
         Command::Server { db, server, registry, tls, repo } => {
             process::server(db, server, registry, tls, repo, shutdown_on_signals()).await.map(|()| 0)
@@ -248,20 +277,20 @@ async fn run() {
             process::standalone(parts, shutdown_on_signals()).await.map(|()| 0)
         }
         Command::Certs { command } => certs(command).map(|()| 0),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut command_line(), "slipway", &mut std::io::stdout());
+            Ok(0)
+        }
         Command::Migrate { db } => process::migrate(db).await.map(|()| 0),
-        Command::Submit { api, job } => async { client::submit(&api.resolve()?, job).await }.await,
-        Command::Get { api, id } => async { client::get(&api.resolve()?, &id).await.map(|()| 0) }.await,
-        Command::List { api, state, limit } => {
-            async { client::list(&api.resolve()?, state, limit).await.map(|()| 0) }.await
-        }
-        Command::Logs { api, id, follow, raw } => async { client::logs(&api.resolve()?, &id, follow, raw).await }.await,
-        Command::Cancel { api, id, wait } => {
-            async { client::cancel(&api.resolve()?, &id, wait).await.map(|()| 0) }.await
-        }
-        Command::Login { api, token, profile } => access::login(api, token, &profile).map(|()| 0),
+        Command::Submit { job } => async { client::submit(&api.resolve()?, job).await }.await,
+        Command::Get { id } => async { client::get(&api.resolve()?, &id).await.map(|()| 0) }.await,
+        Command::List { state, limit } => async { client::list(&api.resolve()?, state, limit).await.map(|()| 0) }.await,
+        Command::Logs { id, follow, raw } => async { client::logs(&api.resolve()?, &id, follow, raw).await }.await,
+        Command::Cancel { id, wait } => async { client::cancel(&api.resolve()?, &id, wait).await.map(|()| 0) }.await,
+        Command::Login => access::login(&api).map(|()| 0),
         Command::Token { command, db } => access::token(db, command).await.map(|()| 0),
         Command::Project { command, db } => access::project(db, command).await.map(|()| 0),
-        Command::Secret { command } => secrets::secret(command).await.map(|()| 0),
+        Command::Secret { command } => secrets::secret(command, &api).await.map(|()| 0),
     };
     // Flush the spans still buffered before exiting.
     drop(telemetry);
@@ -271,5 +300,40 @@ async fn run() {
             eprintln!("slipway: {e:#}");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every command says what it is for and shows an example, and every argument
+    /// says what it is, in `--help`.
+    #[test]
+    fn every_command_and_argument_is_described_and_every_command_has_an_example() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            if command.get_about().is_none() {
+                missing.push(format!("{path}: no description"));
+            }
+            let leaf = command.get_subcommands().next().is_none();
+            if leaf && command.get_after_help().is_none_or(|h| !h.to_string().contains("Example")) {
+                missing.push(format!("{path}: no example"));
+            }
+            for arg in command.get_arguments().filter(|a| !matches!(a.get_id().as_str(), "help" | "version")) {
+                if arg.get_help().is_none() {
+                    missing.push(format!("{path} {}: no description", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let root = command_line();
+        for sub in root.get_subcommands().filter(|s| s.get_name() != "help") {
+            walk(sub, "slipway", &mut missing);
+        }
+        assert!(missing.is_empty(), "{missing:#?}");
     }
 }

@@ -17,32 +17,36 @@ use crate::config::{DatabaseArgs, SecretsKeyArgs};
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
     /// Sets a secret to what standard input holds (one final newline dropped).
+    #[command(after_help = "Example:\n  slipway secret set npm-token --project web < token.txt")]
     Set {
+        /// The secret's name.
         name: String,
         /// The project [default: the token's].
         #[arg(long)]
         project: Option<String>,
-        #[command(flatten)]
-        api: ApiArgs,
     },
     /// Lists a project's secrets: names, when and by whom they were set; never values.
+    #[command(after_help = "Example:\n  slipway secret list --project web")]
     List {
+        /// The project [default: the token's].
         #[arg(long)]
         project: Option<String>,
-        #[command(flatten)]
-        api: ApiArgs,
     },
     /// Deletes a secret; jobs naming it that have not started fail `secret_missing`.
+    #[command(after_help = "Example:\n  slipway secret delete npm-token --project web")]
     Delete {
+        /// The secret's name.
         name: String,
+        /// The project [default: the token's].
         #[arg(long)]
         project: Option<String>,
-        #[command(flatten)]
-        api: ApiArgs,
     },
     /// Re-seals every secret with SLIPWAY_SECRETS_KEY, opening older ones with
     /// SLIPWAY_SECRETS_PREVIOUS_KEY. Give every server both keys first; once this
     /// has run, the previous key may go.
+    #[command(
+        after_help = "Example:\n  SLIPWAY_SECRETS_KEY_FILE=new.key SLIPWAY_SECRETS_PREVIOUS_KEY_FILE=old.key \\\n  DATABASE_URL=postgres://slipway@db/slipway slipway secret rotate-key"
+    )]
     RotateKey {
         #[command(flatten)]
         db: DatabaseArgs,
@@ -52,21 +56,21 @@ pub enum SecretCommand {
 }
 
 /// `slipway secret …`
-pub async fn secret(command: SecretCommand) -> anyhow::Result<()> {
+pub async fn secret(command: SecretCommand, api: &ApiArgs) -> anyhow::Result<()> {
     match command {
-        SecretCommand::Set { name, project, api } => {
+        SecretCommand::Set { name, project } => {
             let api = api.resolve()?;
             let url = secrets_url(&api, project).await?;
             let value = read_value(&name)?;
             let request = api.client().put(format!("{url}/{name}")).json(&json!({ "value": value }));
             print(&call(&api, request).await?);
         }
-        SecretCommand::List { project, api } => {
+        SecretCommand::List { project } => {
             let api = api.resolve()?;
             let url = secrets_url(&api, project).await?;
             print(&call(&api, api.client().get(url)).await?);
         }
-        SecretCommand::Delete { name, project, api } => {
+        SecretCommand::Delete { name, project } => {
             let api = api.resolve()?;
             let url = secrets_url(&api, project).await?;
             call(&api, api.client().delete(format!("{url}/{name}"))).await?;

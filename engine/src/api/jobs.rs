@@ -206,17 +206,17 @@ pub async fn events(
     Ok(Json(EventPage { events: store.events(id).await? }))
 }
 
-/// `GET /v1/jobs?state=&limit=&cursor=`: newest first.
+/// `GET /v1/jobs?state=&limit=&cursor=&project=&id_prefix=`: newest first.
 pub async fn list(
     State(store): State<Store>,
     Extension(caller): Extension<Principal>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<JobPage>, ApiError> {
     for key in params.keys() {
-        if !matches!(key.as_str(), "state" | "limit" | "cursor" | "project") {
+        if !matches!(key.as_str(), "state" | "limit" | "cursor" | "project" | "id_prefix") {
             return Err(ApiError::invalid(
                 key.clone(),
-                format!("unknown parameter `{key}`; use state, limit, cursor or project"),
+                format!("unknown parameter `{key}`; use state, limit, cursor, project or id_prefix"),
             ));
         }
     }
@@ -240,7 +240,11 @@ pub async fn list(
         .get("cursor")
         .map(|c| c.parse::<JobId>().map_err(|_| ApiError::invalid("cursor", format!("`{c}` is not a cursor"))))
         .transpose()?;
-    let rows = store.jobs(project, state, cursor, limit).await?;
+    let ids = params
+        .get("id_prefix")
+        .map(|p| crate::job::id_prefix_range(p).map_err(|why| ApiError::invalid("id_prefix", why)))
+        .transpose()?;
+    let rows = store.jobs(project, state, ids, cursor, limit).await?;
     let next_cursor = if rows.len() as i64 == limit { rows.last().map(|r| r.id) } else { None };
     let jobs = rows.into_iter().map(|r| JobView::new(r, None)).collect();
     Ok(Json(JobPage { jobs, next_cursor }))

@@ -76,21 +76,26 @@ impl Store {
         &self,
         project: Option<uuid::Uuid>,
         state: Option<JobState>,
+        ids: Option<(JobId, JobId)>,
         before: Option<JobId>,
         limit: i64,
     ) -> Result<Vec<JobRow>, StoreError> {
+        let (first, last) = ids.unzip();
         let rows = sqlx::query_as::<_, JobRow>(concat!(
             "select ",
             job_columns!(),
             " from jobs
              where ($1::job_state is null or state = $1) and ($2::uuid is null or id < $2)
                and ($4::uuid is null or project_id = $4)
+               and ($5::uuid is null or id between $5 and $6)
              order by id desc limit $3"
         ))
         .bind(state)
         .bind(before)
         .bind(limit)
         .bind(project)
+        .bind(first)
+        .bind(last)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)

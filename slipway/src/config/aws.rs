@@ -11,6 +11,7 @@ use slipway_steps::aws::ecs::EcsSettings;
 use super::{ConfigError, bad, duration};
 
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "AWS")]
 pub struct AwsArgs {
     /// The ECS cluster `ecs` runs go to; unset: this worker takes no `ecs` jobs.
     #[arg(long, env = "SLIPWAY_ECS_CLUSTER")]
@@ -34,6 +35,7 @@ pub struct AwsArgs {
     /// The CloudWatch log group tasks write to (it must exist).
     #[arg(long, env = "SLIPWAY_ECS_LOG_GROUP", default_value = "/slipway/jobs")]
     pub ecs_log_group: String,
+    /// The prefix of the tasks' log streams.
     #[arg(long, env = "SLIPWAY_ECS_LOG_STREAM_PREFIX", default_value = "slipway")]
     pub ecs_log_stream_prefix: String,
     /// The region of the cluster [default: the AWS configuration's].

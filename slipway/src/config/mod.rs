@@ -19,6 +19,7 @@ fn duration(raw: &str) -> Result<Duration, String> {
 
 /// Where the database is.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Database")]
 pub struct DatabaseArgs {
     /// Postgres URL, such as postgres://user:pass@host/db.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -27,6 +28,7 @@ pub struct DatabaseArgs {
 
 /// The orchestrator and HTTP API (`slipway server`).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "HTTP")]
 pub struct ServerArgs {
     /// Address of the HTTP API.
     #[arg(long, env = "SLIPWAY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
@@ -62,63 +64,64 @@ pub struct ServerArgs {
     #[command(flatten)]
     pub secrets: SecretsKeyArgs,
     /// Address of the gRPC report service that workers report to.
-    #[arg(long, env = "SLIPWAY_GRPC_ADDR", default_value = "127.0.0.1:50052")]
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_GRPC_ADDR", default_value = "127.0.0.1:50052")]
     pub grpc_addr: SocketAddr,
     /// URL by which workers reach the report service [default: https://<grpc addr>,
     /// with 127.0.0.1 for an unspecified address].
-    #[arg(long, env = "SLIPWAY_REPORT_URL")]
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_REPORT_URL")]
     pub report_url: Option<String>,
     /// Comma-separated gRPC URLs of the workers to dispatch to, such as
     /// https://10.0.0.5:50051 (`standalone` adds its own worker).
-    #[arg(long, env = "SLIPWAY_WORKERS", value_delimiter = ',')]
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_WORKERS", value_delimiter = ',')]
     pub workers: Vec<String>,
     /// Names this orchestrator in leases [default: orchestrator-<host>-<pid>].
-    #[arg(long, env = "SLIPWAY_ORCHESTRATOR_ID")]
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_ORCHESTRATOR_ID")]
     pub orchestrator_id: Option<String>,
     /// How often each worker is pinged (its leases extended) and expired leases
     /// looked for.
-    #[arg(long, env = "SLIPWAY_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = duration)]
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = duration)]
     pub heartbeat_interval: Duration,
     /// How long a worker may stay silent before its jobs' leases expire and the jobs
     /// run again elsewhere.
-    #[arg(long, env = "SLIPWAY_WORKER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_WORKER_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub worker_timeout: Duration,
     /// Attempts a job gets unless it says otherwise.
-    #[arg(long, env = "SLIPWAY_RETRY_MAX_ATTEMPTS", default_value_t = 3)]
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_RETRY_MAX_ATTEMPTS", default_value_t = 3)]
     pub retry_max_attempts: u32,
     /// The most attempts a job may ask for (`retry.max_attempts`), so that a job
     /// that crashes workers cannot be made into a long crash loop.
-    #[arg(long, env = "SLIPWAY_MAX_ATTEMPTS", default_value_t = slipway_engine::job::DEFAULT_ATTEMPTS_CAP)]
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_MAX_ATTEMPTS", default_value_t = slipway_engine::job::DEFAULT_ATTEMPTS_CAP)]
     pub max_attempts: u32,
     /// Wait before a job's second attempt unless it says otherwise.
-    #[arg(long, env = "SLIPWAY_RETRY_INITIAL_BACKOFF", default_value = "1s", value_parser = duration)]
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_RETRY_INITIAL_BACKOFF", default_value = "1s", value_parser = duration)]
     pub retry_initial_backoff: Duration,
     /// Longest wait between attempts unless a job says otherwise.
-    #[arg(long, env = "SLIPWAY_RETRY_MAX_BACKOFF", default_value = "60s", value_parser = duration)]
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_RETRY_MAX_BACKOFF", default_value = "60s", value_parser = duration)]
     pub retry_max_backoff: Duration,
     /// The runtime of jobs that name none in `run.runtime`: `docker` or `ecs`.
-    #[arg(long, env = "SLIPWAY_DEFAULT_RUNTIME", default_value = "docker")]
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_DEFAULT_RUNTIME", default_value = "docker")]
     pub default_runtime: slipway_steps::runtime::RuntimeKind,
     /// Longest a container may run; the deadline of jobs that give none.
-    #[arg(long, env = "SLIPWAY_MAX_RUN_TIME", default_value = "24h", value_parser = duration)]
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_MAX_RUN_TIME", default_value = "24h", value_parser = duration)]
     pub max_run_time: Duration,
     /// Bytes of log lines kept per job; past it, one marker line and nothing more.
-    #[arg(long, env = "SLIPWAY_MAX_LOG_BYTES", default_value_t = 10 * 1024 * 1024)]
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_MAX_LOG_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_log_bytes: u64,
     /// Most workers' reports committed in one transaction (1: a transaction each).
-    #[arg(long, env = "SLIPWAY_COMMIT_BATCH", default_value_t = 256,
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_COMMIT_BATCH", default_value_t = 256,
           value_parser = clap::value_parser!(u16).range(1..=4096))]
     pub commit_batch: u16,
     /// How long finished jobs are kept (with their events, logs and pushed images).
-    #[arg(long, env = "SLIPWAY_RETENTION", default_value = "30days", value_parser = duration)]
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_RETENTION", default_value = "30days", value_parser = duration)]
     pub retention: Duration,
     /// How often the sweep looks for expired jobs and leftovers.
-    #[arg(long, env = "SLIPWAY_SWEEP_INTERVAL", default_value = "1m", value_parser = duration)]
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_SWEEP_INTERVAL", default_value = "1m", value_parser = duration)]
     pub sweep_interval: Duration,
 }
 
 /// The worker (`slipway worker`).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Worker")]
 pub struct WorkerArgs {
     /// Address of the worker's gRPC JobService (mutual TLS: only orchestrators
     /// with a certificate of the same CA may call it). Loopback by default.
@@ -143,11 +146,11 @@ pub struct WorkerArgs {
     pub shutdown_grace: Duration,
     /// Builder for images: buildkit or classic [default: BuildKit when the engine
     /// offers it].
-    #[arg(long, env = "SLIPWAY_BUILDER")]
+    #[arg(help_heading = "Docker", long, env = "SLIPWAY_BUILDER")]
     pub builder: Option<slipway_steps::docker::build::Builder>,
     /// The most bytes of build context a job may send to the engine; past it the
     /// build fails `context_too_large`.
-    #[arg(long, env = "SLIPWAY_MAX_CONTEXT_BYTES", default_value_t = 1 << 30)]
+    #[arg(help_heading = "Docker", long, env = "SLIPWAY_MAX_CONTEXT_BYTES", default_value_t = 1 << 30)]
     pub max_context_bytes: u64,
     /// The most bytes a clone may download, and the most bytes its checked-out
     /// files may take; past either the job fails `clone_too_large`.
@@ -160,26 +163,26 @@ pub struct WorkerArgs {
     /// How long the engine may take to say anything about a build; past it the
     /// worker probes its engine (and leaves BuildKit for the classic builder, or
     /// takes no job until the engine answers).
-    #[arg(long, env = "SLIPWAY_BUILD_START_TIMEOUT", default_value = "60s", value_parser = duration)]
+    #[arg(help_heading = "Docker", long, env = "SLIPWAY_BUILD_START_TIMEOUT", default_value = "60s", value_parser = duration)]
     pub build_start_timeout: Duration,
     /// The longest log line kept (at most 1 MiB); a longer one keeps its start and
     /// says how many bytes were cut.
     #[arg(long, env = "SLIPWAY_MAX_LINE_BYTES", default_value_t = slipway_steps::logs::DEFAULT_MAX_LINE_BYTES)]
     pub max_line_bytes: usize,
     /// The most memory a job's container may use (`512m`, `2g`, or bytes); no swap beyond it.
-    #[arg(long, env = "SLIPWAY_RUN_MEMORY", default_value = "2g", value_parser = memory_size)]
+    #[arg(help_heading = "Docker", long, env = "SLIPWAY_RUN_MEMORY", default_value = "2g", value_parser = memory_size)]
     pub run_memory: i64,
     /// The most CPUs a job's container may use (`0.5`, `2`).
-    #[arg(long, env = "SLIPWAY_RUN_CPUS", default_value = "2", value_parser = cpus)]
+    #[arg(help_heading = "Docker", long, env = "SLIPWAY_RUN_CPUS", default_value = "2", value_parser = cpus)]
     pub run_cpus: i64,
     /// The most processes and threads a job's container may run at once.
-    #[arg(long, env = "SLIPWAY_RUN_PIDS", default_value_t = 4096, value_parser = clap::value_parser!(i64).range(16..))]
+    #[arg(help_heading = "Docker", long, env = "SLIPWAY_RUN_PIDS", default_value_t = 4096, value_parser = clap::value_parser!(i64).range(16..))]
     pub run_pids: i64,
     /// The most memory a job may ask for in `run.memory`.
-    #[arg(long, env = "SLIPWAY_RUN_MAX_MEMORY", default_value = "8g", value_parser = memory_size)]
+    #[arg(help_heading = "Docker", long, env = "SLIPWAY_RUN_MAX_MEMORY", default_value = "8g", value_parser = memory_size)]
     pub run_max_memory: i64,
     /// The most CPUs a job may ask for in `run.cpu`.
-    #[arg(long, env = "SLIPWAY_RUN_MAX_CPUS", default_value = "4", value_parser = cpus)]
+    #[arg(help_heading = "Docker", long, env = "SLIPWAY_RUN_MAX_CPUS", default_value = "4", value_parser = cpus)]
     pub run_max_cpus: i64,
     /// Labels this worker offers (`region=eu-west-1,arch=arm64`): jobs that require
     /// labels run only on workers offering all of them.
@@ -192,6 +195,7 @@ pub struct WorkerArgs {
 /// Registry credentials, each for one registry host and sent to that host only:
 /// workers push with them, servers delete swept images with them.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Registry")]
 pub struct RegistryArgs {
     /// The registry host (`host` or `host:port`, as image references name it) the
     /// user name and password below belong to.
@@ -254,6 +258,7 @@ impl RegistryArgs {
 /// Where repositories may be fetched from: checked by the API at submission and by
 /// the worker again when it clones.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Repositories")]
 pub struct RepoArgs {
     /// Allow `http://` and `git://` repositories: code fetched without TLS, which
     /// anyone on the path can change.
@@ -298,6 +303,7 @@ impl RepoArgs {
 
 /// The certificate of this process and the CA it trusts (`slipway certs`).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "TLS")]
 pub struct TlsArgs {
     /// The installation's CA certificate (`ca.pem` of `slipway certs init`).
     #[arg(long, env = "SLIPWAY_TLS_CA")]

@@ -9,6 +9,7 @@ use clap::Args;
 use slipway_engine::secrets::keyring::{Keyring, SecretKey};
 
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Secrets")]
 pub struct SecretsKeyArgs {
     /// The key project secrets are sealed with: 32 random bytes in base64
     /// (`head -c 32 /dev/urandom | base64`) [default: none, and the server refuses

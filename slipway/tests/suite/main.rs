@@ -4,6 +4,7 @@
 
 mod api;
 mod aws_clients;
+mod cli;
 mod common;
 mod ecs;
 mod engine;
