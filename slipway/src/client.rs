@@ -10,6 +10,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
+use crate::tables::Output;
+
 /// Where the API is, and the token to call it with.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "API")]
@@ -324,10 +326,27 @@ async fn job_id(api: &Api, id: &str) -> anyhow::Result<String> {
 }
 
 /// `slipway get ID`
-pub async fn get(api: &Api, id: &str) -> anyhow::Result<()> {
+pub async fn get(api: &Api, id: &str, output: Output) -> anyhow::Result<()> {
     let id = &job_id(api, id).await?;
-    print(&call(api, api.client().get(format!("{}/v1/jobs/{id}", api.api))).await?);
+    let job = call(api, api.client().get(format!("{}/v1/jobs/{id}", api.api))).await?;
+    show(&job, output, crate::tables::job);
     Ok(())
+}
+
+/// `slipway events ID`: the job's history.
+pub async fn events(api: &Api, id: &str, output: Output) -> anyhow::Result<()> {
+    let id = &job_id(api, id).await?;
+    let page = call(api, api.client().get(format!("{}/v1/jobs/{id}/events", api.api))).await?;
+    show(&page, output, crate::tables::events);
+    Ok(())
+}
+
+/// Prints an answer as a table for people, or as the API's JSON.
+fn show(value: &Value, output: Output, table: fn(&Value) -> String) {
+    match output {
+        Output::Table => print!("{}", table(value)),
+        Output::Json => print(value),
+    }
 }
 
 /// `slipway cancel ID`: prints the job; with `wait`, until it has ended.
@@ -356,7 +375,7 @@ pub async fn cancel(api: &Api, id: &str, wait: bool) -> anyhow::Result<()> {
 }
 
 /// `slipway list`
-pub async fn list(api: &Api, state: Option<String>, limit: Option<u32>) -> anyhow::Result<()> {
+pub async fn list(api: &Api, state: Option<String>, limit: Option<u32>, output: Output) -> anyhow::Result<()> {
     let mut query = Vec::new();
     if let Some(s) = state {
         query.push(format!("state={s}"));
@@ -364,7 +383,8 @@ pub async fn list(api: &Api, state: Option<String>, limit: Option<u32>) -> anyho
     if let Some(l) = limit {
         query.push(format!("limit={l}"));
     }
-    print(&call(api, api.client().get(format!("{}/v1/jobs?{}", api.api, query.join("&")))).await?);
+    let page = call(api, api.client().get(format!("{}/v1/jobs?{}", api.api, query.join("&")))).await?;
+    show(&page, output, crate::tables::jobs);
     Ok(())
 }
 
@@ -397,7 +417,7 @@ fn print_lines(lines: &[Value], raw: bool) {
 /// The line with every control character but a tab shown as `^X` (`^[` for ESC),
 /// so that a job's output cannot move the cursor, recolour or retitle the
 /// operator's terminal.
-fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     if !text.chars().any(|c| c.is_control() && c != '\t') {
         return text.into();
     }

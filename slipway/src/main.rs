@@ -11,6 +11,7 @@ mod credentials;
 mod local_postgres;
 mod process;
 mod secrets;
+mod tables;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use client::{ApiArgs, SubmitArgs};
@@ -138,6 +139,18 @@ enum Command {
     Get {
         /// The job's id, or its first 8 or more characters.
         id: String,
+        /// `table` for people, `json` for scripts.
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: tables::Output,
+    },
+    /// Shows a job's history: every change of state, with its reason.
+    #[command(after_help = "Example:\n  slipway events 0193b1c2-7c1e")]
+    Events {
+        /// The job's id, or its first 8 or more characters.
+        id: String,
+        /// `table` for people, `json` for scripts.
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: tables::Output,
     },
     /// Lists jobs, newest first.
     #[command(after_help = "Example:\n  slipway list --state failed --limit 20")]
@@ -148,6 +161,9 @@ enum Command {
         /// The most jobs listed (1-500) [default: 50].
         #[arg(long)]
         limit: Option<u32>,
+        /// `table` for people, `json` for scripts.
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: tables::Output,
     },
     /// Cancels a job.
     #[command(after_help = "Example:\n  slipway cancel --wait 0193b1c2-7c1e-7d3a-9f10-3a1b2c3d4e5f")]
@@ -283,8 +299,13 @@ async fn run() {
         }
         Command::Migrate { db } => process::migrate(db).await.map(|()| 0),
         Command::Submit { job } => async { client::submit(&api.resolve()?, job).await }.await,
-        Command::Get { id } => async { client::get(&api.resolve()?, &id).await.map(|()| 0) }.await,
-        Command::List { state, limit } => async { client::list(&api.resolve()?, state, limit).await.map(|()| 0) }.await,
+        Command::Get { id, output } => async { client::get(&api.resolve()?, &id, output).await.map(|()| 0) }.await,
+        Command::Events { id, output } => {
+            async { client::events(&api.resolve()?, &id, output).await.map(|()| 0) }.await
+        }
+        Command::List { state, limit, output } => {
+            async { client::list(&api.resolve()?, state, limit, output).await.map(|()| 0) }.await
+        }
         Command::Logs { id, follow, raw } => async { client::logs(&api.resolve()?, &id, follow, raw).await }.await,
         Command::Cancel { id, wait } => async { client::cancel(&api.resolve()?, &id, wait).await.map(|()| 0) }.await,
         Command::Login => access::login(&api).map(|()| 0),

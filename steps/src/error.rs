@@ -19,6 +19,8 @@ pub enum ErrorCode {
     CloneFailed,
     PathEscapesRepository,
     DockerfileMissing,
+    /// The Dockerfile does not parse; the message names the line.
+    DockerfileInvalid,
     ContextMissing,
     /// The context's `.dockerignore` cannot be used (not a regular file, too large,
     /// a pattern too long).
@@ -59,6 +61,7 @@ impl ErrorCode {
             ErrorCode::CloneFailed => "clone_failed",
             ErrorCode::PathEscapesRepository => "path_escapes_repository",
             ErrorCode::DockerfileMissing => "dockerfile_missing",
+            ErrorCode::DockerfileInvalid => "dockerfile_invalid",
             ErrorCode::ContextMissing => "context_missing",
             ErrorCode::DockerignoreInvalid => "dockerignore_invalid",
             ErrorCode::ContextTooLarge => "context_too_large",

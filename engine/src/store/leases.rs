@@ -61,7 +61,9 @@ pub enum CancelOutcome {
 /// The shared body of lease expiry and hand-back; `$1`/`$2` select the leases,
 /// `$3` is the reason recorded, `$4` the default attempt limit, `$5` the states
 /// [`Transition::EndLease`] leaves, `$6`… the codes and error it records, `$10`
-/// whether the worker was lost (counted in `jobs.workers_lost`). Where each job goes
+/// whether the worker was lost (counted in `jobs.workers_lost`), `$11` the channel
+/// its followers are woken on. A job that goes on says so in its log (a `system`
+/// line of the step that was running), as a failed attempt's report does. Where each job goes
 /// is [`crate::job::transitions::after_lease_end`], written in SQL so that one statement
 /// ends every expired lease (a store test holds the two together).
 ///
@@ -109,8 +111,20 @@ const END_LEASES: &str = "
     ), st as (
         update job_steps s set finished_at = now(), outcome = 'failed', error_code = $9, error = $3
         from upd where s.job_id = upd.id and s.attempt = upd.ended_attempt and s.finished_at is null
+    ), said as (
+        insert into job_logs (job_id, attempt, worker, step, stream, at, line)
+        select u.id, u.ended_attempt, u.worker,
+               coalesce((select s.step from job_steps s where s.job_id = u.id and s.attempt = u.ended_attempt
+                         order by s.started_at desc limit 1), 'clone'),
+               'system', now(),
+               format('attempt %s ended: %s; attempt %s starts %s', u.ended_attempt, $3, u.attempt,
+                      case u.to_state when 'running' then 'at the run, with the pushed image' else 'from the clone' end)
+        from upd u where u.to_state in ('queued', 'running')
+    ), notify as (
+        select pg_notify($11, id::text) from upd
     )
-    select id, from_state, to_state, attempt, worker from upd";
+    select id, from_state, to_state, attempt, worker from upd
+    where (select count(*) from notify) >= 0";
 
 impl Store {
     /// Extends the leases a worker confirmed it holds (and makes this orchestrator
@@ -268,6 +282,7 @@ async fn end_leases(
         // Every expired lease is a worker lost; a hand-back is not.
         .bind(if job_id.is_none() { EngineCode::WorkerLost.as_str() } else { EngineCode::HandedBack.as_str() })
         .bind(job_id.is_none())
+        .bind(super::CHANGED_CHANNEL)
         .fetch_all(&mut *conn)
         .await?;
     Ok(ended)

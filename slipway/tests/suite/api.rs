@@ -278,9 +278,19 @@ async fn the_cli_submits_lists_gets_and_cancels() {
     let id = job["id"].as_str().unwrap();
     assert_eq!(job["spec"]["env"]["A"], "b");
 
-    let (_, out, _) = cli(&["list", "--state", "queued"]);
+    let (_, out, _) = cli(&["list", "--state", "queued", "--output", "json"]);
     let page: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(page["jobs"][0]["id"], id);
+    // People get tables, without colour in a pipe.
+    let (_, out, _) = cli(&["list"]);
+    let header = out.lines().next().unwrap_or_default();
+    assert!(header.starts_with("ID") && header.contains("STATE") && header.contains("IMAGE"), "{out}");
+    assert!(out.lines().nth(1).is_some_and(|row| row.starts_with(id) && row.contains("queued")), "{out}");
+    let (_, out, _) = cli(&["get", &id[..13]]);
+    assert!(out.lines().any(|l| l.starts_with("state") && l.ends_with("queued")), "{out}");
+    assert!(out.contains("127.0.0.1:5000/cli/app:1") && !out.contains('\u{1b}'), "{out}");
+    let (_, out, _) = cli(&["events", id]);
+    assert!(out.starts_with("AT") && out.lines().nth(1).is_some_and(|l| l.contains("queued")), "{out}");
     let (code, out, _) = cli(&["cancel", id, "--wait"]);
     assert_eq!(code, Some(0));
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["state"], "cancelled");

@@ -87,6 +87,18 @@ async fn a_job_whose_worker_is_killed_while_building_succeeds_on_another_worker(
     let after: Vec<&str> = events[expiry + 1..].iter().map(|e| e.0.as_str()).collect();
     assert_eq!(after, ["cloning", "building", "pushing", "running", "succeeded"]);
     assert!(events[expiry + 1..].iter().all(|e| e.1 == 2 && e.2.as_deref() != Some("worker-first")));
+    // A follower is told in the build's log, where the attempt stopped.
+    let lines = all_logs(&ports.api(), &id).await;
+    let said = lines.iter().find(|l| l["line"].as_str().is_some_and(|t| t.starts_with("attempt 1 ended")));
+    let said = said.unwrap_or_else(|| panic!("no line says the attempt ended: {lines:?}"));
+    assert_eq!(
+        (said["step"].as_str(), said["stream"].as_str(), said["attempt"].as_i64()),
+        (Some("build"), Some("system"), Some(1))
+    );
+    assert!(
+        said["line"].as_str().unwrap().contains("the worker went silent; attempt 2 starts from the clone"),
+        "{said}"
+    );
     let restarted: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
         "select at from job_events where job_id = $1::uuid and attempt = 2 and to_state = 'cloning'",
     )

@@ -165,6 +165,7 @@ async fn each_failure_ends_the_job_failed_with_its_cause() {
             ("busybox", Entry::Busybox),
         ],
     );
+    let unparsable = git.repo("unparsable", &[("Dockerfile", Entry::Text("FROM scratch\nCOPY . /\nRUNN echo\n"))]);
     let empty = git.repo("empty", &[("README", Entry::Text("no dockerfile here"))]);
     let escape = git.repo("escape", &[("Dockerfile", Entry::Symlink("/etc/hostname"))]);
     let locked = AuthRegistry::start();
@@ -182,6 +183,7 @@ async fn each_failure_ends_the_job_failed_with_its_cause() {
         ("dockerfile_missing", json!({ "repo": empty, "image": image("c") })),
         ("path_escapes_repository", json!({ "repo": escape, "image": image("d") })),
         ("build_failed", json!({ "repo": broken, "image": image("e") })),
+        ("dockerfile_invalid", json!({ "repo": unparsable, "image": image("h") })),
         ("push_refused", json!({ "repo": app, "image": format!("{}/failures/f:1", locked.addr) })),
         (
             "exit_nonzero",
@@ -209,6 +211,10 @@ async fn each_failure_ends_the_job_failed_with_its_cause() {
                 assert_eq!(job["exit_code"], 3);
                 assert_eq!(history, ["queued", "cloning", "building", "pushing", "running", "failed"]);
                 wait_containers_gone(&id, Duration::from_secs(10)).await;
+            }
+            "dockerfile_invalid" => {
+                assert!(message.contains("Dockerfile does not parse: line 3") && message.contains("RUNN"), "{message}");
+                assert_eq!(history, ["queued", "cloning", "building", "failed"], "not retried");
             }
             "ref_not_found" => assert!(message.contains("no-such-branch"), "{message}"),
             "repo_not_found" => assert!(message.contains("nope"), "{message}"),

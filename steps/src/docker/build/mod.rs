@@ -125,7 +125,7 @@ pub async fn build_image(
         })))
     };
     let started = AtomicBool::new(false);
-    let mut log = BuildLog::new(logs, &started);
+    let mut log = BuildLog::new(logs, &started, &request.dockerfile);
     // The session id only has to be unique among the engine's running builds.
     let session_id = format!("slipway-{}-{}", request.job_id, std::process::id());
     let registry = registry_of(request);
@@ -281,11 +281,13 @@ struct BuildLog<'a> {
     instruction: Option<String>,
     /// Set at the engine's first message about the build.
     started: &'a AtomicBool,
+    /// The Dockerfile's path, to name it when it does not parse.
+    dockerfile: &'a str,
 }
 
 impl<'a> BuildLog<'a> {
-    fn new(logs: &'a LogSink, started: &'a AtomicBool) -> Self {
-        BuildLog { logs, tail: VecDeque::with_capacity(TAIL_LINES), instruction: None, started }
+    fn new(logs: &'a LogSink, started: &'a AtomicBool, dockerfile: &'a str) -> Self {
+        BuildLog { logs, tail: VecDeque::with_capacity(TAIL_LINES), instruction: None, started, dockerfile }
     }
 
     async fn line(&mut self, line: String) {
@@ -307,16 +309,32 @@ impl<'a> BuildLog<'a> {
         self.started.store(true, Ordering::Relaxed);
         item.map_err(|e| match crate::docker::stream_error(&e) {
             Some(message) => self.failed(message),
-            None => engine_error(e, ErrorCode::BuildFailed, "the build was refused"),
+            None => {
+                let refused = engine_error(e, ErrorCode::BuildFailed, "the build was refused");
+                dockerfile_error(&refused.message, self.dockerfile).unwrap_or(refused)
+            }
         })
     }
 
     /// A failed build, naming the failing instruction and the last lines of output.
     fn failed(&self, error: &str) -> StepError {
+        if let Some(invalid) = dockerfile_error(error, self.dockerfile) {
+            return invalid;
+        }
         let at = self.instruction.as_ref().map(|s| format!(" at `{s}`")).unwrap_or_default();
         let tail: Vec<&str> = self.tail.iter().map(String::as_str).collect();
         StepError::new(ErrorCode::BuildFailed, format!("build failed{at}: {error}\nlast output:\n{}", tail.join("\n")))
     }
+}
+
+/// A Dockerfile the engine could not parse, said with the line the engine names
+/// (its words end `… dockerfile parse error line 3: unknown instruction: RUNN`), not
+/// as whatever stage of the build noticed it.
+fn dockerfile_error(engine: &str, dockerfile: &str) -> Option<StepError> {
+    const MARK: &str = "parse error";
+    let at = engine.to_ascii_lowercase().find(&format!("dockerfile {MARK}"))? + "dockerfile ".len() + MARK.len();
+    let detail = engine[at..].trim_start_matches([' ', ':']).trim_start_matches("on ");
+    Some(StepError::new(ErrorCode::DockerfileInvalid, format!("{dockerfile} does not parse: {detail}")))
 }
 
 fn panicked(e: tokio::task::JoinError) -> StepError {
@@ -326,6 +344,16 @@ fn panicked(e: tokio::task::JoinError) -> StepError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dockerfile_that_does_not_parse_is_named_with_its_line() {
+        let engine = "failed to solve with frontend dockerfile.v0: failed to create LLB definition: \
+                      dockerfile parse error line 3: unknown instruction: RUNN";
+        let error = dockerfile_error(engine, "build/Dockerfile").unwrap();
+        assert_eq!(error.code, ErrorCode::DockerfileInvalid);
+        assert_eq!(error.message, "build/Dockerfile does not parse: line 3: unknown instruction: RUNN");
+        assert!(dockerfile_error("process did not complete successfully: exit code: 7", "Dockerfile").is_none());
+    }
 
     #[test]
     fn buildkit_needs_api_1_39() {
