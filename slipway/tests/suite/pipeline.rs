@@ -472,15 +472,30 @@ async fn sigterm_ends_the_live_log_streams_of_unfinished_jobs_and_the_server_sto
     wait_state(&api, &id, "running", JOB_LIMIT).await;
     // Followed over the API and by the CLI, neither of which would end on its own.
     let mut stream = SseReader::open(&format!("{api}/v1/jobs/{id}/logs?follow=true"), None).await;
-    let cli = slipway_command()
+    let mut cli = slipway_command()
         .args(["logs", "--follow", &id])
         .env("SLIPWAY_API", &api)
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (said, mut stderr) = (said.clone(), cli.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stderr, &mut buffer) {
+                said.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        })
+    };
     stream.next().await.expect("the stream is open");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The CLI follows too once it has printed the first step's header.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !said.lock().unwrap().contains("--- attempt 1") {
+        assert!(Instant::now() < deadline, "the CLI never followed: {}", said.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let stopping = Instant::now();
     let status = tokio::task::spawn_blocking(move || {
@@ -501,10 +516,11 @@ async fn sigterm_ends_the_live_log_streams_of_unfinished_jobs_and_the_server_sto
     let status = status.unwrap_or_else(|| panic!("standalone hangs on SIGTERM: {}", standalone.process.output()));
     assert!(status.success(), "{status:?}");
     println!("stopped in {:?} with a follower open", stopping.elapsed());
-    let cli = cli.wait_with_output().unwrap();
-    let said = String::from_utf8_lossy(&cli.stderr);
+    let exited = cli.wait().unwrap();
+    reader.join().unwrap();
+    let said = said.lock().unwrap().clone();
     assert!(said.contains("shutting down") && said.contains(&format!("slipway logs -f {id}")), "{said}");
-    assert_ne!(cli.status.code(), Some(0), "{said}");
+    assert_ne!(exited.code(), Some(0), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

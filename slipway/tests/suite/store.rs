@@ -428,7 +428,13 @@ async fn history_rows_name_the_attempt_and_worker_of_the_report() {
             .unwrap();
     assert_eq!(retried, (3, w("w2")), "the retry names the next attempt and the reporting worker");
     let logged = db.store.logs(id, 0, 10).await.unwrap();
-    assert_eq!((logged[0].attempt, logged[0].worker.as_deref()), (2, Some("w2")));
+    let hi = logged.iter().find(|l| l.line == "hi").unwrap();
+    assert_eq!((hi.attempt, hi.worker.as_deref()), (2, Some("w2")));
+    // The lease that ended says so in its own attempt's log, as does the retry.
+    let ended = logged.iter().find(|l| l.line.starts_with("attempt 1 ended")).unwrap();
+    assert_eq!((ended.attempt, ended.worker.as_deref(), ended.stream.as_str()), (1, Some("w1"), "system"));
+    let retried = logged.iter().find(|l| l.line.starts_with("attempt 2 failed (build_unavailable): down")).unwrap();
+    assert_eq!((retried.attempt, retried.step.as_str()), (2, "build"));
     let build: (i32, Option<String>) =
         sqlx::query_as("select attempt, worker from job_steps where job_id = $1 and step = 'build'")
             .bind(id)

@@ -193,7 +193,7 @@ async fn the_cli_makes_tokens_from_the_database_and_keeps_one_per_profile() {
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&saved).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
     // The saved profile is used: the reader lists, and may not submit.
-    let (code, out, err) = cli(&["list"], None);
+    let (code, out, err) = cli(&["list", "--output", "json"], None);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["jobs"], json!([]));
     let (code, _, err) =
