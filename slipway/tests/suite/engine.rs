@@ -1,7 +1,8 @@
 //! A wedged engine is noticed, not retried into: a BuildKit that never starts a
 //! build is left for the classic builder, and a worker whose engine answers
 //! nothing takes no job (its ping, `/metrics` and gRPC health say so) while the
-//! orchestrator sends work elsewhere.
+//! orchestrator sends work elsewhere. Two networks of the jobs' name (an engine
+//! before API 1.44 lets workers racing to make it make two) stop no job.
 
 use std::time::Duration;
 
@@ -97,4 +98,27 @@ async fn a_worker_whose_engine_answers_nothing_takes_no_job_and_says_so() {
     let job = wait_finished(&api, &id, LIMIT).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert!(job["steps"].as_array().unwrap().iter().all(|s| s["worker"] == "worker-healthy"), "{job}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_network_of_the_jobs_name_stops_no_job_and_is_removed() {
+    let standalone = Standalone::start(&[]).await;
+    let api = standalone.api();
+    // The network, then another of the same name, as two workers racing make them
+    // (the engine's API without CheckDuplicate; a newer engine refuses the second).
+    let body = json!({ "repo": standalone.repo, "image": image("network") });
+    let first = submit(&api, &body).await["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_finished(&api, &first, LIMIT).await["state"], "succeeded");
+    let made = std::process::Command::new("curl")
+        .args(["-s", "--unix-socket", "/var/run/docker.sock", "-H", "Content-Type: application/json"])
+        .args(["-d", r#"{"Name": "slipway-jobs", "Labels": {"slipway.network": "jobs"}}"#])
+        .arg("http://localhost/networks/create")
+        .output()
+        .unwrap();
+    println!("second network: {}", String::from_utf8_lossy(&made.stdout));
+    let second = submit(&api, &body).await["id"].as_str().unwrap().to_string();
+    let job = wait_finished(&api, &second, LIMIT).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let named = docker_cli(&["network", "ls", "--filter", "name=slipway-jobs", "--format", "{{.Name}}"]);
+    assert_eq!(named.lines().filter(|n| *n == "slipway-jobs").count(), 1, "{named}");
 }

@@ -162,13 +162,6 @@ async fn hostile_output_is_kept_with_markers_and_no_line_is_lost_without_one() {
     check_cut(&last, b'y', 50_000_000, "alone, the 50 MB line is cut the same way");
 }
 
-/// Runs the docker CLI; its trimmed output.
-fn docker_cli(args: &[&str]) -> String {
-    let out = std::process::Command::new("docker").args(args).output().unwrap();
-    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn removing_leftovers_touches_only_what_slipway_made() {
     use slipway_steps::docker::leftovers::{Leftover, remove};

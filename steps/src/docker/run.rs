@@ -57,7 +57,7 @@ pub async fn create_container(
     logs: &LogSink,
 ) -> Result<String, StepError> {
     let (memory, nano_cpus) = limits.for_request(request)?;
-    super::network::ensure_job_network(docker).await?;
+    let network = super::network::ensure_job_network(docker).await?;
     let name = container_name(&request.job_id, request.attempt);
     let mut env: Vec<String> = request.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     for (name, secret) in &request.secrets {
@@ -88,7 +88,7 @@ pub async fn create_container(
             memory_swap: Some(memory),
             nano_cpus: Some(nano_cpus),
             pids_limit: Some(limits.pids),
-            network_mode: Some(super::network::JOB_NETWORK.to_string()),
+            network_mode: Some(network),
             // No set-uid program in the image gains privileges it was not started with.
             security_opt: Some(vec!["no-new-privileges".to_string()]),
             ..Default::default()

@@ -2,6 +2,13 @@
 
 use super::*;
 
+/// Runs the docker CLI; its trimmed output.
+pub fn docker_cli(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Containers the engine still has for a job, running or not.
 pub fn containers_of(job_id: &str) -> Vec<String> {
     let out = Command::new("docker")
