@@ -10,7 +10,7 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_sdk_ecs::config::{Credentials, Region};
 
-use super::{env, free_port, wait_for_port};
+use super::{env, free_port};
 
 pub const ACCOUNT: &str = "123456789012";
 pub const REGION: &str = "us-east-1";
@@ -25,18 +25,31 @@ pub struct Moto {
 }
 
 impl Moto {
+    /// Starts one on a free port. The port is free when it is picked, not always when
+    /// moto binds it (another test's process may take it first): a moto that could
+    /// not bind ends, and another port is tried, until this moto answers on it.
     pub fn start() -> Self {
-        let port = free_port();
-        let dir = tempfile::tempdir().unwrap();
-        let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
-        let child = Command::new(env("SLIPWAY_TEST_MOTO_SERVER"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("moto_server starts");
-        wait_for_port(port, Duration::from_secs(30));
-        Moto { endpoint: format!("http://127.0.0.1:{port}"), child, _dir: dir }
+        for _ in 0..5 {
+            let port = free_port();
+            let dir = tempfile::tempdir().unwrap();
+            let log = std::fs::File::create(dir.path().join("moto.log")).unwrap();
+            let mut child = Command::new(env("SLIPWAY_TEST_MOTO_SERVER"))
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("moto_server starts");
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+                if answers_as_moto(port) {
+                    return Moto { endpoint: format!("http://127.0.0.1:{port}"), child, _dir: dir };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("moto_server did not start on any of five ports");
     }
 
     /// The SDK's configuration for this server: fixed credentials, no retries (a
@@ -182,4 +195,16 @@ fn between(text: &str, start: &str, end: &str) -> String {
     let from = text.find(start).unwrap_or_else(|| panic!("no {start} in {text}")) + start.len();
     let to = text[from..].find(end).unwrap() + from;
     text[from..to].to_string()
+}
+
+/// Whether the server on `port` is a moto: it serves its own API's data.
+fn answers_as_moto(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"GET /moto-api/data.json HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
 }
