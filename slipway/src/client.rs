@@ -457,7 +457,8 @@ async fn follow_stream(api: &Api, id: &str, raw: bool) -> anyhow::Result<i32> {
     let streaming = api.streaming()?;
     let mut last_id: Option<String> = None;
     let mut step = (0, String::new());
-    let mut waiting = Waiting::default();
+    // Said once, until the job prints again.
+    let mut said_waiting = false;
     // Set when the server said it was shutting down: reaching none then ends here.
     let mut server_left = false;
     loop {
@@ -494,7 +495,9 @@ async fn follow_stream(api: &Api, id: &str, raw: bool) -> anyhow::Result<i32> {
                 Ok(Ok(Some(chunk))) => chunk,
                 Ok(_) => break,
                 Err(_) => {
-                    waiting.look(api, id).await;
+                    if !said_waiting {
+                        said_waiting = say_if_waiting(api, id).await;
+                    }
                     continue;
                 }
             };
@@ -524,7 +527,7 @@ async fn follow_stream(api: &Api, id: &str, raw: bool) -> anyhow::Result<i32> {
                             step = (this_step.0, this_step.1.to_string());
                             eprintln!("--- attempt {}: {}", step.0, step.1);
                         }
-                        waiting.said = false;
+                        said_waiting = false;
                         print_lines(std::slice::from_ref(&line), raw);
                         last_id = event_id.or(last_id);
                     }
@@ -544,41 +547,29 @@ async fn follow_stream(api: &Api, id: &str, raw: bool) -> anyhow::Result<i32> {
 /// How long a followed job may stay silent before the CLI looks at it.
 const QUIET: Duration = Duration::from_secs(5);
 
-/// Whether the CLI said that the followed job waits for a worker (said once, until
-/// the job prints again).
-#[derive(Default)]
-struct Waiting {
-    said: bool,
-}
-
-impl Waiting {
-    /// Says why a quiet job has not started: it waits for a worker (and which
-    /// labels that worker must offer), or for its next attempt.
-    async fn look(&mut self, api: &Api, id: &str) {
-        if self.said {
-            return;
-        }
-        let Ok(job) = call(api, api.client().get(format!("{}/v1/jobs/{id}", api.api))).await else { return };
-        if job["state"] != "queued" || !job["worker"].is_null() {
-            return;
-        }
-        let requires: Vec<String> = job["spec"]["requires"]
-            .as_object()
-            .map(|labels| labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect())
-            .unwrap_or_default();
-        let runtime = job["spec"]["run"]["runtime"].as_str().unwrap_or("docker");
-        let why = if requires.is_empty() {
-            format!("no worker that runs `{runtime}` jobs has a free slot, or none is reachable")
-        } else {
-            format!(
-                "it needs a worker offering {} (SLIPWAY_WORKER_LABELS) that runs `{runtime}` jobs, and none with a \
-                 free slot does",
-                requires.join(",")
-            )
-        };
-        eprintln!("slipway: job {id} is waiting for a worker: {why}");
-        self.said = true;
+/// Says why a quiet job has not started, if it waits for a worker: which labels
+/// and runtime that worker must offer. Returns whether it said so.
+async fn say_if_waiting(api: &Api, id: &str) -> bool {
+    let Ok(job) = call(api, api.client().get(format!("{}/v1/jobs/{id}", api.api))).await else { return false };
+    if job["state"] != "queued" || !job["worker"].is_null() {
+        return false;
     }
+    let requires: Vec<String> = job["spec"]["requires"]
+        .as_object()
+        .map(|labels| labels.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect())
+        .unwrap_or_default();
+    let runtime = job["spec"]["run"]["runtime"].as_str().unwrap_or("docker");
+    let why = if requires.is_empty() {
+        format!("no worker that runs `{runtime}` jobs has a free slot, or none is reachable")
+    } else {
+        format!(
+            "it needs a worker offering {} (SLIPWAY_WORKER_LABELS) that runs `{runtime}` jobs, and none with a \
+                 free slot does",
+            requires.join(",")
+        )
+    };
+    eprintln!("slipway: job {id} is waiting for a worker: {why}");
+    true
 }
 
 /// Prints how the job ended and returns the exit code of `--follow`: 0 when it

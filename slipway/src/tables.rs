@@ -78,6 +78,11 @@ fn text(value: &Value) -> String {
     }
 }
 
+/// A value that may be absent, as an empty cell when it is.
+fn blank_if_null(value: &Value) -> String {
+    if value.is_null() { String::new() } else { text(value) }
+}
+
 fn time(value: &Value) -> String {
     value
         .as_str()
@@ -119,7 +124,7 @@ pub fn jobs(page: &Value) -> String {
             text(&job["attempt"]),
             text(&job["spec"]["image"]),
             time(&job["created_at"]),
-            if job["error"].is_null() { String::new() } else { text(&job["error"]["code"]) },
+            blank_if_null(&job["error"]["code"]),
         ]);
     }
     let mut out = table.render(Some(1));
@@ -169,7 +174,7 @@ pub fn job(job: &Value) -> String {
             time(&step["started_at"]),
             duration(&step["started_at"], &step["finished_at"]),
             text(&step["outcome"]),
-            if step["error_code"].is_null() { String::new() } else { text(&step["error_code"]) },
+            blank_if_null(&step["error_code"]),
         ]);
     }
     if steps.rows.len() > 1 {

@@ -124,6 +124,12 @@ pub fn resume_state(pushed: bool) -> JobState {
     if pushed { JobState::Running } else { JobState::Queued }
 }
 
+/// Where an attempt begins, as a job's log says it: resumed at `running`, or over
+/// from the clone.
+pub fn where_attempt_starts(state: JobState) -> &'static str {
+    if state == JobState::Running { "at the run, with the pushed image" } else { "from the clone" }
+}
+
 /// The step a claimed job starts with, from the state it was left in.
 pub fn first_step_of(state: JobState, pushed: bool) -> Step {
     if state == JobState::Running && pushed { Step::Run } else { Step::Clone }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use slipway_steps::ErrorCode;
 
 use super::{Store, StoreError};
-use crate::job::transitions::{CANCELLED_BY_REQUEST, EngineCode, Transition};
+use crate::job::transitions::{CANCELLED_BY_REQUEST, EngineCode, Transition, where_attempt_starts};
 use crate::job::{JobId, JobState, RetryPolicy};
 
 /// A lease a worker says it holds.
@@ -62,7 +62,7 @@ pub enum CancelOutcome {
 /// `$3` is the reason recorded, `$4` the default attempt limit, `$5` the states
 /// [`Transition::EndLease`] leaves, `$6`… the codes and error it records, `$10`
 /// whether the worker was lost (counted in `jobs.workers_lost`), `$11` the channel
-/// its followers are woken on. A job that goes on says so in its log (a `system`
+/// its followers are woken on, `$12`/`$13` where the next attempt starts. A job that goes on says so in its log (a `system`
 /// line of the step that was running), as a failed attempt's report does. Where each job goes
 /// is [`crate::job::transitions::after_lease_end`], written in SQL so that one statement
 /// ends every expired lease (a store test holds the two together).
@@ -118,7 +118,7 @@ const END_LEASES: &str = "
                          order by s.started_at desc limit 1), 'clone'),
                'system', now(),
                format('attempt %s ended: %s; attempt %s starts %s', u.ended_attempt, $3, u.attempt,
-                      case u.to_state when 'running' then 'at the run, with the pushed image' else 'from the clone' end)
+                      case u.to_state when 'running' then $12 else $13 end)
         from upd u where u.to_state in ('queued', 'running')
     ), notify as (
         select pg_notify($11, id::text) from upd
@@ -283,6 +283,8 @@ async fn end_leases(
         .bind(if job_id.is_none() { EngineCode::WorkerLost.as_str() } else { EngineCode::HandedBack.as_str() })
         .bind(job_id.is_none())
         .bind(super::CHANGED_CHANNEL)
+        .bind(where_attempt_starts(JobState::Running))
+        .bind(where_attempt_starts(JobState::Queued))
         .fetch_all(&mut *conn)
         .await?;
     Ok(ended)

@@ -12,7 +12,7 @@ use sqlx::query::QueryScalar;
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::job::transitions::{PUSH_SKIPPED_LOCAL, Transition};
+use crate::job::transitions::{PUSH_SKIPPED_LOCAL, Transition, where_attempt_starts};
 use crate::job::{JobId, JobState, state_of_step};
 
 /// The attempt a report speaks for. The history rows a report writes record its
@@ -264,14 +264,13 @@ pub async fn mark_finished(
 /// A system line in the failed step's log says the same to whoever follows the job.
 pub async fn mark_retry(conn: &mut PgConnection, lease: &Lease, step: Step, retry: &Retry) -> Result<(), StoreError> {
     let reason = format!("retry in {:.1}s after {}: {}", retry.after.as_secs_f64(), retry.error_code, retry.error);
-    let from =
-        if retry.resume_at == JobState::Running { "at the run, with the pushed image" } else { "from the clone" };
     let said = format!(
-        "attempt {} failed ({}): {}; attempt {} starts {from} in {:.1}s",
+        "attempt {} failed ({}): {}; attempt {} starts {} in {:.1}s",
         lease.attempt,
         retry.error_code,
         retry.error,
         lease.attempt + 1,
+        where_attempt_starts(retry.resume_at),
         retry.after.as_secs_f64()
     );
     let rows: i64 = sqlx::query_scalar(

@@ -225,9 +225,15 @@ async fn lists_newest_first_with_cursor_paging_and_a_state_filter() {
     let failed: Value =
         http().get(format!("{}/v1/jobs?state=failed", api.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(failed["jobs"], json!([]));
-    for (query, field) in
-        [("state=done", "state"), ("limit=0", "limit"), ("cursor=x", "cursor"), ("colour=1", "colour")]
-    {
+    for (query, field) in [
+        ("state=done", "state"),
+        ("limit=0", "limit"),
+        ("cursor=x", "cursor"),
+        ("colour=1", "colour"),
+        ("id_prefix=zz'--", "id_prefix"),
+        ("id_prefix=", "id_prefix"),
+        ("id_prefix=0123456789abcdef0123456789abcdef0", "id_prefix"),
+    ] {
         let response = http().get(format!("{}/v1/jobs?{query}", api.base)).send().await.unwrap();
         assert_eq!(response.status(), 400, "{query}");
         let body: Value = response.json().await.unwrap();
