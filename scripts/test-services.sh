@@ -38,6 +38,39 @@ ensure_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# The Docker engine the tests build and run with. An engine that is still
+# starting gets a minute; one that is not running is started (as root), and
+# installed from Debian's packages first if it is missing.
+ensure_docker() {
+    docker_answers() { docker info >/dev/null 2>&1; }
+    wait_for_docker() {
+        local i
+        for i in $(seq 1 "$1"); do docker_answers && return 0; sleep 1; done
+        return 1
+    }
+    docker_answers && return 0
+    if pgrep -x dockerd >/dev/null; then
+        echo "waiting for the Docker engine to answer" >&2
+        wait_for_docker 60 && return 0
+    fi
+    if [ "$(id -u)" != 0 ]; then
+        echo "the Docker engine is not reachable (docker info failed); start it, or run as root" >&2
+        return 1
+    fi
+    if ! command -v dockerd >/dev/null; then
+        echo "installing docker.io" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
+    fi
+    if ! pgrep -x dockerd >/dev/null; then
+        echo "starting the Docker engine (log: /var/log/slipway-test-dockerd.log)" >&2
+        (setsid dockerd >>/var/log/slipway-test-dockerd.log 2>&1 &)
+    fi
+    wait_for_docker 90 && return 0
+    echo "the Docker engine did not answer within 90 s; see /var/log/slipway-test-dockerd.log" >&2
+    return 1
+}
+
 # Installs moto's server from PyPI unless it is there; exports its path.
 ensure_moto() {
     local server="$SLIPWAY_MOTO_VENV/bin/moto_server"
