@@ -8,12 +8,16 @@
 //! names, so it gets the credentials only when it is on the registry's own host,
 //! over https unless on loopback; elsewhere the token is asked for anonymously.
 
+#[cfg(feature = "aws")]
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
+#[cfg(feature = "aws")]
 use slipway_steps::aws::AwsConfig;
-use slipway_steps::aws::ecr::{Ecr, EcrRegistry, RepositorySettings};
+use slipway_steps::aws::ecr::EcrRegistry;
+#[cfg(feature = "aws")]
+use slipway_steps::aws::ecr::{Ecr, RepositorySettings};
 use slipway_steps::docker::push::RegistryCredentials;
 use slipway_steps::image_ref::ImageRef;
 use slipway_steps::registry_logins::{RegistryLogins, is_loopback};
@@ -44,6 +48,7 @@ pub struct RegistryClient {
     http: reqwest::Client,
     logins: RegistryLogins,
     /// ECR, reached through its API (`BatchDeleteImage`), made at the first ECR image.
+    #[cfg(feature = "aws")]
     ecr: Arc<tokio::sync::OnceCell<Ecr>>,
 }
 
@@ -55,9 +60,15 @@ impl RegistryClient {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("an http client builds");
-        RegistryClient { http, logins, ecr: Default::default() }
+        RegistryClient {
+            http,
+            logins,
+            #[cfg(feature = "aws")]
+            ecr: Default::default(),
+        }
     }
 
+    #[cfg(feature = "aws")]
     async fn delete_from_ecr(
         &self,
         registry: &EcrRegistry,
@@ -72,6 +83,11 @@ impl RegistryClient {
             Err(e) if e.retryable() => Err(RegistryError::Unavailable(e.message)),
             Err(e) => Err(RegistryError::Refused(e.message)),
         }
+    }
+
+    #[cfg(not(feature = "aws"))]
+    async fn delete_from_ecr(&self, _: &EcrRegistry, _: &str, _: &str) -> Result<Deletion, RegistryError> {
+        Err(RegistryError::Refused(slipway_steps::aws::WITHOUT_AWS.to_string()))
     }
 
     /// Deletes the manifest `name@sha256:…` names, with `login` (the job's own

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use slipway_observability::{fields, metrics, trace};
+#[cfg(not(feature = "aws"))]
+use slipway_steps::aws::without_aws;
 use slipway_steps::aws::ecr::EcrRegistry;
 use slipway_steps::clone::{CloneRequest, check_remote, clone_repo, fetch_submodules};
 use slipway_steps::docker::build::{BuildRequest, Builder, build_image};
@@ -261,6 +263,9 @@ async fn push(ctx: &StepContext<'_>, logs: &LogSink) -> Result<Option<String>, S
     // registry: the credentials configured for its host, and none for any other.
     let ecr_registry = image.registry.as_deref().and_then(EcrRegistry::parse);
     let credentials = match &ecr_registry {
+        #[cfg(not(feature = "aws"))]
+        Some(_) => return Err(without_aws(ErrorCode::PushRefused, "pushing to Amazon ECR")),
+        #[cfg(feature = "aws")]
         Some(registry) => {
             let ecr = state.ecr().await;
             if ecr.ensure_repository(registry, &image.path).await? {
@@ -276,6 +281,7 @@ async fn push(ctx: &StepContext<'_>, logs: &LogSink) -> Result<Option<String>, S
             .or_else(|| state.config.registry_logins.for_host(image.registry.as_deref()).cloned()),
     };
     let pushed = push_image(&state.docker, &image, credentials.as_ref(), logs, ctx.stop).await;
+    #[cfg(feature = "aws")]
     if let (Err(_), Some(registry)) = (&pushed, &ecr_registry) {
         state.ecr().await.forget_repository(registry, &image.path).await;
     }

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 
 use slipway_observability::trace;
+#[cfg(not(feature = "aws"))]
+use slipway_steps::aws::without_aws;
 use slipway_steps::docker::run::DockerRuntime;
 use slipway_steps::runtime::{LaunchRequest, Runtime, RuntimeKind, Watch};
 use slipway_steps::{ErrorCode, LogSink, Step, StepError, StepOutputs};
@@ -27,11 +29,14 @@ pub(crate) async fn run_container(
             let docker = DockerRuntime { docker: state.docker.clone(), limits: state.config.run_limits };
             run_on(&docker, ctx, outputs, "", logs).await
         }
+        #[cfg(feature = "aws")]
         RuntimeKind::Ecs => {
             // Images are built on this worker's engine, for its architecture.
             let architecture = state.engine_architecture().await;
             run_on(state.ecs().await?, ctx, outputs, &architecture, logs).await
         }
+        #[cfg(not(feature = "aws"))]
+        RuntimeKind::Ecs => Err(without_aws(ErrorCode::RuntimeUnavailable, "an `ecs` run")),
     }
 }
 
@@ -130,12 +135,16 @@ pub(crate) async fn clean_up(state: &WorkerState, job: &Assignment, outputs: &St
             let docker = DockerRuntime { docker: state.docker.clone(), limits: state.config.run_limits };
             clean_up_on(&docker, job, handle).await
         }
+        #[cfg(feature = "aws")]
         RuntimeKind::Ecs => match state.ecs().await {
             Ok(ecs) => clean_up_on(ecs, job, handle).await,
             Err(e) => {
                 tracing::warn!(job.id = %job.lease.job_id, error = %e, "cannot clean up after the run")
             }
         },
+        // A build without AWS launched no task.
+        #[cfg(not(feature = "aws"))]
+        RuntimeKind::Ecs => {}
     }
 }
 

@@ -5,7 +5,10 @@ use std::sync::{Arc, Mutex};
 use slipway_proto::convert::step_to_wire;
 use slipway_proto::v1::leftover::Kind;
 use slipway_proto::v1::{self, job_service_server::JobService};
+#[cfg(feature = "aws")]
 use slipway_steps::aws::ecs::{PAST_DEADLINE, STOP_REASON_PREFIX};
+#[cfg(not(feature = "aws"))]
+use slipway_steps::{ErrorCode, aws::without_aws};
 use slipway_steps::docker::leftovers::{self, Leftover};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -22,6 +25,21 @@ pub(crate) struct Worker {
 impl Worker {
     pub fn new(state: Arc<WorkerState>, shutdown: CancellationToken) -> Self {
         Worker { state, shutdown }
+    }
+
+    /// This instance's ECS tasks, when the worker runs `ecs` jobs.
+    #[cfg(feature = "aws")]
+    async fn leftover_tasks(&self, instance_id: &str) -> Result<Vec<Leftover>, slipway_steps::StepError> {
+        if self.state.config.ecs.is_none() {
+            return Ok(Vec::new());
+        }
+        self.state.ecs().await?.leftover_tasks(instance_id).await
+    }
+
+    /// A build without AWS launches no task.
+    #[cfg(not(feature = "aws"))]
+    async fn leftover_tasks(&self, _instance_id: &str) -> Result<Vec<Leftover>, slipway_steps::StepError> {
+        Ok(Vec::new())
     }
 }
 
@@ -126,12 +144,9 @@ impl JobService for Worker {
         if instance_id.is_empty() {
             return Err(Status::invalid_argument("instance_id is required"));
         }
-        let mut found =
-            leftovers::list(&self.state.docker, &instance_id).await.map_err(|e| Status::unavailable(e.to_string()))?;
-        if self.state.config.ecs.is_some() {
-            let ecs = self.state.ecs().await.map_err(|e| Status::unavailable(e.to_string()))?;
-            found.extend(ecs.leftover_tasks(&instance_id).await.map_err(|e| Status::unavailable(e.to_string()))?);
-        }
+        let unavailable = |e: slipway_steps::StepError| Status::unavailable(e.to_string());
+        let mut found = leftovers::list(&self.state.docker, &instance_id).await.map_err(unavailable)?;
+        found.extend(self.leftover_tasks(&instance_id).await.map_err(unavailable)?);
         let running: Vec<String> = self.state.running().keys().cloned().collect();
         let leftovers = found
             .into_iter()
@@ -169,6 +184,7 @@ impl JobService for Worker {
                 _ => continue,
             };
             let result = match &leftover {
+                #[cfg(feature = "aws")]
                 Leftover::Task { id, job_id, past_deadline } => match self.state.ecs().await {
                     Ok(ecs) => {
                         let why = if *past_deadline { PAST_DEADLINE } else { "is finished or gone" };
@@ -176,6 +192,8 @@ impl JobService for Worker {
                     }
                     Err(e) => Err(e),
                 },
+                #[cfg(not(feature = "aws"))]
+                Leftover::Task { .. } => Err(without_aws(ErrorCode::RuntimeUnavailable, "stopping an ECS task")),
                 other => leftovers::remove(&self.state.docker, other).await,
             };
             match result {

@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use slipway_observability::metrics;
-use slipway_steps::aws::AwsConfig;
-use slipway_steps::aws::ecr::Ecr;
-use slipway_steps::aws::ecs::Ecs;
+#[cfg(feature = "aws")]
+use slipway_steps::aws::{AwsConfig, ecr::Ecr, ecs::Ecs};
 use slipway_steps::docker::Docker;
 use slipway_steps::docker::build::{Builder, detect_builder};
 use slipway_steps::runtime::RuntimeKind;
@@ -33,6 +32,15 @@ pub(crate) struct RunningJob {
     pub hand_back: CancellationToken,
 }
 
+/// The AWS configuration and the clients made from it.
+#[cfg(feature = "aws")]
+#[derive(Default)]
+struct AwsClients {
+    config: tokio::sync::OnceCell<AwsConfig>,
+    ecs: tokio::sync::OnceCell<Ecs>,
+    ecr: tokio::sync::OnceCell<Ecr>,
+}
+
 pub(crate) struct WorkerState {
     pub config: WorkerConfig,
     pub docker: Docker,
@@ -41,10 +49,10 @@ pub(crate) struct WorkerState {
     /// Whether the engine answers and builds.
     pub engine: EngineHealth,
     /// AWS clients, made at the first job that needs them.
-    aws: tokio::sync::OnceCell<AwsConfig>,
-    ecs: tokio::sync::OnceCell<Ecs>,
-    ecr: tokio::sync::OnceCell<Ecr>,
-    /// The engine's CPU architecture, asked once.
+    #[cfg(feature = "aws")]
+    aws: AwsClients,
+    /// The engine's CPU architecture, asked once (for ECS task definitions).
+    #[cfg(feature = "aws")]
     architecture: tokio::sync::OnceCell<String>,
     running: Mutex<HashMap<String, RunningJob>>,
     idle: Notify,
@@ -60,9 +68,9 @@ impl WorkerState {
             config,
             docker,
             builder: tokio::sync::OnceCell::new(),
-            aws: tokio::sync::OnceCell::new(),
-            ecs: tokio::sync::OnceCell::new(),
-            ecr: tokio::sync::OnceCell::new(),
+            #[cfg(feature = "aws")]
+            aws: AwsClients::default(),
+            #[cfg(feature = "aws")]
             architecture: tokio::sync::OnceCell::new(),
             running: Mutex::new(HashMap::new()),
             idle: Notify::new(),
@@ -97,26 +105,25 @@ impl WorkerState {
         Ok(*builder)
     }
 
-    async fn aws(&self) -> &AwsConfig {
-        self.aws.get_or_init(AwsConfig::load).await
-    }
-
     /// ECS, when the worker is configured for it.
+    #[cfg(feature = "aws")]
     pub async fn ecs(&self) -> Result<&Ecs, StepError> {
         let Some(settings) = &self.config.ecs else {
             return Err(StepError::new(ErrorCode::RuntimeUnavailable, "this worker has no ECS cluster configured"));
         };
-        let aws = self.aws().await;
-        Ok(self.ecs.get_or_init(|| async { Ecs::new(aws, settings.clone()) }).await)
+        let aws = self.aws.config.get_or_init(AwsConfig::load).await;
+        Ok(self.aws.ecs.get_or_init(|| async { Ecs::new(aws, settings.clone()) }).await)
     }
 
+    #[cfg(feature = "aws")]
     pub async fn ecr(&self) -> &Ecr {
-        let aws = self.aws().await;
-        self.ecr.get_or_init(|| async { Ecr::new(aws.clone(), self.config.ecr.clone()) }).await
+        let aws = self.aws.config.get_or_init(AwsConfig::load).await;
+        self.aws.ecr.get_or_init(|| async { Ecr::new(aws.clone(), self.config.ecr.clone()) }).await
     }
 
     /// The CPU architecture of the engine's images (`amd64`, `arm64`, …); this
     /// process's when the engine does not say.
+    #[cfg(feature = "aws")]
     pub async fn engine_architecture(&self) -> String {
         if let Some(known) = self.architecture.get() {
             return known.clone();
@@ -136,7 +143,7 @@ impl WorkerState {
     /// The runtimes this worker can run jobs on.
     pub fn runtimes(&self) -> Vec<String> {
         let mut runtimes = vec![RuntimeKind::Docker.as_str().to_string()];
-        if self.config.ecs.is_some() {
+        if cfg!(feature = "aws") && self.config.ecs.is_some() {
             runtimes.push(RuntimeKind::Ecs.as_str().to_string());
         }
         runtimes

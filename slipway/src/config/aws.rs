@@ -57,6 +57,9 @@ pub struct AwsArgs {
 
 impl AwsArgs {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !cfg!(feature = "aws") && self.ecs_cluster.is_some() {
+            return Err(bad("SLIPWAY_ECS_CLUSTER", slipway_steps::aws::WITHOUT_AWS));
+        }
         if self.ecs_cluster.is_some() && self.ecs_subnets.iter().all(|s| s.trim().is_empty()) {
             return Err(bad("SLIPWAY_ECS_SUBNETS", "ECS runs need at least one subnet"));
         }

@@ -3,9 +3,11 @@
 //! Run one module with `scripts/test -E 'test(/^store::/)'`.
 
 mod api;
+#[cfg(feature = "aws")]
 mod aws_clients;
 mod cli;
 mod common;
+#[cfg(feature = "aws")]
 mod ecs;
 mod engine;
 mod faults;

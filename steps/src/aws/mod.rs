@@ -10,23 +10,40 @@
 //! `cloudwatch.<operation>()` or `ssm.<operation>()` on a client bound to one of
 //! those names: the policy documents in `iam/` are checked against those calls
 //! (`slipway/tests/suite/iam.rs`).
+//!
+//! The SDK is a large part of a cold build, so it is in builds with the `aws`
+//! feature only (on by default). A build without it runs no ECS task and pushes to
+//! no ECR registry: each such request fails with [`WITHOUT_AWS`] in its message.
 
 pub mod ecr;
 pub mod ecs;
 
+#[cfg(feature = "aws")]
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 
 use crate::{ErrorCode, StepError};
 
+/// What a build without the `aws` feature says when asked for AWS.
+pub const WITHOUT_AWS: &str =
+    "this slipway was built without AWS support (the `aws` cargo feature, which the default build includes)";
+
+/// `what` refused by a build without AWS, as a step error of `code`.
+pub fn without_aws(code: ErrorCode, what: &str) -> StepError {
+    StepError::new(code, format!("{what}: {WITHOUT_AWS}"))
+}
+
+#[cfg(feature = "aws")]
 /// Every SDK's error, with the raw HTTP response.
 type SdkError<E> = aws_sdk_ecs::error::SdkError<E, aws_sdk_ecs::config::http::HttpResponse>;
 
+#[cfg(feature = "aws")]
 /// The process's AWS configuration, loaded once from the standard chain.
 #[derive(Clone, Debug)]
 pub struct AwsConfig {
     sdk: SdkConfig,
 }
 
+#[cfg(feature = "aws")]
 impl AwsConfig {
     pub async fn load() -> Self {
         AwsConfig { sdk: loader().load().await }
@@ -51,12 +68,14 @@ impl AwsConfig {
     }
 }
 
+#[cfg(feature = "aws")]
 /// The standard chain's loader, with Slipway's HTTPS client; tests add an endpoint,
 /// fixed credentials and so on before loading.
 pub fn loader() -> aws_config::ConfigLoader {
     aws_config::defaults(BehaviorVersion::latest()).http_client(https_client())
 }
 
+#[cfg(feature = "aws")]
 /// rustls with ring, the platform's root certificates, and an http fallback for
 /// `http://` endpoints (an emulator on loopback).
 fn https_client() -> aws_sdk_ecs::config::SharedHttpClient {
@@ -64,6 +83,7 @@ fn https_client() -> aws_sdk_ecs::config::SharedHttpClient {
     aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https()
 }
 
+#[cfg(feature = "aws")]
 /// An AWS error as a step error: the service's own code and message, with
 /// throttling and server-side faults retryable.
 pub(crate) fn aws_error<E>(err: SdkError<E>, code: ErrorCode, what: &str) -> StepError
@@ -89,6 +109,7 @@ where
     StepError::new(code, format!("{what}: {detail}"))
 }
 
+#[cfg(feature = "aws")]
 /// The service's error code, for the cases a caller handles itself.
 pub(crate) fn service_code<E>(err: &SdkError<E>) -> Option<&str>
 where

@@ -18,6 +18,7 @@ mod db;
 mod docker;
 mod engine_double;
 mod git;
+#[cfg(feature = "aws")]
 pub mod moto;
 mod private_git;
 mod processes;

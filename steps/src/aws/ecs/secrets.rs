@@ -11,20 +11,11 @@
 //! variable reads which name, never on a value, and jobs that use the same secrets
 //! share it.
 
-use std::collections::BTreeMap;
-
-use aws_sdk_ssm::types::{ParameterTier, ParameterType};
-
-use super::Ecs;
-use crate::aws::aws_error;
-use crate::runtime::SecretEnv;
-use crate::{ErrorCode, StepError};
+#[cfg(feature = "aws")]
+mod parameters;
 
 /// Where every parameter Slipway writes lives (the IAM policies name it).
 pub const PARAMETER_PREFIX: &str = "/slipway/";
-/// What SSM holds in one parameter: 4 KB in the standard tier, 8 KB in the advanced.
-const STANDARD_MAX_BYTES: usize = 4096;
-const ADVANCED_MAX_BYTES: usize = 8192;
 /// SSM's limit on a parameter's full name.
 const MAX_PARAMETER_NAME: usize = 1011;
 
@@ -67,56 +58,6 @@ pub fn is_secret_arn(text: &str) -> bool {
             "ssm" => named("parameter/"),
             _ => false,
         }
-}
-
-impl Ecs {
-    /// Writes the values among `secrets` to their parameters and answers the
-    /// container's secrets: each variable with where the task reads it.
-    pub(super) async fn task_secrets(
-        &self,
-        secrets: &BTreeMap<String, SecretEnv>,
-    ) -> Result<Vec<(String, String)>, StepError> {
-        let mut sources = Vec::with_capacity(secrets.len());
-        for (variable, secret) in secrets {
-            let source = match secret {
-                SecretEnv::Reference(arn) => arn.clone(),
-                SecretEnv::Value { value, parameter } => {
-                    self.put_parameter(variable, parameter, value).await?;
-                    parameter.clone()
-                }
-            };
-            sources.push((variable.clone(), source));
-        }
-        Ok(sources)
-    }
-
-    async fn put_parameter(&self, variable: &str, parameter: &str, value: &str) -> Result<(), StepError> {
-        let tier = match value.len() {
-            n if n <= STANDARD_MAX_BYTES => ParameterTier::Standard,
-            n if n <= ADVANCED_MAX_BYTES => ParameterTier::Advanced,
-            n => {
-                return Err(StepError::new(
-                    ErrorCode::RunFailed,
-                    format!(
-                        "secrets.{variable}: an ECS task reads a project secret from SSM Parameter Store, \
-                         which holds at most {ADVANCED_MAX_BYTES} bytes; this one holds {n}"
-                    ),
-                ));
-            }
-        };
-        let ssm = &self.ssm;
-        ssm.put_parameter()
-            .name(parameter)
-            .value(value)
-            .r#type(ParameterType::SecureString)
-            .tier(tier)
-            .overwrite(true)
-            .description("A Slipway project secret, read by its jobs' ECS tasks")
-            .send()
-            .await
-            .map_err(|e| aws_error(e, ErrorCode::RunFailed, &format!("cannot write secrets.{variable} to SSM")))?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
