@@ -23,6 +23,16 @@ pub async fn read_json_within<T: DeserializeOwned>(
     body: Body,
     limit: usize,
 ) -> Result<T, ApiError> {
+    parse(&read_bytes(headers, body, limit).await?)
+}
+
+/// [`read_json`] for a route whose body is optional: an empty one is `T::default()`.
+pub async fn read_optional_json<T: DeserializeOwned + Default>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    let bytes = read_bytes(headers, body, MAX_BODY_BYTES).await?;
+    if bytes.is_empty() { Ok(T::default()) } else { parse(&bytes) }
+}
+
+async fn read_bytes(headers: &HeaderMap, body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
     if let Some(kind) = headers.get(header::CONTENT_TYPE) {
         let kind = kind.to_str().unwrap_or_default();
         if !is_json(kind) {
@@ -33,9 +43,7 @@ pub async fn read_json_within<T: DeserializeOwned>(
     let read = tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await.map_err(|_| {
         ApiError::new(Code::RequestTimeout, format!("the request body did not arrive within {BODY_TIMEOUT:?}"))
     })?;
-    let bytes =
-        read.map_err(|_| ApiError::new(Code::BodyTooLarge, format!("the request body is larger than {limit} bytes")))?;
-    parse(&bytes)
+    read.map_err(|_| ApiError::new(Code::BodyTooLarge, format!("the request body is larger than {limit} bytes")))
 }
 
 /// Whether a `Content-Type` is JSON: `application/json`, in any case, with or without

@@ -8,7 +8,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::body::read_json;
+use super::body::{read_json, read_optional_json};
 use super::clients::ClientAddr;
 use super::views::{EventPage, JobPage, JobView, LogPage};
 use super::{ApiError, AppState, follow};
@@ -49,7 +49,7 @@ pub async fn submit(
     // The job's trace begins here; its context is stored with the job.
     let span = tracing::info_span!("job.submit", job.id = %id);
     let traceparent = trace::traceparent_of(&span).unwrap_or_else(trace::random_traceparent);
-    let by = Submitter { project, actor: Some(caller.label()), reason: "submitted".into() };
+    let by = Submitter { project, actor: Some(caller.label()), reason: "submitted".into(), rerun_of: None };
     let submitted = store.submit(id, &spec, Some(&traceparent), key.as_deref(), &by).instrument(span).await?;
     let (job, status) = match submitted {
         Submitted::Created(row) => {
@@ -96,18 +96,38 @@ pub async fn rerun(
     Extension(caller): Extension<Principal>,
     client: Option<Extension<ClientAddr>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let store = &state.store;
     let original = visible(store, &caller, job_id(&id)?).await?;
+    let request: RerunRequest = read_optional_json(&headers, body).await?;
+    let mut spec = original.spec.0;
+    if request.same_commit {
+        let Some(commit) = original.commit_sha else {
+            return Err(ApiError {
+                field: Some("same_commit".into()),
+                ..ApiError::new(
+                    Code::Conflict,
+                    format!("job {} has no commit to pin: it ended or stands before its clone", original.id),
+                )
+            });
+        };
+        spec.git_ref = Some(commit);
+    }
     let id = JobId::new();
     let span = tracing::info_span!("job.submit", job.id = %id);
     let traceparent = trace::traceparent_of(&span).unwrap_or_else(trace::random_traceparent);
+    let reason = match (&spec.git_ref, request.same_commit) {
+        (Some(commit), true) => format!("re-run of {} at commit {commit}", original.id),
+        _ => format!("re-run of {}", original.id),
+    };
     let by = Submitter {
         project: original.project_id,
         actor: Some(caller.label()),
-        reason: format!("re-run of {}", original.id),
+        reason,
+        rerun_of: Some(original.id),
     };
-    let spec = original.spec.0;
     crate::secrets::for_job::check_submission(&state.vault, original.project_id, &spec).await?;
     let Submitted::Created(row) = store.submit(id, &spec, Some(&traceparent), None, &by).instrument(span).await? else {
         unreachable!("a submission without a key always creates its job")
@@ -119,6 +139,15 @@ pub async fn rerun(
     let location = format!("/v1/jobs/{}", row.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(JobView::new(*row, Some(Vec::new()))))
         .into_response())
+}
+
+/// `POST /v1/jobs/{id}/rerun`'s optional body.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RerunRequest {
+    /// Build the commit the original job built, not what its ref names now.
+    #[serde(default)]
+    same_commit: bool,
 }
 
 /// The project a submission goes to: the one it names, which must be the token's
@@ -138,6 +167,23 @@ async fn project_for(store: &Store, caller: &Principal, named: Option<&str>) -> 
             project.map(|p| p.id).ok_or_else(|| ApiError::invalid("project", format!("there is no project `{name}`")))
         }
     }
+}
+
+/// The projects a listing (or a cancel by filter) keeps to: a token's own project;
+/// an owner's every project (`Some(None)`), or the one named. `None`: a project the
+/// caller cannot see, or none of that name, so nothing matches.
+pub(super) async fn listing_scope(
+    store: &Store,
+    caller: &Principal,
+    named: Option<&str>,
+) -> Result<Option<Option<ProjectId>>, ApiError> {
+    Ok(match (caller.scope(), named) {
+        (Some(own), None) => Some(Some(own)),
+        (Some(own), Some(name)) if caller.project.as_ref().is_some_and(|(_, n)| n == name) => Some(Some(own)),
+        (Some(_), Some(_)) => None,
+        (None, None) => Some(None),
+        (None, Some(name)) => store.project_named(name).await?.map(|p| Some(p.id)),
+    })
 }
 
 /// The job, if the caller may see it: a job of another project is as missing as
@@ -220,16 +266,8 @@ pub async fn list(
             ));
         }
     }
-    // A token lists its own project; an owner's lists every project, or the one named.
-    let project = match (caller.scope(), params.get("project")) {
-        (Some(own), None) => Some(own),
-        (Some(own), Some(name)) if caller.project.as_ref().is_some_and(|(_, n)| n == name) => Some(own),
-        (Some(_), Some(_)) => return Ok(Json(JobPage { jobs: Vec::new(), next_cursor: None })),
-        (None, None) => None,
-        (None, Some(name)) => match store.project_named(name).await? {
-            Some(p) => Some(p.id),
-            None => return Ok(Json(JobPage { jobs: Vec::new(), next_cursor: None })),
-        },
+    let Some(project) = listing_scope(&store, &caller, params.get("project").map(String::as_str)).await? else {
+        return Ok(Json(JobPage { jobs: Vec::new(), next_cursor: None }));
     };
     let state = params
         .get("state")

@@ -3,6 +3,7 @@
 mod access;
 pub mod auth;
 mod body;
+mod bulk_cancel;
 mod clients;
 mod connections;
 mod error;
@@ -12,6 +13,7 @@ mod metrics;
 mod secrets;
 mod serve;
 mod views;
+mod workers;
 
 use axum::Router;
 use axum::routing::{MethodRouter, get, post};
@@ -89,6 +91,7 @@ pub const ROUTES: &[Route] = {
     &[
         Route { method: "GET", path: "/v1/jobs", role: Read, handler: || get(jobs::list) },
         Route { method: "POST", path: "/v1/jobs", role: Submit, handler: || post(jobs::submit) },
+        Route { method: "POST", path: "/v1/jobs/cancel", role: Submit, handler: || post(bulk_cancel::cancel_matching) },
         Route { method: "GET", path: "/v1/jobs/{id}", role: Read, handler: || get(jobs::get) },
         Route { method: "POST", path: "/v1/jobs/{id}/cancel", role: Submit, handler: || post(jobs::cancel) },
         Route { method: "POST", path: "/v1/jobs/{id}/rerun", role: Submit, handler: || post(jobs::rerun) },
@@ -151,6 +154,7 @@ pub const ROUTES: &[Route] = {
             handler: || axum::routing::delete(secrets::delete_git_default),
         },
         Route { method: "GET", path: "/v1/audit", role: Admin, handler: || get(access::audit_log) },
+        Route { method: "GET", path: "/v1/workers", role: Read, handler: || get(workers::list) },
     ]
 };
 

@@ -35,6 +35,8 @@ pub struct JobView {
     /// Attempts that ended because their worker went silent (killed, crashed, cut
     /// off): a job that keeps taking workers down shows it here.
     pub workers_lost: i32,
+    /// The job this one re-runs (`POST /v1/jobs/{id}/rerun`).
+    pub rerun_of: Option<JobId>,
     /// Every step of every attempt; absent in lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<StepRow>>,
@@ -84,6 +86,7 @@ impl JobView {
             exit_code: row.exit_code,
             error,
             workers_lost: row.workers_lost,
+            rerun_of: row.rerun_of,
             steps,
         }
     }

@@ -15,7 +15,7 @@ use crate::job::JobId;
 use crate::job::transitions::{CANCELLED_BY_REQUEST, EngineCode, first_step_of};
 use crate::secrets::for_job::{OpenRefusal, open_for_attempt};
 use crate::secrets::vault::Vault;
-use crate::store::{ClaimedJob, HeldLease, LeaseStatus, Store, StoreError, WorkerOffer};
+use crate::store::{ClaimedJob, HeldLease, LeaseStatus, Store, StoreError, WorkerAnswer, WorkerOffer, WorkerSeen};
 
 /// A worker as the dispatch loop last saw it.
 struct WorkerClient {
@@ -128,6 +128,7 @@ impl Dispatcher {
     /// Every heartbeat: ping all workers, keep their leases, claim, end expired leases.
     async fn heartbeat(&mut self) -> Result<(), StoreError> {
         let pings = self.ping_all().await;
+        self.record_workers(&pings).await;
         for (i, ping) in pings.into_iter().enumerate() {
             if let Some(ping) = ping {
                 self.keep_leases(i, &ping).await?;
@@ -209,6 +210,29 @@ impl Dispatcher {
                 }
             })
             .collect()
+    }
+
+    /// Writes what the pings said, for `GET /v1/workers`; a failure is logged (the
+    /// jobs do not depend on it).
+    async fn record_workers(&self, pings: &[Option<WorkerPing>]) {
+        let seen: Vec<WorkerSeen> = self
+            .workers
+            .iter()
+            .zip(pings)
+            .map(|(worker, ping)| WorkerSeen {
+                url: worker.link.url.clone(),
+                answer: ping.as_ref().map(|p| WorkerAnswer {
+                    worker_id: p.worker_id.clone(),
+                    offer: p.offer.clone(),
+                    slots_total: p.slots_total,
+                    slots_busy: p.slots_busy,
+                    unhealthy: p.unhealthy.clone(),
+                }),
+            })
+            .collect();
+        if let Err(error) = self.store.record_workers(&self.config.owner, &seen).await {
+            tracing::warn!(%error, "cannot record what the workers said");
+        }
     }
 
     /// Extends the leases the worker holds; cancels those to cancel or no longer current.

@@ -25,6 +25,8 @@ pub struct Submitter {
     pub actor: Option<String>,
     /// The reason of the job's first history row (`submitted`, `re-run of …`).
     pub reason: String,
+    /// The job this one re-runs.
+    pub rerun_of: Option<JobId>,
 }
 
 impl Store {
@@ -41,7 +43,7 @@ impl Store {
     ) -> Result<Submitted, StoreError> {
         const INSERT: &str = concat!(
             "with ins as (
-                 insert into jobs (id, spec, traceparent, project_id) values ($1, $2, $3, $5)
+                 insert into jobs (id, spec, traceparent, project_id, rerun_of) values ($1, $2, $3, $5, $8)
                  returning *
              ), ev as (
                  insert into job_events (job_id, from_state, to_state, attempt, reason, actor)
@@ -60,6 +62,7 @@ impl Store {
                 .bind(by.project)
                 .bind(by.actor.as_deref())
                 .bind(&by.reason)
+                .bind(by.rerun_of)
         };
         let Some(key) = key else {
             // Without a key the submission is one statement, committed on its own.

@@ -21,6 +21,7 @@ pub mod logs;
 pub mod reports;
 mod secrets;
 mod sweep;
+mod workers;
 
 use std::time::Duration;
 
@@ -38,6 +39,7 @@ pub use read::{EventRow, JobRow, StepRow};
 pub use reports::{Finish, Lease, Retry};
 pub use secrets::{GitDefaultRow, PutOutcome, SealedRow, SecretRow};
 pub use sweep::ExpiredJob;
+pub use workers::{WorkerAnswer, WorkerRow, WorkerSeen};
 
 /// The migrations in `migrations/`, applied by `slipway migrate` and at start.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

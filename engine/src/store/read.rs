@@ -31,6 +31,7 @@ pub struct JobRow {
     pub workers_lost: i32,
     pub project_id: uuid::Uuid,
     pub project: String,
+    pub rerun_of: Option<JobId>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -54,6 +55,8 @@ pub struct EventRow {
     pub attempt: i32,
     pub worker: Option<String>,
     pub reason: Option<String>,
+    /// Who caused it, when a person did (a token's prefix and name).
+    pub actor: Option<String>,
 }
 
 /// The columns of [`JobRow`], as a literal so that queries stay static strings.
@@ -62,7 +65,7 @@ macro_rules! job_columns {
         "id, state, attempt, spec, created_at, updated_at, finished_at, lease_worker,
          commit_sha, image_id, pushed_ref, container_id, task_arn, stop_code, stopped_reason,
          exit_code, error_code, error, workers_lost, project_id,
-         (select p.name from projects p where p.id = project_id) as project"
+         (select p.name from projects p where p.id = project_id) as project, rerun_of"
     };
 }
 
@@ -96,6 +99,34 @@ impl Store {
         .bind(project)
         .bind(first)
         .bind(last)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Unfinished jobs matching every filter given, oldest first, at most `limit`:
+    /// what a cancel by filter asks to stop.
+    pub async fn unfinished_matching(
+        &self,
+        project: Option<uuid::Uuid>,
+        state: Option<JobState>,
+        repo: Option<&str>,
+        ids: Option<&[JobId]>,
+        limit: i64,
+    ) -> Result<Vec<(JobId, uuid::Uuid)>, StoreError> {
+        let rows = sqlx::query_as(
+            "select id, project_id from jobs
+             where state <> all($1) and ($2::job_state is null or state = $2)
+               and ($3::uuid is null or project_id = $3) and ($4::text is null or spec->>'repo' = $4)
+               and ($5::uuid[] is null or id = any($5))
+             order by id limit $6",
+        )
+        .bind(JobState::TERMINAL)
+        .bind(state)
+        .bind(project)
+        .bind(repo)
+        .bind(ids)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)
@@ -139,7 +170,7 @@ impl Store {
     /// The job's history, oldest first.
     pub async fn events(&self, id: JobId) -> Result<Vec<EventRow>, StoreError> {
         let rows = sqlx::query_as::<_, EventRow>(
-            "select id, at, from_state, to_state, attempt, worker, reason
+            "select id, at, from_state, to_state, attempt, worker, reason, actor
              from job_events where job_id = $1 order by id",
         )
         .bind(id)

@@ -3,6 +3,7 @@
 
 mod auth;
 mod hostile_requests;
+mod operations;
 mod secrets;
 
 use std::time::Duration;

@@ -28,6 +28,12 @@ async fn a_local_image_is_built_and_run_on_the_engine_pushed_nowhere_and_swept_w
     assert_eq!((job["pushed_ref"].clone(), job["local"].clone()), (json!(null), json!(true)), "{job}");
     let steps: Vec<&str> = job["steps"].as_array().unwrap().iter().map(|s| s["step"].as_str().unwrap()).collect();
     assert_eq!(steps, ["clone", "build", "push", "run"], "the push step is passed through");
+    // Its orchestrator recorded the worker that ran it.
+    let workers: serde_json::Value =
+        http().get(format!("{api}/v1/workers")).send().await.unwrap().json().await.unwrap();
+    let worker = &workers["workers"][0];
+    assert_eq!((&worker["reachable"], &worker["runtimes"]), (&json!(true), &json!(["docker"])), "{workers}");
+    assert!(worker["slots_total"].as_i64() > Some(0) && worker["id"].is_string(), "{workers}");
 
     let events: serde_json::Value =
         http().get(format!("{api}/v1/jobs/{id}/events")).send().await.unwrap().json().await.unwrap();

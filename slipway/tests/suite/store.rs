@@ -33,6 +33,7 @@ async fn queue_request(db: &TestDb, n: usize, request: JobRequest) -> Vec<JobId>
             project: default_project(db).await,
             actor: None,
             reason: "submitted".into(),
+            rerun_of: None,
         };
         db.store.submit(id, &spec, None, None, &by).await.unwrap();
         ids.push(id);

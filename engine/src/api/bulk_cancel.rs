@@ -1,0 +1,101 @@
+//! `POST /v1/jobs/cancel`: every unfinished job matching a filter asked to stop, as
+//! if each had been cancelled on its own (same statement, same history row, an
+//! audit entry each).
+//!
+//! A filter must name something: an empty one would stop every job of the scope,
+//! which nobody means by accident. One request asks at most [`MAX_PER_REQUEST`]
+//! jobs, so that its time stays bounded; `more` says that others still match.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Extension, State};
+use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use slipway_observability::metrics;
+
+use super::auth::Principal;
+use super::body::read_json;
+use super::clients::ClientAddr;
+use super::jobs::listing_scope;
+use super::{ApiError, AppState};
+use crate::job::{JobId, JobState};
+use crate::store::CancelOutcome;
+
+/// The most jobs one request asks to stop.
+pub const MAX_PER_REQUEST: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelFilter {
+    /// One unfinished state (`queued`, `cloning`, …).
+    state: Option<JobState>,
+    /// A project's name (an owner token's choice; a project token's own).
+    project: Option<String>,
+    /// The repository URL, exactly as submitted.
+    repo: Option<String>,
+    /// Job ids, at most [`MAX_PER_REQUEST`].
+    ids: Option<Vec<JobId>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CancelCount {
+    /// How many jobs were asked to stop.
+    pub asked: usize,
+    /// Of those, how many held no lease and are `cancelled` now.
+    pub cancelled: usize,
+    /// Of those, how many are being stopped by their worker (they end `cancelled`).
+    pub stopping: usize,
+    /// Whether more jobs match than one request asks (send it again).
+    pub more: bool,
+}
+
+pub async fn cancel_matching(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    client: Option<Extension<ClientAddr>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<CancelCount>, ApiError> {
+    let filter: CancelFilter = read_json(&headers, body).await?;
+    if filter.state.is_none() && filter.project.is_none() && filter.repo.is_none() && filter.ids.is_none() {
+        return Err(ApiError::invalid(
+            "filter",
+            "name a state, project, repo or ids: an empty filter would cancel every job",
+        ));
+    }
+    if let Some(finished) = filter.state.filter(|s| s.is_terminal()) {
+        return Err(ApiError::invalid("state", format!("`{}` jobs have ended already", finished.as_str())));
+    }
+    if filter.ids.as_ref().is_some_and(|ids| ids.len() > MAX_PER_REQUEST) {
+        return Err(ApiError::invalid("ids", format!("at most {MAX_PER_REQUEST} ids a request")));
+    }
+    let mut count = CancelCount { asked: 0, cancelled: 0, stopping: 0, more: false };
+    let Some(project) = listing_scope(&state.store, &caller, filter.project.as_deref()).await? else {
+        return Ok(Json(count));
+    };
+    let limit = MAX_PER_REQUEST as i64 + 1;
+    let mut matching = state
+        .store
+        .unfinished_matching(project, filter.state, filter.repo.as_deref(), filter.ids.as_deref(), limit)
+        .await?;
+    count.more = matching.len() > MAX_PER_REQUEST;
+    matching.truncate(MAX_PER_REQUEST);
+    let by = caller.label();
+    let client = client.map(|c| c.0);
+    for (id, project) in matching {
+        match state.store.request_cancel(id, Some(&by)).await? {
+            CancelOutcome::Cancelled => {
+                metrics::JOBS_FINISHED.inc(&[JobState::Cancelled.as_str()]);
+                count.cancelled += 1;
+            }
+            CancelOutcome::Requested => count.stopping += 1,
+            // It ended between the listing and the cancel.
+            CancelOutcome::AlreadyFinished(_) => continue,
+        }
+        count.asked += 1;
+        let target = id.to_string();
+        super::access::audit(&state, &caller, client.clone(), "job.cancel", Some(project), Some(&target)).await;
+    }
+    tracing::info!(asked = count.asked, more = count.more, by = %caller.prefix, "cancel by filter");
+    Ok(Json(count))
+}
