@@ -180,6 +180,9 @@ enum Command {
         /// The shell: bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Prints the HTTP API's OpenAPI document (the one a server serves at /v1/openapi.json).
+    #[command(after_help = "Example:\n  slipway openapi > openapi.json")]
+    Openapi,
     /// Prints a job's log lines.
     #[command(after_help = "Example:\n  slipway logs -f 0193b1c2-7c1e-7d3a-9f10-3a1b2c3d4e5f")]
     Logs {
@@ -295,6 +298,10 @@ async fn run() {
         Command::Certs { command } => certs(command).map(|()| 0),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut command_line(), "slipway", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Openapi => {
+            print!("{}", slipway_engine::api::openapi::document_json());
             Ok(0)
         }
         Command::Migrate { db } => process::migrate(db).await.map(|()| 0),

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use slipway_observability::{fields, metrics, trace};
+use slipway_steps::aws::ecr::EcrRegistry;
 #[cfg(not(feature = "aws"))]
 use slipway_steps::aws::without_aws;
-use slipway_steps::aws::ecr::EcrRegistry;
 use slipway_steps::clone::{CloneRequest, check_remote, clone_repo, fetch_submodules};
 use slipway_steps::docker::build::{BuildRequest, Builder, build_image};
 use slipway_steps::docker::push::push_image;

@@ -7,9 +7,9 @@ use slipway_proto::v1::leftover::Kind;
 use slipway_proto::v1::{self, job_service_server::JobService};
 #[cfg(feature = "aws")]
 use slipway_steps::aws::ecs::{PAST_DEADLINE, STOP_REASON_PREFIX};
+use slipway_steps::docker::leftovers::{self, Leftover};
 #[cfg(not(feature = "aws"))]
 use slipway_steps::{ErrorCode, aws::without_aws};
-use slipway_steps::docker::leftovers::{self, Leftover};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 

@@ -21,23 +21,24 @@ use crate::auth::{ProjectId, Role, is_project_name};
 use crate::error::Code;
 use crate::store::{AuditEntry, ProjectRow, TokenGrant, TokenRow};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProject {
     name: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTokenRequest {
     name: String,
+    /// `read`, `submit` or `admin`, at most the caller's own.
     role: String,
     /// How long the token works (`30days`, `12h`); none: until revoked.
     expires_in: Option<String>,
 }
 
 /// A token as lists show it: never its secret.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TokenView {
     id: Uuid,
     prefix: String,
@@ -48,6 +49,33 @@ pub struct TokenView {
     expires_at: Option<DateTime<Utc>>,
     last_used_at: Option<DateTime<Utc>>,
     revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A token just made: shown with its secret, this once.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct NewTokenView {
+    #[serde(flatten)]
+    #[schema(inline)]
+    view: TokenView,
+    /// The token itself; it cannot be read again.
+    token: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProjectList {
+    projects: Vec<ProjectRow>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenList {
+    tokens: Vec<TokenView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    entries: Vec<crate::store::AuditRow>,
+    /// Pass as `after` for the next entries.
+    next_after: i64,
 }
 
 impl From<TokenRow> for TokenView {
@@ -92,6 +120,15 @@ pub(super) async fn audit(
 }
 
 /// `POST /v1/projects` (owner): `{"name"}` → the project.
+#[utoipa::path(
+    post, path = "/v1/projects", tag = "projects",
+    request_body = NewProject,
+    responses(
+        (status = 201, description = "The project", body = ProjectRow),
+        (status = 400, description = "Not a project name", body = super::openapi::ErrorBody),
+        (status = 409, description = "A project of that name exists", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn create_project(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
@@ -112,12 +149,17 @@ pub async fn create_project(
 }
 
 /// `GET /v1/projects`: every project for an owner, a token's own project otherwise.
+#[utoipa::path(
+    get, path = "/v1/projects", tag = "projects",
+    responses((status = 200, description = "Every project for an owner token, its own for a project token",
+               body = ProjectList)),
+)]
 pub async fn list_projects(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ProjectList>, ApiError> {
     let projects: Vec<ProjectRow> = state.store.projects().await?.into_iter().filter(|p| caller.sees(p.id)).collect();
-    Ok(Json(serde_json::json!({ "projects": projects })))
+    Ok(Json(ProjectList { projects }))
 }
 
 /// The project named in the path, if the caller may manage it (else as missing).
@@ -128,6 +170,16 @@ pub(super) async fn managed(state: &AppState, caller: &Principal, name: &str) ->
 
 /// `POST /v1/projects/{project}/tokens` (admin): `{"name", "role", "expires_in"}` →
 /// the token, shown this once.
+#[utoipa::path(
+    post, path = "/v1/projects/{project}/tokens", tag = "projects",
+    params(("project" = String, Path, description = "The project's name")),
+    request_body = NewTokenRequest,
+    responses(
+        (status = 201, description = "The token, with its secret shown this once", body = NewTokenView),
+        (status = 400, description = "A field is wrong; `field` names it", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such project (or one the caller does not manage)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn create_token(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
@@ -180,23 +232,39 @@ pub async fn create_token(
     };
     let row = state.store.create_token(&token, &grant).await?;
     audit(&state, &caller, client.map(|c| c.0), "token.create", Some(project.id), Some(&row.prefix)).await;
-    let mut view = serde_json::to_value(TokenView::from(row)).unwrap_or_default();
-    view["token"] = serde_json::Value::String(token.secret);
+    let view = NewTokenView { view: TokenView::from(row), token: token.secret };
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
 /// `GET /v1/projects/{project}/tokens` (admin): the project's tokens, no secrets.
+#[utoipa::path(
+    get, path = "/v1/projects/{project}/tokens", tag = "projects",
+    params(("project" = String, Path, description = "The project's name")),
+    responses(
+        (status = 200, description = "The project's tokens, without secrets", body = TokenList),
+        (status = 404, description = "No such project (or one the caller does not manage)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn list_tokens(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
     Path(project): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<TokenList>, ApiError> {
     let project = managed(&state, &caller, &project).await?;
     let tokens: Vec<TokenView> = state.store.tokens(Some(project.id)).await?.into_iter().map(TokenView::from).collect();
-    Ok(Json(serde_json::json!({ "tokens": tokens })))
+    Ok(Json(TokenList { tokens }))
 }
 
 /// `DELETE /v1/projects/{project}/tokens/{id}` (admin): revokes it at once.
+#[utoipa::path(
+    delete, path = "/v1/projects/{project}/tokens/{id}", tag = "projects",
+    params(("project" = String, Path, description = "The project's name"), ("id" = String, Path, description = "The token's id")),
+    responses(
+        (status = 204, description = "Revoked, at once"),
+        (status = 400, description = "Not a token id", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such project or token", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn revoke_token(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
@@ -216,11 +284,20 @@ pub async fn revoke_token(
 
 /// `GET /v1/audit?project=&action=&after=&limit=` (admin): the audit log, oldest
 /// first, of the token's project (an owner's: every project, or the one named).
+#[utoipa::path(
+    get, path = "/v1/audit", tag = "projects",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "Audit entries, oldest first", body = AuditPage),
+        (status = 400, description = "A parameter is wrong; `field` names it", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such project (or one the caller does not manage)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn audit_log(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
     axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     for key in params.keys() {
         if !matches!(key.as_str(), "project" | "action" | "after" | "limit") {
             return Err(ApiError::invalid(
@@ -247,5 +324,21 @@ pub async fn audit_log(
     };
     let rows = state.store.audit_rows(project, params.get("action").map(String::as_str), after, limit).await?;
     let next_after = rows.last().map_or(after, |r| r.id);
-    Ok(Json(serde_json::json!({ "entries": rows, "next_after": next_after })))
+    Ok(Json(AuditPage { entries: rows, next_after }))
+}
+
+/// `GET /v1/audit`'s parameters.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct AuditQuery {
+    /// A project's name (owner tokens; an admin reads its own project's).
+    project: Option<String>,
+    /// Only entries of this action (`job.submit`, `token.create`, …).
+    action: Option<String>,
+    /// Entries after this id (`next_after` of the previous page).
+    after: Option<i64>,
+    /// 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
 }

@@ -24,7 +24,7 @@ use crate::store::CancelOutcome;
 /// The most jobs one request asks to stop.
 pub const MAX_PER_REQUEST: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelFilter {
     /// One unfinished state (`queued`, `cloning`, …).
@@ -37,7 +37,7 @@ pub struct CancelFilter {
     ids: Option<Vec<JobId>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CancelCount {
     /// How many jobs were asked to stop.
     pub asked: usize,
@@ -49,6 +49,14 @@ pub struct CancelCount {
     pub more: bool,
 }
 
+#[utoipa::path(
+    post, path = "/v1/jobs/cancel", tag = "jobs",
+    request_body = CancelFilter,
+    responses(
+        (status = 200, description = "How many jobs were asked to stop", body = CancelCount),
+        (status = 400, description = "An empty or wrong filter; `field` names it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn cancel_matching(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,

@@ -3,7 +3,8 @@
 
 use axum::Json;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+
+use super::openapi::{ErrorBody, ErrorDetail};
 
 pub use crate::error::Code;
 use crate::store::StoreError;
@@ -44,7 +45,8 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code.as_str(), "message": self.message, "field": self.field } });
+        let body =
+            ErrorBody { error: ErrorDetail { code: self.code.as_str(), message: self.message, field: self.field } };
         let status = self.code.http_status();
         let mut response = (status, Json(body)).into_response();
         if status == axum::http::StatusCode::UNAUTHORIZED {

@@ -28,6 +28,22 @@ const MAX_LOG_PAGE: i64 = 10_000;
 
 /// `POST /v1/jobs`: validates the body and stores the job; nothing is written for
 /// a request that is refused.
+#[utoipa::path(
+    post, path = "/v1/jobs", tag = "jobs",
+    request_body = crate::job::JobRequest,
+    params(("Idempotency-Key" = Option<String>, Header,
+            description = "1-255 visible ASCII characters: a repeat with the same body gets the same job")),
+    responses(
+        (status = 201, description = "The job, queued", body = JobView,
+         headers(("Location" = String, description = "The job's URL"))),
+        (status = 200, description = "A repeat of an earlier request with the same Idempotency-Key and body: that job",
+         body = JobView),
+        (status = 400, description = "A field is wrong; `field` names it", body = super::openapi::ErrorBody),
+        (status = 409, description = "The Idempotency-Key was used with another body", body = super::openapi::ErrorBody),
+        (status = 503, description = "A project secret is named but the server holds no secrets key",
+         body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn submit(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
@@ -91,6 +107,18 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// `POST /v1/jobs/{id}/rerun`: a new job with the same specification, in the same
 /// project, its history saying which job it re-runs; `201` with the new job.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/rerun", tag = "jobs",
+    params(("id" = String, Path, description = "The job to run again")),
+    request_body(content = Option<RerunRequest>, description = "Optional"),
+    responses(
+        (status = 201, description = "The new job", body = JobView,
+         headers(("Location" = String, description = "The new job's URL"))),
+        (status = 400, description = "A bad id or body", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such job (or one of another project)", body = super::openapi::ErrorBody),
+        (status = 409, description = "`same_commit`, and the job has no commit yet", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn rerun(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
@@ -122,12 +150,8 @@ pub async fn rerun(
         (Some(commit), true) => format!("re-run of {} at commit {commit}", original.id),
         _ => format!("re-run of {}", original.id),
     };
-    let by = Submitter {
-        project: original.project_id,
-        actor: Some(caller.label()),
-        reason,
-        rerun_of: Some(original.id),
-    };
+    let by =
+        Submitter { project: original.project_id, actor: Some(caller.label()), reason, rerun_of: Some(original.id) };
     crate::secrets::for_job::check_submission(&state.vault, original.project_id, &spec).await?;
     let Submitted::Created(row) = store.submit(id, &spec, Some(&traceparent), None, &by).instrument(span).await? else {
         unreachable!("a submission without a key always creates its job")
@@ -142,7 +166,7 @@ pub async fn rerun(
 }
 
 /// `POST /v1/jobs/{id}/rerun`'s optional body.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RerunRequest {
     /// Build the commit the original job built, not what its ref names now.
@@ -196,6 +220,17 @@ async fn visible(store: &Store, caller: &Principal, id: JobId) -> Result<JobRow,
 /// `POST /v1/jobs/{id}/cancel`: a job without a lease is cancelled at once
 /// (`200`); a leased job's worker is told to stop it (`202`), and the job ends
 /// `cancelled` when it has. A job that already ended answers `409`.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job held no lease and is cancelled", body = JobView),
+        (status = 202, description = "Its worker is told to stop it; it ends `cancelled`", body = JobView),
+        (status = 400, description = "Not a job id", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such job (or one of another project)", body = super::openapi::ErrorBody),
+        (status = 409, description = "The job has already ended", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
@@ -230,6 +265,15 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
 }
 
 /// `GET /v1/jobs/{id}`
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job, with every step of every attempt", body = JobView),
+        (status = 400, description = "Not a job id", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such job (or one of another project)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn get(
     State(store): State<Store>,
     Extension(caller): Extension<Principal>,
@@ -242,6 +286,15 @@ pub async fn get(
 }
 
 /// `GET /v1/jobs/{id}/events`: the job's history, one entry per transition, oldest first.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/events", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job's history, oldest first", body = EventPage),
+        (status = 400, description = "Not a job id", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such job (or one of another project)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn events(
     State(store): State<Store>,
     Extension(caller): Extension<Principal>,
@@ -253,6 +306,14 @@ pub async fn events(
 }
 
 /// `GET /v1/jobs?state=&limit=&cursor=&project=&id_prefix=`: newest first.
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs",
+    params(JobListQuery),
+    responses(
+        (status = 200, description = "Jobs, newest first", body = JobPage),
+        (status = 400, description = "A parameter is wrong; `field` names it", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn list(
     State(store): State<Store>,
     Extension(caller): Extension<Principal>,
@@ -291,6 +352,21 @@ pub async fn list(
 /// `GET /v1/jobs/{id}/logs?after=&limit=`: lines in the order they were produced.
 /// With `follow=true` (or `Accept: text/event-stream`): Server-Sent Events, from
 /// `Last-Event-ID` or `after`, until the job ends.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}/logs", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id"), LogQuery,
+           ("Last-Event-ID" = Option<String>, Header, description = "Resume a stream after this line id")),
+    responses(
+        (status = 200, description = "A page of lines; with `follow=true` (or `Accept: text/event-stream`) a stream \
+                                      of Server-Sent Events: `line` (data: a line), `end` (data: the job's state), \
+                                      `error`, `shutdown`",
+         content((LogPage = "application/json"), (String = "text/event-stream"))),
+        (status = 400, description = "A parameter is wrong; `field` names it", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such job (or one of another project)", body = super::openapi::ErrorBody),
+        (status = 503, description = "Too many streams are open (from this client, or in all)",
+         body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn logs(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
@@ -335,6 +411,38 @@ pub async fn logs(
     let next_after = lines.last().map(|l| l.id).unwrap_or(after);
     let finished = finished && (lines.len() as i64) < limit;
     Ok(Json(LogPage { lines, next_after, finished }).into_response())
+}
+
+/// `GET /v1/jobs`'s parameters.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct JobListQuery {
+    /// Only jobs in this state.
+    state: Option<JobState>,
+    /// 1-500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<JobId>,
+    /// A project's name (owner tokens; a project token lists its own).
+    project: Option<String>,
+    /// The first hex digits of the id (1-32, dashes ignored).
+    id_prefix: Option<String>,
+}
+
+/// `GET /v1/jobs/{id}/logs`'s parameters.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct LogQuery {
+    /// Lines after this line id (`next_after` of the previous page).
+    after: Option<i64>,
+    /// 1-10000 (default 1000).
+    #[param(minimum = 1, maximum = 10000)]
+    limit: Option<i64>,
+    /// A stream of Server-Sent Events until the job ends.
+    follow: Option<bool>,
 }
 
 fn page_size(raw: Option<&String>, default: i64, max: i64) -> Result<i64, ApiError> {

@@ -12,6 +12,16 @@ use crate::error::Code;
 
 /// `GET /metrics`: the Prometheus text format; the queue gauges are read from the
 /// database at each scrape.
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    description = "Open unless the server has SLIPWAY_METRICS_TOKEN, which it then takes as its bearer token",
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The Prometheus text format", body = String,
+         content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 401, description = "SLIPWAY_METRICS_TOKEN is set and was not presented",
+         body = super::openapi::ErrorBody),
+        (status = 503, description = "The database cannot be reached", body = super::openapi::ErrorBody),
+    ))]
 pub async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     if let Some(expected) = &state.metrics_token {
         let presented =

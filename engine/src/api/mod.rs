@@ -10,6 +10,7 @@ mod error;
 mod follow;
 mod jobs;
 mod metrics;
+pub mod openapi;
 mod secrets;
 mod serve;
 mod views;
@@ -158,6 +159,9 @@ pub const ROUTES: &[Route] = {
     ]
 };
 
+/// The routes that take no API token (`/metrics` may take its own).
+pub const OPEN_ROUTES: [(&str, &str); 3] = [("GET", "/healthz"), ("GET", "/metrics"), ("GET", openapi::OPENAPI_PATH)];
+
 pub fn router(state: AppState) -> Router {
     let mut router = Router::new();
     for route in ROUTES {
@@ -165,7 +169,8 @@ pub fn router(state: AppState) -> Router {
     }
     router
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
+        .route(openapi::OPENAPI_PATH, get(openapi_json))
         .route("/metrics", get(metrics::metrics_text))
         .fallback(|| async { ApiError::new(error::Code::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|method: axum::http::Method| async move {
@@ -173,4 +178,19 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(axum::middleware::from_fn_with_state(state.clone(), clients::rate_limit))
         .with_state(state)
+}
+
+/// `GET /healthz`: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "service", security(()),
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /v1/openapi.json`: this API's description. It says how to call the API, not
+/// anything of anyone's: as open as the repository that holds it.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "service", security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
+async fn openapi_json() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi::document_json())
 }

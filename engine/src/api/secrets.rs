@@ -18,12 +18,12 @@ use crate::error::Code;
 use crate::secrets::for_job::SubmitRefusal;
 use crate::secrets::vault::VaultError;
 use crate::secrets::{MAX_PER_PROJECT, MAX_VALUE_BYTES, is_git_host, is_secret_name};
-use crate::store::PutOutcome;
+use crate::store::{GitDefaultRow, PutOutcome, SecretRow};
 
 /// A value's JSON may be escaped to six bytes a byte (`\u0001`).
 const MAX_SECRET_BODY_BYTES: usize = 6 * MAX_VALUE_BYTES + 1024;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretValue {
     value: String,
@@ -72,6 +72,19 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 
 /// `PUT /v1/projects/{project}/secrets/{name}` (admin): `{"value"}` → 201 when new,
 /// 200 when replaced; the answer names the secret, never its value.
+#[utoipa::path(
+    put, path = "/v1/projects/{project}/secrets/{name}", tag = "secrets",
+    params(("project" = String, Path, description = "The project's name"), ("name" = String, Path, description = "The secret's name")),
+    request_body = SecretValue,
+    responses(
+        (status = 201, description = "Set; the answer names the secret, never its value", body = SecretRow),
+        (status = 200, description = "Replaced", body = SecretRow),
+        (status = 400, description = "A bad name or value", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such project (or one the caller does not manage)", body = super::openapi::ErrorBody),
+        (status = 409, description = "The project holds as many secrets as it may", body = super::openapi::ErrorBody),
+        (status = 503, description = "The server holds no secrets key", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn put_secret(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
@@ -108,7 +121,17 @@ pub async fn put_secret(
     Ok((status, Json(row)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SecretList {
+    secrets: Vec<SecretRow>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct GitDefaultList {
+    git_credentials: Vec<GitDefaultRow>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GitDefault {
     secret: String,
@@ -116,6 +139,18 @@ pub struct GitDefault {
 
 /// `PUT /v1/projects/{project}/git-credentials/{host}` (admin): `{"secret"}` — the
 /// secret (git credentials) the project's jobs clone `host` with when they name none.
+#[utoipa::path(
+    put, path = "/v1/projects/{project}/git-credentials/{host}", tag = "secrets",
+    params(("project" = String, Path, description = "The project's name"), ("host" = String, Path, description = "A git host, lowercase, without port")),
+    request_body = GitDefault,
+    responses(
+        (status = 201, description = "Set", body = GitDefaultRow),
+        (status = 200, description = "Replaced", body = GitDefaultRow),
+        (status = 400, description = "A bad host, or a secret that is missing or holds no git credentials", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such project (or one the caller does not manage)", body = super::openapi::ErrorBody),
+        (status = 503, description = "The server holds no secrets key", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn put_git_default(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
@@ -148,16 +183,32 @@ pub async fn put_git_default(
 }
 
 /// `GET /v1/projects/{project}/git-credentials`: each host and the secret it uses.
+#[utoipa::path(
+    get, path = "/v1/projects/{project}/git-credentials", tag = "secrets",
+    params(("project" = String, Path, description = "The project's name")),
+    responses(
+        (status = 200, description = "Each host and the secret its clones use", body = GitDefaultList),
+        (status = 404, description = "No such project (or one of another project)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn list_git_defaults(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
     Path(project): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<GitDefaultList>, ApiError> {
     let project = managed(&state, &caller, &project).await?;
-    Ok(Json(serde_json::json!({ "git_credentials": state.store.git_defaults(project.id).await? })))
+    Ok(Json(GitDefaultList { git_credentials: state.store.git_defaults(project.id).await? }))
 }
 
 /// `DELETE /v1/projects/{project}/git-credentials/{host}` (admin).
+#[utoipa::path(
+    delete, path = "/v1/projects/{project}/git-credentials/{host}", tag = "secrets",
+    params(("project" = String, Path, description = "The project's name"), ("host" = String, Path, description = "A git host, lowercase, without port")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such project, or no credentials for that host", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn delete_git_default(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
@@ -173,18 +224,35 @@ pub async fn delete_git_default(
 }
 
 /// `GET /v1/projects/{project}/secrets`: names, when they were set and by whom.
+#[utoipa::path(
+    get, path = "/v1/projects/{project}/secrets", tag = "secrets",
+    params(("project" = String, Path, description = "The project's name")),
+    responses(
+        (status = 200, description = "The names, when they were set and by whom; never a value", body = SecretList),
+        (status = 404, description = "No such project (or one of another project)", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn list_secrets(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
     Path(project): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SecretList>, ApiError> {
     let project = managed(&state, &caller, &project).await?;
     let secrets = state.store.secrets(project.id).await?;
-    Ok(Json(serde_json::json!({ "secrets": secrets })))
+    Ok(Json(SecretList { secrets }))
 }
 
 /// `DELETE /v1/projects/{project}/secrets/{name}` (admin). Jobs that name it and
 /// have not started fail `secret_missing`.
+#[utoipa::path(
+    delete, path = "/v1/projects/{project}/secrets/{name}", tag = "secrets",
+    params(("project" = String, Path, description = "The project's name"), ("name" = String, Path, description = "The secret's name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Not a secret name", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such project or secret", body = super::openapi::ErrorBody),
+    ),
+)]
 pub async fn delete_secret(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,

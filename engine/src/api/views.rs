@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::job::{JobId, JobSpec, JobState};
 use crate::store::{JobRow, StepRow};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     pub id: JobId,
     /// The project the job belongs to.
@@ -42,14 +42,14 @@ pub struct JobView {
     pub steps: Option<Vec<StepRow>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TaskView {
     pub arn: String,
     pub stop_code: Option<String>,
     pub stopped_reason: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorView {
     pub code: String,
     pub message: String,
@@ -92,14 +92,14 @@ impl JobView {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct JobPage {
     pub jobs: Vec<JobView>,
     /// Pass as `cursor` for the next (older) page; absent on the last page.
     pub next_cursor: Option<JobId>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LogPage {
     pub lines: Vec<crate::store::LogRow>,
     /// Pass as `after` for the next lines.
@@ -108,7 +108,7 @@ pub struct LogPage {
     pub finished: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventPage {
     pub events: Vec<crate::store::EventRow>,
 }

@@ -15,12 +15,12 @@ use crate::store::{Store, WorkerRow};
 /// configuration, or every orchestrator down).
 const SHOWN_WITHIN: std::time::Duration = std::time::Duration::from_secs(600);
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WorkerList {
     pub workers: Vec<WorkerView>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WorkerView {
     /// The worker's own id (`SLIPWAY_WORKER_ID`); `null` if it never answered.
     pub id: Option<String>,
@@ -41,6 +41,10 @@ pub struct WorkerView {
     pub seen_at: chrono::DateTime<chrono::Utc>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/workers", tag = "workers",
+    responses((status = 200, description = "The workers, as last seen", body = WorkerList)),
+)]
 pub async fn list(
     State(store): State<Store>,
     Extension(caller): Extension<Principal>,

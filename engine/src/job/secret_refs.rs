@@ -17,7 +17,7 @@ use super::spec::FieldError;
 use crate::secrets::{MAX_PER_JOB, is_secret_name};
 
 /// `git` as sent.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GitRequest {
     /// A secret holding git credentials (`https_token` or `ssh_key`).
@@ -27,7 +27,7 @@ pub struct GitRequest {
 }
 
 /// `registry` as sent.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryRequest {
     /// A secret holding `{"username", "password"}` for the registry in `image`.
@@ -35,7 +35,7 @@ pub struct RegistryRequest {
 }
 
 /// What a valid spec names, as stored and shown (names, never values).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecretRefs {
     /// Environment variable → secret (or, for ECS, an ARN), put in the container's
     /// environment.
@@ -50,7 +50,7 @@ pub struct SecretRefs {
     pub registry: Option<RegistrySpec>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GitSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<String>,
@@ -64,7 +64,7 @@ impl GitSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegistrySpec {
     pub credentials: String,
 }

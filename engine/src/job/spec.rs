@@ -54,7 +54,7 @@ impl Default for SubmitDefaults {
 }
 
 /// `POST /v1/jobs` as sent.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     /// The project the job is for (default: the token's); not part of the spec.
@@ -78,7 +78,7 @@ pub struct JobRequest {
     pub registry: Option<RegistryRequest>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     pub command: Option<Vec<String>>,
@@ -92,7 +92,7 @@ pub struct RunRequest {
     pub memory: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryRequest {
     pub max_attempts: Option<u32>,
@@ -101,7 +101,7 @@ pub struct RetryRequest {
 }
 
 /// A valid job specification, as stored in `jobs.spec` and shown by the API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobSpec {
     pub repo: String,
     /// `None`: the remote's default branch.
@@ -131,7 +131,7 @@ impl JobSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunSpec {
     /// `None`: the image's own command.
     pub command: Option<Vec<String>>,
@@ -140,6 +140,7 @@ pub struct RunSpec {
     #[serde(default)]
     pub retry_on_failure: bool,
     #[serde(default)]
+    #[schema(schema_with = crate::api::openapi::runtime_kinds)]
     pub runtime: RuntimeKind,
     /// Fargate CPU units and memory in MiB; set for `ecs` runs only.
     #[serde(default, skip_serializing_if = "Option::is_none")]

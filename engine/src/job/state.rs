@@ -5,7 +5,9 @@ use slipway_steps::Step;
 
 /// Where a job is. `Queued` → `Cloning` → `Building` → `Pushing` → `Running` →
 /// `Succeeded`, or from any unfinished state to `Failed` or `Cancelled`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, sqlx::Type)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[sqlx(type_name = "job_state", rename_all = "lowercase")]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {

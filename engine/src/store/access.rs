@@ -7,8 +7,9 @@ use super::{Store, StoreError};
 use crate::auth::token::NewToken;
 use crate::auth::{ProjectId, Role};
 
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ProjectRow {
+    #[schema(schema_with = crate::api::openapi::project_id)]
     pub id: ProjectId,
     pub name: String,
     pub created_at: DateTime<Utc>,
@@ -56,7 +57,7 @@ pub struct AuditEntry<'a> {
 }
 
 /// One row of the audit log, as read back.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct AuditRow {
     pub id: i64,
     pub at: DateTime<Utc>,

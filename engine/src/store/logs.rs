@@ -20,7 +20,7 @@ pub struct NewLogLine {
 }
 
 /// A stored line, as the API shows it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct LogRow {
     /// Increases with every line stored: the position to resume after.
     pub id: i64,

@@ -34,7 +34,7 @@ pub struct JobRow {
     pub rerun_of: Option<JobId>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct StepRow {
     pub step: String,
     pub attempt: i32,
@@ -46,7 +46,7 @@ pub struct StepRow {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventRow {
     pub id: i64,
     pub at: DateTime<Utc>,

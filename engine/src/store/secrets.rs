@@ -9,7 +9,7 @@ use crate::secrets::MAX_PER_PROJECT;
 use crate::secrets::keyring::Sealed;
 
 /// A secret as lists show it: never its value.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct SecretRow {
     pub name: String,
     pub created_at: DateTime<Utc>,
@@ -141,7 +141,7 @@ impl Store {
 }
 
 /// The secret a project's clones use for one git host by default.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct GitDefaultRow {
     pub host: String,
     pub secret: String,

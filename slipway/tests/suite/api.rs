@@ -3,6 +3,7 @@
 
 mod auth;
 mod hostile_requests;
+mod openapi;
 mod operations;
 mod secrets;
 

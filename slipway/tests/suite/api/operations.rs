@@ -52,7 +52,8 @@ async fn a_rerun_names_the_job_it_reruns_and_same_commit_pins_that_jobs_commit()
     assert_eq!(plain["spec"]["ref"], "main", "a plain re-run builds what the ref names now");
     let (status, pinned, _) = call(&api, "POST", &path, Some(&owner), Some(&json!({ "same_commit": true }))).await;
     assert_eq!((status, pinned["spec"]["ref"].as_str()), (201, Some(commit)), "{pinned}");
-    let (_, read, _) = call(&api, "GET", &format!("/v1/jobs/{}", pinned["id"].as_str().unwrap()), Some(&owner), None).await;
+    let (_, read, _) =
+        call(&api, "GET", &format!("/v1/jobs/{}", pinned["id"].as_str().unwrap()), Some(&owner), None).await;
     assert_eq!(read["rerun_of"].as_str(), Some(original.as_str()), "the job view names the original");
     let (_, events, _) =
         call(&api, "GET", &format!("/v1/jobs/{}/events", pinned["id"].as_str().unwrap()), Some(&owner), None).await;
@@ -86,7 +87,8 @@ async fn a_cancel_by_filter_stops_what_matches_in_the_callers_projects_only() {
         let (status, refused, _) = call(&api, "POST", "/v1/jobs/cancel", Some(&alpha), Some(&body)).await;
         assert_eq!((status, refused["error"]["field"].as_str()), (400, Some(field)), "{body}: {refused}");
     }
-    let (status, _, _) = call(&api, "POST", "/v1/jobs/cancel", Some(&reader), Some(&json!({ "state": "queued" }))).await;
+    let (status, _, _) =
+        call(&api, "POST", "/v1/jobs/cancel", Some(&reader), Some(&json!({ "state": "queued" }))).await;
     assert_eq!(status, 403, "cancelling takes the submit role");
     assert_eq!(state_of(&api, &a1).await, "queued", "a refused cancel stops nothing");
 
@@ -153,7 +155,10 @@ async fn workers_are_listed_as_last_seen_with_addresses_for_owners_only() {
     store.record_workers("orch-1", &[WorkerSeen { url: url.clone(), answer: None }]).await.unwrap();
     let (_, listed, _) = call(&api, "GET", "/v1/workers", Some(&reader), None).await;
     let worker = &listed["workers"][0];
-    assert_eq!((&worker["reachable"], &worker["id"], &worker["labels"]), (&json!(false), &json!("worker-a"), &json!({ "region": "eu" })));
+    assert_eq!(
+        (&worker["reachable"], &worker["id"], &worker["labels"]),
+        (&json!(false), &json!("worker-a"), &json!({ "region": "eu" }))
+    );
     assert_eq!((&worker["slots_busy"], &worker["last_answer_at"]), (&json!(0), &answered), "{listed}");
     assert!(worker.get("url").is_none(), "a project token sees no worker address: {listed}");
 }

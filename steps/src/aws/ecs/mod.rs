@@ -66,4 +66,3 @@ pub struct EcsSettings {
     pub poll_min: Duration,
     pub poll_max: Duration,
 }
-
