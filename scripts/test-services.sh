@@ -3,7 +3,8 @@
 # to call again.
 #
 # Exports DATABASE_URL (a superuser, so that each database test gets a fresh
-# database), SLIPWAY_TEST_REGISTRY and SLIPWAY_TEST_BUSYBOX. Prometheus is installed
+# database), SLIPWAY_TEST_REGISTRY, SLIPWAY_TEST_BUSYBOX, SLIPWAY_TEST_MOTO_SERVER
+# and SLIPWAY_TEST_SCHEMATHESIS. Prometheus is installed
 # for the tests to start their own.
 
 SLIPWAY_TEST_PG_PORT="${SLIPWAY_TEST_PG_PORT:-55432}"
@@ -12,6 +13,9 @@ SLIPWAY_TEST_PG_PORT="${SLIPWAY_TEST_PG_PORT:-55432}"
 SLIPWAY_MOTO_VENV="${SLIPWAY_MOTO_VENV:-/opt/slipway-moto}"
 SLIPWAY_MOTO_VERSION="5.2.5"
 SLIPWAY_TEST_REGISTRY="${SLIPWAY_TEST_REGISTRY:-127.0.0.1:5000}"
+# schemathesis, which fuzzes the HTTP API against its OpenAPI document.
+SLIPWAY_SCHEMATHESIS_VENV="${SLIPWAY_SCHEMATHESIS_VENV:-/opt/slipway-schemathesis}"
+SLIPWAY_SCHEMATHESIS_VERSION="4.32.5"
 
 # Debian packages the tests use, by the file each provides.
 ensure_packages() {
@@ -85,6 +89,22 @@ ensure_moto() {
         "$SLIPWAY_MOTO_VENV/bin/pip" install -q "moto[server]==$SLIPWAY_MOTO_VERSION"
     fi
     export SLIPWAY_TEST_MOTO_SERVER="$server"
+}
+
+# Installs schemathesis from PyPI unless it is there; exports its path.
+ensure_schemathesis() {
+    local st="$SLIPWAY_SCHEMATHESIS_VENV/bin/st"
+    local installed=""
+    [ -x "$st" ] && installed="$("$SLIPWAY_SCHEMATHESIS_VENV/bin/pip" show schemathesis 2>/dev/null || true)"
+    if ! grep -qx "Version: $SLIPWAY_SCHEMATHESIS_VERSION" <<<"$installed"; then
+        echo "installing schemathesis $SLIPWAY_SCHEMATHESIS_VERSION into $SLIPWAY_SCHEMATHESIS_VENV" >&2
+        python3 -m venv "$SLIPWAY_SCHEMATHESIS_VENV" 2>/dev/null || {
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            python3 -m venv "$SLIPWAY_SCHEMATHESIS_VENV"
+        }
+        "$SLIPWAY_SCHEMATHESIS_VENV/bin/pip" install -q "schemathesis==$SLIPWAY_SCHEMATHESIS_VERSION"
+    fi
+    export SLIPWAY_TEST_SCHEMATHESIS="$st"
 }
 
 pg_bin() {
@@ -183,6 +203,7 @@ leftover_snapshot() {
         pgrep -x prometheus || true
         pgrep -f "docker-registry serve" || true
         pgrep -f "sshd -D -e -f" || true
+        pgrep -f "slipway-schemathesis/bin/st" || true
     } | sort -n
 }
 

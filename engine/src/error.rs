@@ -151,6 +151,7 @@ impl Code {
                 (Code::Unavailable, "the database is unavailable; try again")
             }
             StoreError::CommitterStopped => (Code::Unavailable, "the orchestrator is stopping; try again"),
+            StoreError::UnstorableText(_) => (Code::InvalidField, "a text of the request holds a NUL character"),
             e => {
                 tracing::error!(error = ?e, "request failed");
                 (Code::Internal, "internal error")

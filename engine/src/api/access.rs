@@ -24,6 +24,8 @@ use crate::store::{AuditEntry, ProjectRow, TokenGrant, TokenRow};
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProject {
+    /// 1-63 lowercase letters, digits and `-`, not at either end.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     name: String,
 }
 
@@ -32,6 +34,7 @@ pub struct NewProject {
 pub struct NewTokenRequest {
     name: String,
     /// `read`, `submit` or `admin`, at most the caller's own.
+    #[schema(pattern = "^(read|submit|admin)$")]
     role: String,
     /// How long the token works (`30days`, `12h`); none: until revoked.
     expires_in: Option<String>,
@@ -172,7 +175,7 @@ pub(super) async fn managed(state: &AppState, caller: &Principal, name: &str) ->
 /// the token, shown this once.
 #[utoipa::path(
     post, path = "/v1/projects/{project}/tokens", tag = "projects",
-    params(("project" = String, Path, description = "The project's name")),
+    params(("project" = String, Path, description = "The project's name", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
     request_body = NewTokenRequest,
     responses(
         (status = 201, description = "The token, with its secret shown this once", body = NewTokenView),
@@ -239,7 +242,7 @@ pub async fn create_token(
 /// `GET /v1/projects/{project}/tokens` (admin): the project's tokens, no secrets.
 #[utoipa::path(
     get, path = "/v1/projects/{project}/tokens", tag = "projects",
-    params(("project" = String, Path, description = "The project's name")),
+    params(("project" = String, Path, description = "The project's name", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
     responses(
         (status = 200, description = "The project's tokens, without secrets", body = TokenList),
         (status = 404, description = "No such project (or one the caller does not manage)", body = super::openapi::ErrorBody),
@@ -258,7 +261,7 @@ pub async fn list_tokens(
 /// `DELETE /v1/projects/{project}/tokens/{id}` (admin): revokes it at once.
 #[utoipa::path(
     delete, path = "/v1/projects/{project}/tokens/{id}", tag = "projects",
-    params(("project" = String, Path, description = "The project's name"), ("id" = String, Path, description = "The token's id")),
+    params(("project" = String, Path, description = "The project's name", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("id" = uuid::Uuid, Path, description = "The token's id")),
     responses(
         (status = 204, description = "Revoked, at once"),
         (status = 400, description = "Not a token id", body = super::openapi::ErrorBody),
@@ -322,7 +325,16 @@ pub async fn audit_log(
             .ok_or_else(|| ApiError::invalid("limit", "limit must be 1-1000"))?,
         None => 100,
     };
-    let rows = state.store.audit_rows(project, params.get("action").map(String::as_str), after, limit).await?;
+    let action = params.get("action").map(String::as_str);
+    if action.is_some_and(|a| {
+        a.is_empty() || a.len() > 64 || !a.bytes().all(|b| b.is_ascii_lowercase() || b"._".contains(&b))
+    }) {
+        return Err(ApiError::invalid(
+            "action",
+            "an action is lowercase words joined by `.` or `_`, such as job.submit",
+        ));
+    }
+    let rows = state.store.audit_rows(project, action, after, limit).await?;
     let next_after = rows.last().map_or(after, |r| r.id);
     Ok(Json(AuditPage { entries: rows, next_after }))
 }

@@ -103,6 +103,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     let path = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
     let needed = needed(request.method().as_str(), &path);
     let client = request.extensions().get::<ClientAddr>().map(|c| c.0);
+    let presented = request.headers().contains_key(axum::http::header::AUTHORIZATION);
     match principal(&state, request.headers()).await {
         Ok(principal) => {
             if !principal.role.allows(needed) {
@@ -120,7 +121,9 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         Err(error) => {
             metrics::AUTH_FAILURES.inc(&[error.code.as_str()]);
             // Guessing is slow: failures take from a bucket of their own per client.
-            if let Some(addr) = client
+            // A request without any token guesses nothing (and costs no lookup).
+            if presented
+                && let Some(addr) = client
                 && let Err(wait) = state.auth_failures.take(addr, Instant::now())
             {
                 let slow = ApiError::new(Code::RateLimited, "too many failed authentications from this client");

@@ -74,6 +74,9 @@ pub async fn cancel_matching(
     if let Some(finished) = filter.state.filter(|s| s.is_terminal()) {
         return Err(ApiError::invalid("state", format!("`{}` jobs have ended already", finished.as_str())));
     }
+    if filter.repo.as_ref().is_some_and(|r| r.is_empty() || r.len() > 4096 || r.chars().any(char::is_control)) {
+        return Err(ApiError::invalid("repo", "a repository URL is 1-4096 characters without control characters"));
+    }
     if filter.ids.as_ref().is_some_and(|ids| ids.len() > MAX_PER_REQUEST) {
         return Err(ApiError::invalid("ids", format!("at most {MAX_PER_REQUEST} ids a request")));
     }
@@ -102,7 +105,7 @@ pub async fn cancel_matching(
         }
         count.asked += 1;
         let target = id.to_string();
-        super::access::audit(&state, &caller, client.clone(), "job.cancel", Some(project), Some(&target)).await;
+        super::access::audit(&state, &caller, client, "job.cancel", Some(project), Some(&target)).await;
     }
     tracing::info!(asked = count.asked, more = count.more, by = %caller.prefix, "cancel by filter");
     Ok(Json(count))

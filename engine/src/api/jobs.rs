@@ -109,7 +109,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// project, its history saying which job it re-runs; `201` with the new job.
 #[utoipa::path(
     post, path = "/v1/jobs/{id}/rerun", tag = "jobs",
-    params(("id" = String, Path, description = "The job to run again")),
+    params(("id" = uuid::Uuid, Path, description = "The job to run again")),
     request_body(content = Option<RerunRequest>, description = "Optional"),
     responses(
         (status = 201, description = "The new job", body = JobView,
@@ -222,7 +222,7 @@ async fn visible(store: &Store, caller: &Principal, id: JobId) -> Result<JobRow,
 /// `cancelled` when it has. A job that already ended answers `409`.
 #[utoipa::path(
     post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
-    params(("id" = String, Path, description = "The job's id")),
+    params(("id" = uuid::Uuid, Path, description = "The job's id")),
     responses(
         (status = 200, description = "The job held no lease and is cancelled", body = JobView),
         (status = 202, description = "Its worker is told to stop it; it ends `cancelled`", body = JobView),
@@ -267,7 +267,7 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
 /// `GET /v1/jobs/{id}`
 #[utoipa::path(
     get, path = "/v1/jobs/{id}", tag = "jobs",
-    params(("id" = String, Path, description = "The job's id")),
+    params(("id" = uuid::Uuid, Path, description = "The job's id")),
     responses(
         (status = 200, description = "The job, with every step of every attempt", body = JobView),
         (status = 400, description = "Not a job id", body = super::openapi::ErrorBody),
@@ -288,7 +288,7 @@ pub async fn get(
 /// `GET /v1/jobs/{id}/events`: the job's history, one entry per transition, oldest first.
 #[utoipa::path(
     get, path = "/v1/jobs/{id}/events", tag = "jobs",
-    params(("id" = String, Path, description = "The job's id")),
+    params(("id" = uuid::Uuid, Path, description = "The job's id")),
     responses(
         (status = 200, description = "The job's history, oldest first", body = EventPage),
         (status = 400, description = "Not a job id", body = super::openapi::ErrorBody),
@@ -327,9 +327,6 @@ pub async fn list(
             ));
         }
     }
-    let Some(project) = listing_scope(&store, &caller, params.get("project").map(String::as_str)).await? else {
-        return Ok(Json(JobPage { jobs: Vec::new(), next_cursor: None }));
-    };
     let state = params
         .get("state")
         .map(|s| s.parse::<JobState>().map_err(|why| ApiError::invalid("state", why)))
@@ -343,6 +340,10 @@ pub async fn list(
         .get("id_prefix")
         .map(|p| crate::job::id_prefix_range(p).map_err(|why| ApiError::invalid("id_prefix", why)))
         .transpose()?;
+    // Every parameter is checked before a project that matches nothing ends the search.
+    let Some(project) = listing_scope(&store, &caller, params.get("project").map(String::as_str)).await? else {
+        return Ok(Json(JobPage { jobs: Vec::new(), next_cursor: None }));
+    };
     let rows = store.jobs(project, state, ids, cursor, limit).await?;
     let next_cursor = if rows.len() as i64 == limit { rows.last().map(|r| r.id) } else { None };
     let jobs = rows.into_iter().map(|r| JobView::new(r, None)).collect();
@@ -354,7 +355,7 @@ pub async fn list(
 /// `Last-Event-ID` or `after`, until the job ends.
 #[utoipa::path(
     get, path = "/v1/jobs/{id}/logs", tag = "jobs",
-    params(("id" = String, Path, description = "The job's id"), LogQuery,
+    params(("id" = uuid::Uuid, Path, description = "The job's id"), LogQuery,
            ("Last-Event-ID" = Option<String>, Header, description = "Resume a stream after this line id")),
     responses(
         (status = 200, description = "A page of lines; with `follow=true` (or `Accept: text/event-stream`) a stream \

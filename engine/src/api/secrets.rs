@@ -26,6 +26,8 @@ const MAX_SECRET_BODY_BYTES: usize = 6 * MAX_VALUE_BYTES + 1024;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretValue {
+    /// 1 byte to 64 KiB, no NUL.
+    #[schema(min_length = 1)]
     value: String,
 }
 
@@ -74,7 +76,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 /// 200 when replaced; the answer names the secret, never its value.
 #[utoipa::path(
     put, path = "/v1/projects/{project}/secrets/{name}", tag = "secrets",
-    params(("project" = String, Path, description = "The project's name"), ("name" = String, Path, description = "The secret's name")),
+    params(("project" = String, Path, description = "The project's name", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "The secret's name", pattern = "^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")),
     request_body = SecretValue,
     responses(
         (status = 201, description = "Set; the answer names the secret, never its value", body = SecretRow),
@@ -134,6 +136,8 @@ pub struct GitDefaultList {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GitDefault {
+    /// A secret of the project that holds git credentials.
+    #[schema(pattern = "^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")]
     secret: String,
 }
 
@@ -141,7 +145,7 @@ pub struct GitDefault {
 /// secret (git credentials) the project's jobs clone `host` with when they name none.
 #[utoipa::path(
     put, path = "/v1/projects/{project}/git-credentials/{host}", tag = "secrets",
-    params(("project" = String, Path, description = "The project's name"), ("host" = String, Path, description = "A git host, lowercase, without port")),
+    params(("project" = String, Path, description = "The project's name", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("host" = String, Path, description = "A git host, lowercase, without port")),
     request_body = GitDefault,
     responses(
         (status = 201, description = "Set", body = GitDefaultRow),
@@ -185,7 +189,7 @@ pub async fn put_git_default(
 /// `GET /v1/projects/{project}/git-credentials`: each host and the secret it uses.
 #[utoipa::path(
     get, path = "/v1/projects/{project}/git-credentials", tag = "secrets",
-    params(("project" = String, Path, description = "The project's name")),
+    params(("project" = String, Path, description = "The project's name", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
     responses(
         (status = 200, description = "Each host and the secret its clones use", body = GitDefaultList),
         (status = 404, description = "No such project (or one of another project)", body = super::openapi::ErrorBody),
@@ -203,7 +207,7 @@ pub async fn list_git_defaults(
 /// `DELETE /v1/projects/{project}/git-credentials/{host}` (admin).
 #[utoipa::path(
     delete, path = "/v1/projects/{project}/git-credentials/{host}", tag = "secrets",
-    params(("project" = String, Path, description = "The project's name"), ("host" = String, Path, description = "A git host, lowercase, without port")),
+    params(("project" = String, Path, description = "The project's name", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("host" = String, Path, description = "A git host, lowercase, without port")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404, description = "No such project, or no credentials for that host", body = super::openapi::ErrorBody),
@@ -226,7 +230,7 @@ pub async fn delete_git_default(
 /// `GET /v1/projects/{project}/secrets`: names, when they were set and by whom.
 #[utoipa::path(
     get, path = "/v1/projects/{project}/secrets", tag = "secrets",
-    params(("project" = String, Path, description = "The project's name")),
+    params(("project" = String, Path, description = "The project's name", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")),
     responses(
         (status = 200, description = "The names, when they were set and by whom; never a value", body = SecretList),
         (status = 404, description = "No such project (or one of another project)", body = super::openapi::ErrorBody),
@@ -246,7 +250,7 @@ pub async fn list_secrets(
 /// have not started fail `secret_missing`.
 #[utoipa::path(
     delete, path = "/v1/projects/{project}/secrets/{name}", tag = "secrets",
-    params(("project" = String, Path, description = "The project's name"), ("name" = String, Path, description = "The secret's name")),
+    params(("project" = String, Path, description = "The project's name", pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("name" = String, Path, description = "The secret's name", pattern = "^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Not a secret name", body = super::openapi::ErrorBody),

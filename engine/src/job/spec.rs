@@ -59,11 +59,17 @@ impl Default for SubmitDefaults {
 pub struct JobRequest {
     /// The project the job is for (default: the token's); not part of the spec.
     pub project: Option<String>,
+    /// The repository: `https://…`, `ssh://…`, `user@host:path`, or `file:///…`
+    /// where the server builds local repositories.
+    #[schema(required = true, value_type = String)]
     pub repo: Option<String>,
     #[serde(rename = "ref")]
     pub git_ref: Option<String>,
     pub dockerfile: Option<String>,
     pub context: Option<String>,
+    /// The image to build: `registry/path:tag`, or without a registry host a local
+    /// image that is not pushed.
+    #[schema(required = true, value_type = String)]
     pub image: Option<String>,
     pub build_args: Option<BTreeMap<String, String>>,
     pub env: Option<BTreeMap<String, String>>,

@@ -89,6 +89,10 @@ impl Store {
     }
 
     pub async fn project_named(&self, name: &str) -> Result<Option<ProjectRow>, StoreError> {
+        // No project has a name that is not one; such text is not sent to Postgres.
+        if !crate::auth::is_project_name(name) {
+            return Ok(None);
+        }
         Ok(sqlx::query_as("select id, name, created_at from projects where name = $1")
             .bind(name)
             .fetch_optional(&self.pool)

@@ -20,6 +20,10 @@ pub enum StoreError {
     /// The report committer has stopped (the process is shutting down).
     #[error("the report committer has stopped")]
     CommitterStopped,
+    /// A text holds what Postgres cannot store (a NUL character): the request's
+    /// fault, whichever field it was.
+    #[error("a text holds a NUL character")]
+    UnstorableText(#[source] sqlx::Error),
     #[error("database error")]
     Database(#[source] sqlx::Error),
 }
@@ -37,6 +41,9 @@ impl From<sqlx::Error> for StoreError {
                 Some(code) if code.starts_with("08") || code.starts_with("57P") || code == "53300" => {
                     StoreError::Unavailable(e)
                 }
+                // 22021: invalid byte sequence (a NUL in text); 22P05: untranslatable
+                // character (`\u0000` in jsonb).
+                Some("22021" | "22P05") => StoreError::UnstorableText(e),
                 _ => StoreError::Database(e),
             },
             _ => StoreError::Database(e),

@@ -150,6 +150,10 @@ async fn every_route_refuses_a_missing_bad_revoked_expired_weak_or_foreign_token
         200,
         "a good token still works"
     );
+    // A request with no token at all guesses nothing: it is refused, never slowed.
+    for _ in 0..30 {
+        assert_eq!(call_from(&api, "127.0.4.2", "GET", "/v1/jobs", None, None).await.0, 401);
+    }
 
     // The history says who submitted.
     let actor: Option<String> = sqlx::query_scalar("select actor from job_events where job_id = $1::uuid")

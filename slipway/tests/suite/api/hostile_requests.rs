@@ -192,11 +192,19 @@ fn cases() -> Vec<Case> {
         ("ref", json!("main\nrefs/heads/evil")),
         ("unknown", json!(1)),
         ("__proto__", json!({ "admin": true })),
+        // A NUL cannot be stored by Postgres: the request's fault, never a 500.
+        ("env", json!({ "A": "x\0y" })),
+        ("build_args", json!({ "A\0": "x" })),
+        ("project", json!("de\0fault")),
     ] {
         let mut body = valid();
         body[field] = value;
         cases.push(post_json(&body));
     }
+    // NULs in the other routes' text.
+    cases.push(get("/v1/audit?action=job%00submit"));
+    cases.push(post("/v1/jobs/cancel", "application/json", r#"{"repo": "git://x\u0000"}"#));
+    cases.push(post("/v1/projects", "application/json", r#"{"name": "a\u0000b"}"#));
     cases
 }
 
