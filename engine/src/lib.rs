@@ -10,3 +10,4 @@ pub mod orchestrator;
 pub mod registry;
 pub mod secrets;
 pub mod store;
+pub mod web;

@@ -147,6 +147,13 @@ async fn principal(state: &AppState, headers: &axum::http::HeaderMap) -> Result<
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .ok_or_else(|| unauthenticated("the Authorization header is not `Bearer <token>`"))?;
+    verify(state, presented).await
+}
+
+/// The caller a presented token names, if it is good: known, not revoked, not
+/// expired. The dashboard's sign-in checks a pasted token with this too.
+pub(crate) async fn verify(state: &AppState, presented: &str) -> Result<Principal, ApiError> {
+    let unauthenticated = |why: &str| ApiError::new(Code::Unauthenticated, why.to_string());
     let prefix = prefix_of(presented).ok_or_else(|| unauthenticated("that is not a Slipway token"))?;
     let presented_hash = crate::auth::token::hash(presented);
     if let Some(principal) = state.tokens.get(&presented_hash) {
@@ -170,14 +177,20 @@ async fn principal(state: &AppState, headers: &axum::http::HeaderMap) -> Result<
             tracing::debug!(error = %e, "cannot note a token's use");
         }
     });
-    let principal = Principal {
-        token_id: row.id,
-        prefix: row.prefix,
-        name: row.name,
-        role: row.role,
-        project: row.project_id.zip(row.project),
-        expires_at: row.expires_at,
-    };
+    let principal = Principal::from(row);
     state.tokens.put(presented_hash, principal.clone());
     Ok(principal)
+}
+
+impl From<crate::store::TokenRow> for Principal {
+    fn from(row: crate::store::TokenRow) -> Self {
+        Principal {
+            token_id: row.id,
+            prefix: row.prefix,
+            name: row.name,
+            role: row.role,
+            project: row.project_id.zip(row.project),
+            expires_at: row.expires_at,
+        }
+    }
 }

@@ -16,10 +16,10 @@ use slipway_observability::metrics;
 use super::auth::Principal;
 use super::body::read_json;
 use super::clients::ClientAddr;
-use super::jobs::listing_scope;
+use super::job_actions::listing_scope;
 use super::{ApiError, AppState};
 use crate::job::{JobId, JobState};
-use crate::store::CancelOutcome;
+use crate::store::{CancelOutcome, JobFilter};
 
 /// The most jobs one request asks to stop.
 pub const MAX_PER_REQUEST: usize = 1000;
@@ -28,13 +28,26 @@ pub const MAX_PER_REQUEST: usize = 1000;
 #[serde(deny_unknown_fields)]
 pub struct CancelFilter {
     /// One unfinished state (`queued`, `cloning`, …).
-    state: Option<JobState>,
+    pub(crate) state: Option<JobState>,
     /// A project's name (an owner token's choice; a project token's own).
-    project: Option<String>,
+    pub(crate) project: Option<String>,
     /// The repository URL, exactly as submitted.
-    repo: Option<String>,
+    pub(crate) repo: Option<String>,
+    /// The image, exactly as submitted.
+    pub(crate) image: Option<String>,
+    /// The first hex digits of the id (1-32, dashes ignored).
+    pub(crate) id_prefix: Option<String>,
     /// Job ids, at most [`MAX_PER_REQUEST`].
-    ids: Option<Vec<JobId>>,
+    pub(crate) ids: Option<Vec<JobId>>,
+}
+
+impl CancelFilter {
+    /// Whether it names nothing (and would match every job).
+    pub(crate) fn is_empty(&self) -> bool {
+        [&self.project, &self.repo, &self.image, &self.id_prefix].iter().all(|f| f.is_none())
+            && self.state.is_none()
+            && self.ids.is_none()
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -65,34 +78,65 @@ pub async fn cancel_matching(
     body: Body,
 ) -> Result<Json<CancelCount>, ApiError> {
     let filter: CancelFilter = read_json(&headers, body).await?;
-    if filter.state.is_none() && filter.project.is_none() && filter.repo.is_none() && filter.ids.is_none() {
+    Ok(Json(cancel_matching_jobs(&state, &caller, client.map(|c| c.0), &filter).await?))
+}
+
+/// The unfinished jobs the filter matches in the caller's projects, oldest first,
+/// at most [`MAX_PER_REQUEST`], and whether more match.
+pub(crate) async fn matching_jobs(
+    state: &AppState,
+    caller: &Principal,
+    filter: &CancelFilter,
+) -> Result<(Vec<(JobId, uuid::Uuid)>, bool), ApiError> {
+    if filter.is_empty() {
         return Err(ApiError::invalid(
             "filter",
-            "name a state, project, repo or ids: an empty filter would cancel every job",
+            "name a state, project, repo, image, id_prefix or ids: an empty filter would cancel every job",
         ));
     }
     if let Some(finished) = filter.state.filter(|s| s.is_terminal()) {
         return Err(ApiError::invalid("state", format!("`{}` jobs have ended already", finished.as_str())));
     }
-    if filter.repo.as_ref().is_some_and(|r| r.is_empty() || r.len() > 4096 || r.chars().any(char::is_control)) {
-        return Err(ApiError::invalid("repo", "a repository URL is 1-4096 characters without control characters"));
+    for (field, text) in [("repo", &filter.repo), ("image", &filter.image)] {
+        if text.as_ref().is_some_and(|t| t.is_empty() || t.len() > 4096 || t.chars().any(char::is_control)) {
+            return Err(ApiError::invalid(field, "1-4096 characters, none of them control characters"));
+        }
     }
+    let id_range = filter
+        .id_prefix
+        .as_deref()
+        .map(|p| crate::job::id_prefix_range(p).map_err(|why| ApiError::invalid("id_prefix", why)))
+        .transpose()?;
     if filter.ids.as_ref().is_some_and(|ids| ids.len() > MAX_PER_REQUEST) {
         return Err(ApiError::invalid("ids", format!("at most {MAX_PER_REQUEST} ids a request")));
     }
-    let mut count = CancelCount { asked: 0, cancelled: 0, stopping: 0, more: false };
-    let Some(project) = listing_scope(&state.store, &caller, filter.project.as_deref()).await? else {
-        return Ok(Json(count));
+    let Some(project) = listing_scope(&state.store, caller, filter.project.as_deref()).await? else {
+        return Ok((Vec::new(), false));
+    };
+    let store_filter = JobFilter {
+        project,
+        state: filter.state,
+        ids: id_range,
+        repo: filter.repo.clone(),
+        image: filter.image.clone(),
     };
     let limit = MAX_PER_REQUEST as i64 + 1;
-    let mut matching = state
-        .store
-        .unfinished_matching(project, filter.state, filter.repo.as_deref(), filter.ids.as_deref(), limit)
-        .await?;
-    count.more = matching.len() > MAX_PER_REQUEST;
+    let mut matching = state.store.unfinished_matching(&store_filter, filter.ids.as_deref(), limit).await?;
+    let more = matching.len() > MAX_PER_REQUEST;
     matching.truncate(MAX_PER_REQUEST);
+    Ok((matching, more))
+}
+
+/// Asks every unfinished job the filter matches, in the caller's projects, to stop.
+pub(crate) async fn cancel_matching_jobs(
+    state: &AppState,
+    caller: &Principal,
+    client: Option<ClientAddr>,
+    filter: &CancelFilter,
+) -> Result<CancelCount, ApiError> {
+    let (matching, more) = matching_jobs(state, caller, filter).await?;
+    let mut count = CancelCount { asked: 0, cancelled: 0, stopping: 0, more };
     let by = caller.label();
-    let client = client.map(|c| c.0);
     for (id, project) in matching {
         match state.store.request_cancel(id, Some(&by)).await? {
             CancelOutcome::Cancelled => {
@@ -105,8 +149,8 @@ pub async fn cancel_matching(
         }
         count.asked += 1;
         let target = id.to_string();
-        super::access::audit(&state, &caller, client, "job.cancel", Some(project), Some(&target)).await;
+        super::access::audit(state, caller, client, "job.cancel", Some(project), Some(&target)).await;
     }
     tracing::info!(asked = count.asked, more = count.more, by = %caller.prefix, "cancel by filter");
-    Ok(Json(count))
+    Ok(count)
 }

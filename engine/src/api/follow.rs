@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::clients::FollowerSlot;
 use crate::job::JobId;
-use crate::store::{CHANGED_CHANNEL, LogRow, Store, TOKENS_CHANNEL};
+use crate::store::{CANCEL_CHANNEL, CHANGED_CHANNEL, LogRow, QUEUED_CHANNEL, Store, TOKENS_CHANNEL};
 
 /// Lines read per query.
 const PAGE: i64 = 1000;
@@ -39,6 +39,9 @@ const FALLBACK_POLL: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct JobChanges {
     followed: Arc<Mutex<HashMap<JobId, watch::Sender<u64>>>>,
+    /// Bumped at every change of any job (a submission, a report, a cancel request):
+    /// the dashboard's lists look again.
+    any: watch::Sender<u64>,
     /// Bumped at every token revocation: each stream then checks its own token.
     revocations: watch::Sender<u64>,
     /// The server's shutdown: every stream ends at once, saying so, so that a
@@ -60,7 +63,8 @@ impl JobChanges {
     pub fn start(store: Store, shutdown: CancellationToken, tokens: Arc<super::auth::TokenCache>) -> Self {
         let followed: Arc<Mutex<HashMap<JobId, watch::Sender<u64>>>> = Arc::default();
         let revocations = watch::channel(0).0;
-        let (table, revoked, stop) = (followed.clone(), revocations.clone(), shutdown.clone());
+        let any = watch::channel(0).0;
+        let (table, revoked, stop, anything) = (followed.clone(), revocations.clone(), shutdown.clone(), any.clone());
         tokio::spawn(async move {
             let on_change = move |channel: &str, payload: &str| {
                 if channel == TOKENS_CHANNEL {
@@ -68,15 +72,24 @@ impl JobChanges {
                         tokens.forget(id);
                     }
                     revoked.send_modify(|n| *n += 1);
-                } else if let Ok(id) = payload.parse::<JobId>()
+                    return;
+                }
+                anything.send_modify(|n| *n += 1);
+                if let Ok(id) = payload.parse::<JobId>()
                     && let Some(changes) = lock(&table).get(&id)
                 {
                     changes.send_modify(|n| *n += 1);
                 }
             };
-            crate::store::listen(store, &[CHANGED_CHANNEL, TOKENS_CHANNEL], on_change, stop).await
+            let channels = [CHANGED_CHANNEL, TOKENS_CHANNEL, QUEUED_CHANNEL, CANCEL_CHANNEL];
+            crate::store::listen(store, &channels, on_change, stop).await
         });
-        JobChanges { followed, revocations, shutdown }
+        JobChanges { followed, any, revocations, shutdown }
+    }
+
+    /// Bumped at every change of any job; and the server's shutdown.
+    pub(crate) fn any(&self) -> (watch::Receiver<u64>, CancellationToken) {
+        (self.any.subscribe(), self.shutdown.clone())
     }
 
     fn subscribe(&self, job: JobId) -> Subscription {
@@ -114,6 +127,8 @@ struct Follower {
     ended: bool,
     /// The token that opened the stream: the stream ends when it stops working.
     token: (uuid::Uuid, Option<chrono::DateTime<chrono::Utc>>),
+    /// How a line becomes an event (JSON for the API, HTML for the dashboard).
+    render: fn(&LogRow) -> Event,
     _slot: FollowerSlot,
 }
 
@@ -125,9 +140,11 @@ pub fn stream(
     after: i64,
     slot: FollowerSlot,
     token: (uuid::Uuid, Option<chrono::DateTime<chrono::Utc>>),
+    render: fn(&LogRow) -> Event,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let changes = changes.subscribe(job);
-    let follower = Follower { store, job, after, changes, pending: VecDeque::new(), ended: false, token, _slot: slot };
+    let follower =
+        Follower { store, job, after, changes, pending: VecDeque::new(), ended: false, token, render, _slot: slot };
     let events = futures_util::stream::unfold(follower, |mut f| async move {
         let event = f.next_event().await?;
         Some((Ok(event), f))
@@ -139,7 +156,7 @@ impl Follower {
     async fn next_event(&mut self) -> Option<Event> {
         loop {
             if let Some(line) = self.pending.pop_front() {
-                return Some(line_event(&line));
+                return Some((self.render)(&line));
             }
             if self.ended {
                 return None;
@@ -197,7 +214,8 @@ impl Follower {
     }
 }
 
-fn line_event(line: &LogRow) -> Event {
+/// A line as the API sends it: its JSON, with its id as the event's.
+pub fn line_event(line: &LogRow) -> Event {
     let data = serde_json::to_string(line).unwrap_or_default();
     Event::default().id(line.id.to_string()).event("line").data(data)
 }

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::body::{read_json, read_optional_json};
 use super::clients::ClientAddr;
+use super::job_actions::{Cancelled, cancel_job, listing_scope, rerun_job, visible};
 use super::views::{EventPage, JobPage, JobView, LogPage};
 use super::{ApiError, AppState, follow};
 use crate::error::Code;
@@ -19,7 +20,7 @@ use tracing::Instrument;
 
 use super::auth::Principal;
 use crate::auth::{DEFAULT_PROJECT, ProjectId};
-use crate::store::{CancelOutcome, JobRow, Store, Submitted, Submitter};
+use crate::store::{JobFilter, Store, Submitted, Submitter};
 
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 500;
@@ -127,42 +128,10 @@ pub async fn rerun(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let store = &state.store;
-    let original = visible(store, &caller, job_id(&id)?).await?;
     let request: RerunRequest = read_optional_json(&headers, body).await?;
-    let mut spec = original.spec.0;
-    if request.same_commit {
-        let Some(commit) = original.commit_sha else {
-            return Err(ApiError {
-                field: Some("same_commit".into()),
-                ..ApiError::new(
-                    Code::Conflict,
-                    format!("job {} has no commit to pin: it ended or stands before its clone", original.id),
-                )
-            });
-        };
-        spec.git_ref = Some(commit);
-    }
-    let id = JobId::new();
-    let span = tracing::info_span!("job.submit", job.id = %id);
-    let traceparent = trace::traceparent_of(&span).unwrap_or_else(trace::random_traceparent);
-    let reason = match (&spec.git_ref, request.same_commit) {
-        (Some(commit), true) => format!("re-run of {} at commit {commit}", original.id),
-        _ => format!("re-run of {}", original.id),
-    };
-    let by =
-        Submitter { project: original.project_id, actor: Some(caller.label()), reason, rerun_of: Some(original.id) };
-    crate::secrets::for_job::check_submission(&state.vault, original.project_id, &spec).await?;
-    let Submitted::Created(row) = store.submit(id, &spec, Some(&traceparent), None, &by).instrument(span).await? else {
-        unreachable!("a submission without a key always creates its job")
-    };
-    tracing::info!(job.id = %row.id, rerun_of = %original.id, by = %caller.prefix, "job re-run");
-    metrics::JOBS_SUBMITTED.inc(&[]);
-    let target = format!("{} (re-run of {})", row.id, original.id);
-    super::access::audit(&state, &caller, client.map(|c| c.0), "job.rerun", Some(row.project_id), Some(&target)).await;
+    let row = rerun_job(&state, &caller, client.map(|c| c.0), job_id(&id)?, request.same_commit).await?;
     let location = format!("/v1/jobs/{}", row.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(JobView::new(*row, Some(Vec::new()))))
-        .into_response())
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(JobView::new(row, Some(Vec::new())))).into_response())
 }
 
 /// `POST /v1/jobs/{id}/rerun`'s optional body.
@@ -193,30 +162,6 @@ async fn project_for(store: &Store, caller: &Principal, named: Option<&str>) -> 
     }
 }
 
-/// The projects a listing (or a cancel by filter) keeps to: a token's own project;
-/// an owner's every project (`Some(None)`), or the one named. `None`: a project the
-/// caller cannot see, or none of that name, so nothing matches.
-pub(super) async fn listing_scope(
-    store: &Store,
-    caller: &Principal,
-    named: Option<&str>,
-) -> Result<Option<Option<ProjectId>>, ApiError> {
-    Ok(match (caller.scope(), named) {
-        (Some(own), None) => Some(Some(own)),
-        (Some(own), Some(name)) if caller.project.as_ref().is_some_and(|(_, n)| n == name) => Some(Some(own)),
-        (Some(_), Some(_)) => None,
-        (None, None) => Some(None),
-        (None, Some(name)) => store.project_named(name).await?.map(|p| Some(p.id)),
-    })
-}
-
-/// The job, if the caller may see it: a job of another project is as missing as
-/// one that never was.
-async fn visible(store: &Store, caller: &Principal, id: JobId) -> Result<JobRow, ApiError> {
-    let row = store.job(id).await?;
-    if caller.sees(row.project_id) { Ok(row) } else { Err(ApiError::not_found("job")) }
-}
-
 /// `POST /v1/jobs/{id}/cancel`: a job without a lease is cancelled at once
 /// (`200`); a leased job's worker is told to stop it (`202`), and the job ends
 /// `cancelled` when it has. A job that already ended answers `409`.
@@ -239,23 +184,10 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     let store = &state.store;
     let id = job_id(&id)?;
-    let job = visible(store, &caller, id).await?;
-    let status = match store.request_cancel(id, Some(&caller.label())).await? {
-        CancelOutcome::Cancelled => {
-            metrics::JOBS_FINISHED.inc(&[JobState::Cancelled.as_str()]);
-            StatusCode::OK
-        }
-        CancelOutcome::Requested => StatusCode::ACCEPTED,
-        CancelOutcome::AlreadyFinished(state) => {
-            return Err(ApiError::new(
-                Code::AlreadyFinished,
-                format!("the job has already ended ({})", state.as_str()),
-            ));
-        }
+    let status = match cancel_job(&state, &caller, client.map(|c| c.0), id).await? {
+        Cancelled::Now => StatusCode::OK,
+        Cancelled::Stopping => StatusCode::ACCEPTED,
     };
-    tracing::info!(job.id = %id, by = %caller.prefix, "cancel requested");
-    let target = id.to_string();
-    super::access::audit(&state, &caller, client.map(|c| c.0), "job.cancel", Some(job.project_id), Some(&target)).await;
     let job = JobView::new(store.job(id).await?, Some(store.steps(id).await?));
     Ok((status, Json(job)).into_response())
 }
@@ -344,7 +276,8 @@ pub async fn list(
     let Some(project) = listing_scope(&store, &caller, params.get("project").map(String::as_str)).await? else {
         return Ok(Json(JobPage { jobs: Vec::new(), next_cursor: None }));
     };
-    let rows = store.jobs(project, state, ids, cursor, limit).await?;
+    let filter = JobFilter { project, state, ids, ..Default::default() };
+    let rows = store.jobs(&filter, cursor, limit).await?;
     let next_cursor = if rows.len() as i64 == limit { rows.last().map(|r| r.id) } else { None };
     let jobs = rows.into_iter().map(|r| JobView::new(r, None)).collect();
     Ok(Json(JobPage { jobs, next_cursor }))
@@ -405,7 +338,8 @@ pub async fn logs(
         let addr = client.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.0);
         let slot = state.clients.follow(addr)?;
         let token = (caller.token_id, caller.expires_at);
-        return Ok(follow::stream(store.clone(), state.changes.clone(), id, after, slot, token).into_response());
+        let stream = follow::stream(store.clone(), state.changes.clone(), id, after, slot, token, follow::line_event);
+        return Ok(stream.into_response());
     }
     let limit = page_size(params.get("limit"), DEFAULT_LOG_PAGE, MAX_LOG_PAGE)?;
     let lines = store.logs(id, after, limit).await?;

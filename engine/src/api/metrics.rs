@@ -37,7 +37,7 @@ pub async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> 
             ));
         }
     }
-    let (depths, oldest) = state.store.queue_stats().await?;
+    let (depths, oldest) = state.store.queue_stats(None).await?;
     metrics::QUEUE_DEPTH.set_all(depths.into_iter().map(|(state, n)| (vec![state.as_str().to_string()], n as f64)));
     metrics::OLDEST_QUEUED_AGE.set(&[], oldest);
     let body = metrics::render();

@@ -3,17 +3,18 @@
 mod access;
 pub mod auth;
 mod body;
-mod bulk_cancel;
-mod clients;
+pub(crate) mod bulk_cancel;
+pub(crate) mod clients;
 mod connections;
 mod error;
-mod follow;
+pub(crate) mod follow;
+pub(crate) mod job_actions;
 mod jobs;
 mod metrics;
 pub mod openapi;
 mod secrets;
 mod serve;
-mod views;
+pub(crate) mod views;
 mod workers;
 
 use axum::Router;
@@ -169,6 +170,7 @@ pub fn router(state: AppState) -> Router {
     }
     router
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::authenticate))
+        .merge(crate::web::router())
         .route("/healthz", get(healthz))
         .route(openapi::OPENAPI_PATH, get(openapi_json))
         .route("/metrics", get(metrics::metrics_text))

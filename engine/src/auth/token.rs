@@ -31,7 +31,8 @@ impl NewToken {
     }
 }
 
-fn random_hex(digits: usize) -> std::io::Result<String> {
+/// `digits` hex digits from the kernel's random source.
+pub(crate) fn random_hex(digits: usize) -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = vec![0u8; digits.div_ceil(2)];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;

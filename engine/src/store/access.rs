@@ -69,7 +69,7 @@ pub struct AuditRow {
     pub outcome: String,
 }
 
-const TOKEN_COLUMNS: &str = "t.id, t.prefix, t.hash, t.name, t.role, t.project_id, p.name as project, \
+pub(super) const TOKEN_COLUMNS: &str = "t.id, t.prefix, t.hash, t.name, t.role, t.project_id, p.name as project, \
                              t.created_at, t.expires_at, t.last_used_at, t.revoked_at";
 
 impl Store {

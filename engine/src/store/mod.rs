@@ -20,6 +20,7 @@ mod listen;
 pub mod logs;
 pub mod reports;
 mod secrets;
+mod sessions;
 mod sweep;
 mod workers;
 
@@ -35,9 +36,10 @@ pub use idempotency::{Submitted, Submitter};
 pub use leases::{CancelOutcome, EndedLease, HeldLease, LeaseStatus};
 pub use listen::listen;
 pub use logs::{LogRow, NewLogLine};
-pub use read::{EventRow, JobRow, StepRow};
+pub use read::{EventRow, JobFilter, JobRow, QueueFigures, StepRow};
 pub use reports::{Finish, Lease, Retry};
 pub use secrets::{GitDefaultRow, PutOutcome, SealedRow, SecretRow};
+pub use sessions::SessionRow;
 pub use sweep::ExpiredJob;
 pub use workers::{WorkerAnswer, WorkerRow, WorkerSeen};
 

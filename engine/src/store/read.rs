@@ -34,6 +34,18 @@ pub struct JobRow {
     pub rerun_of: Option<JobId>,
 }
 
+/// What a listing keeps: every part given must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    pub project: Option<uuid::Uuid>,
+    pub state: Option<JobState>,
+    /// The first and last id of a prefix's range ([`crate::job::id_prefix_range`]).
+    pub ids: Option<(JobId, JobId)>,
+    /// The repository URL and the image, exactly as submitted.
+    pub repo: Option<String>,
+    pub image: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct StepRow {
     pub step: String,
@@ -74,16 +86,10 @@ impl Store {
         job(&mut *self.pool.acquire().await?, id).await
     }
 
-    /// Newest first; `before` is the last id of the previous page.
-    pub async fn jobs(
-        &self,
-        project: Option<uuid::Uuid>,
-        state: Option<JobState>,
-        ids: Option<(JobId, JobId)>,
-        before: Option<JobId>,
-        limit: i64,
-    ) -> Result<Vec<JobRow>, StoreError> {
-        let (first, last) = ids.unzip();
+    /// Newest first, matching every part of `filter`; `before` is the last id of
+    /// the previous page. The primary key orders and pages it.
+    pub async fn jobs(&self, filter: &JobFilter, before: Option<JobId>, limit: i64) -> Result<Vec<JobRow>, StoreError> {
+        let (first, last) = filter.ids.unzip();
         let rows = sqlx::query_as::<_, JobRow>(concat!(
             "select ",
             job_columns!(),
@@ -91,40 +97,69 @@ impl Store {
              where ($1::job_state is null or state = $1) and ($2::uuid is null or id < $2)
                and ($4::uuid is null or project_id = $4)
                and ($5::uuid is null or id between $5 and $6)
+               and ($7::text is null or spec->>'repo' = $7) and ($8::text is null or spec->>'image' = $8)
              order by id desc limit $3"
         ))
-        .bind(state)
+        .bind(filter.state)
         .bind(before)
         .bind(limit)
-        .bind(project)
+        .bind(filter.project)
         .bind(first)
         .bind(last)
+        .bind(filter.repo.as_deref())
+        .bind(filter.image.as_deref())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)
     }
 
-    /// Unfinished jobs matching every filter given, oldest first, at most `limit`:
-    /// what a cancel by filter asks to stop.
+    /// How many jobs match `filter` in each state (its own state left aside), every
+    /// state listed.
+    pub async fn state_counts(&self, filter: &JobFilter) -> Result<Vec<(JobState, i64)>, StoreError> {
+        let (first, last) = filter.ids.unzip();
+        let rows = sqlx::query_as(
+            "select s.state, count(j.id)
+             from unnest(enum_range(null::job_state)) as s(state)
+             left join jobs j on j.state = s.state
+               and ($1::uuid is null or j.project_id = $1)
+               and ($2::uuid is null or j.id between $2 and $3)
+               and ($4::text is null or j.spec->>'repo' = $4) and ($5::text is null or j.spec->>'image' = $5)
+             group by s.state order by s.state",
+        )
+        .bind(filter.project)
+        .bind(first)
+        .bind(last)
+        .bind(filter.repo.as_deref())
+        .bind(filter.image.as_deref())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// Unfinished jobs matching `filter` (and among `ids`, when given), oldest
+    /// first, at most `limit`: what a cancel by filter asks to stop.
     pub async fn unfinished_matching(
         &self,
-        project: Option<uuid::Uuid>,
-        state: Option<JobState>,
-        repo: Option<&str>,
+        filter: &JobFilter,
         ids: Option<&[JobId]>,
         limit: i64,
     ) -> Result<Vec<(JobId, uuid::Uuid)>, StoreError> {
+        let (first, last) = filter.ids.unzip();
         let rows = sqlx::query_as(
             "select id, project_id from jobs
              where state <> all($1) and ($2::job_state is null or state = $2)
                and ($3::uuid is null or project_id = $3) and ($4::text is null or spec->>'repo' = $4)
-               and ($5::uuid[] is null or id = any($5))
-             order by id limit $6",
+               and ($5::text is null or spec->>'image' = $5) and ($6::uuid is null or id between $6 and $7)
+               and ($8::uuid[] is null or id = any($8))
+             order by id limit $9",
         )
         .bind(JobState::TERMINAL)
-        .bind(state)
-        .bind(project)
-        .bind(repo)
+        .bind(filter.state)
+        .bind(filter.project)
+        .bind(filter.repo.as_deref())
+        .bind(filter.image.as_deref())
+        .bind(first)
+        .bind(last)
         .bind(ids)
         .bind(limit)
         .fetch_all(&self.pool)
@@ -145,23 +180,27 @@ impl Store {
     }
 
     /// Unfinished jobs by state (every unfinished state, zero included), and the age
-    /// in seconds of the oldest job waiting to be claimed (0 when none waits).
-    pub async fn queue_stats(&self) -> Result<(Vec<(JobState, i64)>, f64), StoreError> {
-        let counts: Vec<(JobState, i64)> = sqlx::query_as(
+    /// in seconds of the oldest job waiting to be claimed (0 when none waits), in
+    /// one project or all.
+    pub async fn queue_stats(&self, project: Option<uuid::Uuid>) -> Result<(Vec<(JobState, i64)>, f64), StoreError> {
+        let counts = sqlx::query_as(
             "select s.state, count(j.id)
              from unnest(enum_range(null::job_state)) as s(state)
-             left join jobs j on j.state = s.state
+             left join jobs j on j.state = s.state and ($2::uuid is null or j.project_id = $2)
              where s.state <> all($1)
              group by s.state order by s.state",
         )
         .bind(JobState::TERMINAL)
+        .bind(project)
         .fetch_all(&self.pool)
         .await?;
-        let oldest: f64 = sqlx::query_scalar(
+        let oldest = sqlx::query_scalar(
             "select coalesce(extract(epoch from now() - min(run_after))::double precision, 0)
-             from jobs where lease_token is null and state = any($1) and run_after <= now()",
+             from jobs where lease_token is null and state = any($1) and run_after <= now()
+               and ($2::uuid is null or project_id = $2)",
         )
         .bind(Transition::Claim.from_states())
+        .bind(project)
         .fetch_one(&self.pool)
         .await?;
         Ok((counts, oldest))
@@ -187,4 +226,45 @@ pub async fn job(conn: &mut sqlx::PgConnection, id: JobId) -> Result<JobRow, Sto
         .fetch_one(&mut *conn)
         .await?;
     Ok(row)
+}
+
+/// What the dashboard's queue page shows, in one project or all.
+#[derive(Debug, Clone, Default)]
+pub struct QueueFigures {
+    /// Jobs in each unfinished state.
+    pub depth: Vec<(JobState, i64)>,
+    /// Seconds the oldest runnable job has waited (0 when none waits).
+    pub oldest_wait: f64,
+    /// Jobs finished in each of the last 60 minutes, oldest first (minute, count).
+    pub finished_per_minute: Vec<(DateTime<Utc>, i64)>,
+    /// Why jobs failed in the last day: error code, count.
+    pub failures: Vec<(String, i64)>,
+}
+
+impl Store {
+    /// The queue's figures, from SQL (the finished jobs through their index).
+    pub async fn queue_figures(&self, project: Option<uuid::Uuid>) -> Result<QueueFigures, StoreError> {
+        let (depth, oldest_wait) = self.queue_stats(project).await?;
+        let finished_per_minute = sqlx::query_as(
+            "select m.minute, count(j.id)
+             from generate_series(date_trunc('minute', now()) - interval '59 minutes', date_trunc('minute', now()),
+                                  interval '1 minute') as m(minute)
+             left join jobs j on j.finished_at >= m.minute and j.finished_at < m.minute + interval '1 minute'
+               and ($1::uuid is null or j.project_id = $1)
+             group by m.minute order by m.minute",
+        )
+        .bind(project)
+        .fetch_all(&self.pool)
+        .await?;
+        let failures = sqlx::query_as(
+            "select coalesce(error_code, 'unknown'), count(*) from jobs
+             where state = 'failed' and finished_at > now() - interval '1 day'
+               and ($1::uuid is null or project_id = $1)
+             group by 1 order by 2 desc, 1 limit 20",
+        )
+        .bind(project)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(QueueFigures { depth, oldest_wait, finished_per_minute, failures })
+    }
 }
