@@ -65,7 +65,7 @@ pub(super) async fn queue(State(state): State<AppState>, headers: HeaderMap) -> 
     let body = html! {
         h1 { "Queue" }
         ul.counts {
-            @for (s, n) in &figures.depth { li { span.state class=(s.as_str()) { (s.as_str()) " " strong { (n) } } } }
+            @for (s, n) in &figures.depth { li { span class=(format!("state {}", s.as_str())) { (s.as_str()) " " strong { (n) } } } }
         }
         p { "The oldest job waiting to be claimed has waited " strong { (seconds(figures.oldest_wait)) } "." }
         h2 { "Finished per minute, last hour (" (finished) " in all)" }

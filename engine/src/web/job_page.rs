@@ -54,7 +54,7 @@ fn body(viewer: &Viewer, job: &JobRow, steps: &[StepRow], events: &[EventRow], l
     html! {
         div.job-head {
             h1 { "Job " code { (job.id) } }
-            span.state.big class=(job.state.as_str()) #job-state { (job.state.as_str()) }
+            span #job-state class=(format!("state big {}", job.state.as_str())) { (job.state.as_str()) }
             @if can_cancel(viewer) {
                 div.buttons {
                     @if !job.state.is_terminal() {
@@ -110,7 +110,7 @@ fn body(viewer: &Viewer, job: &JobRow, steps: &[StepRow], events: &[EventRow], l
                     tr {
                         td { time datetime=(e.at.to_rfc3339()) { (e.at.format("%H:%M:%S%.3f")) } }
                         td { (e.from_state.map_or("", |s| s.as_str())) }
-                        td { span.state class=(e.to_state.as_str()) { (e.to_state.as_str()) } }
+                        td { span class=(format!("state {}", e.to_state.as_str())) { (e.to_state.as_str()) } }
                         td { (e.attempt) }
                         td { (e.worker.as_deref().unwrap_or("")) }
                         td.wrap { (e.reason.as_deref().unwrap_or("")) }

@@ -199,7 +199,7 @@ fn counts_bar(query: &ListQuery, counts: &[(JobState, i64)]) -> Markup {
         ul #counts.counts {
             @for (state, n) in counts {
                 @let link = ListQuery { state: Some(state.as_str().to_string()), cursor: None, ..query.clone() };
-                li { a.state class=(state.as_str()) href=(format!("/{}", link.to_query(None))) { (state.as_str()) " " strong { (n) } } }
+                li { a class=(format!("state {}", state.as_str())) href=(format!("/{}", link.to_query(None))) { (state.as_str()) " " strong { (n) } } }
             }
         }
     }
@@ -221,7 +221,7 @@ fn rows_table(viewer: &Viewer, rows: &[JobRow]) -> Markup {
                             td { @if !job.state.is_terminal() { input type="checkbox" name="ids" value=(job.id) aria-label="select"; } }
                         }
                         td { a href=(format!("/jobs/{}", job.id)) { code { (short(job.id)) } } }
-                        td { span.state class=(job.state.as_str()) { (job.state.as_str()) } }
+                        td { span class=(format!("state {}", job.state.as_str())) { (job.state.as_str()) } }
                         td { (job.project) }
                         td.wrap { (job.spec.0.repo) }
                         td.wrap { (job.spec.0.image) }

@@ -30,7 +30,7 @@ enum Colour {
 /// One stored line, rendered.
 pub(super) fn line(row: &LogRow) -> Markup {
     html! {
-        div.line class=(row.stream) data-id=(row.id) data-attempt=(row.attempt) data-step=(row.step) {
+        div class=(format!("line {}", row.stream)) data-id=(row.id) data-attempt=(row.attempt) data-step=(row.step) {
             (text(&row.line))
         }
     }
