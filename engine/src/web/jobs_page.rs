@@ -60,7 +60,7 @@ impl ListQuery {
             ("cursor", &cursor),
         ];
         let parts: Vec<String> =
-            pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v)))).collect();
+            pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", super::encode(v)))).collect();
         if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
     }
 
@@ -268,13 +268,4 @@ pub(super) fn seconds(s: f64) -> String {
     } else {
         format!("{:.1} h", s / 3600.0)
     }
-}
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -46,7 +46,7 @@ impl Viewer {
 
 /// The signed-in viewer, or the sign-in page's address to send the browser to.
 pub(super) async fn viewer(state: &AppState, headers: &HeaderMap, here: &str) -> Result<Viewer, Response> {
-    let to_login = || Redirect::to(&format!("/login?next={}", encode(here))).into_response();
+    let to_login = || Redirect::to(&format!("/login?next={}", super::encode(here))).into_response();
     let Some(id) = cookie(headers, SESSION_COOKIE) else { return Err(to_login()) };
     match state.store.session(&hash(id)).await {
         Ok(Some(session)) => Ok(Viewer { principal: Principal::from(session.token), csrf: session.csrf }),
@@ -199,15 +199,6 @@ fn local_path(next: Option<&str>) -> &str {
 fn same(a: &str, b: &str) -> bool {
     let (a, b) = (hash(a), hash(b));
     a.iter().zip(&b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! names the field and writes nothing; jobs read back, page and filter.
 
 mod auth;
+mod dashboard;
 mod hostile_requests;
 mod openapi;
 mod operations;
