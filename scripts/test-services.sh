@@ -13,6 +13,7 @@ SLIPWAY_TEST_PG_PORT="${SLIPWAY_TEST_PG_PORT:-55432}"
 SLIPWAY_MOTO_VENV="${SLIPWAY_MOTO_VENV:-/opt/slipway-moto}"
 SLIPWAY_MOTO_VERSION="5.2.5"
 SLIPWAY_TEST_REGISTRY="${SLIPWAY_TEST_REGISTRY:-127.0.0.1:5000}"
+export SLIPWAY_TEST_CHROMEDRIVER="${SLIPWAY_TEST_CHROMEDRIVER:-/usr/bin/chromedriver}"
 # schemathesis, which fuzzes the HTTP API against its OpenAPI document.
 SLIPWAY_SCHEMATHESIS_VENV="${SLIPWAY_SCHEMATHESIS_VENV:-/opt/slipway-schemathesis}"
 SLIPWAY_SCHEMATHESIS_VERSION="4.32.5"
@@ -32,6 +33,9 @@ ensure_packages() {
     dpkg -s libssl-dev >/dev/null 2>&1 || missing+=(libssl-dev)
     # sshd serves the tests' private repositories over ssh.
     [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+    # A real browser for the dashboard's tests.
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
     [ ${#missing[@]} -eq 0 ] && return 0
     if [ "$(id -u)" != 0 ]; then
         echo "missing packages: ${missing[*]}; install them (apt-get install ${missing[*]}) or run as root" >&2
@@ -204,6 +208,7 @@ leftover_snapshot() {
         pgrep -f "docker-registry serve" || true
         pgrep -f "sshd -D -e -f" || true
         pgrep -f "slipway-schemathesis/bin/st" || true
+        pgrep -x chromedriver || true
     } | sort -n
 }
 

@@ -2,7 +2,8 @@
 //! `/live/jobs` says `changed` when any job changed (the script then fetches the
 //! list's rows again), and `/live/jobs/{id}/logs` sends a job's new lines already
 //! rendered as HTML, then `end`; a stream opened by a session stops being fed when
-//! the session's token is revoked or expires.
+//! the session's token is revoked or expires. Every event carries data: a browser
+//! drops an event whose data is empty.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -63,7 +64,10 @@ pub(super) async fn jobs(
                 let event = Event::default().event("error").data("the session's token was revoked or expired");
                 return Some((Ok(event), (changes, shutdown, store, token, slot, true)));
             }
-            Some((Ok(Event::default().event("changed").data("")), (changes, shutdown, store, token, slot, false)))
+            Some((
+                Ok(Event::default().event("changed").data("jobs changed")),
+                (changes, shutdown, store, token, slot, false),
+            ))
         },
     );
     Sse::new(events).keep_alive(KeepAlive::default()).into_response()

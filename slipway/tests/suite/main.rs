@@ -5,6 +5,7 @@
 mod api;
 #[cfg(feature = "aws")]
 mod aws_clients;
+mod browser;
 mod cli;
 mod common;
 #[cfg(feature = "aws")]

@@ -65,7 +65,8 @@ async function refreshJob() {
   for (const selector of ["#job-state", ".job-head .buttons", ".problem", "dl.facts", "svg.timeline", "table.events"]) {
     const mine = document.querySelector(selector);
     const theirs = copy.querySelector(selector);
-    if (mine && theirs) mine.replaceWith(theirs);
+    // Only what changed is swapped: a button being pressed stays the same button.
+    if (mine && theirs && mine.outerHTML !== theirs.outerHTML) mine.replaceWith(theirs);
     else if (!mine && theirs && selector === ".problem") document.querySelector("dl.facts")?.before(theirs);
   }
 }

@@ -25,6 +25,7 @@ mod processes;
 mod registry;
 mod sse;
 mod tls;
+pub mod webdriver;
 
 pub use api::*;
 pub use db::*;
