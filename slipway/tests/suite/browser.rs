@@ -65,6 +65,9 @@ async fn a_job_is_watched_cancelled_and_rerun_in_a_browser_and_a_reader_cannot_c
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(browser.run("return window.slipwayMark;", json!([])).await, "job page", "the page was reloaded");
+    // Paused, from the top: the picture of a job page.
+    browser.click_on("#follow", LIMIT).await;
+    browser.run("window.scrollTo(0, 0);", json!([])).await;
     keep("dashboard-job.png", &browser.screenshot().await);
 
     // Cancel: the job ends cancelled, and says so on its page.
