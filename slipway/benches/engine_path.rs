@@ -18,7 +18,8 @@
 //!   rate of `BENCH_RATE` jobs/s, beside the raw floor of a LISTEN/NOTIFY + SKIP
 //!   LOCKED queue measured in the same run (the statements of
 //!   `shared/bench/latency-floor/latency_floor.py`);
-//! - the size of the tables after the backlog, and after a sweep deleted it.
+//! - the size of the tables after the backlog, and after a sweep deleted it;
+//! - the dashboard's job list with `BENCH_DASHBOARD_JOBS` (100,000) jobs stored.
 //!
 //! Run with `scripts/bench` (it starts Postgres like the tests do).
 
@@ -29,6 +30,9 @@ mod common;
 
 #[path = "engine_path/load.rs"]
 mod load;
+
+#[path = "engine_path/dashboard.rs"]
+mod dashboard;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -452,6 +456,9 @@ async fn main() {
     if std::env::var("BENCH_ONLY").as_deref() == Ok("auth") {
         return auth_cost(env_or("BENCH_SUBMISSIONS", 1000)).await;
     }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("dashboard") {
+        return dashboard::job_list(env_or("BENCH_DASHBOARD_JOBS", 100_000), env_or("BENCH_PAGE_LOADS", 50)).await;
+    }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("load") {
         return load::under_load(rate, seconds, env_or("BENCH_IDLE", 20_000), env_or("BENCH_FOLLOWERS", 1_500)).await;
     }
@@ -476,4 +483,5 @@ async fn main() {
     sqlx::query("vacuum analyze").execute(store.pool()).await.unwrap();
     table_sizes(store, "after the sweep and a vacuum").await;
     load::under_load(rate, seconds, env_or("BENCH_IDLE", 20_000), env_or("BENCH_FOLLOWERS", 1_500)).await;
+    dashboard::job_list(env_or("BENCH_DASHBOARD_JOBS", 100_000), env_or("BENCH_PAGE_LOADS", 50)).await;
 }
