@@ -40,8 +40,8 @@ async fn checked(state: &crate::api::AppState, headers: &HeaderMap, fields: &Fie
     Ok(viewer)
 }
 
-fn job_id(raw: &str) -> Result<JobId, Response> {
-    raw.parse().map_err(|_| layout::error_page(ApiError::invalid("id", format!("`{raw}` is not a job id"))))
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse().map_err(|_| ApiError::invalid("id", format!("`{raw}` is not a job id")))
 }
 
 /// `POST /jobs/{id}/cancel`.
@@ -58,7 +58,7 @@ pub(super) async fn cancel(
     };
     let id = match job_id(&id) {
         Ok(id) => id,
-        Err(bad) => return bad,
+        Err(bad) => return layout::error_page(bad),
     };
     match cancel_job(&state, &viewer.principal, client.map(|c| c.0), id).await {
         Ok(_) => Redirect::to(&format!("/jobs/{id}")).into_response(),
@@ -80,7 +80,7 @@ pub(super) async fn rerun(
     };
     let id = match job_id(&id) {
         Ok(id) => id,
-        Err(bad) => return bad,
+        Err(bad) => return layout::error_page(bad),
     };
     let same_commit = field(&fields, "same_commit") == Some("true");
     match rerun_job(&state, &viewer.principal, client.map(|c| c.0), id, same_commit).await {
