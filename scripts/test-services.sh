@@ -79,36 +79,31 @@ ensure_docker() {
     return 1
 }
 
-# Installs moto's server from PyPI unless it is there; exports its path.
-ensure_moto() {
-    local server="$SLIPWAY_MOTO_VENV/bin/moto_server"
+# Installs a PyPI package at a pinned version into a virtualenv of its own, unless
+# it is there: `ensure_pip_tool VENV PACKAGE VERSION [EXTRAS]`.
+ensure_pip_tool() {
+    local venv="$1" package="$2" version="$3" extras="${4:-}"
     local installed=""
-    [ -x "$server" ] && installed="$("$SLIPWAY_MOTO_VENV/bin/pip" show moto 2>/dev/null || true)"
-    if ! grep -qx "Version: $SLIPWAY_MOTO_VERSION" <<<"$installed"; then
-        echo "installing moto $SLIPWAY_MOTO_VERSION into $SLIPWAY_MOTO_VENV" >&2
-        python3 -m venv "$SLIPWAY_MOTO_VENV" 2>/dev/null || {
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-            python3 -m venv "$SLIPWAY_MOTO_VENV"
-        }
-        "$SLIPWAY_MOTO_VENV/bin/pip" install -q "moto[server]==$SLIPWAY_MOTO_VERSION"
-    fi
-    export SLIPWAY_TEST_MOTO_SERVER="$server"
+    [ -x "$venv/bin/pip" ] && installed="$("$venv/bin/pip" show "$package" 2>/dev/null || true)"
+    grep -qx "Version: $version" <<<"$installed" && return 0
+    echo "installing $package $version into $venv" >&2
+    python3 -m venv "$venv" 2>/dev/null || {
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        python3 -m venv "$venv"
+    }
+    "$venv/bin/pip" install -q "$package$extras==$version"
 }
 
-# Installs schemathesis from PyPI unless it is there; exports its path.
+# moto's server, from PyPI; exports its path.
+ensure_moto() {
+    ensure_pip_tool "$SLIPWAY_MOTO_VENV" moto "$SLIPWAY_MOTO_VERSION" "[server]"
+    export SLIPWAY_TEST_MOTO_SERVER="$SLIPWAY_MOTO_VENV/bin/moto_server"
+}
+
+# schemathesis, from PyPI; exports its path.
 ensure_schemathesis() {
-    local st="$SLIPWAY_SCHEMATHESIS_VENV/bin/st"
-    local installed=""
-    [ -x "$st" ] && installed="$("$SLIPWAY_SCHEMATHESIS_VENV/bin/pip" show schemathesis 2>/dev/null || true)"
-    if ! grep -qx "Version: $SLIPWAY_SCHEMATHESIS_VERSION" <<<"$installed"; then
-        echo "installing schemathesis $SLIPWAY_SCHEMATHESIS_VERSION into $SLIPWAY_SCHEMATHESIS_VENV" >&2
-        python3 -m venv "$SLIPWAY_SCHEMATHESIS_VENV" 2>/dev/null || {
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-            python3 -m venv "$SLIPWAY_SCHEMATHESIS_VENV"
-        }
-        "$SLIPWAY_SCHEMATHESIS_VENV/bin/pip" install -q "schemathesis==$SLIPWAY_SCHEMATHESIS_VERSION"
-    fi
-    export SLIPWAY_TEST_SCHEMATHESIS="$st"
+    ensure_pip_tool "$SLIPWAY_SCHEMATHESIS_VENV" schemathesis "$SLIPWAY_SCHEMATHESIS_VERSION"
+    export SLIPWAY_TEST_SCHEMATHESIS="$SLIPWAY_SCHEMATHESIS_VENV/bin/st"
 }
 
 pg_bin() {

@@ -40,8 +40,18 @@ async fn checked(state: &crate::api::AppState, headers: &HeaderMap, fields: &Fie
     Ok(viewer)
 }
 
-fn job_id(raw: &str) -> Result<JobId, ApiError> {
-    raw.parse().map_err(|_| ApiError::invalid("id", format!("`{raw}` is not a job id")))
+/// A form about one job: its viewer (checked as [`checked`] does) and the job's id.
+async fn one_job(
+    state: &crate::api::AppState,
+    headers: &HeaderMap,
+    fields: &Fields,
+    raw_id: &str,
+) -> Result<(Viewer, JobId), Response> {
+    let viewer = checked(state, headers, fields).await?;
+    let id = raw_id
+        .parse()
+        .map_err(|_| layout::error_page(ApiError::invalid("id", format!("`{raw_id}` is not a job id"))))?;
+    Ok((viewer, id))
 }
 
 /// `POST /jobs/{id}/cancel`.
@@ -52,13 +62,9 @@ pub(super) async fn cancel(
     headers: HeaderMap,
     Form(fields): Form<Fields>,
 ) -> Response {
-    let viewer = match checked(&state, &headers, &fields).await {
-        Ok(v) => v,
+    let (viewer, id) = match one_job(&state, &headers, &fields, &id).await {
+        Ok(found) => found,
         Err(refused) => return refused,
-    };
-    let id = match job_id(&id) {
-        Ok(id) => id,
-        Err(bad) => return layout::error_page(bad),
     };
     match cancel_job(&state, &viewer.principal, client.map(|c| c.0), id).await {
         Ok(_) => Redirect::to(&format!("/jobs/{id}")).into_response(),
@@ -74,13 +80,9 @@ pub(super) async fn rerun(
     headers: HeaderMap,
     Form(fields): Form<Fields>,
 ) -> Response {
-    let viewer = match checked(&state, &headers, &fields).await {
-        Ok(v) => v,
+    let (viewer, id) = match one_job(&state, &headers, &fields, &id).await {
+        Ok(found) => found,
         Err(refused) => return refused,
-    };
-    let id = match job_id(&id) {
-        Ok(id) => id,
-        Err(bad) => return layout::error_page(bad),
     };
     let same_commit = field(&fields, "same_commit") == Some("true");
     match rerun_job(&state, &viewer.principal, client.map(|c| c.0), id, same_commit).await {

@@ -155,22 +155,12 @@ pub(super) fn can_cancel(viewer: &Viewer) -> bool {
 }
 
 fn filter_form(query: &ListQuery) -> Markup {
-    let states = [
-        JobState::Queued,
-        JobState::Cloning,
-        JobState::Building,
-        JobState::Pushing,
-        JobState::Running,
-        JobState::Succeeded,
-        JobState::Failed,
-        JobState::Cancelled,
-    ];
     html! {
         form.filters method="get" action="/" {
             label { "State "
                 select name="state" {
                     option value="" { "any" }
-                    @for s in states {
+                    @for s in JobState::ALL {
                         option value=(s.as_str()) selected[query.state.as_deref() == Some(s.as_str())] { (s.as_str()) }
                     }
                 }
