@@ -89,7 +89,11 @@ fn body(viewer: &Viewer, job: &JobRow, steps: &[StepRow], events: &[EventRow], l
             dt { "Runs on" } dd { (spec.run.runtime.as_str())
                 @if let Some(c) = &job.container_id { " · container " code { (c.get(..12).unwrap_or(c)) } }
                 @if let Some(t) = &job.task_arn { " · task " code { (t) } } }
-            dt { "Worker" } dd { (job.lease_worker.as_deref().unwrap_or("—")) }
+            dt { "Worker" } dd {
+                @if let Some(worker) = &job.lease_worker { (worker) }
+                @else if let Some(last) = steps.iter().rev().find_map(|s| s.worker.as_deref()) { (last) " (last)" }
+                @else { "—" }
+            }
             dt { "Exit code" } dd { (job.exit_code.map_or("—".to_string(), |c| c.to_string())) }
             dt { "Submitted" } dd { time datetime=(job.created_at.to_rfc3339()) { (ago(job.created_at)) } }
             @if let Some(original) = job.rerun_of {

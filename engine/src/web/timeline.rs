@@ -42,7 +42,12 @@ pub(super) fn svg(created_at: DateTime<Utc>, finished_at: Option<DateTime<Utc>>,
                     title { (label) ": " (took) " (" (class) ")" }
                     text x="4" y=(y + 15.0) { (label) }
                     rect x=(from) y=(y) width=((to - from).max(2.0)) height=(ROW - 6.0) rx="3" {}
-                    text.took x=((to + 4.0).min(WIDTH - 60.0)) y=(y + 15.0) { (took) }
+                    // Beside the bar, or inside its end when the bar reaches the edge.
+                    @if *to + 60.0 < WIDTH {
+                        text.took x=(to + 4.0) y=(y + 15.0) { (took) }
+                    } @else {
+                        text.took.inside x=(to - 4.0) y=(y + 15.0) text-anchor="end" { (took) }
+                    }
                 }
             }
             text.axis x=(LABEL) y=(height - 4.0) { "submitted" }
