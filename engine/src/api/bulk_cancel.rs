@@ -16,7 +16,7 @@ use slipway_observability::metrics;
 use super::auth::Principal;
 use super::body::read_json;
 use super::clients::ClientAddr;
-use super::job_actions::listing_scope;
+use super::job_actions::{check_filter_text, listing_scope};
 use super::{ApiError, AppState};
 use crate::job::{JobId, JobState};
 use crate::store::{CancelOutcome, JobFilter};
@@ -97,11 +97,8 @@ pub(crate) async fn matching_jobs(
     if let Some(finished) = filter.state.filter(|s| s.is_terminal()) {
         return Err(ApiError::invalid("state", format!("`{}` jobs have ended already", finished.as_str())));
     }
-    for (field, text) in [("repo", &filter.repo), ("image", &filter.image)] {
-        if text.as_ref().is_some_and(|t| t.is_empty() || t.len() > 4096 || t.chars().any(char::is_control)) {
-            return Err(ApiError::invalid(field, "1-4096 characters, none of them control characters"));
-        }
-    }
+    check_filter_text("repo", filter.repo.as_deref())?;
+    check_filter_text("image", filter.image.as_deref())?;
     let id_range = filter
         .id_prefix
         .as_deref()

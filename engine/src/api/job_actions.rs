@@ -30,6 +30,18 @@ pub(crate) async fn listing_scope(
     })
 }
 
+/// A repository or image a filter names: compared with what jobs were submitted
+/// with, so 1-4096 characters and no control character (nothing Postgres cannot
+/// store, nothing no job could hold).
+pub(crate) fn check_filter_text(field: &str, text: Option<&str>) -> Result<(), ApiError> {
+    match text {
+        Some(t) if t.is_empty() || t.len() > 4096 || t.chars().any(char::is_control) => {
+            Err(ApiError::invalid(field, "1-4096 characters, none of them control characters"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The job, if the caller may see it: a job of another project is as missing as
 /// one that never was.
 pub(crate) async fn visible(store: &Store, caller: &Principal, id: JobId) -> Result<JobRow, ApiError> {

@@ -192,7 +192,8 @@ pub async fn cancel(
     Ok((status, Json(job)).into_response())
 }
 
-fn job_id(raw: &str) -> Result<JobId, ApiError> {
+/// A job id from a path, or `400` naming `id`.
+pub(crate) fn job_id(raw: &str) -> Result<JobId, ApiError> {
     raw.parse().map_err(|_| ApiError::invalid("id", format!("`{raw}` is not a job id")))
 }
 

@@ -26,10 +26,7 @@ pub async fn metrics_text(State(state): State<AppState>, headers: HeaderMap) -> 
     if let Some(expected) = &state.metrics_token {
         let presented =
             headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        let same = presented.is_some_and(|p| {
-            let (a, b) = (crate::auth::token::hash(p), crate::auth::token::hash(expected));
-            a.iter().zip(&b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-        });
+        let same = presented.is_some_and(|p| crate::auth::token::matches(p, &crate::auth::token::hash(expected)));
         if !same {
             return Err(ApiError::new(
                 Code::Unauthenticated,

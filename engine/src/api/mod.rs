@@ -9,13 +9,13 @@ mod connections;
 mod error;
 pub(crate) mod follow;
 pub(crate) mod job_actions;
-mod jobs;
+pub(crate) mod jobs;
 mod metrics;
 pub mod openapi;
 mod secrets;
 mod serve;
 pub(crate) mod views;
-mod workers;
+pub(crate) mod workers;
 
 use axum::Router;
 use axum::routing::{MethodRouter, get, post};

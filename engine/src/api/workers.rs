@@ -13,7 +13,7 @@ use crate::store::{Store, WorkerRow};
 
 /// Workers no orchestrator pinged for this long are left out (gone from the
 /// configuration, or every orchestrator down).
-const SHOWN_WITHIN: std::time::Duration = std::time::Duration::from_secs(600);
+pub(crate) const SHOWN_WITHIN: std::time::Duration = std::time::Duration::from_secs(600);
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WorkerList {

@@ -15,6 +15,7 @@ use crate::api::ApiError;
 use crate::api::bulk_cancel::{CancelFilter, MAX_PER_REQUEST, cancel_matching_jobs, matching_jobs};
 use crate::api::clients::ClientAddr;
 use crate::api::job_actions::{cancel_job, rerun_job};
+use crate::api::jobs::job_id;
 use crate::job::{JobId, JobState};
 
 type Fields = Vec<(String, String)>;
@@ -48,9 +49,7 @@ async fn one_job(
     raw_id: &str,
 ) -> Result<(Viewer, JobId), Response> {
     let viewer = checked(state, headers, fields).await?;
-    let id = raw_id
-        .parse()
-        .map_err(|_| layout::error_page(ApiError::invalid("id", format!("`{raw_id}` is not a job id"))))?;
+    let id = job_id(raw_id).map_err(layout::error_page)?;
     Ok((viewer, id))
 }
 

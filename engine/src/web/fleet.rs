@@ -12,9 +12,7 @@ use super::jobs_page::{ago, seconds};
 use super::layout::{self, Section};
 use super::session::viewer;
 use crate::api::AppState;
-
-/// Workers no orchestrator pinged for this long are left out.
-const SHOWN_WITHIN: std::time::Duration = std::time::Duration::from_secs(600);
+use crate::api::workers::SHOWN_WITHIN;
 
 pub(super) async fn workers(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let viewer = match viewer(&state, &headers, "/workers").await {

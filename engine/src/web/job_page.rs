@@ -16,7 +16,7 @@ use super::{log_lines, timeline};
 use crate::api::ApiError;
 use crate::api::AppState;
 use crate::api::job_actions::visible;
-use crate::job::JobId;
+use crate::api::jobs::job_id;
 use crate::store::{EventRow, JobRow, LogRow, StepRow};
 
 /// Lines shown when the page loads; the rest is in the raw log.
@@ -39,7 +39,7 @@ pub(super) async fn page(State(state): State<AppState>, headers: HeaderMap, Path
 type Read = (JobRow, Vec<StepRow>, Vec<EventRow>, Vec<LogRow>);
 
 async fn read(state: &AppState, viewer: &Viewer, id: &str) -> Result<Read, ApiError> {
-    let id: JobId = id.parse().map_err(|_| ApiError::invalid("id", format!("`{id}` is not a job id")))?;
+    let id = job_id(id)?;
     let job = visible(&state.store, &viewer.principal, id).await?;
     let steps = state.store.steps(id).await?;
     let events = state.store.events(id).await?;
@@ -147,7 +147,7 @@ pub(super) async fn raw_log(State(state): State<AppState>, headers: HeaderMap, P
         Err(to_login) => return to_login,
     };
     let read = async {
-        let id: JobId = id.parse().map_err(|_| ApiError::invalid("id", format!("`{id}` is not a job id")))?;
+        let id = job_id(&id)?;
         visible(&state.store, &viewer.principal, id).await?;
         let mut text = String::new();
         let mut after = 0;

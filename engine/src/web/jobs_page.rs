@@ -17,7 +17,7 @@ use super::layout::{self, Section};
 use super::session::{Viewer, viewer};
 use crate::api::ApiError;
 use crate::api::AppState;
-use crate::api::job_actions::listing_scope;
+use crate::api::job_actions::{check_filter_text, listing_scope};
 use crate::auth::Role;
 use crate::job::{JobId, JobState};
 use crate::store::{JobFilter, JobRow};
@@ -76,11 +76,8 @@ impl ListQuery {
             .as_deref()
             .map(|p| crate::job::id_prefix_range(p).map_err(|why| ApiError::invalid("id", why)))
             .transpose()?;
-        for (field, text) in [("repo", &self.repo), ("image", &self.image)] {
-            if text.as_ref().is_some_and(|t| t.len() > 4096 || t.chars().any(char::is_control)) {
-                return Err(ApiError::invalid(field, "at most 4096 characters, none of them control characters"));
-            }
-        }
+        check_filter_text("repo", self.repo.as_deref())?;
+        check_filter_text("image", self.image.as_deref())?;
         let Some(project) = listing_scope(&state.store, &viewer.principal, self.project.as_deref()).await? else {
             return Ok(None);
         };

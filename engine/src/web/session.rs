@@ -23,7 +23,7 @@ use super::layout;
 use crate::api::AppState;
 use crate::api::auth::Principal;
 use crate::api::clients::ClientAddr;
-use crate::auth::token::{hash, random_hex};
+use crate::auth::token::{hash, matches, random_hex};
 
 const SESSION_COOKIE: &str = "slipway_session";
 const LOGIN_COOKIE: &str = "slipway_login";
@@ -197,8 +197,7 @@ fn local_path(next: Option<&str>) -> &str {
 
 /// Constant-time comparison of two secrets.
 fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (hash(a), hash(b));
-    a.iter().zip(&b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    matches(a, &hash(b))
 }
 
 #[cfg(test)]

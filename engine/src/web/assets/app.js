@@ -23,7 +23,8 @@ function liveList(live) {
 }
 
 // A job: its new log lines as they are stored, a header per step, following the
-// end of the log unless paused; its state, facts, timeline and history when it changes.
+// end of the log unless paused; its state, facts, timeline and history again when
+// its own stream says something happened (at most every 2 s) and at its end.
 function liveJob(log) {
   const follow = document.getElementById("follow");
   let following = true;
@@ -51,12 +52,18 @@ function liveJob(log) {
       }
       log.append(line);
       if (following) line.scrollIntoView({ block: "end" });
+      refreshSoon();
     });
     source.addEventListener("end", () => { source.close(); refreshJob(); });
     source.addEventListener("shutdown", () => source.close());
   }
-  const changes = new EventSource("/live/jobs");
-  changes.addEventListener("changed", refreshJob);
+}
+
+let refreshPending = false;
+function refreshSoon() {
+  if (refreshPending) return;
+  refreshPending = true;
+  setTimeout(() => { refreshPending = false; refreshJob(); }, 2000);
 }
 
 async function refreshJob() {

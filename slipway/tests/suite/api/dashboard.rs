@@ -262,6 +262,21 @@ async fn live_streams_need_a_session_and_the_list_filters_and_pages() {
     assert!(shows(&page.body, &ids[1]) && !shows(&page.body, &ids[0]), "the id filter");
     let page = browser.get("/?state=dreaming").await;
     assert_eq!(page.status, 400, "a bad filter names itself: {}", page.body);
+    // What a stranger types into the address bar: a clear 4xx page, never a 500.
+    for (path, status) in [
+        ("/?repo=git%3A%2F%2Fx%00y", 400),
+        ("/?image=%1B%5B31m", 400),
+        ("/?id=zz", 400),
+        ("/?cursor=x", 400),
+        ("/jobs/%00", 400),
+        ("/jobs/01a2c3d4-0000-7000-8000-000000000000", 404),
+        ("/jobs/01a2c3d4-0000-7000-8000-000000000000/log.txt", 404),
+    ] {
+        let page = browser.get(path).await;
+        assert_eq!(page.status, status, "{path}: {}", page.body);
+    }
+    let page = browser.get("/?project=de%00fault").await;
+    assert!(page.status == 200 && page.body.contains("No job matches."), "{}", page.body);
     let request = browser.client.get(format!("{}/", api.base)).header("x-slipway-fragment", "rows");
     let fragment = browser.send(request).await;
     assert!(fragment.body.starts_with("<ul") && !fragment.body.contains("<html"), "{}", fragment.body);
