@@ -141,6 +141,11 @@ pub static OLDEST_QUEUED_AGE: Gauge = Gauge::new(
 );
 pub static AUTH_FAILURES: Counter =
     Counter::new("slipway_auth_failures_total", "HTTP calls refused for their credentials, by reason.", &["reason"]);
+pub static BUILD_CACHE_STEPS: Counter = Counter::new(
+    "slipway_build_cache_steps_total",
+    "Steps of successful builds, by whether they came from cache (hit) or ran (miss).",
+    &["result"],
+);
 pub static WORKER_HEALTHY: Gauge = Gauge::new(
     "slipway_worker_healthy",
     "1 while a worker's engine answers and builds, 0 while the worker takes no job.",
@@ -164,6 +169,7 @@ static ALL: LazyLock<Vec<Metric>> = LazyLock::new(|| {
         Metric::Counter(&LEASE_EXPIRIES),
         Metric::Counter(&SWEEP_DELETIONS),
         Metric::Counter(&AUTH_FAILURES),
+        Metric::Counter(&BUILD_CACHE_STEPS),
         Metric::Histogram(&QUEUE_WAIT),
         Metric::Histogram(&STEP_DURATION),
         Metric::Gauge(&QUEUE_DEPTH),

@@ -1,7 +1,7 @@
 //! Conversions between wire enums and the steps' types, used on both sides of the
 //! gRPC boundary.
 
-use slipway_steps::{LogStream, Step, StepOutputs};
+use slipway_steps::{CacheCount, LogStream, Step, StepOutputs};
 
 use crate::v1;
 
@@ -55,6 +55,8 @@ pub fn outputs_to_wire(o: &StepOutputs) -> v1::StepOutputs {
         stop_code: text(&o.stop_code),
         stopped_reason: text(&o.stopped_reason),
         log_cursor: String::new(),
+        cache_hits: o.cache.map(|c| c.hits),
+        cache_steps: o.cache.map(|c| c.steps),
     }
 }
 
@@ -69,6 +71,11 @@ pub fn outputs_from_wire(o: &v1::StepOutputs) -> StepOutputs {
         task_arn: some(&o.task_arn),
         stop_code: some(&o.stop_code),
         stopped_reason: some(&o.stopped_reason),
+        // Both or neither; never more hits than steps.
+        cache: match (o.cache_hits, o.cache_steps) {
+            (Some(hits), Some(steps)) => Some(CacheCount { hits: hits.min(steps), steps }),
+            _ => None,
+        },
     }
 }
 
@@ -96,8 +103,12 @@ mod tests {
             task_arn: Some("t".into()),
             stop_code: Some("s".into()),
             stopped_reason: Some("r".into()),
+            cache: Some(CacheCount { hits: 7, steps: 9 }),
         };
         assert_eq!(outputs_from_wire(&outputs_to_wire(&outputs)), outputs);
         assert_eq!(outputs_from_wire(&outputs_to_wire(&StepOutputs::default())), StepOutputs::default());
+        // A worker cannot claim more hits than steps.
+        let boasting = v1::StepOutputs { cache_hits: Some(10), cache_steps: Some(2), ..Default::default() };
+        assert_eq!(outputs_from_wire(&boasting).cache, Some(CacheCount { hits: 2, steps: 2 }));
     }
 }

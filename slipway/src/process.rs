@@ -197,6 +197,7 @@ async fn serve_orchestrator(
         heartbeat_interval: args.heartbeat_interval,
         default_policy: defaults.retry,
         instance_id,
+        cache_affinity_wait: args.cache_affinity_wait,
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();

@@ -85,6 +85,47 @@ impl std::str::FromStr for ImageRef {
     }
 }
 
+/// An image to pull, by tag or pinned to one manifest: `name[:tag]` or
+/// `name@sha256:<64 hex>` (what a push recorded). Used for the images a build
+/// takes its cache from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRef {
+    pub image: ImageRef,
+    /// `sha256:…`, when pinned.
+    pub digest: Option<String>,
+}
+
+impl PullRef {
+    /// The registry host, when the reference names one.
+    pub fn registry(&self) -> Option<&str> {
+        self.image.registry.as_deref()
+    }
+}
+
+impl fmt::Display for PullRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.digest {
+            Some(digest) => write!(f, "{}@{digest}", self.image.name()),
+            None => self.image.fmt(f),
+        }
+    }
+}
+
+impl std::str::FromStr for PullRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let Some((name, digest)) = s.split_once('@') else {
+            return Ok(PullRef { image: s.parse()?, digest: None });
+        };
+        let hex = digest.strip_prefix("sha256:").ok_or("digest must start with `sha256:`")?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err("digest must be `sha256:` and 64 lowercase hex digits".into());
+        }
+        Ok(PullRef { image: name.parse()?, digest: Some(digest.to_string()) })
+    }
+}
+
 fn check_registry(host: &str) -> Result<(), String> {
     let (name, port) = match host.rsplit_once(':') {
         Some((n, p)) => (n, Some(p)),
@@ -203,6 +244,20 @@ mod tests {
             "a/b c",
         ] {
             assert!(parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn a_pull_reference_is_a_tag_or_a_whole_sha256_digest() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let pinned: PullRef = format!("127.0.0.1:5000/team/app@{digest}").parse().unwrap();
+        assert_eq!(pinned.registry(), Some("127.0.0.1:5000"));
+        assert_eq!(pinned.to_string(), format!("127.0.0.1:5000/team/app@{digest}"));
+        let tagged: PullRef = "127.0.0.1:5000/team/app:cache".parse().unwrap();
+        assert_eq!((tagged.to_string(), tagged.digest), ("127.0.0.1:5000/team/app:cache".into(), None));
+        for bad in ["app@sha256:00", "app@md5:00", &format!("App@{digest}"), &format!("app@{}", digest.to_uppercase())]
+        {
+            assert!(bad.parse::<PullRef>().is_err(), "{bad} should be refused");
         }
     }
 

@@ -22,7 +22,7 @@ pub mod secrets;
 
 pub use error::{ErrorCode, StepError};
 pub use logs::{LogLine, LogSink, LogStream};
-pub use outputs::StepOutputs;
+pub use outputs::{CacheCount, StepOutputs};
 
 /// The steps of a job, in the order they run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

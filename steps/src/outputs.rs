@@ -19,6 +19,38 @@ pub struct StepOutputs {
     /// How the run's task stopped, as ECS said it.
     pub stop_code: Option<String>,
     pub stopped_reason: Option<String>,
+    /// How many of the build's steps came from cache.
+    pub cache: Option<CacheCount>,
+}
+
+/// How many steps a build ran and how many of them came from cache: every
+/// instruction after `FROM` that the builder reports as a step of its own
+/// (BuildKit: `[2/5] RUN …`; the classic builder: `Step 2/5 : RUN …`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheCount {
+    pub hits: u32,
+    pub steps: u32,
+}
+
+impl CacheCount {
+    /// One more step, from cache or not.
+    pub fn step(&mut self, cached: bool) {
+        self.steps = self.steps.saturating_add(1);
+        if cached {
+            self.hits = self.hits.saturating_add(1);
+        }
+    }
+
+    /// The steps that ran.
+    pub fn misses(&self) -> u32 {
+        self.steps.saturating_sub(self.hits)
+    }
+}
+
+impl std::fmt::Display for CacheCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} of {} steps from cache", self.hits, self.steps)
+    }
 }
 
 impl StepOutputs {

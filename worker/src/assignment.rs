@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use slipway_steps::image_ref::PullRef;
 use slipway_steps::runtime::RuntimeKind;
 use slipway_steps::secrets::JobSecrets;
 use slipway_steps::{Step, StepOutputs};
@@ -41,6 +42,21 @@ pub(crate) struct JobSpec {
     pub timeout: Option<Duration>,
     /// Fetch the repository's submodules, recursively.
     pub submodules: bool,
+    /// Where the build's cache comes from.
+    pub cache: BuildCache,
+}
+
+/// Where a build takes its cache from, as the orchestrator said.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct BuildCache {
+    /// Images the job named (`cache_from`).
+    pub named: Vec<PullRef>,
+    /// The last image pushed for the job's cache key, when the job named none.
+    pub last_pushed: Option<PullRef>,
+    /// Build every step afresh (`"cache": false`).
+    pub off: bool,
+    /// The job's cache key, remembered once its build succeeded here.
+    pub key: Option<String>,
 }
 
 /// What a step report says happened.

@@ -9,7 +9,6 @@ use slipway_steps::aws::ecr::EcrRegistry;
 #[cfg(not(feature = "aws"))]
 use slipway_steps::aws::without_aws;
 use slipway_steps::clone::{CloneRequest, check_remote, clone_repo, fetch_submodules};
-use slipway_steps::docker::build::{BuildRequest, Builder, build_image};
 use slipway_steps::docker::push::push_image;
 use slipway_steps::image_ref::ImageRef;
 use slipway_steps::{ErrorCode, LogSink, LogStream, Step, StepError, StepOutputs};
@@ -17,7 +16,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::assignment::{JobRun, StepEvent};
-use crate::engine_health::AfterFailedBuild;
+use crate::build_step::{build, registry_login};
 use crate::reporter::{Reporter, send};
 use crate::run_step::{clean_up, run_container};
 use crate::state::WorkerState;
@@ -100,10 +99,10 @@ async fn run_step(ctx: &StepContext<'_>, logs: &LogSink, outputs: &mut StepOutpu
                     .instrument(tracing::info_span!("git.fetch"))
                     .await
                     .map(|sha| outputs.commit_sha = Some(sha)),
-                Step::Build => build(ctx, &logs)
-                    .instrument(tracing::info_span!("docker.build"))
-                    .await
-                    .map(|id| outputs.image_id = Some(id)),
+                Step::Build => build(ctx, &logs).instrument(tracing::info_span!("docker.build")).await.map(|built| {
+                    outputs.image_id = Some(built.image_id);
+                    outputs.cache = Some(built.cache);
+                }),
                 Step::Push => {
                     let span = tracing::info_span!("docker.push");
                     let pushed = push(ctx, &logs).instrument(span.clone()).await;
@@ -209,40 +208,6 @@ async fn clone(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepErro
     }
 }
 
-async fn build(ctx: &StepContext<'_>, logs: &LogSink) -> Result<String, StepError> {
-    let (state, job) = (ctx.state, &ctx.job);
-    let request = BuildRequest {
-        job_id: job.lease.job_id.clone(),
-        instance_id: job.instance_id.clone(),
-        image: job.spec.image.clone(),
-        dockerfile: job.spec.dockerfile.clone(),
-        context: job.spec.context.clone(),
-        build_args: job.spec.build_args.clone(),
-        max_context_bytes: state.config.max_context_bytes,
-        start_timeout: state.config.build_start_timeout,
-        limits: state.config.run_limits,
-        registry_login: job.secrets.registry.clone(),
-        secrets: job.secrets.build.clone(),
-    };
-    let builder = state.builder().await?;
-    let checkout = checkout_dir(ctx.folder);
-    match build_image(&state.docker, builder, &checkout, &request, logs, ctx.stop).await {
-        // A wedged engine is noticed: probed, and BuildKit left for the classic
-        // builder when only BuildKit is wedged.
-        Err(e) if e.code == ErrorCode::EngineUnavailable && !ctx.stop.is_cancelled() => {
-            match state.engine.after_failed_build(&state.docker, builder).await {
-                AfterFailedBuild::UseClassic => {
-                    let why = format!("{}; the classic builder answers: building with it", e.message);
-                    logs.line(LogStream::System, why).await;
-                    build_image(&state.docker, Builder::Classic, &checkout, &request, logs, ctx.stop).await
-                }
-                AfterFailedBuild::Unhealthy | AfterFailedBuild::Passed => Err(e),
-            }
-        }
-        built => built,
-    }
-}
-
 /// Pushes the built image and returns `name@digest`; a local image is not pushed.
 async fn push(ctx: &StepContext<'_>, logs: &LogSink) -> Result<Option<String>, StepError> {
     let (state, job) = (ctx.state, &ctx.job);
@@ -259,27 +224,20 @@ async fn push(ctx: &StepContext<'_>, logs: &LogSink) -> Result<Option<String>, S
         logs.line(LogStream::System, why).await;
         return Ok(None);
     }
-    // ECR: a token for the registry and the repository made if missing; any other
-    // registry: the credentials configured for its host, and none for any other.
+    // ECR: the repository made if missing (the login is a token for the registry).
     let ecr_registry = image.registry.as_deref().and_then(EcrRegistry::parse);
-    let credentials = match &ecr_registry {
+    match &ecr_registry {
         #[cfg(not(feature = "aws"))]
         Some(_) => return Err(without_aws(ErrorCode::PushRefused, "pushing to Amazon ECR")),
         #[cfg(feature = "aws")]
         Some(registry) => {
-            let ecr = state.ecr().await;
-            if ecr.ensure_repository(registry, &image.path).await? {
+            if state.ecr().await.ensure_repository(registry, &image.path).await? {
                 logs.line(LogStream::System, format!("created ECR repository {}", image.path)).await;
             }
-            Some(ecr.credentials(registry).await?)
         }
-        // The job's own login goes to its image's registry only; ECR keeps its tokens.
-        None => job
-            .secrets
-            .registry
-            .clone()
-            .or_else(|| state.config.registry_logins.for_host(image.registry.as_deref()).cloned()),
-    };
+        None => {}
+    }
+    let credentials = registry_login(ctx, image.registry.as_deref()).await?;
     let pushed = push_image(&state.docker, &image, credentials.as_ref(), logs, ctx.stop).await;
     #[cfg(feature = "aws")]
     if let (Err(_), Some(registry)) = (&pushed, &ecr_registry) {
@@ -288,7 +246,7 @@ async fn push(ctx: &StepContext<'_>, logs: &LogSink) -> Result<Option<String>, S
     pushed.map(Some)
 }
 
-fn checkout_dir(folder: &Path) -> PathBuf {
+pub(crate) fn checkout_dir(folder: &Path) -> PathBuf {
     folder.join("src")
 }
 

@@ -5,6 +5,8 @@
 //! it learns reaches the database only through an orchestrator's fenced commits.
 
 mod assignment;
+mod build_step;
+mod cache_keys;
 mod config;
 mod engine_health;
 mod job_run;

@@ -133,6 +133,7 @@ impl JobService for Worker {
             labels: self.state.config.labels.clone().into_iter().collect(),
             runtimes: self.state.runtimes(),
             unhealthy: self.state.engine.unhealthy().unwrap_or_default(),
+            cache_keys: self.state.cache_keys.newest_first(),
         }))
     }
 

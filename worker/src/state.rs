@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::assignment::JobLease;
+use crate::cache_keys::CacheKeys;
 use crate::config::WorkerConfig;
 use crate::engine_health::EngineHealth;
 
@@ -59,6 +60,8 @@ pub(crate) struct WorkerState {
     /// ReportService URLs of the orchestrators that pinged lately, newest first:
     /// where reports go when the orchestrator that started a job is gone.
     orchestrators: Arc<Mutex<Vec<String>>>,
+    /// The cache keys of the builds finished here.
+    pub cache_keys: CacheKeys,
 }
 
 impl WorkerState {
@@ -75,6 +78,7 @@ impl WorkerState {
             running: Mutex::new(HashMap::new()),
             idle: Notify::new(),
             orchestrators: Arc::new(Mutex::new(Vec::new())),
+            cache_keys: CacheKeys::default(),
         }
     }
 

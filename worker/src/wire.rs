@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use slipway_proto::convert::{outputs_from_wire, outputs_to_wire, step_from_wire, step_to_wire, stream_to_wire};
 use slipway_proto::v1::{self, step_report::Event};
 use slipway_steps::aws::ecs::secrets as ecs_secrets;
-use slipway_steps::image_ref::ImageRef;
+use slipway_steps::image_ref::{ImageRef, PullRef};
 use slipway_steps::paths::is_confined;
 use slipway_steps::repo_url::{self, RepoPolicy};
 use slipway_steps::runtime::RuntimeKind;
@@ -16,7 +16,7 @@ use slipway_steps::secrets::{GitAuth, JobSecrets, RegistryCredentials, SecretEnv
 use slipway_steps::{LogLine, Step};
 use tonic::Status;
 
-use crate::assignment::{Assignment, JobLease, JobSpec, StepEvent};
+use crate::assignment::{Assignment, BuildCache, JobLease, JobSpec, StepEvent};
 
 /// A `StartJob` request, checked and typed; reports will name `worker_id`.
 pub(crate) fn assignment(
@@ -43,6 +43,7 @@ pub(crate) fn assignment(
         return Err(Status::invalid_argument("report_to is required"));
     }
     let outputs = request.outputs.unwrap_or_default();
+    let cache = build_cache(&spec)?;
     Ok(Assignment {
         lease: JobLease {
             job_id: lease.job_id,
@@ -64,6 +65,7 @@ pub(crate) fn assignment(
             memory: spec.memory,
             timeout: (spec.timeout_seconds > 0).then(|| std::time::Duration::from_secs(spec.timeout_seconds)),
             submodules: spec.submodules,
+            cache,
         },
         secrets: secrets_from_wire(request.secrets.unwrap_or_default())?,
         log_cursor: non_empty(outputs.log_cursor.clone()),
@@ -185,6 +187,35 @@ fn check_spec(spec: &v1::JobSpec, repo_policy: &RepoPolicy) -> Result<(), Status
     Ok(())
 }
 
+/// The most images a job's build takes its cache from (the API allows fewer).
+const MAX_CACHE_IMAGES: usize = 16;
+
+/// The build's cache sources and key, checked: images by the rules of references,
+/// each naming its registry host; a key of hex digits.
+fn build_cache(spec: &v1::JobSpec) -> Result<BuildCache, Status> {
+    let refuse = |field: &str, why: String| Status::invalid_argument(format!("spec.{field}: {why}"));
+    if spec.cache_from.len() > MAX_CACHE_IMAGES {
+        return Err(refuse("cache_from", format!("more than {MAX_CACHE_IMAGES} images")));
+    }
+    let image = |field: &str, text: &str| -> Result<PullRef, Status> {
+        let image: PullRef = text.parse().map_err(|why| refuse(field, format!("`{text}` {why}")))?;
+        match image.registry() {
+            Some(_) => Ok(image),
+            None => Err(refuse(field, format!("`{text}` names no registry host"))),
+        }
+    };
+    let named = spec.cache_from.iter().map(|text| image("cache_from", text)).collect::<Result<_, _>>()?;
+    let last_pushed = match spec.cache_image.as_str() {
+        "" => None,
+        text => Some(image("cache_image", text)?),
+    };
+    let key = non_empty(spec.cache_key.clone());
+    if key.as_deref().is_some_and(|k| k.len() > 64 || !k.bytes().all(|b| b.is_ascii_hexdigit())) {
+        return Err(refuse("cache_key", "is not a cache key".into()));
+    }
+    Ok(BuildCache { named, last_pushed, off: spec.no_cache, key })
+}
+
 /// A wire string that may be empty, as an option.
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
@@ -257,5 +288,17 @@ mod tests {
             })
             .contains("spec.build_args")
         );
+        assert!(with_spec(|s| s.cache_from = vec!["app:1".into()]).contains("names no registry host"));
+        assert!(with_spec(|s| s.cache_from = vec!["127.0.0.1:5000/a@sha256:0".into()]).contains("spec.cache_from"));
+        assert!(with_spec(|s| s.cache_from = vec!["127.0.0.1:5000/a".into(); 17]).contains("spec.cache_from"));
+        assert!(with_spec(|s| s.cache_image = "--help".into()).contains("spec.cache_image"));
+        assert!(with_spec(|s| s.cache_key = "../x".into()).contains("spec.cache_key"));
+        let mut request = start(id, "");
+        let spec = request.spec.as_mut().unwrap();
+        spec.cache_from = vec!["127.0.0.1:5000/a:cache".into()];
+        spec.cache_key = "0123abcd".into();
+        let cache = assignment(request, "w", &test_policy(), None).unwrap().spec.cache;
+        assert_eq!(cache.named[0].to_string(), "127.0.0.1:5000/a:cache");
+        assert_eq!((cache.key.as_deref(), cache.last_pushed, cache.off), (Some("0123abcd"), None, false));
     }
 }

@@ -1,5 +1,6 @@
 //! The job: its identity, its states, and the specification a user submits.
 
+pub mod build_cache;
 mod retry;
 pub mod secret_refs;
 mod spec;

@@ -82,6 +82,12 @@ pub struct JobRequest {
     pub build_secrets: Option<BTreeMap<String, String>>,
     pub git: Option<GitRequest>,
     pub registry: Option<RegistryRequest>,
+    /// Images whose layers the build may reuse (`name:tag` or `name@sha256:…`,
+    /// each with its registry host), instead of the last image pushed for the same
+    /// repository, Dockerfile and context.
+    pub cache_from: Option<Vec<String>>,
+    /// `false`: build every step afresh, reusing no layer [default: true].
+    pub cache: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
@@ -127,6 +133,12 @@ pub struct JobSpec {
     /// The secrets the job names (`secrets`, `build_secrets`, `git`, `registry`).
     #[serde(flatten)]
     pub named_secrets: SecretRefs,
+    /// Images the build takes its cache from, as the job named them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_from: Vec<String>,
+    /// Whether the build may reuse layers at all.
+    #[serde(default = "super::build_cache::on")]
+    pub cache: bool,
 }
 
 impl JobSpec {
@@ -237,6 +249,7 @@ impl JobRequest {
                 ));
             }
         }
+        let (cache_from, cache) = super::build_cache::check(self.cache_from, self.cache)?;
         let named_secrets = SecretRefs::check(Named {
             secrets: self.secrets,
             build_secrets: self.build_secrets,
@@ -265,6 +278,8 @@ impl JobRequest {
             retry,
             requires,
             named_secrets,
+            cache_from,
+            cache,
         })
     }
 }

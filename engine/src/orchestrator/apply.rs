@@ -107,6 +107,17 @@ impl Report {
         }
     }
 
+    /// Counts what a committed report says: a build's steps from cache or not.
+    pub(super) fn record(&self) {
+        if let Report::Step { step: Step::Build, event: StepEvent::Succeeded(outputs), .. } = self
+            && let Some(cache) = outputs.cache
+        {
+            use slipway_observability::metrics::BUILD_CACHE_STEPS;
+            BUILD_CACHE_STEPS.add(&["hit"], f64::from(cache.hits));
+            BUILD_CACHE_STEPS.add(&["miss"], f64::from(cache.misses()));
+        }
+    }
+
     /// The step a step report speaks of.
     pub(super) fn step(&self) -> Option<Step> {
         match self {

@@ -92,8 +92,11 @@ async fn run(
                 results
             }
         };
-        for applied in results.iter().flatten() {
-            applied.record();
+        for (report, applied) in reports.iter().zip(&results) {
+            if let Ok(applied) = applied {
+                applied.record();
+                report.record();
+            }
         }
         for (report, result) in reports.iter().zip(&results) {
             if result.as_ref().is_ok_and(Applied::frees_slot) {

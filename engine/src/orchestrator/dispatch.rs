@@ -15,7 +15,9 @@ use crate::job::JobId;
 use crate::job::transitions::{CANCELLED_BY_REQUEST, EngineCode, first_step_of};
 use crate::secrets::for_job::{OpenRefusal, open_for_attempt};
 use crate::secrets::vault::Vault;
-use crate::store::{ClaimedJob, HeldLease, LeaseStatus, Store, StoreError, WorkerAnswer, WorkerOffer, WorkerSeen};
+use crate::store::{
+    CacheElsewhere, ClaimedJob, HeldLease, LeaseStatus, Store, StoreError, WorkerAnswer, WorkerOffer, WorkerSeen,
+};
 
 /// A worker as the dispatch loop last saw it.
 struct WorkerClient {
@@ -35,6 +37,13 @@ struct WorkerClient {
     slots: u32,
     /// The labels and runtimes it offers, from its last answer.
     offer: WorkerOffer,
+}
+
+impl WorkerClient {
+    /// Whether jobs may be sent to it: it answered and said it is healthy.
+    fn takes_jobs(&self) -> bool {
+        self.id.is_some() && !self.unreachable && !self.unhealthy
+    }
 }
 
 pub struct Dispatcher {
@@ -157,17 +166,28 @@ impl Dispatcher {
     async fn claim_and_start(&mut self) -> Result<(), StoreError> {
         for i in 0..self.workers.len() {
             let (Some(worker_id), free) = (self.workers[i].id.clone(), self.workers[i].free) else { continue };
-            if free == 0 || self.workers[i].unreachable || self.workers[i].unhealthy {
+            if free == 0 || !self.workers[i].takes_jobs() {
                 continue;
             }
+            let elsewhere = self.cache_elsewhere(i);
             let offer = &self.workers[i].offer;
-            let claimed =
-                self.store.claim(&self.config.owner, &worker_id, offer, free, self.config.worker_timeout).await?;
+            let (owner, ttl) = (&self.config.owner, self.config.worker_timeout);
+            let claimed = self.store.claim(owner, &worker_id, offer, free, ttl, &elsewhere).await?;
             for job in claimed {
                 self.start(i, job).await?;
             }
         }
         Ok(())
+    }
+
+    /// The cache keys the workers other than `worker` hold, those that take jobs:
+    /// a job of one of these keys waits for them before `worker` may take it.
+    fn cache_elsewhere(&self, worker: usize) -> CacheElsewhere {
+        let others = self.workers.iter().enumerate().filter(|(j, w)| *j != worker && w.takes_jobs());
+        let mut keys: Vec<String> = others.flat_map(|(_, w)| w.offer.cache_keys.iter().cloned()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        CacheElsewhere { keys, wait: self.config.cache_affinity_wait }
     }
 
     /// Pings every worker; `None` for those that did not answer within half the

@@ -44,6 +44,9 @@ pub struct OrchestratorConfig {
     pub default_policy: crate::job::RetryPolicy,
     /// This installation's id, from the database.
     pub instance_id: String,
+    /// How long a queued job waits for a worker holding its build cache before any
+    /// worker may take it (`SLIPWAY_CACHE_AFFINITY_WAIT`).
+    pub cache_affinity_wait: Duration,
 }
 
 /// Cancel requests noted between two turns of the dispatch loop, at most; past

@@ -23,6 +23,9 @@ pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Listing and removing leftovers may wait on a busy engine.
 const SWEEP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The most cache keys taken from one worker's ping.
+const MAX_CACHE_KEYS: usize = 64;
+
 /// One worker, as the orchestrator reaches it.
 #[derive(Clone)]
 pub struct WorkerLink {
@@ -216,6 +219,15 @@ fn start_request(
             cpu: spec.run.cpu.unwrap_or_default(),
             memory: spec.run.memory.unwrap_or_default(),
             submodules: spec.named_secrets.git.submodules,
+            cache_from: spec.cache_from.clone(),
+            // The last push of the key, unless the job named its own or none.
+            cache_image: job
+                .cache_image
+                .clone()
+                .filter(|_| spec.cache && spec.cache_from.is_empty())
+                .unwrap_or_default(),
+            no_cache: !spec.cache,
+            cache_key: job.cache_key.clone().unwrap_or_default(),
         }),
         outputs: Some(v1::StepOutputs {
             commit_sha: job.commit_sha.clone().unwrap_or_default(),
@@ -254,6 +266,8 @@ fn ping(ping: v1::PingResponse) -> WorkerPing {
             } else {
                 ping.runtimes
             },
+            // No more than a worker sends, each no longer than a key.
+            cache_keys: ping.cache_keys.into_iter().filter(|k| k.len() <= 64).take(MAX_CACHE_KEYS).collect(),
         },
         worker_id: ping.worker_id,
         slots_total: ping.slots_total,

@@ -32,6 +32,10 @@ pub struct ClaimedJob {
     /// The last attempt's run ended with its end recorded (a retry): this attempt
     /// runs afresh instead of re-attaching to what an earlier one left.
     pub fresh_run: bool,
+    /// The job's cache key (`jobs.cache_key`).
+    pub cache_key: Option<String>,
+    /// The last image pushed for the job's cache key in its project, if any.
+    pub cache_image: Option<String>,
 }
 
 /// What a worker offers: a job runs there only if the worker has every label the
@@ -40,11 +44,25 @@ pub struct ClaimedJob {
 pub struct WorkerOffer {
     pub labels: std::collections::BTreeMap<String, String>,
     pub runtimes: Vec<String>,
+    /// The cache keys of the builds whose layers its engine holds.
+    pub cache_keys: Vec<String>,
+}
+
+/// Where else a job's build cache is: a queued job whose key another worker holds
+/// waits up to `wait` (from when it became runnable) for that worker before this
+/// one may take it. Jobs that do not build (a run resumed) never wait.
+#[derive(Debug, Clone, Default)]
+pub struct CacheElsewhere {
+    /// The keys the other workers that take jobs now hold.
+    pub keys: Vec<String>,
+    pub wait: Duration,
 }
 
 impl Store {
     /// Leases up to `limit` runnable jobs that `offer` satisfies, oldest first, to
-    /// `worker` on behalf of orchestrator `owner`.
+    /// `worker` on behalf of orchestrator `owner`; a job whose build cache is
+    /// `elsewhere` is left for that worker while it waits. The history of a job
+    /// that went where it did for its cache says so (`jobs.dispatch_reason`).
     pub async fn claim(
         &self,
         owner: &str,
@@ -52,6 +70,7 @@ impl Store {
         offer: &WorkerOffer,
         limit: u32,
         lease_ttl: Duration,
+        elsewhere: &CacheElsewhere,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -63,13 +82,22 @@ impl Store {
                    and run_after <= now()
                    and coalesce(spec->'requires', '{}') <@ $5::jsonb
                    and coalesce(spec->'run'->>'runtime', 'docker') = any($6::text[])
+                   and (state <> 'queued' or cache_key = any($9) or not cache_key = any($10)
+                        or run_after <= now() - make_interval(secs => $11))
                  order by run_after, id
                  limit $1
                  for update skip locked
              )
              update jobs j
              set lease_owner = $2, lease_worker = $3, lease_token = gen_random_uuid(),
-                 lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
+                 lease_expires_at = now() + make_interval(secs => $4), updated_at = now(),
+                 dispatch_reason = case
+                     when j.state <> 'queued' then null
+                     when j.cache_key = any($9) then format('dispatched to %s: holds the cache of this repository', $3)
+                     when j.cache_key = any($10) then format(
+                         'dispatched to %s: the workers holding the cache of this repository had no free slot within %s s',
+                         $3, $11)
+                 end
              from runnable
              where j.id = runnable.id
              returning j.id, j.project_id, j.state, j.attempt, j.lease_token, j.spec, j.traceparent,
@@ -78,7 +106,12 @@ impl Store {
                                where s.job_id = j.id and s.step = 'run' and s.attempt = j.attempt - 1
                                  and s.outcome = 'failed'
                                  and (s.error_code is null or s.error_code <> all($8)))
-                           as fresh_run",
+                           as fresh_run,
+                       j.cache_key,
+                       (select p.pushed_ref from jobs p
+                        where p.cache_key = j.cache_key and p.project_id = j.project_id
+                          and p.pushed_ref is not null and p.id <> j.id
+                        order by p.created_at desc limit 1) as cache_image",
         )
         .bind(i64::from(limit))
         .bind(owner)
@@ -88,6 +121,9 @@ impl Store {
         .bind(&offer.runtimes)
         .bind(Transition::Claim.from_states())
         .bind(EngineCode::LEASE_ENDED.map(EngineCode::as_str))
+        .bind(&offer.cache_keys)
+        .bind(&elsewhere.keys)
+        .bind(elsewhere.wait.as_secs_f64())
         .fetch_all(&self.pool)
         .await?;
         Ok(jobs)

@@ -30,7 +30,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use access::{AuditEntry, AuditRow, ProjectRow, TokenGrant, TokenRow};
-pub use claim::{ClaimedJob, WorkerOffer};
+pub use claim::{CacheElsewhere, ClaimedJob, WorkerOffer};
 pub use error::StoreError;
 pub use idempotency::{Submitted, Submitter};
 pub use leases::{CancelOutcome, EndedLease, HeldLease, LeaseStatus};

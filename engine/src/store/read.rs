@@ -56,6 +56,12 @@ pub struct StepRow {
     pub outcome: Option<String>,
     pub error_code: Option<String>,
     pub error: Option<String>,
+    /// Of a build that succeeded: how many of its steps came from cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_hits: Option<i32>,
+    /// Of a build that succeeded: the steps it had (instructions after `FROM`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_steps: Option<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -172,7 +178,8 @@ impl Store {
     /// Every step of every attempt, in the order they started.
     pub async fn steps(&self, id: JobId) -> Result<Vec<StepRow>, StoreError> {
         let rows = sqlx::query_as::<_, StepRow>(
-            "select step::text as step, attempt, worker, started_at, finished_at, outcome, error_code, error
+            "select step::text as step, attempt, worker, started_at, finished_at, outcome, error_code, error,
+                    cache_hits, cache_steps
              from job_steps where job_id = $1 order by attempt, started_at",
         )
         .bind(id)

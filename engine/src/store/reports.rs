@@ -96,21 +96,21 @@ pub async fn mark_step_started(
     // The run entered from `pushing` with nothing pushed: the image is local.
     let (rows, waited): (i64, Option<f64>) = sqlx::query_as(
         "with prev as (
-             select state, lease_worker, pushed_ref from jobs
+             select state, lease_worker, pushed_ref, dispatch_reason from jobs
              where id = $1 and lease_token = $2 and lease_worker = coalesce($7, lease_worker)
                and state = any($8) and cancel_requested_at is null
              for update
          ), upd as (
-             update jobs j set state = $3, updated_at = now(),
+             update jobs j set state = $3, updated_at = now(), dispatch_reason = null,
                  lease_expires_at = now() + make_interval(secs => $5)
              from prev where j.id = $1
              returning prev.state as from_state, coalesce($7, prev.lease_worker) as worker,
-                       prev.pushed_ref is null as nothing_pushed,
+                       prev.pushed_ref is null as nothing_pushed, prev.dispatch_reason,
                        extract(epoch from now() - j.created_at)::double precision as waited
          ), ev as (
              insert into job_events (job_id, from_state, to_state, attempt, worker, reason)
              select $1, from_state, $3, $6, worker,
-                    case when from_state = 'pushing' and nothing_pushed then $9 end
+                    coalesce(case when from_state = 'pushing' and nothing_pushed then $9 end, dispatch_reason)
              from upd
          ), st as (
              insert into job_steps (job_id, attempt, step, worker)
@@ -158,7 +158,8 @@ pub async fn mark_step_succeeded(
     store_outputs(conn, lease, step, true, outputs, lease_ttl).await
 }
 
-/// Stores outputs and extends the lease; closes `ended`'s step row when given.
+/// Stores outputs and extends the lease; closes `ended`'s step row when given,
+/// with the build's cache count when there is one.
 async fn store_outputs(
     conn: &mut PgConnection,
     lease: &Lease,
@@ -174,7 +175,8 @@ async fn store_outputs(
                  where id = $8 and lease_token = $9 and lease_worker = coalesce($15, lease_worker) and state = any($13)
                  returning id
              ), st as (
-                 update job_steps s set finished_at = now(), outcome = 'succeeded'
+                 update job_steps s set finished_at = now(), outcome = 'succeeded',
+                     cache_hits = coalesce($16, s.cache_hits), cache_steps = coalesce($17, s.cache_steps)
                  from upd where $12 and s.job_id = $8 and s.attempt = $14 and s.step = $10::job_step
              )
              select count(*) from upd",
@@ -191,6 +193,8 @@ async fn store_outputs(
         .bind(transition.from_states())
         .bind(lease.attempt)
         .bind(&lease.worker)
+        .bind(outputs.cache.map(|c| i32::try_from(c.hits).unwrap_or(i32::MAX)))
+        .bind(outputs.cache.map(|c| i32::try_from(c.steps).unwrap_or(i32::MAX)))
         .fetch_one(&mut *conn)
         .await?;
     fenced(rows)

@@ -85,6 +85,11 @@ pub struct ServerArgs {
     /// run again elsewhere.
     #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_WORKER_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub worker_timeout: Duration,
+    /// How long a queued job waits for a free slot on a worker that holds its build
+    /// cache (it built the same repository, Dockerfile and context lately) before
+    /// any worker may take it (0s: any worker at once).
+    #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_CACHE_AFFINITY_WAIT", default_value = "2s", value_parser = duration)]
+    pub cache_affinity_wait: Duration,
     /// Attempts a job gets unless it says otherwise.
     #[arg(help_heading = "Orchestrator", long, env = "SLIPWAY_RETRY_MAX_ATTEMPTS", default_value_t = 3)]
     pub retry_max_attempts: u32,

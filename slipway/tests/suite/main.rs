@@ -6,6 +6,7 @@ mod api;
 #[cfg(feature = "aws")]
 mod aws_clients;
 mod browser;
+mod build_cache;
 mod cli;
 mod common;
 #[cfg(feature = "aws")]

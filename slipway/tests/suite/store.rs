@@ -6,11 +6,14 @@ use std::time::Duration;
 use crate::common::{TestDb, default_project, test_submit_defaults};
 use slipway_engine::job::{JobId, JobRequest, JobState, RunRequest};
 use slipway_engine::store::{
-    Finish, HeldLease, Lease, LeaseStatus, NewLogLine, Retry, StoreError, WorkerOffer, leases, logs, reports,
+    CacheElsewhere, Finish, HeldLease, Lease, LeaseStatus, NewLogLine, Retry, StoreError, WorkerOffer, leases, logs,
+    reports,
 };
 use slipway_steps::{Step, StepOutputs};
 
 const TTL: Duration = Duration::from_secs(30);
+/// No other worker holds any build cache.
+static NOWHERE: CacheElsewhere = CacheElsewhere { keys: Vec::new(), wait: Duration::ZERO };
 
 /// A worker offering the Docker runtime and no labels.
 fn docker() -> WorkerOffer {
@@ -46,7 +49,10 @@ async fn claims_take_at_most_the_free_slots_and_never_the_same_job_twice() {
     let db = TestDb::new().await;
     let ids = queue(&db, 5).await;
     let offer = docker();
-    let (a, b) = tokio::join!(db.store.claim("o1", "w1", &offer, 3, TTL), db.store.claim("o2", "w2", &offer, 3, TTL));
+    let (a, b) = tokio::join!(
+        db.store.claim("o1", "w1", &offer, 3, TTL, &NOWHERE),
+        db.store.claim("o2", "w2", &offer, 3, TTL, &NOWHERE)
+    );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.len() + b.len(), 5);
     assert!(a.len() <= 3 && b.len() <= 3);
@@ -55,11 +61,11 @@ async fn claims_take_at_most_the_free_slots_and_never_the_same_job_twice() {
     let mut expected = ids.clone();
     expected.sort();
     assert_eq!(claimed, expected, "each job claimed exactly once");
-    assert!(db.store.claim("o1", "w1", &docker(), 3, TTL).await.unwrap().is_empty());
+    assert!(db.store.claim("o1", "w1", &docker(), 3, TTL, &NOWHERE).await.unwrap().is_empty());
 
     // A released lease makes the job claimable again, same attempt.
     db.store.release(a[0].id, a[0].lease_token).await.unwrap();
-    let again = db.store.claim("o1", "w1", &docker(), 3, TTL).await.unwrap();
+    let again = db.store.claim("o1", "w1", &docker(), 3, TTL, &NOWHERE).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].id, again[0].attempt), (a[0].id, 1));
     assert_ne!(again[0].lease_token, a[0].lease_token);
@@ -81,13 +87,15 @@ async fn a_job_is_claimed_only_by_a_worker_offering_its_labels_and_runtime() {
     let partial = WorkerOffer { labels: labels(&[("region", "eu-west-1")]), ..docker() };
     let elsewhere = WorkerOffer { labels: labels(&[("region", "us-east-1"), ("arch", "arm64")]), ..docker() };
     for offer in [docker(), partial, elsewhere] {
-        assert!(db.store.claim("o", "w", &offer, 5, TTL).await.unwrap().is_empty(), "{offer:?}");
+        assert!(db.store.claim("o", "w", &offer, 5, TTL, &NOWHERE).await.unwrap().is_empty(), "{offer:?}");
     }
     let eu = WorkerOffer { labels: labels(&[("region", "eu-west-1"), ("arch", "arm64"), ("gpu", "none")]), ..docker() };
-    let claimed: Vec<JobId> = db.store.claim("o", "w", &eu, 5, TTL).await.unwrap().iter().map(|j| j.id).collect();
+    let claimed: Vec<JobId> =
+        db.store.claim("o", "w", &eu, 5, TTL, &NOWHERE).await.unwrap().iter().map(|j| j.id).collect();
     assert_eq!(claimed, vec![in_eu]);
     let ecs = WorkerOffer { runtimes: vec!["docker".into(), "ecs".into()], ..Default::default() };
-    let claimed: Vec<JobId> = db.store.claim("o", "w", &ecs, 5, TTL).await.unwrap().iter().map(|j| j.id).collect();
+    let claimed: Vec<JobId> =
+        db.store.claim("o", "w", &ecs, 5, TTL, &NOWHERE).await.unwrap().iter().map(|j| j.id).collect();
     assert_eq!(claimed, vec![on_ecs]);
 }
 
@@ -95,9 +103,9 @@ async fn a_job_is_claimed_only_by_a_worker_offering_its_labels_and_runtime() {
 async fn a_report_with_a_stale_token_changes_nothing() {
     let db = TestDb::new().await;
     let id = queue(&db, 1).await[0];
-    let first = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
+    let first = db.store.claim("o", "w", &docker(), 1, TTL, &NOWHERE).await.unwrap().remove(0);
     db.store.release(id, first.lease_token).await.unwrap();
-    let current = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
+    let current = db.store.claim("o", "w", &docker(), 1, TTL, &NOWHERE).await.unwrap().remove(0);
     let stale = Lease { job_id: id, attempt: 1, token: first.lease_token, worker: Some("w".into()) };
     let mut conn = db.store.pool().acquire().await.unwrap();
     let conn = &mut *conn;
@@ -252,12 +260,12 @@ async fn stored(db: &TestDb, id: JobId) -> String {
 /// back: returns the lease of attempt 1.
 async fn job_with_a_stale_attempt(db: &TestDb) -> (JobId, Lease) {
     let id = queue(db, 1).await[0];
-    let first = db.store.claim("o", "w1", &docker(), 1, TTL).await.unwrap().remove(0);
+    let first = db.store.claim("o", "w1", &docker(), 1, TTL, &NOWHERE).await.unwrap().remove(0);
     let stale = Lease { job_id: id, attempt: 1, token: first.lease_token, worker: Some("w1".into()) };
     let mut conn = db.store.pool().acquire().await.unwrap();
     reports::mark_step_started(&mut conn, &stale, Step::Clone, TTL).await.unwrap();
     leases::hand_back(&mut conn, id, first.lease_token, &Default::default()).await.unwrap().unwrap();
-    let second = db.store.claim("o", "w2", &docker(), 1, TTL).await.unwrap().remove(0);
+    let second = db.store.claim("o", "w2", &docker(), 1, TTL, &NOWHERE).await.unwrap().remove(0);
     assert_eq!(second.attempt, 2);
     let current = Lease { job_id: id, attempt: 2, token: second.lease_token, worker: Some("w2".into()) };
     reports::mark_step_started(&mut conn, &current, Step::Clone, TTL).await.unwrap();
@@ -267,7 +275,7 @@ async fn job_with_a_stale_attempt(db: &TestDb) -> (JobId, Lease) {
 /// A job that failed on worker `w`, and the lease it held while it ran.
 async fn finished_job(db: &TestDb) -> (JobId, Lease) {
     let id = queue(db, 1).await[0];
-    let claimed = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
+    let claimed = db.store.claim("o", "w", &docker(), 1, TTL, &NOWHERE).await.unwrap().remove(0);
     let lease = Lease { job_id: id, attempt: 1, token: claimed.lease_token, worker: Some("w".into()) };
     let mut conn = db.store.pool().acquire().await.unwrap();
     reports::mark_step_started(&mut conn, &lease, Step::Clone, TTL).await.unwrap();
@@ -328,7 +336,7 @@ async fn a_report_from_a_worker_other_than_the_lease_s_is_refused_and_writes_not
 /// with the lease of that attempt; `None`: claimed, no step started.
 async fn job_at(db: &TestDb, step: Option<Step>) -> (JobId, Lease) {
     let id = queue(db, 1).await[0];
-    let claimed = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
+    let claimed = db.store.claim("o", "w", &docker(), 1, TTL, &NOWHERE).await.unwrap().remove(0);
     let lease = Lease { job_id: id, attempt: 1, token: claimed.lease_token, worker: Some("w".into()) };
     let Some(step) = step else { return (id, lease) };
     let mut conn = db.store.pool().acquire().await.unwrap();
@@ -381,7 +389,7 @@ async fn every_write_from_a_state_its_transition_may_not_leave_is_refused_and_wr
         .await
         .unwrap();
     let before = stored(&db, id).await;
-    assert!(db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().is_empty());
+    assert!(db.store.claim("o", "w", &docker(), 1, TTL, &NOWHERE).await.unwrap().is_empty());
     assert_eq!(stored(&db, id).await, before);
 }
 
@@ -456,7 +464,7 @@ async fn a_retried_run_starts_afresh_and_a_run_whose_lease_ended_is_resumed() {
         token: claimed.lease_token,
         worker: Some("w".into()),
     };
-    let first = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
+    let first = db.store.claim("o", "w", &docker(), 1, TTL, &NOWHERE).await.unwrap().remove(0);
     assert!(!first.fresh_run);
     let lease = lease_of(&first);
     for step in Step::ALL {
@@ -477,14 +485,14 @@ async fn a_retried_run_starts_afresh_and_a_run_whose_lease_ended_is_resumed() {
         error: "the container exited with code 3".into(),
     };
     reports::mark_retry(&mut conn, &lease, Step::Run, &retry).await.unwrap();
-    let second = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
+    let second = db.store.claim("o", "w", &docker(), 1, TTL, &NOWHERE).await.unwrap().remove(0);
     assert_eq!((second.state, second.attempt, second.fresh_run), (JobState::Running, 2, true));
 
     // Its worker went away mid-run: the next attempt re-attaches to what it left.
     let lease = lease_of(&second);
     reports::mark_step_started(&mut conn, &lease, Step::Run, TTL).await.unwrap();
     leases::hand_back(&mut conn, id, second.lease_token, &Default::default()).await.unwrap().unwrap();
-    let third = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
+    let third = db.store.claim("o", "w", &docker(), 1, TTL, &NOWHERE).await.unwrap().remove(0);
     assert_eq!((third.state, third.attempt, third.fresh_run), (JobState::Running, 3, false));
 }
 
@@ -492,7 +500,7 @@ async fn a_retried_run_starts_afresh_and_a_run_whose_lease_ended_is_resumed() {
 async fn a_hand_back_waits_for_a_row_another_transaction_holds_instead_of_skipping_it() {
     let db = TestDb::new().await;
     let id = queue(&db, 1).await[0];
-    let claimed = db.store.claim("o", "w", &docker(), 1, TTL).await.unwrap().remove(0);
+    let claimed = db.store.claim("o", "w", &docker(), 1, TTL, &NOWHERE).await.unwrap().remove(0);
     let lease = Lease { job_id: id, attempt: 1, token: claimed.lease_token, worker: Some("w".into()) };
     let mut conn = db.store.pool().acquire().await.unwrap();
     reports::mark_step_started(&mut conn, &lease, Step::Clone, TTL).await.unwrap();

@@ -79,6 +79,37 @@ pub fn engine_error(e: DockerError, on_answer: ErrorCode, what: &str) -> StepErr
     }
 }
 
+/// Pulls `image` (`name:tag` or `name@sha256:…`) with `login` for its registry, if
+/// any. A refusal is the engine's reason, for the caller to word; an engine that
+/// cannot be reached, or a cancel, is the step's error.
+pub async fn pull_image(
+    docker: &Docker,
+    image: &str,
+    login: Option<&push::RegistryCredentials>,
+    cancel: &CancellationToken,
+) -> Result<Result<(), String>, StepError> {
+    let options = bollard::query_parameters::CreateImageOptionsBuilder::default().from_image(image).build();
+    let credentials = login.map(|login| bollard::auth::DockerCredentials {
+        username: Some(login.username.clone()),
+        password: Some(login.password.clone()),
+        serveraddress: image.parse::<crate::image_ref::PullRef>().ok().and_then(|r| r.image.registry),
+        ..Default::default()
+    });
+    let mut stream = std::pin::pin!(docker.create_image(Some(options), None, credentials));
+    while let Some(item) = next_message(&mut stream, cancel).await? {
+        let info = match item {
+            Ok(info) => info,
+            Err(DockerError::DockerStreamError { error }) => return Ok(Err(error)),
+            Err(DockerError::DockerResponseServerError { message, .. }) => return Ok(Err(message)),
+            Err(e) => return Err(engine_error(e, ErrorCode::EngineUnavailable, "cannot pull")),
+        };
+        if let Some(message) = info.error_detail.and_then(|d| d.message) {
+            return Ok(Err(message));
+        }
+    }
+    Ok(Ok(()))
+}
+
 /// The next message of an engine progress stream (build, push), or
 /// [`ErrorCode::Cancelled`] as soon as `cancel` fires: the caller then drops the
 /// stream, which closes the connection and makes the engine abort the operation.

@@ -13,13 +13,13 @@ use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::docker::{ATTEMPT_LABEL, INSTANCE_LABEL, JOB_LABEL, engine_error, status_of, stream_error};
+use crate::docker::{ATTEMPT_LABEL, INSTANCE_LABEL, JOB_LABEL, engine_error, status_of};
 use crate::runtime::{LaunchRequest, RunEnd, Runtime, SecretEnv, Watch};
 use crate::{ErrorCode, LogSink, LogStream, StepError};
 
@@ -147,18 +147,9 @@ pub async fn find_container(docker: &Docker, job_id: &str, logs: &LogSink) -> Re
 
 async fn pull(docker: &Docker, image: &str, logs: &LogSink) -> Result<(), StepError> {
     logs.line(LogStream::System, format!("pulling {image}")).await;
-    let options = CreateImageOptionsBuilder::default().from_image(image).build();
-    let mut stream = docker.create_image(Some(options), None, None);
-    while let Some(item) = stream.next().await {
-        let info = item.map_err(|e| match stream_error(&e) {
-            Some(message) => StepError::new(ErrorCode::RunFailed, format!("cannot pull {image}: {message}")),
-            None => engine_error(e, ErrorCode::RunFailed, "cannot pull the image"),
-        })?;
-        if let Some(message) = info.error_detail.and_then(|d| d.message) {
-            return Err(StepError::new(ErrorCode::RunFailed, format!("cannot pull {image}: {message}")));
-        }
-    }
-    Ok(())
+    super::pull_image(docker, image, None, &CancellationToken::new())
+        .await?
+        .map_err(|why| StepError::new(ErrorCode::RunFailed, format!("cannot pull {image}: {why}")))
 }
 
 /// Starts the container unless it already ran, streams its stdout and stderr to

@@ -127,7 +127,11 @@ async fn workers_are_listed_as_last_seen_with_addresses_for_owners_only() {
     let owner = token(&api, Role::Owner, None, None).await;
     let reader = token(&api, Role::Read, Some("alpha"), None).await;
     let store = &api.db.store;
-    let offer = WorkerOffer { labels: [("region".into(), "eu".into())].into(), runtimes: vec!["docker".into()] };
+    let offer = WorkerOffer {
+        labels: [("region".into(), "eu".into())].into(),
+        runtimes: vec!["docker".into()],
+        ..Default::default()
+    };
     let answer = |busy| WorkerAnswer {
         worker_id: "worker-a".into(),
         offer: offer.clone(),

@@ -2,7 +2,8 @@
 //! report vertices (one per instruction or internal operation) starting, ending,
 //! failing, and their output. They are turned into lines in the style of
 //! `docker build`'s plain progress: `#3 [2/3] COPY busybox /bin/busybox`, then the
-//! vertex's output prefixed with `#3`, then `#3 DONE` or `#3 CACHED`.
+//! vertex's output prefixed with `#3`, then `#3 DONE` or `#3 CACHED`; the
+//! instructions' ends are counted for the build's cache hits.
 
 use std::collections::HashMap;
 
@@ -13,6 +14,7 @@ use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 
 use super::BuildLog;
+use super::counting::is_buildkit_step;
 use crate::StepError;
 use crate::docker::next_message;
 use crate::logs::LineSplitter;
@@ -58,6 +60,9 @@ impl Vertices {
                 }
             } else if vertex.completed.is_some() && !self.finished.get(&vertex.digest).copied().unwrap_or(false) {
                 self.finished.insert(vertex.digest.clone(), true);
+                if is_buildkit_step(&vertex.name) {
+                    log.cache.step(vertex.cached);
+                }
                 lines.push(format!("#{n} {}", if vertex.cached { "CACHED" } else { "DONE" }));
             }
         }

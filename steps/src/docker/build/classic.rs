@@ -1,6 +1,6 @@
 //! Progress of the classic builder: JSON messages whose `stream` carries the
-//! output text, `Step N/M : …` lines naming each instruction, and the image id in
-//! `aux`.
+//! output text, `Step N/M : …` lines naming each instruction (` ---> Using cache`
+//! after one that came from cache), and the image id in `aux`.
 
 use bollard::errors::Error as DockerError;
 use bollard::models::{BuildInfo, BuildInfoAux};
@@ -8,6 +8,7 @@ use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 
 use super::BuildLog;
+use super::counting::{classic_step, is_classic_hit};
 use crate::StepError;
 use crate::docker::next_message;
 
@@ -22,12 +23,22 @@ where
 {
     let mut splitter = log.logs.splitter();
     let mut image_id = None;
+    // The step running is counted and not yet known to be a hit.
+    let mut hit_possible = false;
     while let Some(item) = next_message(&mut stream, cancel).await? {
         let info = log.message(item)?;
         if let Some(text) = info.stream.as_deref() {
             for line in splitter.push(text.as_bytes()) {
-                if line.starts_with("Step ") {
+                if let Some(counted) = classic_step(&line) {
                     log.instruction(&line);
+                    // Counted as run until the builder says it used its cache.
+                    if counted {
+                        log.cache.step(false);
+                    }
+                    hit_possible = counted;
+                } else if hit_possible && is_classic_hit(&line) {
+                    log.cache.hits += 1;
+                    hit_possible = false;
                 }
                 log.line(line).await;
             }

@@ -9,8 +9,10 @@
 //! build names the instruction that failed and carries the last lines of output.
 
 mod buildkit;
+mod cache_import;
 mod classic;
 mod context;
+mod counting;
 mod ignore;
 mod session;
 
@@ -23,10 +25,12 @@ use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{BuildImageOptionsBuilder, BuilderVersion, TagImageOptionsBuilder};
 use tokio_util::sync::CancellationToken;
 
+pub use cache_import::{CacheSource, PULL_LIMIT as CACHE_PULL_LIMIT};
+
 use crate::docker::push::RegistryCredentials;
 use crate::docker::{INSTANCE_LABEL, engine_error, job_image_tag};
 use crate::paths::resolve_inside;
-use crate::{ErrorCode, LogSink, LogStream, StepError};
+use crate::{CacheCount, ErrorCode, LogSink, LogStream, StepError};
 
 /// Lines of build output kept for the error of a failed build.
 const TAIL_LINES: usize = 15;
@@ -57,9 +61,26 @@ pub struct BuildRequest {
     /// BuildKit secret id → value, served to `RUN --mount=type=secret` through the
     /// build's session, never as a build argument.
     pub secrets: std::collections::BTreeMap<String, String>,
+    /// Images whose layers the build may reuse, in order of preference.
+    pub cache_from: Vec<CacheSource>,
+    /// Build every step afresh: no layer of an earlier build is reused.
+    pub no_cache: bool,
 }
 
-/// Builds with `builder` and returns the image id (`sha256:…`).
+/// What a build made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built {
+    /// `sha256:…`.
+    pub image_id: String,
+    pub cache: CacheCount,
+}
+
+/// The build argument that makes BuildKit write its cache metadata into the image
+/// (inline cache), so that a build elsewhere can reuse its layers once it is pushed.
+/// The same value for every build: it changes no cache key.
+const INLINE_CACHE: (&str, &str) = ("BUILDKIT_INLINE_CACHE", "1");
+
+/// Builds with `builder` and returns the image id and the cache count.
 pub async fn build_image(
     docker: &Docker,
     builder: Builder,
@@ -67,7 +88,7 @@ pub async fn build_image(
     request: &BuildRequest,
     logs: &LogSink,
     cancel: &CancellationToken,
-) -> Result<String, StepError> {
+) -> Result<Built, StepError> {
     if !request.secrets.is_empty() && builder == Builder::Classic {
         return Err(StepError::new(
             ErrorCode::BuildSecretsUnsupported,
@@ -92,6 +113,11 @@ pub async fn build_image(
         let context = context.clone();
         tokio::task::spawn_blocking(move || ignore::DockerIgnore::read(&context)).await.map_err(panicked)??
     };
+    let cache_from = cache_import::usable(docker, &request.cache_from, logs, cancel).await?;
+    let mut build_args = request.build_args.clone();
+    if builder == Builder::BuildKit {
+        build_args.insert(INLINE_CACHE.0.to_string(), INLINE_CACHE.1.to_string());
+    }
     let dockerfile_in_tar = context::dockerfile_in_tar(&context, &dockerfile);
     let name = match builder {
         Builder::BuildKit => "buildkit",
@@ -107,8 +133,10 @@ pub async fn build_image(
     let options = BuildImageOptionsBuilder::default()
         .dockerfile(&dockerfile_in_tar)
         .t(&request.image)
-        .buildargs(&request.build_args)
+        .buildargs(&build_args)
         .labels(&labels)
+        .cachefrom(&cache_from)
+        .nocache(request.no_cache)
         .rm(true)
         .forcerm(true);
     let mut chunks = packing.chunks;
@@ -219,13 +247,15 @@ pub async fn build_image(
             .id
             .ok_or_else(|| StepError::new(ErrorCode::BuildFailed, "the engine reported no image id"))?,
     };
+    let cache = log.cache;
+    logs.line(LogStream::System, format!("build: {cache}")).await;
     let (repo, tag) = job_image_tag(&request.instance_id, &request.job_id);
     let options = TagImageOptionsBuilder::default().repo(&repo).tag(&tag).build();
     docker
         .tag_image(&image_id, Some(options))
         .await
         .map_err(|e| engine_error(e, ErrorCode::BuildFailed, "cannot tag the built image for its job"))?;
-    Ok(image_id)
+    Ok(Built { image_id, cache })
 }
 
 /// The registry of the job's image and the job's login for it, if it has one: base
@@ -283,11 +313,20 @@ struct BuildLog<'a> {
     started: &'a AtomicBool,
     /// The Dockerfile's path, to name it when it does not parse.
     dockerfile: &'a str,
+    /// The steps seen to end so far, and how many came from cache.
+    cache: CacheCount,
 }
 
 impl<'a> BuildLog<'a> {
     fn new(logs: &'a LogSink, started: &'a AtomicBool, dockerfile: &'a str) -> Self {
-        BuildLog { logs, tail: VecDeque::with_capacity(TAIL_LINES), instruction: None, started, dockerfile }
+        BuildLog {
+            logs,
+            tail: VecDeque::with_capacity(TAIL_LINES),
+            instruction: None,
+            started,
+            dockerfile,
+            cache: CacheCount::default(),
+        }
     }
 
     async fn line(&mut self, line: String) {

@@ -1,0 +1,114 @@
+//! The build cache with real parts: builds of the same repository, Dockerfile and
+//! context reuse each other's layers (through the engine and through the last
+//! pushed image), say so in the job, the log, the metric and the views, and a
+//! second job of a repository goes to the worker that holds its layers.
+
+use std::time::Duration;
+
+use crate::common::*;
+use serde_json::{Value, json};
+
+const JOB_LIMIT: Duration = Duration::from_secs(180);
+
+/// A repository whose Dockerfile has four steps after `FROM`, the first of them
+/// copying a file unique to this repository, so that its first build is cold
+/// whatever the engine built before.
+fn layered_repo(git: &GitServer, name: &str, token: &str) -> String {
+    let dockerfile = "FROM scratch\nCOPY token /token\nCOPY busybox /bin/busybox\n\
+                      RUN [\"/bin/busybox\", \"sh\", \"-c\", \"echo layer > /layer\"]\n\
+                      COPY app.txt /app.txt\nCMD [\"/bin/busybox\", \"cat\", \"/app.txt\"]\n";
+    git.repo(
+        name,
+        &[
+            ("Dockerfile", Entry::Text(dockerfile)),
+            ("busybox", Entry::Busybox),
+            ("token", Entry::Text(token)),
+            ("app.txt", Entry::Text("hello from the app\n")),
+        ],
+    )
+}
+
+/// The build step of a finished job: (cache hits, cache steps).
+fn build_counts(job: &Value) -> (i64, i64) {
+    let build = job["steps"].as_array().unwrap().iter().find(|s| s["step"] == "build").expect("a build step");
+    (build["cache_hits"].as_i64().expect("cache_hits"), build["cache_steps"].as_i64().expect("cache_steps"))
+}
+
+fn build_lines(lines: &[Value]) -> Vec<String> {
+    lines.iter().filter(|l| l["step"] == "build").map(|l| l["line"].as_str().unwrap().to_string()).collect()
+}
+
+async fn run_job(api: &str, body: &Value) -> (Value, Vec<String>) {
+    let id = submit(api, body).await["id"].as_str().unwrap().to_string();
+    let job = wait_finished(api, &id, JOB_LIMIT).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let lines = build_lines(&all_logs(api, &id).await);
+    (job, lines)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_build_of_the_same_commit_comes_from_cache_and_a_missing_cache_image_builds_cold() {
+    let registry = AuthRegistry::start();
+    let login = [
+        ("SLIPWAY_REGISTRY_HOST", registry.addr.as_str()),
+        ("SLIPWAY_REGISTRY_USERNAME", REGISTRY_USER),
+        ("SLIPWAY_REGISTRY_PASSWORD", REGISTRY_PASSWORD),
+    ];
+    let standalone = Standalone::start(&login).await;
+    let api = standalone.api();
+    let repo = layered_repo(&standalone.git, "layered", &unique("token-"));
+    let image = format!("{}/cache/app:{}", registry.addr, unique("t"));
+    let job = json!({ "repo": repo, "image": image });
+
+    // Cold: nothing of this repository was ever built.
+    let (first, lines) = run_job(&api, &job).await;
+    assert_eq!(build_counts(&first), (0, 4), "{lines:?}");
+    assert!(lines.contains(&"build: 0 of 4 steps from cache".to_string()), "{lines:?}");
+    let pushed = first["pushed_ref"].as_str().unwrap().to_string();
+
+    // The engine forgets the pushed image: the next build pulls it back (with the
+    // worker's login for that registry) to take its cache from it.
+    docker_cli(&["rmi", "-f", first["image_id"].as_str().unwrap()]);
+    let (second, lines) = run_job(&api, &job).await;
+    assert!(lines.contains(&format!("cache: pulling {pushed}")), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains("cannot use")), "{lines:?}");
+    // Same commit, another job: nothing Slipway adds changes a cache key.
+    assert_eq!(build_counts(&second), (4, 4), "{lines:?}");
+    assert!(lines.contains(&"build: 4 of 4 steps from cache".to_string()), "{lines:?}");
+
+    // A cache image that does not exist never fails the build; the log says why.
+    let missing = format!("{}/cache/nothing:{}", registry.addr, unique("t"));
+    let (named, lines) = run_job(&api, &json!({ "repo": repo, "image": image, "cache_from": [missing] })).await;
+    assert!(lines.iter().any(|l| l.starts_with(&format!("cache: cannot use {missing} ("))), "{lines:?}");
+    assert_eq!(named["spec"]["cache_from"], json!([missing]));
+
+    // `"cache": false` builds every step afresh.
+    let (fresh, lines) = run_job(&api, &json!({ "repo": repo, "image": image, "cache": false })).await;
+    assert_eq!(build_counts(&fresh), (0, 4), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.starts_with("cache: ")), "{lines:?}");
+
+    // The hit rate of the day, and the build that missed while an earlier one existed.
+    let pool = standalone.db.store.pool();
+    let (builds, steps, hits, cold): (i64, i64, i64, i64) =
+        sqlx::query_as("select builds, steps, cache_hits, cold_builds from build_cache where repository = $1")
+            .bind(&repo)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let named_hits = build_counts(&named).0;
+    assert_eq!((builds, steps, hits, cold), (4, 16, 4 + named_hits, 2));
+    let misses: Vec<(uuid::Uuid, uuid::Uuid)> =
+        sqlx::query_as("select job_id, earlier_job_id from build_cache_misses where repository = $1")
+            .bind(&repo)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let id = |job: &Value| job["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap();
+    assert_eq!(misses, [(id(&fresh), id(&named))]);
+
+    // The metric counts the same steps.
+    let metrics = http().get(format!("{api}/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |series: &str| metrics.lines().find_map(|l| l.strip_prefix(series)).map(str::trim).map(str::to_string);
+    assert_eq!(value("slipway_build_cache_steps_total{result=\"hit\"}"), Some((4 + named_hits).to_string()));
+    assert_eq!(value("slipway_build_cache_steps_total{result=\"miss\"}"), Some((12 - named_hits).to_string()));
+}

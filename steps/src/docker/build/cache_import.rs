@@ -1,0 +1,57 @@
+//! The images a build takes its cache from: found on the engine or pulled before
+//! the build starts, so that both builders see them the same way (the classic
+//! builder only looks at local images; the engine's BuildKit reads an image's
+//! inline cache from the local store first). An image that cannot be had never
+//! fails the build: the log says why and the build goes on without it.
+
+use std::time::Duration;
+
+use bollard::Docker;
+use tokio_util::sync::CancellationToken;
+
+use crate::docker::pull_image;
+use crate::docker::push::RegistryCredentials;
+use crate::{LogSink, LogStream, StepError};
+
+/// The longest a cache image may take to pull: past it, building cold is faster.
+pub const PULL_LIMIT: Duration = Duration::from_secs(300);
+
+/// An image to take cache from, with the login to pull it, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSource {
+    /// `name:tag` or `name@sha256:…`.
+    pub image: String,
+    pub login: Option<RegistryCredentials>,
+}
+
+/// The sources that are on the engine now, in order; each one left out is named
+/// in the log with its reason. Only a cancel or an unreachable engine is an error.
+pub(super) async fn usable(
+    docker: &Docker,
+    sources: &[CacheSource],
+    logs: &LogSink,
+    cancel: &CancellationToken,
+) -> Result<Vec<String>, StepError> {
+    let mut usable = Vec::new();
+    for source in sources {
+        let image = &source.image;
+        if docker.inspect_image(image).await.is_ok() {
+            logs.line(LogStream::System, format!("cache: using {image}, already on this engine")).await;
+            usable.push(image.clone());
+            continue;
+        }
+        logs.line(LogStream::System, format!("cache: pulling {image}")).await;
+        let pulled = tokio::time::timeout(PULL_LIMIT, pull_image(docker, image, source.login.as_ref(), cancel)).await;
+        let why = match pulled {
+            Ok(Ok(Ok(()))) => {
+                usable.push(image.clone());
+                continue;
+            }
+            Ok(Ok(Err(why))) => why,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => format!("not pulled within {PULL_LIMIT:?}"),
+        };
+        logs.line(LogStream::System, format!("cache: cannot use {image} ({why}); building without it")).await;
+    }
+    Ok(usable)
+}

@@ -1,0 +1,72 @@
+//! Which lines of a build's progress are steps, for [`crate::CacheCount`].
+//!
+//! A step is an instruction after `FROM` that the builder reports on its own:
+//! BuildKit names its vertices `[2/5] RUN …` (`[stage 2/5] RUN …` in a multi-stage
+//! build) and says at their end whether they came from cache; the classic builder
+//! prints `Step 2/5 : RUN …` and then ` ---> Using cache` for a hit. `FROM` is not
+//! counted: it is a base image pulled or found, not a layer built. BuildKit's own
+//! work (`[internal] load …`, `exporting to image`) is not an instruction.
+
+/// Whether a BuildKit vertex named `name` is a step of the Dockerfile.
+pub(super) fn is_buildkit_step(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('[') else { return false };
+    let Some((position, instruction)) = rest.split_once("] ") else { return false };
+    // `2/5` or `stage 2/5`: a numbered position, never `internal`.
+    let numbered = position
+        .rsplit(' ')
+        .next()
+        .is_some_and(|n| n.split_once('/').is_some_and(|(a, b)| is_number(a) && is_number(b)));
+    numbered && !is_from(instruction)
+}
+
+/// For a line of the classic builder's output: `Some(true)` starts a counted step,
+/// `Some(false)` starts a `FROM`, `None` is any other line.
+pub(super) fn classic_step(line: &str) -> Option<bool> {
+    let rest = line.strip_prefix("Step ")?;
+    let (position, instruction) = rest.split_once(" : ")?;
+    let (a, b) = position.split_once('/')?;
+    (is_number(a) && is_number(b)).then(|| !is_from(instruction))
+}
+
+/// Whether a line of the classic builder's output says the current step came from cache.
+pub(super) fn is_classic_hit(line: &str) -> bool {
+    line.trim() == "---> Using cache"
+}
+
+fn is_from(instruction: &str) -> bool {
+    instruction.split_whitespace().next().is_some_and(|word| word.eq_ignore_ascii_case("from"))
+}
+
+fn is_number(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buildkit_instructions_are_steps_and_its_own_work_is_not() {
+        assert!(is_buildkit_step("[2/3] COPY busybox /bin/busybox"));
+        assert!(is_buildkit_step("[builder 4/7] RUN make"));
+        assert!(!is_buildkit_step("[1/3] FROM docker.io/library/alpine@sha256:00"));
+        assert!(!is_buildkit_step("[builder 1/7] from base"));
+        assert!(!is_buildkit_step("[internal] load build definition from Dockerfile"));
+        assert!(!is_buildkit_step("[internal] load metadata for docker.io/library/alpine:3"));
+        assert!(!is_buildkit_step("exporting to image"));
+        assert!(!is_buildkit_step("importing cache manifest from 127.0.0.1:5000/app"));
+        assert!(!is_buildkit_step("[a/b] RUN x"));
+        assert!(!is_buildkit_step("[2/3]RUN x"));
+    }
+
+    #[test]
+    fn classic_steps_and_hits() {
+        assert_eq!(classic_step("Step 1/4 : FROM scratch"), Some(false));
+        assert_eq!(classic_step("Step 2/4 : COPY busybox /bin/busybox"), Some(true));
+        assert_eq!(classic_step("Step 4/4 : CMD [\"sh\"]"), Some(true));
+        assert_eq!(classic_step("Step two : RUN x"), None);
+        assert_eq!(classic_step(" ---> Running in 1234"), None);
+        assert!(is_classic_hit(" ---> Using cache"));
+        assert!(!is_classic_hit(" ---> 5d2f0a1b"));
+    }
+}
