@@ -664,3 +664,60 @@ async fn tokens_are_stored_as_hashes_found_by_prefix_and_revoked_within_their_pr
         sqlx::query_as("select action, target from audit_log").fetch_one(store.pool()).await.unwrap();
     assert_eq!(logged, ("token.revoke".to_string(), Some(token.prefix.clone())));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_waits_for_the_worker_holding_its_cache_without_holding_up_others_and_builds_from_its_projects_last_push()
+{
+    let db = TestDb::new().await;
+    let cached = queue(&db, 1).await[0];
+    let other = queue_request(&db, 1, JobRequest { context: Some("sub".into()), ..Default::default() }).await[0];
+    let key: String = sqlx::query_scalar("select cache_key from jobs where id = $1")
+        .bind(cached)
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+    let held_by_b = CacheElsewhere { keys: vec![key.clone()], wait: Duration::from_secs(60) };
+
+    // Another worker holds the first job's key: this one takes the younger job.
+    let claimed = db.store.claim("o", "worker-a", &docker(), 1, TTL, &held_by_b).await.unwrap();
+    assert_eq!(claimed.iter().map(|j| j.id).collect::<Vec<_>>(), [other]);
+    assert!(db.store.claim("o", "worker-a", &docker(), 1, TTL, &held_by_b).await.unwrap().is_empty());
+    // The holder takes it, and the reason is kept for the history.
+    let holder = WorkerOffer { cache_keys: vec![key.clone()], ..docker() };
+    let claimed = db.store.claim("o", "worker-b", &holder, 1, TTL, &NOWHERE).await.unwrap();
+    assert_eq!(claimed.iter().map(|j| j.id).collect::<Vec<_>>(), [cached]);
+    let reason =
+        |id: JobId| sqlx::query_scalar::<_, Option<String>>("select dispatch_reason from jobs where id = $1").bind(id);
+    let said = reason(cached).fetch_one(db.store.pool()).await.unwrap();
+    assert_eq!(said.as_deref(), Some("dispatched to worker-b: holds the cache of this repository"));
+    assert_eq!(claimed[0].cache_image, None, "nothing was pushed for the key yet");
+
+    // Past the wait any worker takes it; it builds from the key's last push in its
+    // own project, never another project's.
+    let pushed = "127.0.0.1:5000/app@sha256:".to_string() + &"a".repeat(64);
+    sqlx::query("update jobs set pushed_ref = $2 where id = $1")
+        .bind(cached)
+        .bind(&pushed)
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    let next = queue(&db, 1).await[0];
+    let stranger = db.store.create_project("stranger").await.unwrap().unwrap();
+    let foreign = queue(&db, 1).await[0];
+    sqlx::query("update jobs set project_id = $2 where id = $1")
+        .bind(foreign)
+        .bind(stranger.id)
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    let soon = CacheElsewhere { wait: Duration::ZERO, ..held_by_b };
+    let claimed = db.store.claim("o", "worker-a", &docker(), 2, TTL, &soon).await.unwrap();
+    let image_of = |id| claimed.iter().find(|j| j.id == id).unwrap().cache_image.clone();
+    assert_eq!(image_of(next), Some(pushed));
+    assert_eq!(image_of(foreign), None);
+    let said = reason(next).fetch_one(db.store.pool()).await.unwrap();
+    assert_eq!(
+        said.as_deref(),
+        Some("dispatched to worker-a: the workers holding the cache of this repository had no free slot within 0 s")
+    );
+}
