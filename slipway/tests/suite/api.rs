@@ -129,6 +129,20 @@ async fn bad_requests_get_a_json_error_naming_the_field_and_write_nothing() {
         (with("build_args", json!({ "--squash": "1" })), 400, "invalid_field", Some("build_args.--squash")),
         (with("build_args", json!({ "A\nB": "1" })), 400, "invalid_field", Some("build_args.A\nB")),
         (with("build_args", json!({ "A\u{2028}B": "1" })), 400, "invalid_field", Some("build_args.A\u{2028}B")),
+        // Cache images come from a registry, pinned by a whole digest or a tag, a few at most.
+        (with("cache_from", json!("127.0.0.1:5000/app")), 400, "invalid_field", Some("cache_from")),
+        (with("cache_from", json!(["app:cache"])), 400, "invalid_field", Some("cache_from[0]")),
+        (with("cache_from", json!(["127.0.0.1:5000/a", "--pull"])), 400, "invalid_field", Some("cache_from[1]")),
+        (with("cache_from", json!(["127.0.0.1:5000/a@sha256:0"])), 400, "invalid_field", Some("cache_from[0]")),
+        (with("cache_from", json!(["127.0.0.1:5000/a\u{0}"])), 400, "invalid_field", Some("cache_from[0]")),
+        (with("cache_from", json!(vec!["127.0.0.1:5000/a"; 9])), 400, "invalid_field", Some("cache_from")),
+        (
+            json!({ "repo": valid()["repo"], "image": valid()["image"], "cache": false, "cache_from": ["127.0.0.1:5000/a"] }),
+            400,
+            "invalid_field",
+            Some("cache_from"),
+        ),
+        (with("cache", json!("no")), 400, "invalid_field", Some("cache")),
     ];
     for (body, status, code, field) in cases {
         let (got, error) = post_raw(&api, serde_json::to_vec(&body).unwrap(), "application/json").await;
