@@ -85,6 +85,9 @@ fn body(viewer: &Viewer, job: &JobRow, steps: &[StepRow], events: &[EventRow], l
             dt { "Dockerfile" } dd { (spec.dockerfile) " in " (spec.context) }
             dt { "Image" } dd.wrap { (spec.image) }
             dt { "Image id" } dd.wrap { code { (job.image_id.as_deref().unwrap_or("—")) } }
+            @if let Some((hits, of)) = steps.iter().rev().find(|s| s.step == "build").and_then(|s| s.cache_hits.zip(s.cache_steps)) {
+                dt { "Build cache" } dd { (hits) " of " (of) " steps from cache" }
+            }
             dt { "Pushed" } dd.wrap { (job.pushed_ref.as_deref().unwrap_or(if spec.is_local_image() { "no: a local image" } else { "—" })) }
             dt { "Runs on" } dd { (spec.run.runtime.as_str())
                 @if let Some(c) = &job.container_id { " · container " code { (c.get(..12).unwrap_or(c)) } }

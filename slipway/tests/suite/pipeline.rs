@@ -270,6 +270,23 @@ async fn two_standalones_share_one_database() {
     builders.sort();
     builders.dedup();
     assert_eq!(builders, ["buildkit", "the classic builder"]);
+    // Both builders count the build's steps after FROM, by their own names for them:
+    // the classic builder's `Step 3/3 : CMD …` is one, BuildKit makes no vertex of a CMD.
+    let counted: Vec<(String, i32, i32)> = sqlx::query_as(
+        "select worker, cache_hits, cache_steps from job_steps where step = 'build' order by started_at",
+    )
+    .fetch_all(db.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(counted.len(), 4);
+    for (i, (worker, hits, steps)) in counted.iter().enumerate() {
+        let expected = if worker == "worker-first" { 2 } else { 1 };
+        assert!(*steps == expected && (0..=*steps).contains(hits), "{counted:?}");
+        // A worker's second build of the repository takes every step from cache.
+        if counted[..i].iter().any(|(earlier, _, _)| earlier == worker) {
+            assert_eq!(hits, steps, "{counted:?}");
+        }
+    }
     let runs: i64 = sqlx::query_scalar("select count(*) from job_steps where step = 'run'")
         .fetch_one(db.store.pool())
         .await

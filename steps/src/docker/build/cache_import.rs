@@ -31,20 +31,20 @@ pub(super) async fn usable(
     sources: &[CacheSource],
     logs: &LogSink,
     cancel: &CancellationToken,
-) -> Result<Vec<String>, StepError> {
+) -> Result<Vec<Usable>, StepError> {
     let mut usable = Vec::new();
     for source in sources {
         let image = &source.image;
         if docker.inspect_image(image).await.is_ok() {
             logs.line(LogStream::System, format!("cache: using {image}, already on this engine")).await;
-            usable.push(image.clone());
+            usable.push(Usable { image: image.clone(), was_here: true });
             continue;
         }
         logs.line(LogStream::System, format!("cache: pulling {image}")).await;
         let pulled = tokio::time::timeout(PULL_LIMIT, pull_image(docker, image, source.login.as_ref(), cancel)).await;
         let why = match pulled {
             Ok(Ok(Ok(()))) => {
-                usable.push(image.clone());
+                usable.push(Usable { image: image.clone(), was_here: false });
                 continue;
             }
             Ok(Ok(Err(why))) => why,
@@ -54,4 +54,22 @@ pub(super) async fn usable(
         logs.line(LogStream::System, format!("cache: cannot use {image} ({why}); building without it")).await;
     }
     Ok(usable)
+}
+
+/// A cache image on the engine, and whether it was there before this build.
+pub(super) struct Usable {
+    pub image: String,
+    pub was_here: bool,
+}
+
+/// The images to name to the classic builder. Once named any, it takes a step from
+/// its local cache only if the image found there is a parent of one of them, and it
+/// matches named images by their history, which BuildKit writes differently: so a
+/// cache image already on this engine is left unnamed (the engine's own cache holds
+/// what was built here), and pulled ones are named only when none was here.
+pub(super) fn for_classic_builder(usable: &[Usable]) -> Vec<String> {
+    if usable.iter().any(|u| u.was_here) {
+        return Vec::new();
+    }
+    usable.iter().map(|u| u.image.clone()).collect()
 }

@@ -4,7 +4,8 @@
 //! BuildKit names its vertices `[2/5] RUN …` (`[stage 2/5] RUN …` in a multi-stage
 //! build) and says at their end whether they came from cache; the classic builder
 //! prints `Step 2/5 : RUN …` and then ` ---> Using cache` for a hit. `FROM` is not
-//! counted: it is a base image pulled or found, not a layer built. BuildKit's own
+//! counted: it is a base image pulled or found, not a layer built; nor is the
+//! `LABEL` the classic builder appends for Slipway's own label. BuildKit's own
 //! work (`[internal] load …`, `exporting to image`) is not an instruction.
 
 /// Whether a BuildKit vertex named `name` is a step of the Dockerfile.
@@ -20,12 +21,14 @@ pub(super) fn is_buildkit_step(name: &str) -> bool {
 }
 
 /// For a line of the classic builder's output: `Some(true)` starts a counted step,
-/// `Some(false)` starts a `FROM`, `None` is any other line.
+/// `Some(false)` one that is not counted (`FROM`, or the `LABEL` the builder
+/// appends for the labels Slipway asks for), `None` is any other line.
 pub(super) fn classic_step(line: &str) -> Option<bool> {
     let rest = line.strip_prefix("Step ")?;
     let (position, instruction) = rest.split_once(" : ")?;
     let (a, b) = position.split_once('/')?;
-    (is_number(a) && is_number(b)).then(|| !is_from(instruction))
+    let own_label = instruction.starts_with(&format!("LABEL {}=", crate::docker::INSTANCE_LABEL));
+    (is_number(a) && is_number(b)).then(|| !is_from(instruction) && !own_label)
 }
 
 /// Whether a line of the classic builder's output says the current step came from cache.
@@ -63,7 +66,9 @@ mod tests {
     fn classic_steps_and_hits() {
         assert_eq!(classic_step("Step 1/4 : FROM scratch"), Some(false));
         assert_eq!(classic_step("Step 2/4 : COPY busybox /bin/busybox"), Some(true));
-        assert_eq!(classic_step("Step 4/4 : CMD [\"sh\"]"), Some(true));
+        assert_eq!(classic_step("Step 4/5 : CMD [\"sh\"]"), Some(true));
+        assert_eq!(classic_step("Step 5/5 : LABEL slipway.instance=0a1b"), Some(false));
+        assert_eq!(classic_step("Step 5/5 : LABEL version=1"), Some(true));
         assert_eq!(classic_step("Step two : RUN x"), None);
         assert_eq!(classic_step(" ---> Running in 1234"), None);
         assert!(is_classic_hit(" ---> Using cache"));

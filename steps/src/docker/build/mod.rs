@@ -113,7 +113,11 @@ pub async fn build_image(
         let context = context.clone();
         tokio::task::spawn_blocking(move || ignore::DockerIgnore::read(&context)).await.map_err(panicked)??
     };
-    let cache_from = cache_import::usable(docker, &request.cache_from, logs, cancel).await?;
+    let usable = cache_import::usable(docker, &request.cache_from, logs, cancel).await?;
+    let cache_from = match builder {
+        Builder::BuildKit => usable.into_iter().map(|u| u.image).collect(),
+        Builder::Classic => cache_import::for_classic_builder(&usable),
+    };
     let mut build_args = request.build_args.clone();
     if builder == Builder::BuildKit {
         build_args.insert(INLINE_CACHE.0.to_string(), INLINE_CACHE.1.to_string());
