@@ -69,6 +69,14 @@ async fn a_second_build_of_the_same_commit_comes_from_cache_and_a_missing_cache_
     // The engine forgets the pushed image: the next build pulls it back (with the
     // worker's login for that registry) to take its cache from it.
     docker_cli(&["rmi", "-f", first["image_id"].as_str().unwrap()]);
+    // An image a job names itself is pulled with the job's own login only: this
+    // job (of another repository) pushes to another registry, so the worker's
+    // login for the cache image's registry is not used, and the pull is refused.
+    let other_repo = layered_repo(&standalone.git, "other", &unique("token-"));
+    let elsewhere = format!("{}/cache/other:{}", open_registry(), unique("t"));
+    let (_, lines) = run_job(&api, &json!({ "repo": other_repo, "image": elsewhere, "cache_from": [pushed] })).await;
+    let refused = format!("cache: cannot use {pushed} (");
+    assert!(lines.iter().any(|l| l.starts_with(&refused) && l.contains("building without it")), "{lines:?}");
     let (second, lines) = run_job(&api, &job).await;
     assert!(lines.contains(&format!("cache: pulling {pushed}")), "{lines:?}");
     assert!(!lines.iter().any(|l| l.contains("cannot use")), "{lines:?}");
@@ -95,8 +103,9 @@ async fn a_second_build_of_the_same_commit_comes_from_cache_and_a_missing_cache_
             .fetch_one(pool)
             .await
             .unwrap();
-    let named_hits = build_counts(&named).0;
-    assert_eq!((builds, steps, hits, cold), (4, 16, 4 + named_hits, 2));
+    let all = [&first, &second, &named, &fresh];
+    let hits_of_all: i64 = all.iter().map(|job| build_counts(job).0).sum();
+    assert_eq!((builds, steps, hits, cold), (4, 16, hits_of_all, 2));
     let misses: Vec<(uuid::Uuid, uuid::Uuid)> =
         sqlx::query_as("select job_id, earlier_job_id from build_cache_misses where repository = $1")
             .bind(&repo)
@@ -109,6 +118,6 @@ async fn a_second_build_of_the_same_commit_comes_from_cache_and_a_missing_cache_
     // The metric counts the same steps.
     let metrics = http().get(format!("{api}/metrics")).send().await.unwrap().text().await.unwrap();
     let value = |series: &str| metrics.lines().find_map(|l| l.strip_prefix(series)).map(str::trim).map(str::to_string);
-    assert_eq!(value("slipway_build_cache_steps_total{result=\"hit\"}"), Some((4 + named_hits).to_string()));
-    assert_eq!(value("slipway_build_cache_steps_total{result=\"miss\"}"), Some((12 - named_hits).to_string()));
+    assert_eq!(value("slipway_build_cache_steps_total{result=\"hit\"}"), Some(hits_of_all.to_string()));
+    assert_eq!(value("slipway_build_cache_steps_total{result=\"miss\"}"), Some((16 + 4 - hits_of_all).to_string()));
 }
