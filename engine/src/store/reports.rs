@@ -184,6 +184,7 @@ async fn store_outputs(
         )
     });
     let transition = if ended { Transition::SucceedStep(step) } else { Transition::RecordOutputs(step) };
+    let cache = outputs.cache.filter(|_| step == Step::Build);
     let rows = bound(SQL.as_str(), outputs)
         .bind(lease.job_id)
         .bind(lease.token)
@@ -193,8 +194,9 @@ async fn store_outputs(
         .bind(transition.from_states())
         .bind(lease.attempt)
         .bind(&lease.worker)
-        .bind(outputs.cache.map(|c| i32::try_from(c.hits).unwrap_or(i32::MAX)))
-        .bind(outputs.cache.map(|c| i32::try_from(c.steps).unwrap_or(i32::MAX)))
+        // A build's count; later steps' outputs carry it along, their rows do not.
+        .bind(cache.map(|c| i32::try_from(c.hits).unwrap_or(i32::MAX)))
+        .bind(cache.map(|c| i32::try_from(c.steps).unwrap_or(i32::MAX)))
         .fetch_one(&mut *conn)
         .await?;
     fenced(rows)
