@@ -136,6 +136,13 @@ pub struct SubmitArgs {
     /// Fetch the repository's submodules, recursively.
     #[arg(long)]
     pub submodules: bool,
+    /// Image whose layers the build may reuse, with its registry host (repeatable)
+    /// [default: the last image pushed for the same repository, Dockerfile and context].
+    #[arg(long = "cache-from")]
+    pub cache_from: Vec<String>,
+    /// Build every step afresh, reusing no layer.
+    #[arg(long, conflicts_with = "cache_from")]
+    pub no_cache: bool,
     /// The project's secret holding a login for the image's registry.
     #[arg(long)]
     pub registry_credentials: Option<String>,
@@ -267,6 +274,12 @@ pub async fn submit(api: &Api, args: SubmitArgs) -> anyhow::Result<i32> {
     }
     if let Some(secret) = args.registry_credentials {
         body["registry"] = json!({ "credentials": secret });
+    }
+    if !args.cache_from.is_empty() {
+        body["cache_from"] = json!(args.cache_from);
+    }
+    if args.no_cache {
+        body["cache"] = json!(false);
     }
     let mut run = json!({});
     if !args.command.is_empty() {

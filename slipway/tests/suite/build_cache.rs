@@ -124,3 +124,64 @@ async fn a_second_build_of_the_same_commit_comes_from_cache_and_a_missing_cache_
     assert_eq!(value("slipway_build_cache_steps_total{result=\"hit\"}"), Some(hits_of_all.to_string()));
     assert_eq!(value("slipway_build_cache_steps_total{result=\"miss\"}"), Some((16 + 4 - hits_of_all).to_string()));
 }
+
+/// Why the job's first step started where it did, from its history.
+async fn dispatch_reason(api: &str, id: &str) -> String {
+    let events: Value = http().get(format!("{api}/v1/jobs/{id}/events")).send().await.unwrap().json().await.unwrap();
+    let cloning = events["events"].as_array().unwrap().iter().find(|e| e["to_state"] == "cloning").expect("cloning");
+    cloning["reason"].as_str().unwrap_or_default().to_string()
+}
+
+fn worker_of(job: &Value) -> &str {
+    job["steps"][0]["worker"].as_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repository_goes_back_to_the_worker_holding_its_layers_unless_it_stays_busy_past_the_wait() {
+    let db = TestDb::new().await;
+    let git = GitServer::start();
+    let repo = layered_repo(&git, "affine", &unique("token-"));
+    let (work_a, work_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ports = Ports::new();
+    let port_b = free_port();
+    // One slot each; worker-b offers a label, so that a job requiring it goes there
+    // first (worker-a is asked first, so without affinity it would take the rest).
+    let one = [("SLIPWAY_WORKER_SLOTS", "1")];
+    let _a = spawn_worker("worker-a", ports.worker, work_a.path(), settings(&one));
+    let _b = spawn_worker("worker-b", port_b, work_b.path(), settings(&[one[0], ("SLIPWAY_WORKER_LABELS", "pool=b")]));
+    let _server = spawn_server("server", &db.url, &ports, &[ports.worker, port_b], []);
+    let api = ports.api();
+    wait_healthy(&api, Duration::from_secs(30)).await;
+    let image = format!("{}/affinity/app:{}", open_registry(), unique("t"));
+
+    let (first, _) = run_job(&api, &json!({ "repo": repo, "image": image, "requires": { "pool": "b" } })).await;
+    assert_eq!(worker_of(&first), "worker-b");
+
+    // Both workers are free: the next build of the repository goes where its layers are.
+    let (second, lines) = run_job(&api, &json!({ "repo": repo, "image": image })).await;
+    assert_eq!(worker_of(&second), "worker-b", "{lines:?}");
+    let id = second["id"].as_str().unwrap();
+    assert_eq!(dispatch_reason(&api, id).await, "dispatched to worker-b: holds the cache of this repository");
+    assert_eq!(build_counts(&second), (4, 4));
+
+    // worker-b busy: a build of the repository waits for it, then any worker takes it.
+    let busy = json!({ "repo": repo, "image": image, "requires": { "pool": "b" }, "run": { "command": sleeping_command(60) } });
+    let busy = submit(&api, &busy).await["id"].as_str().unwrap().to_string();
+    wait_state(&api, &busy, "running", JOB_LIMIT).await;
+    let waiting = submit(&api, &json!({ "repo": repo, "image": image })).await["id"].as_str().unwrap().to_string();
+    let third = wait_finished(&api, &waiting, JOB_LIMIT).await;
+    assert_eq!((third["state"].as_str(), worker_of(&third)), (Some("succeeded"), "worker-a"), "{third}");
+    assert_eq!(
+        dispatch_reason(&api, &waiting).await,
+        "dispatched to worker-a: the workers holding the cache of this repository had no free slot within 2 s"
+    );
+    let waited: f64 =
+        sqlx::query_scalar("select extract(epoch from queue_wait)::float8 from job_queue_wait where job_id = $1")
+            .bind(waiting.parse::<uuid::Uuid>().unwrap())
+            .fetch_one(db.store.pool())
+            .await
+            .unwrap();
+    assert!(waited >= 2.0, "it went elsewhere after {waited} s, before the affinity wait");
+    cancel(&api, &busy).await;
+    wait_finished(&api, &busy, JOB_LIMIT).await;
+}

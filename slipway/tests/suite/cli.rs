@@ -87,3 +87,28 @@ async fn a_job_is_named_by_the_start_of_its_id_when_no_other_job_s_starts_the_sa
     assert!(!ok && err.contains("no job's id starts with `ffffffff`"), "{err}");
     assert_eq!(get_job(&api, &first).await["state"], "queued", "only the named job was cancelled");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_passes_the_build_cache_flags() {
+    let standalone = Standalone::start(&[]).await;
+    let api = standalone.api();
+    let submit_with = |extra: &[&str]| {
+        let mut args = vec!["--api", &api, "submit", "--repo", &standalone.repo, "--image"];
+        args.extend(["cache:dev", "--require", "region=mars"]);
+        args.extend(extra);
+        slipway(&args)
+    };
+    let (ok, out, err) = submit_with(&["--cache-from", "127.0.0.1:5000/app:a", "--cache-from", "127.0.0.1:5000/app:b"]);
+    assert!(ok, "{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(job["spec"]["cache_from"], serde_json::json!(["127.0.0.1:5000/app:a", "127.0.0.1:5000/app:b"]));
+    assert_eq!(job["spec"]["cache"], true);
+    let (ok, out, err) = submit_with(&["--no-cache"]);
+    assert!(ok, "{err}");
+    let job: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((job["spec"]["cache"].as_bool(), job["spec"].get("cache_from")), (Some(false), None));
+    let (ok, _, err) = submit_with(&["--no-cache", "--cache-from", "127.0.0.1:5000/app:a"]);
+    assert!(!ok && err.contains("--no-cache") && err.contains("--cache-from"), "{err}");
+    let (ok, _, err) = submit_with(&["--cache-from", "app:a"]);
+    assert!(!ok && err.contains("cache_from[0]"), "{err}");
+}

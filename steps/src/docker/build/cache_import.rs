@@ -73,3 +73,24 @@ pub(super) fn for_classic_builder(usable: &[Usable]) -> Vec<String> {
     }
     usable.iter().map(|u| u.image.clone()).collect()
 }
+
+/// The cache image a build made again, if it did: the same layers and the same
+/// configuration. BuildKit writes its cache metadata into each image it exports,
+/// and that metadata changes with every build of the same layers, so a build that
+/// changed nothing would still make an image of its own; the job takes the cache
+/// image instead, so that its push sends nothing new and jobs of the same content
+/// share one image (and one ECS task definition).
+pub(super) async fn identical_cache_image(docker: &Docker, built: &str, usable: &[Usable]) -> Option<String> {
+    let what = |image: bollard::models::ImageInspect| {
+        (image.root_fs.and_then(|r| r.layers), image.config, image.architecture, image.os, image.variant)
+    };
+    let built_is = what(docker.inspect_image(built).await.ok()?);
+    for candidate in usable {
+        let Ok(image) = docker.inspect_image(&candidate.image).await else { continue };
+        let id = image.id.clone();
+        if id.as_deref() == Some(built) || what(image) == built_is {
+            return id;
+        }
+    }
+    None
+}

@@ -115,7 +115,7 @@ pub async fn build_image(
     };
     let usable = cache_import::usable(docker, &request.cache_from, logs, cancel).await?;
     let cache_from = match builder {
-        Builder::BuildKit => usable.into_iter().map(|u| u.image).collect(),
+        Builder::BuildKit => usable.iter().map(|u| u.image.clone()).collect(),
         Builder::Classic => cache_import::for_classic_builder(&usable),
     };
     let mut build_args = request.build_args.clone();
@@ -253,13 +253,27 @@ pub async fn build_image(
     };
     let cache = log.cache;
     logs.line(LogStream::System, format!("build: {cache}")).await;
-    let (repo, tag) = job_image_tag(&request.instance_id, &request.job_id);
-    let options = TagImageOptionsBuilder::default().repo(&repo).tag(&tag).build();
-    docker
-        .tag_image(&image_id, Some(options))
-        .await
-        .map_err(|e| engine_error(e, ErrorCode::BuildFailed, "cannot tag the built image for its job"))?;
+    let image_id = match cache_import::identical_cache_image(docker, &image_id, &usable).await {
+        Some(same) if same != image_id => {
+            tag(docker, &same, &request.image).await?;
+            logs.line(LogStream::System, format!("build: the same layers and configuration as {same}: using it")).await;
+            same
+        }
+        _ => image_id,
+    };
+    let (repo, job_tag) = job_image_tag(&request.instance_id, &request.job_id);
+    tag(docker, &image_id, &format!("{repo}:{job_tag}")).await?;
     Ok(Built { image_id, cache })
+}
+
+/// Tags `image_id` as `reference` (`name:tag`).
+async fn tag(docker: &Docker, image_id: &str, reference: &str) -> Result<(), StepError> {
+    let (repo, tag) = reference.rsplit_once(':').filter(|(_, t)| !t.contains('/')).unwrap_or((reference, "latest"));
+    let options = TagImageOptionsBuilder::default().repo(repo).tag(tag).build();
+    docker
+        .tag_image(image_id, Some(options))
+        .await
+        .map_err(|e| engine_error(e, ErrorCode::BuildFailed, &format!("cannot tag the built image as {reference}")))
 }
 
 /// The registry of the job's image and the job's login for it, if it has one: base
