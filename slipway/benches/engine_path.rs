@@ -83,20 +83,20 @@ impl InstantWorker {
 
 /// What the worker sends for one job, in order.
 enum Send {
-    Step(v1::StepReport),
+    Step(Box<v1::StepReport>),
     Logs(v1::LogBatch),
 }
 
 /// A real worker's reports for a job whose steps all succeed at once.
 fn reports_of(lease: &v1::Lease) -> Vec<Send> {
     let report = |step: v1::Step, event, exit_code, then_start: i32| {
-        Send::Step(v1::StepReport {
+        Send::Step(Box::new(v1::StepReport {
             lease: Some(lease.clone()),
             step: step as i32,
             event: Some(event),
             exit_code,
             then_start,
-        })
+        }))
     };
     let lines = |step: v1::Step| {
         let at_micros = chrono::Utc::now().timestamp_micros();
@@ -150,7 +150,7 @@ impl JobService for InstantWorker {
         tokio::spawn(async move {
             for (i, send) in reports_of(&lease).into_iter().enumerate() {
                 let ack = match send {
-                    Send::Step(report) => client.report_step(report).await,
+                    Send::Step(report) => client.report_step(*report).await,
                     Send::Logs(batch) => client.append_logs(batch).await,
                 };
                 match ack {

@@ -226,16 +226,15 @@ async fn push(ctx: &StepContext<'_>, logs: &LogSink) -> Result<Option<String>, S
     }
     // ECR: the repository made if missing (the login is a token for the registry).
     let ecr_registry = image.registry.as_deref().and_then(EcrRegistry::parse);
-    match &ecr_registry {
-        #[cfg(not(feature = "aws"))]
-        Some(_) => return Err(without_aws(ErrorCode::PushRefused, "pushing to Amazon ECR")),
-        #[cfg(feature = "aws")]
-        Some(registry) => {
-            if state.ecr().await.ensure_repository(registry, &image.path).await? {
-                logs.line(LogStream::System, format!("created ECR repository {}", image.path)).await;
-            }
-        }
-        None => {}
+    #[cfg(not(feature = "aws"))]
+    if ecr_registry.is_some() {
+        return Err(without_aws(ErrorCode::PushRefused, "pushing to Amazon ECR"));
+    }
+    #[cfg(feature = "aws")]
+    if let Some(registry) = &ecr_registry
+        && state.ecr().await.ensure_repository(registry, &image.path).await?
+    {
+        logs.line(LogStream::System, format!("created ECR repository {}", image.path)).await;
     }
     let credentials = registry_login(ctx, image.registry.as_deref()).await?;
     let pushed = push_image(&state.docker, &image, credentials.as_ref(), logs, ctx.stop).await;
