@@ -1,8 +1,9 @@
-//! The images a build takes its cache from: found on the engine or pulled before
-//! the build starts, so that both builders see them the same way (the classic
-//! builder only looks at local images; the engine's BuildKit reads an image's
-//! inline cache from the local store first). An image that cannot be had never
-//! fails the build: the log says why and the build goes on without it.
+//! The images a build takes its cache from: found on the engine or pulled, with the
+//! login the worker chose for each, before the build starts (the classic builder
+//! only looks at local images; the engine's BuildKit reads a local image's inline
+//! cache first). An image that cannot be had never fails the build: the log says
+//! why and the build goes on without it. After the build, a build that made its
+//! cache image again takes that image.
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::docker::push::RegistryCredentials;
 use crate::{LogSink, LogStream, StepError};
 
 /// The longest a cache image may take to pull: past it, building cold is faster.
-pub const PULL_LIMIT: Duration = Duration::from_secs(300);
+const PULL_LIMIT: Duration = Duration::from_secs(300);
 
 /// An image to take cache from, with the login to pull it, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]

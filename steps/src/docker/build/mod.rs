@@ -5,7 +5,10 @@
 //! context, as long as it is inside the repository; it is then added to the tar
 //! under a private name. BuildKit runs the build when the engine offers
 //! it ([`detect_builder`]), the classic builder otherwise; each has its own progress
-//! format (`buildkit.rs`, `classic.rs`), turned into the same log lines. A failed
+//! format (`buildkit.rs`, `classic.rs`), turned into the same log lines and the
+//! same count of steps taken from cache (`counting.rs`). Cache images are made
+//! present first (`cache_import.rs`), and BuildKit writes its cache metadata into
+//! the image (inline cache) so that other engines can reuse its layers. A failed
 //! build names the instruction that failed and carries the last lines of output.
 
 mod buildkit;
@@ -25,7 +28,7 @@ use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{BuildImageOptionsBuilder, BuilderVersion, TagImageOptionsBuilder};
 use tokio_util::sync::CancellationToken;
 
-pub use cache_import::{CacheSource, PULL_LIMIT as CACHE_PULL_LIMIT};
+pub use cache_import::CacheSource;
 
 use crate::docker::push::RegistryCredentials;
 use crate::docker::{INSTANCE_LABEL, engine_error, job_image_tag};
