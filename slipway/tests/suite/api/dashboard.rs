@@ -177,6 +177,7 @@ async fn forms_need_the_sessions_csrf_token_and_the_role_the_api_needs() {
     reading.sign_in(&reader).await;
     let page = reading.get(&format!("/jobs/{id}")).await;
     assert_eq!(page.status, 200);
+    assert!(!page.body.contains("Build cache"), "a job that built nothing shows no count");
     assert!(!page.body.contains("<script>alert"), "job text reaches the page unescaped");
     assert!(page.body.contains("&lt;script&gt;alert"), "{}", page.body);
     assert!(!page.body.contains(r#"id="cancel""#) && !page.body.contains(r#"id="rerun""#), "a reader gets buttons");
@@ -185,6 +186,17 @@ async fn forms_need_the_sessions_csrf_token_and_the_role_the_api_needs() {
     assert_eq!(page.status, 403, "{}", page.body);
     assert!(page.body.contains("`submit` role"), "{}", page.body);
     assert_eq!(state_of(&api, &id).await, "queued");
+    // A build's count, once there is one, is on the page.
+    sqlx::query(
+        "insert into job_steps (job_id, attempt, step, worker, finished_at, outcome, cache_hits, cache_steps)
+         values ($1, 1, 'build', 'w', now(), 'succeeded', 3, 4)",
+    )
+    .bind(id.parse::<uuid::Uuid>().unwrap())
+    .execute(api.db.store.pool())
+    .await
+    .unwrap();
+    let page = reading.get(&format!("/jobs/{id}")).await;
+    assert!(page.body.contains("3 of 4 steps from cache"), "{}", page.body);
 
     // A submitter: without the session's CSRF token, refused; with it, cancelled.
     let mut browser = Browser::new(&api);
