@@ -37,6 +37,7 @@ pub(crate) async fn build(ctx: &StepContext<'_>, logs: &LogSink) -> Result<Built
         secrets: job.secrets.build.clone(),
         cache_from: cache_sources(ctx).await?,
         no_cache: job.spec.cache.off,
+        cache_key: job.spec.cache.key.clone(),
     };
     let builder = state.builder().await?;
     let checkout = checkout_dir(ctx.folder);

@@ -1,8 +1,7 @@
-//! The cache keys of the builds this worker finished, newest first: what it tells
-//! orchestrators in its ping so that the next build of a key comes here, where the
-//! engine holds its layers. Bounded; kept in memory, so a restarted worker starts
-//! with none (its engine may still hold the layers: the first build of a key on it
-//! then counts its hits all the same).
+//! The cache keys of the builds whose images this worker's engine holds, newest
+//! first: what it tells orchestrators in its ping so that the next build of a key
+//! comes here, where the layers are. Bounded; kept in memory, and read back at
+//! start from the images on the engine (each carries its key as a label).
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -25,6 +24,16 @@ impl CacheKeys {
         keys.truncate(MAX_CACHE_KEYS);
     }
 
+    /// Keys found on the engine at start: older than any built since.
+    pub fn found(&self, keys: Vec<String>) {
+        let mut held = self.newest_first.lock().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            if held.len() < MAX_CACHE_KEYS && !held.contains(&key) {
+                held.push_back(key);
+            }
+        }
+    }
+
     pub fn newest_first(&self) -> Vec<String> {
         self.newest_first.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
@@ -45,5 +54,10 @@ mod tests {
         assert_eq!(named.len(), MAX_CACHE_KEYS);
         assert_eq!(&named[..3], ["a", "63", "62"]);
         assert_eq!(named.iter().filter(|k| *k == "a").count(), 1);
+
+        let restarted = CacheKeys::default();
+        restarted.built("new");
+        restarted.found(vec!["old".into(), "new".into()]);
+        assert_eq!(restarted.newest_first(), ["new", "old"]);
     }
 }

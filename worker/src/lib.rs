@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slipway_proto::v1::job_service_server::JobServiceServer;
+use slipway_steps::docker::build::cache_keys_on_engine;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 
@@ -97,6 +98,14 @@ impl BoundWorker {
             slots = state.config.slots,
             "worker listening"
         );
+        // The layers the engine holds from before this start, for the first ping on;
+        // an engine that does not answer soon holds none we could use.
+        let found = cache_keys_on_engine(&state.docker, cache_keys::MAX_CACHE_KEYS);
+        match tokio::time::timeout(Duration::from_secs(2), found).await {
+            Ok(Ok(keys)) => state.cache_keys.found(keys),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the cache keys of the engine's images"),
+            Err(_) => tracing::warn!("the engine did not list its images within 2 s: no cache keys from before"),
+        }
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(self.listener);
         let close = CancellationToken::new();
         let server = {

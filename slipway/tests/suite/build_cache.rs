@@ -132,6 +132,26 @@ async fn dispatch_reason(api: &str, id: &str) -> String {
     cloning["reason"].as_str().unwrap_or_default().to_string()
 }
 
+/// Waits until the orchestrator has heard from `worker` since `since` (until then
+/// a job may rightly go to a worker that answers).
+async fn answered_since(api: &str, worker: &str, since: chrono::DateTime<chrono::Utc>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list: Value = http().get(format!("{api}/v1/workers")).send().await.unwrap().json().await.unwrap();
+        let answered = list["workers"].as_array().unwrap().iter().any(|w| {
+            w["id"] == worker
+                && w["reachable"] == true
+                && w["last_answer_at"].as_str().and_then(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+                    > Some(since)
+        });
+        if answered {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{worker} never answered again: {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn worker_of(job: &Value) -> &str {
     job["steps"][0]["worker"].as_str().unwrap()
 }
@@ -148,7 +168,9 @@ async fn a_repository_goes_back_to_the_worker_holding_its_layers_unless_it_stays
     // first (worker-a is asked first, so without affinity it would take the rest).
     let one = [("SLIPWAY_WORKER_SLOTS", "1")];
     let _a = spawn_worker("worker-a", ports.worker, work_a.path(), settings(&one));
-    let _b = spawn_worker("worker-b", port_b, work_b.path(), settings(&[one[0], ("SLIPWAY_WORKER_LABELS", "pool=b")]));
+    let worker_b =
+        || spawn_worker("worker-b", port_b, work_b.path(), settings(&[one[0], ("SLIPWAY_WORKER_LABELS", "pool=b")]));
+    let mut b = worker_b();
     let _server = spawn_server("server", &db.url, &ports, &[ports.worker, port_b], []);
     let api = ports.api();
     wait_healthy(&api, Duration::from_secs(30)).await;
@@ -163,6 +185,15 @@ async fn a_repository_goes_back_to_the_worker_holding_its_layers_unless_it_stays
     let id = second["id"].as_str().unwrap();
     assert_eq!(dispatch_reason(&api, id).await, "dispatched to worker-b: holds the cache of this repository");
     assert_eq!(build_counts(&second), (4, 4));
+
+    // A restarted worker reads from its engine's images which layers it holds.
+    b.terminate(Duration::from_secs(30)).expect("worker-b stops");
+    b = worker_b();
+    answered_since(&api, "worker-b", chrono::Utc::now()).await;
+    let (again, _) = run_job(&api, &json!({ "repo": repo, "image": image })).await;
+    assert_eq!(worker_of(&again), "worker-b");
+    let id = again["id"].as_str().unwrap();
+    assert_eq!(dispatch_reason(&api, id).await, "dispatched to worker-b: holds the cache of this repository");
 
     // worker-b busy: a build of the repository waits for it, then any worker takes it.
     let busy = json!({ "repo": repo, "image": image, "requires": { "pool": "b" }, "run": { "command": sleeping_command(60) } });
@@ -184,4 +215,5 @@ async fn a_repository_goes_back_to_the_worker_holding_its_layers_unless_it_stays
     assert!(waited >= 2.0, "it went elsewhere after {waited} s, before the affinity wait");
     cancel(&api, &busy).await;
     wait_finished(&api, &busy, JOB_LIMIT).await;
+    drop(b);
 }

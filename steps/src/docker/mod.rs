@@ -29,6 +29,10 @@ pub const JOB_TAG_REPOSITORY: &str = "slipway-jobs";
 pub const INSTANCE_LABEL: &str = "slipway.instance";
 /// Label with the attempt that made a container.
 pub const ATTEMPT_LABEL: &str = "slipway.attempt";
+/// Label with the cache key of the build that made an image: the same for every
+/// build of a repository's Dockerfile and context, so it changes no cache key
+/// between them; a restarted worker reads it back to know which layers it holds.
+pub const CACHE_KEY_LABEL: &str = "slipway.cache_key";
 
 /// The repository and tag that mark an image as built for a job of an
 /// installation. Tags are not part of the image: jobs that build the same content

@@ -95,3 +95,25 @@ pub(super) async fn identical_cache_image(docker: &Docker, built: &str, usable: 
     }
     None
 }
+
+/// The cache keys of the images on the engine that Slipway built, newest first, at
+/// most `max`: what a worker holds when it starts.
+pub async fn cache_keys_on_engine(docker: &Docker, max: usize) -> Result<Vec<String>, StepError> {
+    let filters = std::collections::HashMap::from([("label", vec![crate::docker::CACHE_KEY_LABEL.to_string()])]);
+    let options = bollard::query_parameters::ListImagesOptionsBuilder::default().filters(&filters).build();
+    let mut images = docker
+        .list_images(Some(options))
+        .await
+        .map_err(|e| crate::docker::engine_error(e, crate::ErrorCode::EngineUnavailable, "cannot list images"))?;
+    images.sort_by_key(|image| std::cmp::Reverse(image.created));
+    let mut keys: Vec<String> = Vec::new();
+    for key in images.iter().filter_map(|image| image.labels.get(crate::docker::CACHE_KEY_LABEL)) {
+        if keys.len() == max {
+            break;
+        }
+        if !keys.contains(key) {
+            keys.push(key.clone());
+        }
+    }
+    Ok(keys)
+}

@@ -28,10 +28,10 @@ use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{BuildImageOptionsBuilder, BuilderVersion, TagImageOptionsBuilder};
 use tokio_util::sync::CancellationToken;
 
-pub use cache_import::CacheSource;
+pub use cache_import::{CacheSource, cache_keys_on_engine};
 
 use crate::docker::push::RegistryCredentials;
-use crate::docker::{INSTANCE_LABEL, engine_error, job_image_tag};
+use crate::docker::{CACHE_KEY_LABEL, INSTANCE_LABEL, engine_error, job_image_tag};
 use crate::paths::resolve_inside;
 use crate::{CacheCount, ErrorCode, LogSink, LogStream, StepError};
 
@@ -68,6 +68,8 @@ pub struct BuildRequest {
     pub cache_from: Vec<CacheSource>,
     /// Build every step afresh: no layer of an earlier build is reused.
     pub no_cache: bool,
+    /// The job's cache key, put on the image as [`CACHE_KEY_LABEL`].
+    pub cache_key: Option<String>,
 }
 
 /// What a build made.
@@ -136,7 +138,10 @@ pub async fn build_image(
     let packing = context::stream(context, dockerfile, ignore, request.max_context_bytes, stop.clone());
 
     // No job id among the labels: it would make every job's image its own.
-    let labels = HashMap::from([(INSTANCE_LABEL.to_string(), request.instance_id.clone())]);
+    let mut labels = HashMap::from([(INSTANCE_LABEL.to_string(), request.instance_id.clone())]);
+    if let Some(key) = &request.cache_key {
+        labels.insert(CACHE_KEY_LABEL.to_string(), key.clone());
+    }
     let options = BuildImageOptionsBuilder::default()
         .dockerfile(&dockerfile_in_tar)
         .t(&request.image)
