@@ -5,7 +5,7 @@
 //! build) and says at their end whether they came from cache; the classic builder
 //! prints `Step 2/5 : RUN …` and then ` ---> Using cache` for a hit. `FROM` is not
 //! counted: it is a base image pulled or found, not a layer built; nor is the
-//! `LABEL` the classic builder appends for Slipway's own label. BuildKit's own
+//! `LABEL` the classic builder appends for Slipway's own labels. BuildKit's own
 //! work (`[internal] load …`, `exporting to image`) is not an instruction.
 
 /// Whether a BuildKit vertex named `name` is a step of the Dockerfile.
@@ -27,7 +27,10 @@ pub(super) fn classic_step(line: &str) -> Option<bool> {
     let rest = line.strip_prefix("Step ")?;
     let (position, instruction) = rest.split_once(" : ")?;
     let (a, b) = position.split_once('/')?;
-    let own_label = instruction.starts_with(&format!("LABEL {}=", crate::docker::INSTANCE_LABEL));
+    // The builder writes the labels asked for in one LABEL, sorted by name.
+    let own_label = [crate::docker::CACHE_KEY_LABEL, crate::docker::INSTANCE_LABEL]
+        .iter()
+        .any(|label| instruction.starts_with(&format!("LABEL {label}=")));
     (is_number(a) && is_number(b)).then(|| !is_from(instruction) && !own_label)
 }
 
@@ -68,6 +71,7 @@ mod tests {
         assert_eq!(classic_step("Step 2/4 : COPY busybox /bin/busybox"), Some(true));
         assert_eq!(classic_step("Step 4/5 : CMD [\"sh\"]"), Some(true));
         assert_eq!(classic_step("Step 5/5 : LABEL slipway.instance=0a1b"), Some(false));
+        assert_eq!(classic_step("Step 5/5 : LABEL slipway.cache_key=9f slipway.instance=0a1b"), Some(false));
         assert_eq!(classic_step("Step 5/5 : LABEL version=1"), Some(true));
         assert_eq!(classic_step("Step two : RUN x"), None);
         assert_eq!(classic_step(" ---> Running in 1234"), None);
