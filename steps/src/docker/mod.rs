@@ -93,12 +93,8 @@ pub async fn pull_image(
     cancel: &CancellationToken,
 ) -> Result<Result<(), String>, StepError> {
     let options = bollard::query_parameters::CreateImageOptionsBuilder::default().from_image(image).build();
-    let credentials = login.map(|login| bollard::auth::DockerCredentials {
-        username: Some(login.username.clone()),
-        password: Some(login.password.clone()),
-        serveraddress: image.parse::<crate::image_ref::PullRef>().ok().and_then(|r| r.image.registry),
-        ..Default::default()
-    });
+    let host = image.parse::<crate::image_ref::PullRef>().ok().and_then(|r| r.image.registry);
+    let credentials = login.map(|login| login.for_engine(host));
     let mut stream = std::pin::pin!(docker.create_image(Some(options), None, credentials));
     while let Some(item) = next_message(&mut stream, cancel).await? {
         let info = match item {

@@ -17,6 +17,18 @@ pub struct RegistryCredentials {
     pub password: String,
 }
 
+impl RegistryCredentials {
+    /// The login as the engine takes it, for the registry `host`.
+    pub fn for_engine(&self, host: Option<String>) -> DockerCredentials {
+        DockerCredentials {
+            username: Some(self.username.clone()),
+            password: Some(self.password.clone()),
+            serveraddress: host,
+            ..Default::default()
+        }
+    }
+}
+
 impl std::fmt::Debug for RegistryCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistryCredentials").field("username", &self.username).finish_non_exhaustive()
@@ -32,12 +44,7 @@ pub async fn push_image(
     cancel: &CancellationToken,
 ) -> Result<String, StepError> {
     let options = PushImageOptionsBuilder::default().tag(&image.tag).build();
-    let credentials = credentials.map(|c| DockerCredentials {
-        username: Some(c.username.clone()),
-        password: Some(c.password.clone()),
-        serveraddress: image.registry.clone(),
-        ..Default::default()
-    });
+    let credentials = credentials.map(|c| c.for_engine(image.registry.clone()));
     let name = image.name();
     let mut stream = std::pin::pin!(docker.push_image(&name, Some(options), credentials));
     let mut digest = None;

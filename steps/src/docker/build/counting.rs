@@ -13,11 +13,7 @@ pub(super) fn is_buildkit_step(name: &str) -> bool {
     let Some(rest) = name.strip_prefix('[') else { return false };
     let Some((position, instruction)) = rest.split_once("] ") else { return false };
     // `2/5` or `stage 2/5`: a numbered position, never `internal`.
-    let numbered = position
-        .rsplit(' ')
-        .next()
-        .is_some_and(|n| n.split_once('/').is_some_and(|(a, b)| is_number(a) && is_number(b)));
-    numbered && !is_from(instruction)
+    position.rsplit(' ').next().is_some_and(is_position) && !is_from(instruction)
 }
 
 /// For a line of the classic builder's output: `Some(true)` starts a counted step,
@@ -26,12 +22,11 @@ pub(super) fn is_buildkit_step(name: &str) -> bool {
 pub(super) fn classic_step(line: &str) -> Option<bool> {
     let rest = line.strip_prefix("Step ")?;
     let (position, instruction) = rest.split_once(" : ")?;
-    let (a, b) = position.split_once('/')?;
     // The builder writes the labels asked for in one LABEL, sorted by name.
     let own_label = [crate::docker::CACHE_KEY_LABEL, crate::docker::INSTANCE_LABEL]
         .iter()
         .any(|label| instruction.starts_with(&format!("LABEL {label}=")));
-    (is_number(a) && is_number(b)).then(|| !is_from(instruction) && !own_label)
+    is_position(position).then(|| !is_from(instruction) && !own_label)
 }
 
 /// Whether a line of the classic builder's output says the current step came from cache.
@@ -43,8 +38,10 @@ fn is_from(instruction: &str) -> bool {
     instruction.split_whitespace().next().is_some_and(|word| word.eq_ignore_ascii_case("from"))
 }
 
-fn is_number(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+/// `n/m`, as both builders number their steps.
+fn is_position(s: &str) -> bool {
+    let is_number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    s.split_once('/').is_some_and(|(a, b)| is_number(a) && is_number(b))
 }
 
 #[cfg(test)]

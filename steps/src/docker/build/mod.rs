@@ -24,7 +24,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bollard::Docker;
-use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{BuildImageOptionsBuilder, BuilderVersion, TagImageOptionsBuilder};
 use tokio_util::sync::CancellationToken;
 
@@ -183,15 +182,7 @@ pub async fn build_image(
         }
         _ => None,
     };
-    let credentials = registry.map(|(host, login)| {
-        let login = DockerCredentials {
-            username: Some(login.username),
-            password: Some(login.password),
-            serveraddress: Some(host.clone()),
-            ..Default::default()
-        };
-        HashMap::from([(host, login)])
-    });
+    let credentials = registry.map(|(host, login)| HashMap::from([(host.clone(), login.for_engine(Some(host)))]));
     let follow = async {
         match builder {
             Builder::BuildKit => {
@@ -263,25 +254,28 @@ pub async fn build_image(
     logs.line(LogStream::System, format!("build: {cache}")).await;
     let image_id = match cache_import::identical_cache_image(docker, &image_id, &usable).await {
         Some(same) if same != image_id => {
-            tag(docker, &same, &request.image).await?;
+            let image: crate::image_ref::ImageRef = request
+                .image
+                .parse()
+                .map_err(|why| StepError::new(ErrorCode::Internal, format!("image `{}` {why}", request.image)))?;
+            tag(docker, &same, &image.name(), &image.tag).await?;
             logs.line(LogStream::System, format!("build: the same layers and configuration as {same}: using it")).await;
             same
         }
         _ => image_id,
     };
     let (repo, job_tag) = job_image_tag(&request.instance_id, &request.job_id);
-    tag(docker, &image_id, &format!("{repo}:{job_tag}")).await?;
+    tag(docker, &image_id, &repo, &job_tag).await?;
     Ok(Built { image_id, cache })
 }
 
-/// Tags `image_id` as `reference` (`name:tag`).
-async fn tag(docker: &Docker, image_id: &str, reference: &str) -> Result<(), StepError> {
-    let (repo, tag) = reference.rsplit_once(':').filter(|(_, t)| !t.contains('/')).unwrap_or((reference, "latest"));
+/// Tags `image_id` as `repo:tag`.
+async fn tag(docker: &Docker, image_id: &str, repo: &str, tag: &str) -> Result<(), StepError> {
     let options = TagImageOptionsBuilder::default().repo(repo).tag(tag).build();
     docker
         .tag_image(image_id, Some(options))
         .await
-        .map_err(|e| engine_error(e, ErrorCode::BuildFailed, &format!("cannot tag the built image as {reference}")))
+        .map_err(|e| engine_error(e, ErrorCode::BuildFailed, &format!("cannot tag the built image as {repo}:{tag}")))
 }
 
 /// The registry of the job's image and the job's login for it, if it has one: base
