@@ -321,3 +321,16 @@ fn remove_leftovers_request(leftovers: &[Leftover]) -> v1::RemoveLeftoversReques
         .collect();
     v1::RemoveLeftoversRequest { leftovers }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ping_names_no_more_cache_keys_than_a_worker_may_and_none_longer_than_a_key() {
+        let keys = (0..1000).map(|i| if i % 2 == 0 { format!("{i:032x}") } else { "k".repeat(10_000) }).collect();
+        let answer = ping(v1::PingResponse { worker_id: "w".into(), cache_keys: keys, ..Default::default() });
+        assert_eq!(answer.offer.cache_keys.len(), MAX_CACHE_KEYS);
+        assert!(answer.offer.cache_keys.iter().all(|k| k.len() == 32));
+    }
+}
